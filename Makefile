@@ -1,0 +1,53 @@
+# The front door: `make dev` tries Stepline, `make test` runs every test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup dev test test-sqlite test-postgres proto proto-check lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/python examples/signup/demo.py
+
+test: $(STAMP) proto-check
+	$(BIN)/python -m pytest -q tests
+
+test-sqlite: $(STAMP)
+	$(BIN)/python -m pytest -q tests --backend sqlite
+
+test-postgres: $(STAMP)
+	$(BIN)/python -m pytest -q tests --backend postgres
+
+proto: $(STAMP)
+	rm -f worker_sdk/stepline/v1/*_pb2*.py worker_sdk/stepline/v1/*_pb2*.pyi
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=worker_sdk --grpc_python_out=worker_sdk --pyi_out=worker_sdk \
+		protos/stepline/v1/*.proto
+
+# Fails when the committed stubs differ from what `make proto` produces.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d); \
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp \
+		--pyi_out=$$tmp protos/stepline/v1/*.proto; \
+	for f in $$tmp/stepline/v1/*; do \
+		cmp -s $$f worker_sdk/stepline/v1/$$(basename $$f) || { \
+			echo "stale generated code: $$(basename $$f); run 'make proto' and commit"; exit 1; }; \
+	done; rm -rf $$tmp
+
+lint: $(STAMP)
+	$(BIN)/ruff check server worker_sdk tests examples bench
+	$(BIN)/mypy server worker_sdk
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache stepline-dev.db*

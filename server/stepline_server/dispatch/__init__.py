@@ -1,0 +1,1 @@
+"""Dispatch: hands leased runs to connected workers and their ops back to the engine."""

@@ -1,0 +1,124 @@
+"""Matches ready runs to connected workers' free slots (credits) and sends the dispatches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from stepline.v1 import worker_service_pb2
+from stepline_server.engine import Engine
+from stepline_server.ids import now_ms
+from stepline_server.ingress import convert
+
+log = logging.getLogger(__name__)
+
+ServerMessage = worker_service_pb2.ServerMessage
+
+
+@dataclass(eq=False)
+class WorkerConnection:
+    """One open Connect stream, as the server sees it."""
+
+    id: str
+    app_id: str
+    worker_id: str
+    function_ids: list[str]
+    slots: int
+    inflight: set[str] = field(default_factory=set)
+    draining: bool = False
+    closed: bool = False
+    outbox: asyncio.Queue[ServerMessage | None] = field(default_factory=asyncio.Queue)
+
+    @property
+    def free(self) -> int:
+        if self.draining or self.closed:
+            return 0
+        return max(0, self.slots - len(self.inflight))
+
+    def send(self, message: ServerMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(message)
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, server_id: str, poll_seconds: float) -> None:
+        self.engine = engine
+        self.server_id = server_id
+        self.poll_seconds = poll_seconds
+        self.connections: dict[str, WorkerConnection] = {}
+        self._counter = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._stopped = False
+        engine.on_ready_work(self.wake)
+        engine.on_cancel(self._cancel)
+
+    def new_connection_id(self) -> str:
+        return f"{self.server_id}/{next(self._counter)}"
+
+    def add(self, conn: WorkerConnection) -> None:
+        self.connections[conn.id] = conn
+        self.wake()
+
+    def remove(self, conn: WorkerConnection) -> None:
+        conn.closed = True
+        self.connections.pop(conn.id, None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _cancel(self, run_id: str, owner: str) -> None:
+        conn = self.connections.get(owner)
+        if conn is not None and run_id in conn.inflight:
+            conn.inflight.discard(run_id)
+            conn.send(ServerMessage(cancel=worker_service_pb2.Cancel(run_id=run_id)))
+            self.wake()
+
+    def finished(self, conn: WorkerConnection, run_id: str) -> None:
+        """The worker no longer holds this run: its slot is free."""
+        if run_id in conn.inflight:
+            conn.inflight.discard(run_id)
+            self.wake()
+
+    async def run(self) -> None:
+        """Pump until stopped; sleeps until woken, the next due item, or the poll interval."""
+        while not self._stopped:
+            self._wake.clear()
+            try:
+                timeout = await self._pump()
+            except Exception:  # the database may be briefly unavailable: keep serving
+                log.exception("dispatch pump failed; retrying")
+                timeout = self.poll_seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _pump(self) -> float:
+        hungry = [c for c in self.connections.values() if c.free > 0 and c.function_ids]
+        if not hungry:
+            return self.poll_seconds
+        # Claims for all connections go to the writer together and share one commit.
+        claims = await asyncio.gather(
+            *(self.engine.claim(c.id, c.function_ids, c.free) for c in hungry))
+        starved: set[str] = set()
+        for conn, works in zip(hungry, claims, strict=True):
+            if conn.closed:
+                if works:
+                    await self.engine.release(conn.id, [w.run_id for w in works])
+                continue
+            for work in works:
+                conn.inflight.add(work.run_id)
+                conn.send(convert.dispatch_to_proto(work))
+            if conn.free > 0:
+                starved.update(conn.function_ids)
+        if not starved:
+            return 0.0 if any(c.free > 0 for c in hungry) else self.poll_seconds
+        due = await self.engine.next_due_ms(sorted(starved))
+        if due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, (due - now_ms()) / 1000))

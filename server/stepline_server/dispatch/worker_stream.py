@@ -1,0 +1,151 @@
+"""WorkerService.Connect: one bidirectional stream per worker (see worker_service.proto)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
+from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
+from stepline_server.engine import Engine
+from stepline_server.errors import InvalidArgument, StaleLease, SteplineServerError
+from stepline_server.ingress import convert
+from stepline_server.model import AckAction, ErrorInfo
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 10_000
+_ACTIONS = {
+    AckAction.CONTINUE: worker_service_pb2.ACK_ACTION_CONTINUE,
+    AckAction.RELEASE: worker_service_pb2.ACK_ACTION_RELEASE,
+}
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromMilliseconds(int(seconds * 1000))
+    return d
+
+
+class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, engine: Engine, dispatcher: Dispatcher) -> None:
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.settings = engine.settings
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[worker_service_pb2.WorkerMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[worker_service_pb2.ServerMessage]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "hello":
+            raise InvalidArgument("hello", "the first message on the stream must be Hello")
+        conn = await self._open(first.hello)
+        yield worker_service_pb2.ServerMessage(welcome=worker_service_pb2.Welcome(
+            connection_id=conn.id,
+            heartbeat_interval=_duration(self.settings.heartbeat_seconds),
+            lease_duration=_duration(self.settings.lease_seconds),
+            max_payload_bytes=self.settings.max_payload_bytes,
+        ))
+        self.dispatcher.add(conn)
+        reader = asyncio.create_task(self._read(request_iterator, conn))
+        try:
+            while True:
+                message = await conn.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            self.dispatcher.remove(conn)
+            reader.cancel()
+            # A broken or finished stream gives its runs back at once, for other workers.
+            released = await asyncio.shield(self.engine.release(conn.id))
+            log.info("worker %s (%s) disconnected; released %d run(s)",
+                     conn.worker_id, conn.id, released)
+
+    async def _open(self, hello: worker_service_pb2.Hello) -> WorkerConnection:
+        specs = convert.functions_from_proto(hello.app_id, hello.functions, "hello.functions")
+        if not 1 <= hello.slots <= MAX_SLOTS:
+            raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "
+                                                 f"got {hello.slots}")
+        await self.engine.register_functions(hello.app_id, specs, archive_missing=False)
+        conn = WorkerConnection(
+            id=self.dispatcher.new_connection_id(), app_id=hello.app_id,
+            worker_id=hello.worker_id or "anonymous", function_ids=[s.id for s in specs],
+            slots=hello.slots,
+        )
+        log.info("worker %s connected as %s: app %s, %d slot(s), functions %s",
+                 conn.worker_id, conn.id, conn.app_id, conn.slots, conn.function_ids)
+        return conn
+
+    async def _read(
+        self, request_iterator: AsyncIterator[worker_service_pb2.WorkerMessage],
+        conn: WorkerConnection,
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("message")
+                if kind == "ops":
+                    self._on_ops(conn, message.ops)
+                elif kind == "heartbeat":
+                    asyncio.create_task(self.engine.heartbeat(conn.id))
+                elif kind == "drain":
+                    conn.draining = True
+                    log.info("worker %s (%s) is draining", conn.worker_id, conn.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream broke: treat like a disconnect
+            log.info("stream of %s ended: %s", conn.id, exc)
+        finally:
+            conn.outbox.put_nowait(None)
+
+    def _on_ops(self, conn: WorkerConnection, message: worker_service_pb2.Ops) -> None:
+        try:
+            batch = convert.ops_from_proto(message, self.settings.max_payload_bytes)
+        except SteplineServerError as exc:
+            self._reject(conn, message, exc)
+            return
+        future = self.engine.submit_ops(conn.id, batch)
+        future.add_done_callback(lambda f: self._acked(conn, message, f))
+
+    def _acked(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
+               future: asyncio.Future[AckAction]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._reject(conn, message, exc)
+            return
+        action = future.result()
+        conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
+            run_id=message.run_id, seq=message.seq, action=_ACTIONS[action])))
+        if action is AckAction.RELEASE:
+            self.dispatcher.finished(conn, message.run_id)
+
+    def _reject(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
+                exc: BaseException) -> None:
+        if isinstance(exc, SteplineServerError):
+            code = exc.code
+        else:
+            log.error("ops of run %s failed", message.run_id, exc_info=exc)
+            code = grpc.StatusCode.INTERNAL
+        conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
+            run_id=message.run_id, seq=message.seq, action=worker_service_pb2.ACK_ACTION_REJECTED,
+            error_code=code.value[0], error_message=str(exc))))
+        if message.run_id not in conn.inflight:
+            return
+        self.dispatcher.finished(conn, message.run_id)
+        if not isinstance(exc, StaleLease):
+            # Unusable ops from the holder of the lease count as a failed attempt.
+            asyncio.create_task(self._fail_attempt(conn, message, str(exc)))
+
+    async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
+        try:
+            await self.engine.fail_attempt(
+                conn.id, message.run_id, message.lease, ErrorInfo("InvalidOps", text))
+        except SteplineServerError as exc:
+            log.info("could not record bad ops of run %s: %s", message.run_id, exc)

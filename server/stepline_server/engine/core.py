@@ -1,0 +1,212 @@
+"""The engine's face: what ingress and dispatch call. Decisions here, persistence in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+
+from stepline_server.engine import ops as ops_logic
+from stepline_server.engine.retry import backoff_ms
+from stepline_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from stepline_server.ids import new_id, now_ms
+from stepline_server.model import (
+    AckAction,
+    Dispatch,
+    ErrorInfo,
+    EventRecord,
+    FunctionChanges,
+    FunctionSpec,
+    OpsBatch,
+    RunFailed,
+    RunRecord,
+    RunStatus,
+)
+from stepline_server.settings import Settings
+from stepline_server.store import Database, Tx
+from stepline_server.store import events as event_store
+from stepline_server.store import functions as function_store
+from stepline_server.store import queue as queue_store
+from stepline_server.store import runs as run_store
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self._on_ready: list[Callable[[], None]] = []
+        self._on_cancel: list[Callable[[str, str], None]] = []
+        self._lease_ms = int(settings.lease_seconds * 1000)
+        self._backoff = functools.partial(
+            backoff_ms, base_seconds=settings.retry_base_seconds,
+            max_seconds=settings.retry_max_seconds,
+        )
+
+    # -- hooks for dispatch ----------------------------------------------------------------
+    def on_ready_work(self, callback: Callable[[], None]) -> None:
+        """Called when runs may have become claimable (new runs, released leases)."""
+        self._on_ready.append(callback)
+
+    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
+        """Called with (run_id, lease_owner) when a leased run is cancelled."""
+        self._on_cancel.append(callback)
+
+    def _ready(self) -> None:
+        for callback in self._on_ready:
+            callback()
+
+    # -- events ------------------------------------------------------------------------------
+    async def send_events(self, records: list[EventRecord]) -> list[str]:
+        """Commit events and the runs they start; return the new run ids."""
+        dedup_ms = int(self.settings.event_dedup_seconds * 1000)
+
+        def job(tx: Tx) -> list[str]:
+            now = now_ms()
+            fresh = event_store.insert(tx.conn, records, now, dedup_ms)
+            new = [r for r, is_new in zip(records, fresh, strict=True) if is_new]
+            if not new:
+                return []
+            subscribers = function_store.subscribers(tx.conn, sorted({r.name for r in new}))
+            run_rows, queue_rows = [], []
+            for record in new:
+                for sub in subscribers[record.name]:
+                    run_id = new_id()
+                    run_rows.append({
+                        "id": run_id, "function_id": sub.function_id, "event_id": record.id,
+                        "status": RunStatus.QUEUED.value, "max_attempts": sub.max_attempts,
+                        "created_at_ms": now,
+                    })
+                    queue_rows.append({
+                        "run_id": run_id, "function_id": sub.function_id, "due_at_ms": now,
+                        "max_attempts": sub.max_attempts,
+                    })
+            run_store.create(tx.conn, run_rows)
+            queue_store.enqueue(tx.conn, queue_rows)
+            tx.notify = bool(run_rows)
+            return [row["id"] for row in run_rows]
+
+        run_ids = await self.db.write(job)
+        if run_ids:
+            self._ready()
+        return run_ids
+
+    # -- functions ---------------------------------------------------------------------------
+    async def register_functions(
+        self, app_id: str, specs: list[FunctionSpec], *, archive_missing: bool
+    ) -> FunctionChanges:
+        def job(tx: Tx) -> FunctionChanges:
+            return function_store.register(
+                tx.conn, app_id, specs, now_ms(), archive_missing=archive_missing)
+
+        changes = await self.db.write(job)
+        if changes.created or changes.updated:
+            log.info("app %s: functions created %s, updated %s, archived %s",
+                     app_id, changes.created, changes.updated, changes.archived)
+        return changes
+
+    # -- dispatch ----------------------------------------------------------------------------
+    async def claim(self, owner: str, function_ids: list[str], limit: int) -> list[Dispatch]:
+        """Lease up to `limit` ready runs to a worker and load what it needs to replay them."""
+
+        def job(tx: Tx) -> list[Dispatch]:
+            now = now_ms()
+            items = queue_store.claim(tx.conn, owner, function_ids, limit, now, self._lease_ms)
+            if not items:
+                return []
+            run_ids = [item.run_id for item in items]
+            run_store.mark_started(tx.conn, run_ids, now)
+            events = run_store.events_of(tx.conn, run_ids)
+            memo = run_store.memo(tx.conn, run_ids)
+            return [
+                Dispatch(item.run_id, item.function_id, item.lease, item.attempt,
+                         item.max_attempts, events[item.run_id], tuple(memo[item.run_id]))
+                for item in items
+            ]
+
+        return await self.db.write(job)
+
+    async def next_due_ms(self, function_ids: list[str]) -> int | None:
+        return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))
+
+    def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
+        """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
+        timing = ops_logic.Timing(now_ms(), self._lease_ms)
+        return self.db.submit(
+            lambda tx: ops_logic.apply(tx, owner, batch, timing, self._backoff))
+
+    async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo) -> None:
+        """Count a worker's unusable report (bad ops) as a failed attempt of the run, so a run
+        whose worker keeps sending bad ops retries with backoff and then fails, readably."""
+        timing = ops_logic.Timing(now_ms(), self._lease_ms)
+        batch = OpsBatch(run_id, lease, "", (RunFailed(error),))
+        await self.db.write(lambda tx: ops_logic.apply(
+            tx, owner, batch, timing, self._backoff, check_function=False))
+        self._ready()
+
+    async def heartbeat(self, owner: str) -> int:
+        until = now_ms() + self._lease_ms
+        return await self.db.write(lambda tx: queue_store.extend(tx.conn, owner, until))
+
+    async def release(self, owner: str, run_ids: list[str] | None = None) -> int:
+        def job(tx: Tx) -> int:
+            count = queue_store.release(tx.conn, owner, run_ids)
+            tx.notify = count > 0
+            return count
+
+        count = await self.db.write(job)
+        if count:
+            self._ready()
+        return count
+
+    async def release_owners_like(self, prefix: str) -> int:
+        count = await self.db.write(lambda tx: queue_store.release_owners_like(tx.conn, prefix))
+        if count:
+            self._ready()
+        return count
+
+    async def release_all(self) -> int:
+        """Only for a server that owns its database alone (SQLite): every lease is stale."""
+        return await self.db.write(lambda tx: queue_store.release_all(tx.conn))
+
+    # -- runs --------------------------------------------------------------------------------
+    async def get_run(self, run_id: str) -> RunRecord:
+        run = await self.db.read(lambda conn: run_store.get(conn, run_id))
+        if run is None:
+            raise NotFound(f"run_id: no run {run_id!r}")
+        return run
+
+    async def list_runs(
+        self, *, function_id: str | None, status: RunStatus | None, limit: int,
+        page_token: str,
+    ) -> tuple[list[RunRecord], str]:
+        cursor = None
+        if page_token:
+            try:
+                cursor = run_store.decode_cursor(page_token)
+            except ValueError as exc:
+                raise InvalidArgument("page_token", str(exc)) from None
+        return await self.db.read(lambda conn: run_store.list_(
+            conn, function_id=function_id, status=status, limit=limit, cursor=cursor))
+
+    async def cancel_run(self, run_id: str, reason: str) -> RunRecord:
+        def job(tx: Tx) -> str | None:
+            item = queue_store.lock(tx.conn, run_id)
+            if item is None:
+                status = run_store.status_of(tx.conn, run_id)
+                if status is None:
+                    raise NotFound(f"run_id: no run {run_id!r}")
+                raise FailedPrecondition(f"run_id: run {run_id} already ended ({status})")
+            run_store.finish(tx.conn, run_id, RunStatus.CANCELLED, now_ms(),
+                             error=ErrorInfo("Cancelled", reason or "cancelled by request"))
+            queue_store.delete(tx.conn, run_id)
+            return item.lease_owner
+
+        owner = await self.db.write(job)
+        if owner:
+            for callback in self._on_cancel:
+                callback(run_id, owner)
+        return await self.get_run(run_id)
+

@@ -1,0 +1,36 @@
+"""Server errors. Each class names its gRPC status; one interceptor maps them.
+
+    SteplineServerError
+    ├── InvalidArgument      bad input; the message names the field
+    ├── NotFound             an unknown run, function or event
+    ├── FailedPrecondition   the request does not fit the current state (e.g. run already ended)
+    └── StaleLease           ops quoting a lease the worker no longer holds (fencing)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SteplineServerError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(SteplineServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(SteplineServerError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(SteplineServerError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StaleLease(SteplineServerError):
+    code = grpc.StatusCode.ABORTED

@@ -1,0 +1,1 @@
+"""Ingress: gRPC servicers that validate, translate to the engine's records, and answer."""

@@ -1,0 +1,273 @@
+"""Protobuf messages to the engine's records and back, validating as it goes.
+
+Every error names the offending field with its path in the request, e.g. `events[2].data`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
+from stepline_server.errors import InvalidArgument
+from stepline_server.ids import new_id, now_ms
+from stepline_server.model import (
+    CronTrigger,
+    Dispatch,
+    ErrorInfo,
+    EventRecord,
+    EventTrigger,
+    FunctionSpec,
+    Op,
+    OpsBatch,
+    RunCompleted,
+    RunFailed,
+    RunRecord,
+    RunStatus,
+    StepCompleted,
+    StepFailed,
+    StepRecord,
+    StepStatus,
+    Trigger,
+)
+from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 256
+
+
+def json_text(raw: bytes, field: str, limit: int, *, default: str | None = None,
+              object_only: bool = False) -> str:
+    """Validate a JSON payload; return it as text, unchanged."""
+    if not raw:
+        if default is None:
+            raise InvalidArgument(field, "required JSON payload is empty")
+        return default
+    if len(raw) > limit:
+        raise InvalidArgument(field, f"{len(raw)} bytes exceeds the limit of {limit} bytes")
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(field, f"malformed JSON ({exc})") from None
+    if object_only and not isinstance(value, dict):
+        raise InvalidArgument(field, f"expected a JSON object, got {type(value).__name__}")
+    return text
+
+
+def _check_id(value: str, field: str, what: str) -> None:
+    if not value:
+        raise InvalidArgument(field, f"{what} is required")
+    if len(value) > MAX_ID_LENGTH or not ID_PATTERN.match(value):
+        raise InvalidArgument(
+            field, f"{value[:80]!r} is not a valid {what}: use at most {MAX_ID_LENGTH} letters, "
+            "digits and _ . : / @ -, starting with a letter or digit")
+
+
+def _ms(ts: Timestamp) -> int:
+    return int(ts.ToMilliseconds())
+
+
+def _timestamp(ms: int | None) -> Timestamp | None:
+    if ms is None:
+        return None
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+# -- events -------------------------------------------------------------------------------------
+def events_from_proto(
+    messages: Any, limit: int, field: str = "events"
+) -> list[EventRecord]:
+    if not messages:
+        raise InvalidArgument(field, "at least one event is required")
+    records = []
+    for i, event in enumerate(messages):
+        path = f"{field}[{i}]"
+        if not event.name:
+            raise InvalidArgument(f"{path}.name", "event name is required")
+        if len(event.name) > MAX_NAME_LENGTH:
+            raise InvalidArgument(f"{path}.name", f"longer than {MAX_NAME_LENGTH} characters")
+        if len(event.id) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"{path}.id", f"longer than {MAX_ID_LENGTH} characters")
+        data = json_text(event.data, f"{path}.data", limit, default="{}", object_only=True)
+        user = json_text(event.user, f"{path}.user", limit, default="", object_only=True) or None
+        records.append(EventRecord(
+            id=event.id or new_id(), name=event.name, data=data,
+            ts_ms=_ms(event.ts) if event.HasField("ts") else now_ms(), user=user,
+            traceparent=event.traceparent or None,
+        ))
+    return records
+
+
+def event_to_proto(record: EventRecord) -> common_pb2.Event:
+    return common_pb2.Event(
+        id=record.id, name=record.name, data=record.data.encode(), ts=_timestamp(record.ts_ms),
+        user=(record.user or "").encode(), traceparent=record.traceparent or "",
+    )
+
+
+# -- functions ----------------------------------------------------------------------------------
+def functions_from_proto(app_id: str, messages: Any, field: str) -> list[FunctionSpec]:
+    _check_id(app_id, "app_id", "app id")
+    specs: list[FunctionSpec] = []
+    seen: dict[str, int] = {}
+    for i, fn in enumerate(messages):
+        path = f"{field}[{i}]"
+        _check_id(fn.id, f"{path}.id", "function id")
+        if fn.id in seen:
+            raise InvalidArgument(
+                f"{path}.id", f"duplicate function id {fn.id!r} (also {field}[{seen[fn.id]}])")
+        seen[fn.id] = i
+        retries = fn.retries if fn.HasField("retries") else DEFAULT_RETRIES
+        if not 0 <= retries <= MAX_RETRIES:
+            raise InvalidArgument(
+                f"{path}.retries", f"must be between 0 and {MAX_RETRIES}, got {retries}")
+        if len(fn.name) > MAX_NAME_LENGTH:
+            raise InvalidArgument(f"{path}.name", f"longer than {MAX_NAME_LENGTH} characters")
+        triggers = tuple(_trigger(t, f"{path}.triggers[{j}]") for j, t in enumerate(fn.triggers))
+        if not triggers:
+            raise InvalidArgument(f"{path}.triggers", "at least one trigger is required")
+        specs.append(FunctionSpec(fn.id, fn.name or fn.id, triggers, retries))
+    return specs
+
+
+def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
+    kind = message.WhichOneof("kind")
+    if kind == "event":
+        if not message.event.name:
+            raise InvalidArgument(f"{path}.event.name", "event name is required")
+        if len(message.event.name) > MAX_NAME_LENGTH:
+            raise InvalidArgument(f"{path}.event.name", f"longer than {MAX_NAME_LENGTH} characters")
+        if message.event.expression:
+            raise InvalidArgument(f"{path}.event.expression",
+                                  "trigger filter expressions are not supported by this server yet")
+        return EventTrigger(message.event.name, message.event.expression)
+    if kind == "cron":
+        raise InvalidArgument(f"{path}.cron", "cron triggers are not supported by this server yet")
+    raise InvalidArgument(path, "a trigger needs an event or a cron schedule")
+
+
+# -- dispatch and ops ---------------------------------------------------------------------------
+def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
+    steps = [
+        common_pb2.StepResult(step_id=s.step_id, error=error_to_proto(s.error))
+        if s.error is not None
+        else common_pb2.StepResult(step_id=s.step_id, output=(s.output or "null").encode())
+        for s in work.steps
+    ]
+    return worker_service_pb2.ServerMessage(dispatch=worker_service_pb2.Dispatch(
+        run_id=work.run_id, function_id=work.function_id, lease=work.lease,
+        attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
+        steps=steps, traceparent=work.event.traceparent or "",
+    ))
+
+
+def error_from_proto(message: common_pb2.ErrorInfo) -> ErrorInfo:
+    return ErrorInfo(message.name or "Error", message.message, message.stack)
+
+
+def error_to_proto(error: ErrorInfo | None) -> common_pb2.ErrorInfo | None:
+    if error is None:
+        return None
+    return common_pb2.ErrorInfo(name=error.name, message=error.message, stack=error.stack)
+
+
+def _retry_after_ms(message: Any) -> int | None:
+    if not message.HasField("retry_after"):
+        return None
+    return max(0, int(message.retry_after.delay.ToMilliseconds()))
+
+
+def _started(message: Any) -> int | None:
+    return _ms(message.started_at) if message.HasField("started_at") else None
+
+
+def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
+    if not message.run_id:
+        raise InvalidArgument("ops.run_id", "run id is required")
+    if not message.ops:
+        raise InvalidArgument("ops.ops", "at least one op is required")
+    ops: list[Op] = []
+    for i, op in enumerate(message.ops):
+        path = f"ops.ops[{i}]"
+        kind = op.WhichOneof("op")
+        if kind == "step_completed":
+            m = op.step_completed
+            _require_step_id(m.step_id, f"{path}.step_completed.step_id")
+            ops.append(StepCompleted(m.step_id, m.name or m.step_id,
+                                     json_text(m.output, f"{path}.step_completed.output", limit,
+                                               default="null"), _started(m)))
+        elif kind == "step_failed":
+            m = op.step_failed
+            _require_step_id(m.step_id, f"{path}.step_failed.step_id")
+            ops.append(StepFailed(m.step_id, m.name or m.step_id, error_from_proto(m.error),
+                                  m.non_retriable, _retry_after_ms(m), _started(m)))
+        elif kind == "run_completed":
+            ops.append(RunCompleted(json_text(op.run_completed.output,
+                                              f"{path}.run_completed.output", limit,
+                                              default="null")))
+        elif kind == "run_failed":
+            m = op.run_failed
+            ops.append(RunFailed(error_from_proto(m.error), m.non_retriable, _retry_after_ms(m)))
+        elif kind is None:
+            raise InvalidArgument(path, "empty op")
+        else:
+            raise InvalidArgument(path, f"op kind {kind!r} is not supported by this server yet")
+    return OpsBatch(message.run_id, message.lease, message.function_id, tuple(ops))
+
+
+def _require_step_id(step_id: str, field: str) -> None:
+    if not step_id:
+        raise InvalidArgument(field, "step id is required")
+    if len(step_id) > 300:
+        raise InvalidArgument(field, "longer than 300 characters")
+
+
+# -- runs ---------------------------------------------------------------------------------------
+_RUN_STATUS = {
+    RunStatus.QUEUED: run_service_pb2.RUN_STATUS_QUEUED,
+    RunStatus.RUNNING: run_service_pb2.RUN_STATUS_RUNNING,
+    RunStatus.SLEEPING: run_service_pb2.RUN_STATUS_SLEEPING,
+    RunStatus.WAITING: run_service_pb2.RUN_STATUS_WAITING,
+    RunStatus.COMPLETED: run_service_pb2.RUN_STATUS_COMPLETED,
+    RunStatus.FAILED: run_service_pb2.RUN_STATUS_FAILED,
+    RunStatus.CANCELLED: run_service_pb2.RUN_STATUS_CANCELLED,
+}
+_RUN_STATUS_BACK = {v: k for k, v in _RUN_STATUS.items()}
+
+
+def run_status_from_proto(value: int) -> RunStatus | None:
+    if value == run_service_pb2.RUN_STATUS_UNSPECIFIED:
+        return None
+    if value not in _RUN_STATUS_BACK:
+        raise InvalidArgument("status", f"unknown run status {value}")
+    return _RUN_STATUS_BACK[value]
+
+
+def _step_to_proto(step: StepRecord) -> run_service_pb2.Step:
+    return run_service_pb2.Step(
+        step_id=step.step_id, name=step.name,
+        status=run_service_pb2.STEP_STATUS_COMPLETED
+        if step.status is StepStatus.COMPLETED else run_service_pb2.STEP_STATUS_FAILED,
+        output=(step.output or "").encode(), error=error_to_proto(step.error),
+        attempts=step.attempts, started_at=_timestamp(step.started_at_ms),
+        ended_at=_timestamp(step.ended_at_ms),
+        attempt_errors=[error_to_proto(f.error) for f in step.failures],
+    )
+
+
+def run_to_proto(run: RunRecord) -> run_service_pb2.Run:
+    return run_service_pb2.Run(
+        id=run.id, function_id=run.function_id, status=_RUN_STATUS[run.status],
+        event=None if run.event is None else event_to_proto(run.event),
+        output=(run.output or "").encode(), error=error_to_proto(run.error),
+        attempt=run.attempt, created_at=_timestamp(run.created_at_ms),
+        started_at=_timestamp(run.started_at_ms), ended_at=_timestamp(run.ended_at_ms),
+        steps=[_step_to_proto(s) for s in run.steps],
+    )

@@ -1,0 +1,84 @@
+"""The unary services: EventService, FunctionService, RunService."""
+
+from __future__ import annotations
+
+import grpc
+
+from stepline.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    function_service_pb2,
+    function_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
+from stepline_server.engine import Engine
+from stepline_server.errors import InvalidArgument
+from stepline_server.ingress import convert
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+
+
+class EventService(event_service_pb2_grpc.EventServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def SendEvent(
+        self, request: event_service_pb2.SendEventRequest, context: grpc.aio.ServicerContext
+    ) -> event_service_pb2.SendEventResponse:
+        records = convert.events_from_proto(
+            request.events, self.engine.settings.max_payload_bytes)
+        run_ids = await self.engine.send_events(records)
+        return event_service_pb2.SendEventResponse(ids=[r.id for r in records], run_ids=run_ids)
+
+
+class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def RegisterFunctions(
+        self,
+        request: function_service_pb2.RegisterFunctionsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> function_service_pb2.RegisterFunctionsResponse:
+        specs = convert.functions_from_proto(request.app_id, request.functions, "functions")
+        changes = await self.engine.register_functions(
+            request.app_id, specs, archive_missing=True)
+        return function_service_pb2.RegisterFunctionsResponse(
+            created=changes.created, updated=changes.updated, unchanged=changes.unchanged,
+            archived=changes.archived)
+
+
+class RunService(run_service_pb2_grpc.RunServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def GetRun(
+        self, request: run_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.GetRunResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "run id is required")
+        run = await self.engine.get_run(request.run_id)
+        return run_service_pb2.GetRunResponse(run=convert.run_to_proto(run))
+
+    async def ListRuns(
+        self, request: run_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ListRunsResponse:
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                "page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
+        runs, token = await self.engine.list_runs(
+            function_id=request.function_id or None,
+            status=convert.run_status_from_proto(request.status),
+            limit=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token)
+        return run_service_pb2.ListRunsResponse(
+            runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
+
+    async def CancelRun(
+        self, request: run_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.CancelRunResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "run id is required")
+        run = await self.engine.cancel_run(request.run_id, request.reason)
+        return run_service_pb2.CancelRunResponse(run=convert.run_to_proto(run))

@@ -1,0 +1,217 @@
+"""The server's own records, shared by engine and store (never protobuf, never SQL)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class StepStatus(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class AckAction(enum.Enum):
+    CONTINUE = "continue"  # committed; the worker keeps executing the run
+    RELEASE = "release"  # committed; the worker drops the run
+    REJECTED = "rejected"  # not committed
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    name: str
+    message: str
+    stack: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "message": self.message, "stack": self.stack})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ErrorInfo | None:
+        if not text:
+            return None
+        raw: dict[str, Any] = json.loads(text)
+        return cls(raw.get("name", ""), raw.get("message", ""), raw.get("stack", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: str
+    name: str
+    data: str  # JSON text
+    ts_ms: int
+    user: str | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventTrigger:
+    name: str
+    expression: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CronTrigger:
+    schedule: str
+    timezone: str = ""
+
+
+Trigger = EventTrigger | CronTrigger
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    id: str
+    name: str
+    triggers: tuple[Trigger, ...]
+    retries: int
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def config_json(self) -> str:
+        triggers = [
+            {"event": t.name, "expression": t.expression}
+            if isinstance(t, EventTrigger)
+            else {"cron": t.schedule, "timezone": t.timezone}
+            for t in self.triggers
+        ]
+        config = {"name": self.name, "retries": self.retries, "triggers": triggers}
+        return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionChanges:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    archived: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailure:
+    attempt: int
+    error: ErrorInfo
+    started_at_ms: int | None
+    ended_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    step_id: str
+    name: str
+    status: StepStatus
+    output: str | None
+    error: ErrorInfo | None
+    attempts: int
+    started_at_ms: int | None
+    ended_at_ms: int
+    failures: tuple[StepFailure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    function_id: str
+    event_id: str
+    status: RunStatus
+    attempt: int
+    output: str | None
+    error: ErrorInfo | None
+    created_at_ms: int
+    started_at_ms: int | None
+    ended_at_ms: int | None
+    event: EventRecord | None = None
+    steps: tuple[StepRecord, ...] = ()
+    # Failed attempts of the function body itself (outside any step).
+    body_failures: tuple[StepFailure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MemoStep:
+    step_id: str
+    output: str | None
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    run_id: str
+    function_id: str
+    attempt: int
+    max_attempts: int
+    lease: int
+    lease_owner: str | None
+    step_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Work handed to one worker: a leased run with everything needed to replay it."""
+
+    run_id: str
+    function_id: str
+    lease: int
+    attempt: int
+    max_attempts: int
+    event: EventRecord
+    steps: tuple[MemoStep, ...]
+
+
+# -- ops a worker reports ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StepCompleted:
+    step_id: str
+    name: str
+    output: str
+    started_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    step_id: str
+    name: str
+    error: ErrorInfo
+    non_retriable: bool = False
+    retry_after_ms: int | None = None
+    started_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted:
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    error: ErrorInfo
+    non_retriable: bool = False
+    retry_after_ms: int | None = None
+
+
+Op = StepCompleted | StepFailed | RunCompleted | RunFailed
+
+
+@dataclass(frozen=True, slots=True)
+class OpsBatch:
+    run_id: str
+    lease: int
+    function_id: str
+    ops: tuple[Op, ...]

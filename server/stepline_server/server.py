@@ -1,0 +1,137 @@
+"""Wires the parts into one gRPC server process and runs it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from stepline.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    function_service_pb2,
+    function_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from stepline_server.dispatch.dispatcher import Dispatcher
+from stepline_server.dispatch.worker_stream import WorkerService
+from stepline_server.engine import Engine
+from stepline_server.ids import new_id
+from stepline_server.ingress.interceptors import ErrorInterceptor
+from stepline_server.ingress.services import EventService, FunctionService, RunService
+from stepline_server.settings import Settings
+from stepline_server.store import Database
+from stepline_server.store import dialect
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    function_service_pb2.DESCRIPTOR.services_by_name["FunctionService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+)
+
+
+class SteplineServer:
+    """One server process. `await start()`, then `await stop()` (or `serve()` for both)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server_id = new_id()
+        self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        self.engine = Engine(self.db, settings)
+        self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
+        self.port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_listening = asyncio.Event()
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        await self.db.start()
+        if self.db.is_sqlite:
+            # One server per SQLite file: any lease in it belongs to a previous, dead process.
+            released = await self.engine.release_all()
+            if released:
+                log.info("released %d lease(s) left by a previous server process", released)
+        options = [
+            ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(self.engine), server)
+        function_service_pb2_grpc.add_FunctionServiceServicer_to_server(
+            FunctionService(self.engine), server)
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(self.engine), server)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerService(self.engine, self.dispatcher), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(self.settings.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.address}")
+        await server.start()
+        self._grpc = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
+            asyncio.create_task(
+                dialect.listen(self.settings.database_url, self.dispatcher.wake,
+                               self._stop_listening), name="stepline-listen"),
+        ]
+        log.info("Stepline server %s listening on %s (database %s)", self.server_id,
+                 self.address, _safe_url(self.settings.database_url))
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self.settings.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop taking work, let workers finish what they hold (grace), release the rest."""
+        log.info("shutting down: no new dispatches; %.1fs grace for in-flight runs",
+                 self.settings.shutdown_grace_seconds)
+        self.dispatcher.stop()
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+        self._stop_listening.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.engine.release_owners_like(self.server_id + "/")
+        await self.db.close()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

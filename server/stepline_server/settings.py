@@ -1,0 +1,90 @@
+"""The server's one typed configuration object, read from flags and STEPLINE_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:7288"
+DEFAULT_SQLITE_FILE = "stepline.db"
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_POLL_SECONDS = 1.0
+DEFAULT_EVENT_DEDUP_SECONDS = 24 * 3600.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
+DEFAULT_RETRY_BASE_SECONDS = 1.0
+DEFAULT_RETRY_MAX_SECONDS = 600.0
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 100
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; see `stepline serve --help` for the flags."""
+
+    address: str = DEFAULT_GRPC_ADDRESS
+    database_url: str = field(default_factory=lambda: sqlite_url(DEFAULT_SQLITE_FILE))
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    event_dedup_seconds: float = DEFAULT_EVENT_DEDUP_SECONDS
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    # SQLite only: FULL syncs the WAL on every commit (accepted = on disk even after power loss);
+    # NORMAL survives process crashes but not power loss.
+    sqlite_synchronous: str = "FULL"
+    # Backoff before retry n (1-based): base * 2**(n-1), capped, with jitter.
+    retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
+    retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        readers: dict[str, tuple[str, type]] = {
+            "address": ("STEPLINE_ADDRESS", str),
+            "database_url": ("STEPLINE_DATABASE_URL", str),
+            "max_payload_bytes": ("STEPLINE_MAX_PAYLOAD_BYTES", int),
+            "lease_seconds": ("STEPLINE_LEASE_SECONDS", float),
+            "heartbeat_seconds": ("STEPLINE_HEARTBEAT_SECONDS", float),
+            "poll_seconds": ("STEPLINE_POLL_SECONDS", float),
+            "event_dedup_seconds": ("STEPLINE_EVENT_DEDUP_SECONDS", float),
+            "shutdown_grace_seconds": ("STEPLINE_SHUTDOWN_GRACE_SECONDS", float),
+            "sqlite_synchronous": ("STEPLINE_SQLITE_SYNCHRONOUS", str),
+            "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
+            "retry_max_seconds": ("STEPLINE_RETRY_MAX_SECONDS", float),
+        }
+        for attr, (var, kind) in readers.items():
+            raw = env.get(var)
+            if raw:
+                try:
+                    values[attr] = kind(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{var}={raw!r}: expected {kind.__name__}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        if self.max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        # Above the payload limit, so an oversize payload reaches our validation and gets a
+        # precise error instead of gRPC's generic RESOURCE_EXHAUSTED.
+        return self.max_payload_bytes * 4 + 1024 * 1024

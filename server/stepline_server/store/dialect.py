@@ -1,0 +1,112 @@
+"""Every difference between SQLite and PostgreSQL lives here: engines, pragmas, upserts, NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "stepline_queue"
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine, Engine]:
+    """Return (writer, reader) engines.
+
+    SQLite: writes open with BEGIN IMMEDIATE so a transaction never has to upgrade its lock
+    half-way; reads use plain deferred BEGIN and run beside the writer thanks to WAL.
+    """
+    if not is_sqlite(url):
+        writer = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
+        reader = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        return writer, reader
+    writer = create_engine(url, poolclass=NullPool if ":memory:" in url else None)
+    reader = create_engine(url)
+    for engine, begin in ((writer, "BEGIN IMMEDIATE"), (reader, "BEGIN")):
+        _configure_sqlite(engine, begin, sqlite_synchronous)
+    return writer, reader
+
+
+def _configure_sqlite(engine: Engine, begin_sql: str, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module, which would otherwise BEGIN lazily.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin_sql)
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
+    """Insert rows, skipping those whose primary key exists; return how many were inserted."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "sqlite":
+        stmt: Any = sqlite.insert(table).on_conflict_do_nothing()
+    else:
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
+    return int(conn.execute(stmt, rows).rowcount)
+
+
+def notify(conn: Connection) -> None:
+    """Tell other server processes that ready work exists (PostgreSQL; sent at commit)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+async def listen(url: str, on_notify: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call on_notify for each NOTIFY from other processes until stop is set (PostgreSQL only).
+
+    Reconnects with a bounded backoff; the dispatcher's polling covers any gap.
+    """
+    if is_sqlite(url):
+        return
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                delay = 0.5
+                gen = conn.notifies()
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    while not stop.is_set():
+                        nxt = asyncio.ensure_future(anext(gen))
+                        done, _ = await asyncio.wait(
+                            {nxt, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if nxt in done:
+                            nxt.result()
+                            on_notify()
+                        else:
+                            nxt.cancel()
+                            with contextlib.suppress(BaseException):
+                                await nxt
+                finally:
+                    stopper.cancel()
+        except (OSError, psycopg.Error) as exc:
+            log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,101 @@
+"""Function rows and their event triggers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection
+
+from stepline_server.model import EventTrigger, FunctionChanges, FunctionSpec
+from stepline_server.store.schema import event_triggers, functions
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    function_id: str
+    max_attempts: int
+    expression: str
+
+
+def register(
+    conn: Connection,
+    app_id: str,
+    specs: list[FunctionSpec],
+    now_ms: int,
+    *,
+    archive_missing: bool,
+) -> FunctionChanges:
+    existing = {
+        row.id: row
+        for row in conn.execute(
+            select(functions.c.id, functions.c.app_id, functions.c.config,
+                   functions.c.version, functions.c.archived)
+            .where(functions.c.id.in_([s.id for s in specs]) | (functions.c.app_id == app_id))
+        )
+    }
+    changes = FunctionChanges()
+    for spec in specs:
+        config = spec.config_json()
+        row = existing.get(spec.id)
+        values = {
+            "app_id": app_id,
+            "name": spec.name,
+            "retries": spec.retries,
+            "config": config,
+            "archived": False,
+            "updated_at_ms": now_ms,
+        }
+        if row is None:
+            conn.execute(functions.insert().values(
+                id=spec.id, version=1, created_at_ms=now_ms, **values))
+            changes.created.append(spec.id)
+        elif row.config == config and row.app_id == app_id and not row.archived:
+            changes.unchanged.append(spec.id)
+            continue
+        else:
+            conn.execute(update(functions).where(functions.c.id == spec.id)
+                         .values(version=row.version + 1, **values))
+            changes.updated.append(spec.id)
+        _replace_triggers(conn, spec)
+    if archive_missing:
+        wanted = {s.id for s in specs}
+        for function_id, row in existing.items():
+            if row.app_id == app_id and function_id not in wanted and not row.archived:
+                conn.execute(update(functions).where(functions.c.id == function_id)
+                             .values(archived=True, updated_at_ms=now_ms))
+                conn.execute(delete(event_triggers)
+                             .where(event_triggers.c.function_id == function_id))
+                changes.archived.append(function_id)
+    return changes
+
+
+def _replace_triggers(conn: Connection, spec: FunctionSpec) -> None:
+    conn.execute(delete(event_triggers).where(event_triggers.c.function_id == spec.id))
+    rows = [
+        {"function_id": spec.id, "event_name": t.name, "expression": t.expression}
+        for t in spec.triggers
+        if isinstance(t, EventTrigger)
+    ]
+    if rows:
+        conn.execute(event_triggers.insert(), rows)
+
+
+def subscribers(conn: Connection, event_names: list[str]) -> dict[str, list[Subscriber]]:
+    """Functions subscribed to each of these event names (one indexed query)."""
+    found: dict[str, list[Subscriber]] = {name: [] for name in event_names}
+    rows = conn.execute(
+        select(event_triggers.c.event_name, event_triggers.c.function_id,
+               event_triggers.c.expression, functions.c.retries)
+        .join(functions, functions.c.id == event_triggers.c.function_id)
+        .where(event_triggers.c.event_name.in_(list(found)))
+    )
+    for row in rows:
+        found[row.event_name].append(Subscriber(row.function_id, row.retries + 1, row.expression))
+    return found
+
+
+def exists(conn: Connection, function_id: str) -> bool:
+    return conn.execute(
+        select(functions.c.id).where(functions.c.id == function_id)
+    ).first() is not None

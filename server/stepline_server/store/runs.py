@@ -1,0 +1,205 @@
+"""Run and step rows: creation, results written once, history queries."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Connection
+
+from stepline_server.model import (
+    ErrorInfo,
+    MemoStep,
+    RunRecord,
+    RunStatus,
+    StepFailure,
+    StepRecord,
+    StepStatus,
+)
+from stepline_server.store import dialect
+from stepline_server.store.events import row_to_event
+from stepline_server.store.schema import events, queue, runs, step_failures, steps
+
+
+def create(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(runs.insert(), rows)
+
+
+def mark_started(conn: Connection, run_ids: list[str], now_ms: int) -> None:
+    conn.execute(
+        update(runs)
+        .where(runs.c.id.in_(run_ids), runs.c.status == RunStatus.QUEUED.value)
+        .values(status=RunStatus.RUNNING.value, started_at_ms=now_ms)
+    )
+
+
+def finish(
+    conn: Connection,
+    run_id: str,
+    status: RunStatus,
+    now_ms: int,
+    *,
+    output: str | None = None,
+    error: ErrorInfo | None = None,
+) -> bool:
+    """End a run that has not ended yet; return False if it had."""
+    result = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.ended_at_ms.is_(None))
+        .values(status=status.value, output=output,
+                error=None if error is None else error.to_json(), ended_at_ms=now_ms)
+    )
+    return bool(result.rowcount)
+
+
+def record_step(
+    conn: Connection,
+    run_id: str,
+    position: int,
+    step_id: str,
+    name: str,
+    *,
+    status: StepStatus,
+    attempts: int,
+    now_ms: int,
+    started_at_ms: int | None,
+    output: str | None = None,
+    error: ErrorInfo | None = None,
+) -> bool:
+    """Write a step's final result; False if the step already has one (written once)."""
+    return dialect.insert_ignore(conn, steps, [{
+        "run_id": run_id, "step_id": step_id, "position": position, "name": name,
+        "status": status.value, "output": output,
+        "error": None if error is None else error.to_json(), "attempts": attempts,
+        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
+    }]) == 1
+
+
+def record_failure(
+    conn: Connection,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    error: ErrorInfo,
+    now_ms: int,
+    started_at_ms: int | None,
+) -> None:
+    dialect.insert_ignore(conn, step_failures, [{
+        "run_id": run_id, "step_id": step_id, "attempt": attempt, "error": error.to_json(),
+        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
+    }])
+
+
+def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
+    found: dict[str, list[MemoStep]] = {run_id: [] for run_id in run_ids}
+    rows = conn.execute(
+        select(steps.c.run_id, steps.c.step_id, steps.c.output, steps.c.error)
+        .where(steps.c.run_id.in_(run_ids))
+        .order_by(steps.c.run_id, steps.c.position)
+    )
+    for row in rows:
+        found[row.run_id].append(MemoStep(row.step_id, row.output, ErrorInfo.from_json(row.error)))
+    return found
+
+
+def events_of(conn: Connection, run_ids: list[str]) -> dict[str, Any]:
+    rows = conn.execute(
+        select(runs.c.id.label("run_id"), events)
+        .join(events, events.c.id == runs.c.event_id)
+        .where(runs.c.id.in_(run_ids))
+    )
+    return {row.run_id: row_to_event(row) for row in rows}
+
+
+def _record(row: Any, **extra: Any) -> RunRecord:
+    return RunRecord(
+        id=row.id, function_id=row.function_id, event_id=row.event_id,
+        status=RunStatus(row.status), attempt=row.attempt or 0, output=row.output,
+        error=ErrorInfo.from_json(row.error), created_at_ms=row.created_at_ms,
+        started_at_ms=row.started_at_ms, ended_at_ms=row.ended_at_ms, **extra,
+    )
+
+
+def _run_select() -> Any:
+    return select(runs, queue.c.attempt).outerjoin(queue, queue.c.run_id == runs.c.id)
+
+
+def get(conn: Connection, run_id: str) -> RunRecord | None:
+    row = conn.execute(_run_select().where(runs.c.id == run_id)).first()
+    if row is None:
+        return None
+    failures: dict[str, list[StepFailure]] = {}
+    for f in conn.execute(
+        select(step_failures).where(step_failures.c.run_id == run_id)
+        .order_by(step_failures.c.attempt)
+    ):
+        failures.setdefault(f.step_id, []).append(StepFailure(
+            f.attempt, ErrorInfo.from_json(f.error) or ErrorInfo("", ""),
+            f.started_at_ms, f.ended_at_ms))
+    step_records = tuple(
+        StepRecord(
+            step_id=s.step_id, name=s.name, status=StepStatus(s.status), output=s.output,
+            error=ErrorInfo.from_json(s.error), attempts=s.attempts,
+            started_at_ms=s.started_at_ms, ended_at_ms=s.ended_at_ms,
+            failures=tuple(failures.get(s.step_id, ())),
+        )
+        for s in conn.execute(
+            select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position))
+    )
+    event_row = conn.execute(select(events).where(events.c.id == row.event_id)).first()
+    return _record(
+        row, steps=step_records, body_failures=tuple(failures.get("", ())),
+        event=None if event_row is None else row_to_event(event_row),
+    )
+
+
+def _encode_cursor(created_at_ms: int, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at_ms, run_id]).encode()).decode()
+
+
+def decode_cursor(token: str) -> tuple[int, str]:
+    """Raise ValueError for a token we did not issue."""
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except Exception as exc:
+        raise ValueError("not a page token issued by this server") from exc
+    if not isinstance(created, int) or not isinstance(run_id, str):
+        raise ValueError("not a page token issued by this server")
+    return created, run_id
+
+
+def list_(
+    conn: Connection,
+    *,
+    function_id: str | None,
+    status: RunStatus | None,
+    limit: int,
+    cursor: tuple[int, str] | None,
+) -> tuple[list[RunRecord], str]:
+    """Newest first; returns the page and the token of the next one ('' at the end)."""
+    query = _run_select()
+    if function_id:
+        query = query.where(runs.c.function_id == function_id)
+    if status is not None:
+        query = query.where(runs.c.status == status.value)
+    if cursor is not None:
+        created, run_id = cursor
+        query = query.where(or_(
+            runs.c.created_at_ms < created,
+            and_(runs.c.created_at_ms == created, runs.c.id < run_id),
+        ))
+    query = query.order_by(runs.c.created_at_ms.desc(), runs.c.id.desc()).limit(limit + 1)
+    rows = conn.execute(query).all()
+    page = [_record(row) for row in rows[:limit]]
+    token = _encode_cursor(page[-1].created_at_ms, page[-1].id) if len(rows) > limit else ""
+    return page, token
+
+
+def status_of(conn: Connection, run_id: str) -> RunStatus | None:
+    value = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+    return None if value is None else RunStatus(value)
+
+

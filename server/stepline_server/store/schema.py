@@ -1,0 +1,125 @@
+"""The one schema both backends share (SQLAlchemy Core). Migrations must produce exactly this.
+
+Times are integer milliseconds since the epoch; JSON documents are stored as text, as received.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("user", Text, nullable=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("traceparent", String(128), nullable=True),
+    Index("ix_events_received_at", "received_at_ms"),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("app_id", String(128), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("retries", Integer, nullable=False),
+    # Canonical JSON of the whole declared config: registration compares it to detect changes.
+    Column("config", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("archived", Boolean, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Index("ix_functions_app", "app_id"),
+)
+
+# Event triggers by name: matching an event is one indexed lookup, whatever the function count.
+event_triggers = Table(
+    "event_triggers",
+    metadata,
+    Column("function_id", String(128), ForeignKey("functions.id"), primary_key=True),
+    Column("event_name", String(256), primary_key=True),
+    Column("expression", Text, nullable=False),
+    Index("ix_event_triggers_name", "event_name"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("function_id", String(128), nullable=False),
+    Column("event_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("ended_at_ms", BigInteger, nullable=True),
+    Index("ix_runs_created", "created_at_ms", "id"),
+    Index("ix_runs_function_created", "function_id", "created_at_ms"),
+    Index("ix_runs_status_created", "status", "created_at_ms"),
+)
+
+# A step's final result, written once.
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step_id", String(300), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("ended_at_ms", BigInteger, nullable=False),
+)
+
+# Failed attempts of steps (and of the function body, step_id ""), for history and timelines.
+step_failures = Table(
+    "step_failures",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step_id", String(300), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("error", Text, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("ended_at_ms", BigInteger, nullable=False),
+)
+
+# One row per unfinished run: ready (lease_owner null, due), leased to a worker, or waiting for
+# its due time (retry backoff). `lease` is the fencing token, bumped at every claim.
+queue = Table(
+    "queue",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("function_id", String(128), nullable=False),
+    Column("due_at_ms", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("lease", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_ms", BigInteger, nullable=True),
+    # Steps recorded so far: the position of the next one, kept here to spare a query per step.
+    Column("step_count", Integer, nullable=False),
+    Index("ix_queue_claim", "function_id", "due_at_ms"),
+    Index("ix_queue_owner", "lease_owner"),
+)

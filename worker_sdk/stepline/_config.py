@@ -1,0 +1,30 @@
+"""SDK defaults, named once."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_URL = "127.0.0.1:7288"
+DEFAULT_SLOTS = 10
+DEFAULT_RETRIES = 3
+RECONNECT_MIN_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+DRAIN_TIMEOUT_SECONDS = 30.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def server_target(url: str | None) -> str:
+    """gRPC target from an explicit url, STEPLINE_URL, or the local default."""
+    value = url or os.environ.get("STEPLINE_URL") or DEFAULT_URL
+    for scheme in ("grpc://", "http://"):
+        if value.startswith(scheme):
+            value = value[len(scheme):]
+    return value.rstrip("/")
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
