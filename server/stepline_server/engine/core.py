@@ -19,9 +19,12 @@ from stepline_server.model import (
     FunctionChanges,
     FunctionSpec,
     OpsBatch,
+    RunCompleted,
     RunFailed,
     RunRecord,
     RunStatus,
+    StepCompleted,
+    StepFailed,
 )
 from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
@@ -31,6 +34,8 @@ from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 
 log = logging.getLogger(__name__)
+# Run and step activity, one line each: quiet under `serve`, shown by `stepline dev`.
+activity = logging.getLogger("stepline.runs")
 
 
 class Engine:
@@ -126,7 +131,12 @@ class Engine:
                 for item in items
             ]
 
-        return await self.db.write(job)
+        works = await self.db.write(job)
+        if activity.isEnabledFor(logging.INFO):
+            for work in works:
+                activity.info("run %s %s dispatched (attempt %d)", work.run_id, work.function_id,
+                              work.attempt + 1)
+        return works
 
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
         return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))
@@ -134,8 +144,11 @@ class Engine:
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
         timing = ops_logic.Timing(now_ms(), self._lease_ms)
-        return self.db.submit(
+        future = self.db.submit(
             lambda tx: ops_logic.apply(tx, owner, batch, timing, self._backoff))
+        if activity.isEnabledFor(logging.INFO):
+            future.add_done_callback(lambda f: _log_ops(batch, f))
+        return future
 
     async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo) -> None:
         """Count a worker's unusable report (bad ops) as a failed attempt of the run, so a run
@@ -210,3 +223,23 @@ class Engine:
                 callback(run_id, owner)
         return await self.get_run(run_id)
 
+
+
+def _log_ops(batch: OpsBatch, future: asyncio.Future[AckAction]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    for op in batch.ops:
+        if isinstance(op, StepCompleted):
+            activity.info("run %s step %s completed%s", batch.run_id, op.step_id,
+                          _took(op.started_at_ms))
+        elif isinstance(op, StepFailed):
+            activity.info("run %s step %s failed: %s: %s", batch.run_id, op.step_id,
+                          op.error.name, op.error.message)
+        elif isinstance(op, RunCompleted):
+            activity.info("run %s completed", batch.run_id)
+        elif isinstance(op, RunFailed):
+            activity.info("run %s failed: %s: %s", batch.run_id, op.error.name, op.error.message)
+
+
+def _took(started_at_ms: int | None) -> str:
+    return "" if started_at_ms is None else f" ({now_ms() - started_at_ms} ms)"

@@ -55,15 +55,15 @@ def _configure_sqlite(engine: Engine, begin_sql: str, synchronous: str) -> None:
         connection.exec_driver_sql(begin_sql)
 
 
-def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
-    """Insert rows, skipping those whose primary key exists; return how many were inserted."""
-    if not rows:
-        return 0
+def insert_ignore(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
+    """Insert a row unless its primary key exists; return whether it was inserted."""
     if conn.dialect.name == "sqlite":
-        stmt: Any = sqlite.insert(table).on_conflict_do_nothing()
+        stmt: Any = sqlite.insert(table).values(row).on_conflict_do_nothing()
     else:
-        stmt = postgresql.insert(table).on_conflict_do_nothing()
-    return int(conn.execute(stmt, rows).rowcount)
+        stmt = postgresql.insert(table).values(row).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
+    key = next(iter(table.primary_key.columns))
+    return conn.execute(stmt.returning(key)).first() is not None
 
 
 def notify(conn: Connection) -> None:

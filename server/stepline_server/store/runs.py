@@ -70,12 +70,12 @@ def record_step(
     error: ErrorInfo | None = None,
 ) -> bool:
     """Write a step's final result; False if the step already has one (written once)."""
-    return dialect.insert_ignore(conn, steps, [{
+    return dialect.insert_ignore(conn, steps, {
         "run_id": run_id, "step_id": step_id, "position": position, "name": name,
         "status": status.value, "output": output,
         "error": None if error is None else error.to_json(), "attempts": attempts,
         "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
-    }]) == 1
+    })
 
 
 def record_failure(
@@ -87,10 +87,10 @@ def record_failure(
     now_ms: int,
     started_at_ms: int | None,
 ) -> None:
-    dialect.insert_ignore(conn, step_failures, [{
+    dialect.insert_ignore(conn, step_failures, {
         "run_id": run_id, "step_id": step_id, "attempt": attempt, "error": error.to_json(),
         "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
-    }])
+    })
 
 
 def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
