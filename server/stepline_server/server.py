@@ -10,7 +10,6 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from stepline.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -21,6 +20,7 @@ from stepline.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
@@ -28,8 +28,7 @@ from stepline_server.ids import new_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
 from stepline_server.ingress.services import EventService, FunctionService, RunService
 from stepline_server.settings import Settings
-from stepline_server.store import Database
-from stepline_server.store import dialect
+from stepline_server.store import Database, dialect
 
 log = logging.getLogger(__name__)
 

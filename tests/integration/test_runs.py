@@ -9,6 +9,7 @@ from typing import Any
 
 from stepline import NonRetriableError, RetryAfterError, StepError, Stepline
 from stepline.v1 import run_service_pb2 as rs
+
 from tests.harness import ServerThread
 
 COMPLETED = rs.RUN_STATUS_COMPLETED

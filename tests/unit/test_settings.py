@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from stepline._config import server_target
 from stepline_server.settings import Settings
 

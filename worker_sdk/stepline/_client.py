@@ -58,7 +58,7 @@ class RegisterResult:
 
 
 def _client_error(exc: grpc.RpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
+    return ClientError(exc.code().name, exc.details() or "")
 
 
 class Stepline:

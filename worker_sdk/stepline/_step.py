@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class Released(BaseException):  # noqa: N818 - a signal, not an error
+class Released(BaseException):
     """Unwinds user code when the run is suspended or taken away from this worker.
 
     A BaseException, so `except Exception` in user code does not swallow it.

@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
+
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument, StaleLease, SteplineServerError
@@ -37,6 +37,18 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.engine = engine
         self.dispatcher = dispatcher
         self.settings = engine.settings
+        self._background: set[asyncio.Task[object]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a side job; keep a reference until it ends and log its failure."""
+        task: asyncio.Task[object] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background job failed: %s", task.exception())
 
     async def Connect(
         self,
@@ -94,7 +106,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 if kind == "ops":
                     self._on_ops(conn, message.ops)
                 elif kind == "heartbeat":
-                    asyncio.create_task(self.engine.heartbeat(conn.id))
+                    self._spawn(self.engine.heartbeat(conn.id))
                 elif kind == "drain":
                     conn.draining = True
                     log.info("worker %s (%s) is draining", conn.worker_id, conn.id)
@@ -141,7 +153,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.dispatcher.finished(conn, message.run_id)
         if not isinstance(exc, StaleLease):
             # Unusable ops from the holder of the lease count as a failed attempt.
-            asyncio.create_task(self._fail_attempt(conn, message, str(exc)))
+            self._spawn(self._fail_attempt(conn, message, str(exc)))
 
     async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
         try:

@@ -75,10 +75,13 @@ class Engine:
             if not new:
                 return []
             subscribers = function_store.subscribers(tx.conn, sorted({r.name for r in new}))
-            run_rows, queue_rows = [], []
+            run_ids: list[str] = []
+            run_rows: list[dict[str, object]] = []
+            queue_rows: list[dict[str, object]] = []
             for record in new:
                 for sub in subscribers[record.name]:
                     run_id = new_id()
+                    run_ids.append(run_id)
                     run_rows.append({
                         "id": run_id, "function_id": sub.function_id, "event_id": record.id,
                         "status": RunStatus.QUEUED.value, "max_attempts": sub.max_attempts,
@@ -91,7 +94,7 @@ class Engine:
             run_store.create(tx.conn, run_rows)
             queue_store.enqueue(tx.conn, queue_rows)
             tx.notify = bool(run_rows)
-            return [row["id"] for row in run_rows]
+            return run_ids
 
         run_ids = await self.db.write(job)
         if run_ids:

@@ -132,7 +132,9 @@ def _apply_one(
     raise InvalidArgument(f"ops.ops[{index}]", f"unsupported op {type(op).__name__}")
 
 
-def _schedule_retry(state: _RunState, now_ms: int, retry_after_ms: int | None, backoff: Any) -> None:
+def _schedule_retry(
+    state: _RunState, now_ms: int, retry_after_ms: int | None, backoff: Any
+) -> None:
     state.attempt += 1
     delay = retry_after_ms if retry_after_ms is not None else backoff(state.attempt)
     state.changes.update(due_at_ms=now_ms + max(0, delay), lease_owner=None, lease_until_ms=None)

@@ -10,12 +10,11 @@ import re
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
+
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
-    CronTrigger,
     Dispatch,
     ErrorInfo,
     EventRecord,
@@ -204,17 +203,18 @@ def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
                                      json_text(m.output, f"{path}.step_completed.output", limit,
                                                default="null"), _started(m)))
         elif kind == "step_failed":
-            m = op.step_failed
-            _require_step_id(m.step_id, f"{path}.step_failed.step_id")
-            ops.append(StepFailed(m.step_id, m.name or m.step_id, error_from_proto(m.error),
-                                  m.non_retriable, _retry_after_ms(m), _started(m)))
+            f = op.step_failed
+            _require_step_id(f.step_id, f"{path}.step_failed.step_id")
+            ops.append(StepFailed(f.step_id, f.name or f.step_id, error_from_proto(f.error),
+                                  f.non_retriable, _retry_after_ms(f), _started(f)))
         elif kind == "run_completed":
             ops.append(RunCompleted(json_text(op.run_completed.output,
                                               f"{path}.run_completed.output", limit,
                                               default="null")))
         elif kind == "run_failed":
-            m = op.run_failed
-            ops.append(RunFailed(error_from_proto(m.error), m.non_retriable, _retry_after_ms(m)))
+            rf = op.run_failed
+            ops.append(RunFailed(error_from_proto(rf.error), rf.non_retriable,
+                                 _retry_after_ms(rf)))
         elif kind is None:
             raise InvalidArgument(path, "empty op")
         else:
@@ -239,7 +239,7 @@ _RUN_STATUS = {
     RunStatus.FAILED: run_service_pb2.RUN_STATUS_FAILED,
     RunStatus.CANCELLED: run_service_pb2.RUN_STATUS_CANCELLED,
 }
-_RUN_STATUS_BACK = {v: k for k, v in _RUN_STATUS.items()}
+_RUN_STATUS_BACK: dict[int, RunStatus] = {v: k for k, v in _RUN_STATUS.items()}
 
 
 def run_status_from_proto(value: int) -> RunStatus | None:
@@ -258,7 +258,8 @@ def _step_to_proto(step: StepRecord) -> run_service_pb2.Step:
         output=(step.output or "").encode(), error=error_to_proto(step.error),
         attempts=step.attempts, started_at=_timestamp(step.started_at_ms),
         ended_at=_timestamp(step.ended_at_ms),
-        attempt_errors=[error_to_proto(f.error) for f in step.failures],
+        attempt_errors=[common_pb2.ErrorInfo(name=f.error.name, message=f.error.message,
+                                             stack=f.error.stack) for f in step.failures],
     )
 
 

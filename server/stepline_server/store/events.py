@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
@@ -21,9 +23,9 @@ def insert(
         )
     }
     fresh: list[bool] = []
-    inserts: list[dict[str, object]] = []
+    inserts: list[dict[str, Any]] = []
     for record in records:
-        values = {
+        values: dict[str, Any] = {
             "id": record.id,
             "name": record.name,
             "data": record.data,
