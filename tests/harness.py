@@ -34,6 +34,7 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        self.call(_cancel_others())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
@@ -43,8 +44,8 @@ class ServerThread:
     def __init__(self, database_url: str, **settings: Any) -> None:
         defaults: dict[str, Any] = {"retry_base_seconds": 0.02, "poll_seconds": 0.2,
                                     "shutdown_grace_seconds": 0.5}
-        self.settings = Settings(address="127.0.0.1:0", database_url=database_url,
-                                 **(defaults | settings))
+        defaults["address"] = "127.0.0.1:0"
+        self.settings = Settings(database_url=database_url, **(defaults | settings))
         self._loop = LoopThread("stepline-server")
         self.server = SteplineServer(self.settings)
         self.port = self._loop.call(self.server.start())
@@ -104,6 +105,14 @@ class WorkerThread:
         self._done.result(timeout)
         self._loop.call(self.app.close())
         self._loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel what is left on a loop (e.g. gRPC's internal tasks) before it closes."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _new_event() -> asyncio.Event:

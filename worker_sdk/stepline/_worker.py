@@ -89,6 +89,7 @@ class Session:
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+            self.send(None)  # ends the request generator
             self._abandon()
 
     def _start(self, dispatch: worker_service_pb2.Dispatch) -> None:
