@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
+
 from stepline import Stepline
 from stepline.v1 import run_service_pb2, run_service_pb2_grpc
 from stepline_server.server import SteplineServer

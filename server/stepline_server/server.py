@@ -10,6 +10,7 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from stepline.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -20,7 +21,6 @@ from stepline.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine

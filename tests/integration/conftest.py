@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from stepline import Stepline
 
+from stepline import Stepline
 from tests.harness import ServerThread, WorkerThread
 
 

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import grpc
+
 from stepline.v1 import common_pb2, worker_service_pb2_grpc
 from stepline.v1 import worker_service_pb2 as ws
 

@@ -8,12 +8,12 @@ from typing import Any
 import grpc
 import pytest
 from sqlalchemy import create_engine, func, select
+
 from stepline.v1 import common_pb2, event_service_pb2_grpc, function_service_pb2_grpc
 from stepline.v1 import event_service_pb2 as es
 from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.store import schema
-
 from tests.harness import ServerThread
 from tests.integration.rawworker import function
 

@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
-from stepline.v1 import worker_service_pb2 as ws
 
+from stepline.v1 import worker_service_pb2 as ws
 from tests.harness import ServerThread
 from tests.integration.rawworker import RawWorker, function, run_done, step_done
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from stepline import NonRetriableError, RetryAfterError, StepError, Stepline
 from stepline.v1 import run_service_pb2 as rs
-
 from tests.harness import ServerThread
 
 COMPLETED = rs.RUN_STATUS_COMPLETED

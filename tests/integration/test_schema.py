@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
+
 from stepline_server.store.database import migrate
 from stepline_server.store.schema import metadata
 

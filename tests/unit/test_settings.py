@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stepline._config import server_target
 from stepline_server.settings import Settings
 

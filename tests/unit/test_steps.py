@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stepline._step import StepIds
 from stepline.v1 import common_pb2
 from stepline_server.engine.retry import backoff_ms

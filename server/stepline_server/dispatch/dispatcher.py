@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass, field
 
 from stepline.v1 import worker_service_pb2
-
 from stepline_server.engine import Engine
 from stepline_server.ids import now_ms
 from stepline_server.ingress import convert

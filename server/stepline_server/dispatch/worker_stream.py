@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 
+from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument, StaleLease, SteplineServerError

@@ -10,8 +10,8 @@ import re
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
 
+from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (

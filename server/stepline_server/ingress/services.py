@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from stepline.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -11,7 +12,6 @@ from stepline.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
 )
-
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
 from stepline_server.ingress import convert

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
+
 from stepline_server.store.schema import metadata
 
 url = context.config.get_main_option("sqlalchemy.url")

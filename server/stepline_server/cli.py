@@ -1,0 +1,309 @@
+"""`stepline`: run a server (`serve`, `dev`) and send events and inspect runs (`send`, `runs`,
+`run`, `cancel`) from a shell. Client commands talk to the server over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from stepline.v1 import (
+    common_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
+from stepline_server import cli_format
+from stepline_server.settings import DEFAULT_GRPC_ADDRESS, Settings, sqlite_url
+
+CALL_TIMEOUT_SECONDS = 10.0
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 1000
+DEV_DATABASE_FILE = "stepline-dev.db"
+# Printed once to stdout when the server listens; tests and scripts read the port from it.
+LISTENING_PREFIX = "stepline: listening on "
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+ClientHandler = Callable[[grpc.Channel, argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr, without a traceback."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- server commands ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(address=args.address, database_url=args.database_url,
+                         max_payload_bytes=args.max_payload_bytes,
+                         lease_seconds=args.lease_seconds)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _run_server(settings, announce=_announce, verbose=args.verbose)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = _settings(address=args.address, database_url=sqlite_url(DEV_DATABASE_FILE))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for noisy in ("alembic", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def announce(address: str) -> None:
+        _announce(address)
+        print(f"stepline dev: database {settings.database_url.removeprefix('sqlite:///')}\n"
+              f"stepline dev: run a worker with `python -m stepline worker MODULE:app "
+              f"--url {address}`; Ctrl-C stops", flush=True)
+
+    return _run_server(settings, announce=announce, verbose=True)
+
+
+class _DevFormatter(logging.Formatter):
+    """Time and message; the level only when it is worth a look (WARNING and above)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            time_part, _, message = text.partition("  ")
+            return f"{time_part}  {record.levelname}: {message}"
+        return text
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise CommandError(f"bad configuration: {exc}", exit_code=EXIT_USAGE) from None
+
+
+def _announce(address: str) -> None:
+    print(f"{LISTENING_PREFIX}{address}", flush=True)
+
+
+def _run_server(settings: Settings, *, announce: Callable[[str], None], verbose: bool) -> int:
+    asyncio.run(_serve(settings, announce, verbose=verbose))
+    return 0
+
+
+async def _serve(settings: Settings, announce: Callable[[str], None], *, verbose: bool) -> None:
+    # Imported here: the client commands need none of the server's machinery.
+    from stepline_server.server import SteplineServer
+
+    server = SteplineServer(settings)
+    try:
+        await server.start()
+    except Exception as exc:
+        if verbose:
+            logging.getLogger(__name__).exception("start-up failed")
+        raise CommandError(f"cannot start the server: {exc}") from None
+    announce(server.address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+# -- client calls (also used by examples/signup/demo.py) ----------------------------------------
+def client_target(url: str | None) -> str:
+    """gRPC target from --url, then STEPLINE_URL, then the local default."""
+    value = url or os.environ.get("STEPLINE_URL") or DEFAULT_GRPC_ADDRESS
+    for scheme in ("grpc://", "http://"):
+        value = value.removeprefix(scheme)
+    return value.rstrip("/")
+
+
+def send_event(channel: grpc.Channel, *, name: str, data: Any,
+               event_id: str | None = None) -> event_service_pb2.SendEventResponse:
+    event = common_pb2.Event(id=event_id or "", name=name,
+                             data=json.dumps(data, separators=(",", ":")).encode())
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    return stub.SendEvent(event_service_pb2.SendEventRequest(events=[event]),
+                          timeout=CALL_TIMEOUT_SECONDS)
+
+
+def get_run(channel: grpc.Channel, run_id: str) -> run_service_pb2.Run:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.GetRun(run_service_pb2.GetRunRequest(run_id=run_id),
+                           timeout=CALL_TIMEOUT_SECONDS)
+    return response.run
+
+
+def rpc_problem(exc: grpc.RpcError, target: str) -> str:
+    """One readable line for a failed call."""
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        cause = details.rsplit(": ", 1)[-1] or "unavailable"
+        return (f"cannot reach a Stepline server at {target} ({cause}); start one with "
+                "`stepline serve` or `stepline dev`, or set --url / STEPLINE_URL")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from the server at {target} within {CALL_TIMEOUT_SECONDS:g} s"
+    return f"{details} ({code.name})"
+
+
+# -- client commands ----------------------------------------------------------------------------
+def cmd_send(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    response = send_event(channel, name=args.name, data=args.data, event_id=args.id)
+    print(f"event {response.ids[0]}")
+    for run_id in response.run_ids:
+        print(f"run   {run_id}")
+    if not response.run_ids:
+        print(f"no runs started: no function is triggered by {args.name!r}, "
+              "or this event id was sent before", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    status = cli_format.run_status_value(args.status) if args.status else 0
+    request = run_service_pb2.ListRunsRequest(
+        function_id=args.function or "", status=status, page_size=args.limit)
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.ListRuns(request, timeout=CALL_TIMEOUT_SECONDS)
+    print(cli_format.runs_table(response.runs))
+    if response.next_page_token:
+        print(f"(showing the newest {len(response.runs)}; raise --limit for more)")
+    return 0
+
+
+def cmd_run(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    run = get_run(channel, args.run_id)
+    if args.json:
+        print(json.dumps(cli_format.run_dict(run), indent=2, ensure_ascii=False))
+    else:
+        print(cli_format.run_detail(run))
+    return 0
+
+
+def cmd_cancel(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    request = run_service_pb2.CancelRunRequest(run_id=args.run_id, reason=args.reason or "")
+    run = stub.CancelRun(request, timeout=CALL_TIMEOUT_SECONDS).run
+    print(f"run {run.id} {cli_format.run_status_name(run.status)}")
+    return 0
+
+
+def _client(command: ClientHandler) -> Handler:
+    """Opens a channel to --url for a client command; a failed call becomes a CommandError."""
+
+    def handler(args: argparse.Namespace) -> int:
+        target = client_target(args.url)
+        with grpc.insecure_channel(target) as channel:
+            try:
+                return command(channel, args)
+            except grpc.RpcError as exc:
+                raise CommandError(rpc_problem(exc, target)) from None
+
+    return handler
+
+
+# -- arguments ----------------------------------------------------------------------------------
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"key\": 1}}', got a {type(value).__name__}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_LIST_LIMIT}, got {text!r}")
+    return value
+
+
+def _add_server_commands(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="run the server (flags override STEPLINE_* variables)")
+    serve.add_argument("--address", help=f"host:port to listen on (default {DEFAULT_GRPC_ADDRESS};"
+                                         " port 0 picks a free one)")
+    serve.add_argument("--database-url", help="sqlite:///path or postgresql://… "
+                                              "(default sqlite file ./stepline.db)")
+    serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
+    serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
+    serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
+    serve.set_defaults(handler=cmd_serve)
+    dev = commands.add_parser("dev", help=f"run a local server on ./{DEV_DATABASE_FILE} "
+                                          "with readable run activity logs")
+    dev.add_argument("--address", help=f"host:port to listen on (default {DEFAULT_GRPC_ADDRESS})")
+    dev.set_defaults(handler=cmd_dev)
+
+
+def _add_client_commands(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="server address (default: STEPLINE_URL, then "
+                                      f"{DEFAULT_GRPC_ADDRESS})")
+    send = commands.add_parser("send", parents=[common], help="send one event")
+    send.add_argument("name", metavar="NAME", help='event name, e.g. "user/signup.completed"')
+    send.add_argument("data", metavar="JSON", type=_json_object, help="event data, a JSON object")
+    send.add_argument("--id", help="idempotency key: a repeat within the dedup window starts "
+                                   "no runs")
+    send.set_defaults(handler=_client(cmd_send))
+    runs = commands.add_parser("runs", parents=[common], help="list runs, newest first")
+    runs.add_argument("--function", metavar="F", help="only runs of this function id")
+    runs.add_argument("--status", choices=cli_format.run_status_names(), metavar="S",
+                      help="only runs in this status: " + ", ".join(
+                          cli_format.run_status_names()))
+    runs.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
+                      help=f"at most N runs (default {DEFAULT_LIST_LIMIT})")
+    runs.set_defaults(handler=_client(cmd_runs))
+    run = commands.add_parser("run", parents=[common], help="show one run and its steps")
+    run.add_argument("run_id", metavar="RUN_ID")
+    run.add_argument("--json", action="store_true", help="print the run as JSON")
+    run.set_defaults(handler=_client(cmd_run))
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a run that has not "
+                                                                  "ended")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--reason", help="recorded as the run's error message")
+    cancel.set_defaults(handler=_client(cmd_cancel))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepline", description="Stepline: a durable workflow engine. Run a server, send "
+                                     "events, inspect and cancel runs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_server_commands(commands)
+    _add_client_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `stepline` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as exc:
+        print(f"stepline {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

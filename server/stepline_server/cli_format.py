@@ -1,0 +1,251 @@
+"""Turns RunService messages into what the CLI prints: tables, a run's detail, or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import common_pb2, run_service_pb2
+
+TABLE_CELL_CHARS = 60
+DETAIL_VALUE_CHARS = 300
+ENDED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+_RUN_STATUS_PREFIX = "RUN_STATUS_"
+
+
+# -- statuses -----------------------------------------------------------------------------------
+def run_status_names() -> list[str]:
+    """Lower-case run status names, in lifecycle order: queued, running, … cancelled."""
+    return [
+        name.removeprefix(_RUN_STATUS_PREFIX).lower()
+        for name, value in run_service_pb2.RunStatus.items()
+        if value != run_service_pb2.RUN_STATUS_UNSPECIFIED
+    ]
+
+
+def run_status_value(name: str) -> int:
+    """The RunStatus enum value of a lower-case name; ValueError lists the valid ones."""
+    try:
+        return int(run_service_pb2.RunStatus.Value(_RUN_STATUS_PREFIX + name.upper()))
+    except ValueError:
+        valid = ", ".join(run_status_names())
+        raise ValueError(f"unknown run status {name!r}: expected one of {valid}") from None
+
+
+def run_status_name(value: int) -> str:
+    try:
+        return str(run_service_pb2.RunStatus.Name(value)).removeprefix(_RUN_STATUS_PREFIX).lower()
+    except ValueError:
+        return f"status {value}"
+
+
+def step_status_name(value: int) -> str:
+    try:
+        return str(run_service_pb2.StepStatus.Name(value)).removeprefix("STEP_STATUS_").lower()
+    except ValueError:
+        return f"status {value}"
+
+
+# -- values -------------------------------------------------------------------------------------
+def _ms(message: Any, field: str) -> int | None:
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return int(stamp.ToMilliseconds())
+
+
+def local_time(ms: int | None, *, millis: bool = False) -> str:
+    if ms is None:
+        return "-"
+    text = datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return text[:-3] if millis else text[:-7]
+
+
+def iso_time(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def duration(ms: int | None) -> str:
+    """123 ms, 4.56 s, 3m 07s, 2h 05m."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _span_ms(message: Any, *, start_field: str) -> tuple[int | None, bool]:
+    """(elapsed ms, finished?) from a start timestamp to the end, or to now if not ended."""
+    start = _ms(message, start_field)
+    if start is None:
+        return None, False
+    end = _ms(message, "ended_at")
+    if end is None:
+        return max(0, int(time.time() * 1000) - start), False
+    return max(0, end - start), True
+
+
+def run_duration(run: run_service_pb2.Run) -> str:
+    """Started (or created) to ended; a running run shows its time so far, with an ellipsis."""
+    field = "started_at" if run.HasField("started_at") else "created_at"
+    span, finished = _span_ms(run, start_field=field)
+    if finished:
+        return duration(span)
+    if span is not None and run_status_name(run.status) == "running":
+        return f"{duration(span)}…"
+    return "-"
+
+
+def truncate(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def payload_text(raw: bytes) -> str:
+    """A JSON payload as compact text; empty stays empty."""
+    if not raw:
+        return ""
+    try:
+        return json.dumps(json.loads(raw), separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def payload_value(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def error_text(error: common_pb2.ErrorInfo) -> str:
+    return f"{error.name}: {error.message}" if error.message else error.name
+
+
+# -- tables -------------------------------------------------------------------------------------
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def runs_table(runs: Sequence[run_service_pb2.Run]) -> str:
+    if not runs:
+        return "no runs"
+    rows = [
+        [run.id, run.function_id, run_status_name(run.status),
+         local_time(_ms(run, "created_at")), run_duration(run)]
+        for run in runs
+    ]
+    return table(["RUN ID", "FUNCTION", "STATUS", "CREATED", "DURATION"], rows)
+
+
+def _step_result(step: run_service_pb2.Step) -> str:
+    if step.HasField("error"):
+        return truncate(error_text(step.error), TABLE_CELL_CHARS)
+    return truncate(payload_text(step.output), TABLE_CELL_CHARS)
+
+
+def steps_table(steps: Sequence[run_service_pb2.Step]) -> str:
+    if not steps:
+        return "no steps recorded"
+    headers = ["STEP", "STATUS", "ATTEMPTS", "DURATION", "RESULT"]
+    lines = table(headers, [
+        [s.step_id, step_status_name(s.status), str(s.attempts),
+         duration(_span_ms(s, start_field="started_at")[0]), _step_result(s)]
+        for s in steps
+    ]).splitlines()
+    out = [lines[0]]
+    for step, line in zip(steps, lines[1:], strict=True):
+        out.append(line)
+        for n, error in enumerate(step.attempt_errors, start=1):
+            out.append(f"  attempt {n} failed: {truncate(error_text(error), 100)}")
+    return "\n".join(out)
+
+
+# -- one run ------------------------------------------------------------------------------------
+def run_detail(run: run_service_pb2.Run) -> str:
+    """The run's header (function, status, event, times, outcome), then its steps."""
+    fields: list[tuple[str, str]] = [
+        ("run", run.id),
+        ("function", run.function_id),
+        ("status", run_status_name(run.status)),
+    ]
+    if run.attempt and run_status_name(run.status) not in ENDED_STATUSES:
+        fields.append(("attempt", str(run.attempt + 1)))
+    if run.HasField("event"):
+        fields.append(("event", f"{run.event.name} ({run.event.id})"))
+        fields.append(("data", truncate(payload_text(run.event.data) or "{}",
+                                        DETAIL_VALUE_CHARS)))
+    fields += [
+        ("created", local_time(_ms(run, "created_at"), millis=True)),
+        ("started", local_time(_ms(run, "started_at"), millis=True)),
+        ("ended", local_time(_ms(run, "ended_at"), millis=True)),
+        ("duration", run_duration(run)),
+    ]
+    if run.output:
+        fields.append(("output", truncate(payload_text(run.output), DETAIL_VALUE_CHARS)))
+    if run.HasField("error"):
+        fields.append(("error", truncate(error_text(run.error), DETAIL_VALUE_CHARS)))
+    width = max(len(name) for name, _ in fields)
+    header = "\n".join(f"{name.ljust(width)}  {value}" for name, value in fields)
+    return f"{header}\n\n{steps_table(run.steps)}"
+
+
+def _error_dict(error: common_pb2.ErrorInfo) -> dict[str, str]:
+    return {"name": error.name, "message": error.message, "stack": error.stack}
+
+
+def _step_dict(step: run_service_pb2.Step) -> dict[str, Any]:
+    return {
+        "step_id": step.step_id,
+        "name": step.name,
+        "status": step_status_name(step.status),
+        "attempts": step.attempts,
+        "started_at": iso_time(_ms(step, "started_at")),
+        "ended_at": iso_time(_ms(step, "ended_at")),
+        "output": payload_value(step.output),
+        "error": _error_dict(step.error) if step.HasField("error") else None,
+        "attempt_errors": [_error_dict(e) for e in step.attempt_errors],
+    }
+
+
+def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
+    """The run as plain JSON-ready data; payloads decoded, times in ISO 8601 UTC."""
+    event = None
+    if run.HasField("event"):
+        event = {"id": run.event.id, "name": run.event.name,
+                 "data": payload_value(run.event.data) or {},
+                 "ts": iso_time(_ms(run.event, "ts"))}
+    return {
+        "id": run.id,
+        "function_id": run.function_id,
+        "status": run_status_name(run.status),
+        "attempt": run.attempt,
+        "event": event,
+        "created_at": iso_time(_ms(run, "created_at")),
+        "started_at": iso_time(_ms(run, "started_at")),
+        "ended_at": iso_time(_ms(run, "ended_at")),
+        "output": payload_value(run.output),
+        "error": _error_dict(run.error) if run.HasField("error") else None,
+        "steps": [_step_dict(s) for s in run.steps],
+    }
