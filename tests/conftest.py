@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
 from stepline_server.settings import sqlite_url
 from stepline_server.store.database import migrate
 
