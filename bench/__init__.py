@@ -1,0 +1,1 @@
+"""Stepline benchmarks: `make bench` (or `.venv/bin/python bench/run.py --help`)."""

@@ -1,0 +1,28 @@
+"""The app the throughput benchmark runs in a separate worker process.
+
+`python -m stepline worker bench._worker_app:app --slots N --url 127.0.0.1:PORT`
+(with the repository root on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import Context, Stepline
+
+FUNCTION_ID = "bench-throughput"
+TRIGGER = "bench/throughput"
+
+app = Stepline(app_id="bench-throughput")
+
+
+def _trivial(i: int) -> int:
+    return i + 1
+
+
+@app.function(id=FUNCTION_ID, trigger=TRIGGER, retries=0)
+async def three_steps(ctx: Context) -> dict[str, Any]:
+    a = await ctx.step.run("a", _trivial, 0)
+    b = await ctx.step.run("b", _trivial, a)
+    c = await ctx.step.run("c", _trivial, b)
+    return {"c": c}
