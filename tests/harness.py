@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -32,7 +33,15 @@ class LoopThread:
         self.thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            # Say where it hangs: every thread's stack and the loop's pending tasks.
+            faulthandler.dump_traceback(all_threads=True)
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack(limit=8)
+            raise
 
     def close(self) -> None:
         self.call(_cancel_others())

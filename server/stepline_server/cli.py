@@ -88,7 +88,7 @@ class _DevFormatter(logging.Formatter):
 
 def _settings(**overrides: object) -> Settings:
     try:
-        return Settings.from_env(**overrides)
+        return Settings.from_env(None, **overrides)
     except ValueError as exc:
         raise CommandError(f"bad configuration: {exc}", exit_code=EXIT_USAGE) from None
 
@@ -138,14 +138,15 @@ def send_event(channel: grpc.Channel, *, name: str, data: Any,
     event = common_pb2.Event(id=event_id or "", name=name,
                              data=json.dumps(data, separators=(",", ":")).encode())
     stub = event_service_pb2_grpc.EventServiceStub(channel)
-    return stub.SendEvent(event_service_pb2.SendEventRequest(events=[event]),
-                          timeout=CALL_TIMEOUT_SECONDS)
+    response: event_service_pb2.SendEventResponse = stub.SendEvent(
+        event_service_pb2.SendEventRequest(events=[event]), timeout=CALL_TIMEOUT_SECONDS)
+    return response
 
 
 def get_run(channel: grpc.Channel, run_id: str) -> run_service_pb2.Run:
     stub = run_service_pb2_grpc.RunServiceStub(channel)
-    response = stub.GetRun(run_service_pb2.GetRunRequest(run_id=run_id),
-                           timeout=CALL_TIMEOUT_SECONDS)
+    response: run_service_pb2.GetRunResponse = stub.GetRun(
+        run_service_pb2.GetRunRequest(run_id=run_id), timeout=CALL_TIMEOUT_SECONDS)
     return response.run
 
 
@@ -175,7 +176,7 @@ def cmd_send(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def cmd_runs(channel: grpc.Channel, args: argparse.Namespace) -> int:
-    status = cli_format.run_status_value(args.status) if args.status else 0
+    status = cli_format.run_status_enum(args.status) if args.status else None
     request = run_service_pb2.ListRunsRequest(
         function_id=args.function or "", status=status, page_size=args.limit)
     stub = run_service_pb2_grpc.RunServiceStub(channel)

@@ -28,13 +28,13 @@ def run_status_names() -> list[str]:
     ]
 
 
-def run_status_value(name: str) -> int:
-    """The RunStatus enum value of a lower-case name; ValueError lists the valid ones."""
-    try:
-        return int(run_service_pb2.RunStatus.Value(_RUN_STATUS_PREFIX + name.upper()))
-    except ValueError:
+def run_status_enum(name: str) -> str:
+    """The RunStatus enum name ("RUN_STATUS_QUEUED") of a lower-case name; ValueError lists
+    the valid ones. Message constructors accept enum names."""
+    if name not in run_status_names():
         valid = ", ".join(run_status_names())
-        raise ValueError(f"unknown run status {name!r}: expected one of {valid}") from None
+        raise ValueError(f"unknown run status {name!r}: expected one of {valid}")
+    return _RUN_STATUS_PREFIX + name.upper()
 
 
 def run_status_name(value: int) -> str:

@@ -4,6 +4,7 @@
     ├── InvalidArgument      bad input; the message names the field
     ├── NotFound             an unknown run, function or event
     ├── FailedPrecondition   the request does not fit the current state (e.g. run already ended)
+    ├── Conflict             a write collides with stored data (e.g. a step result written twice)
     └── StaleLease           ops quoting a lease the worker no longer holds (fencing)
 """
 
@@ -30,6 +31,10 @@ class NotFound(SteplineServerError):
 
 class FailedPrecondition(SteplineServerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Conflict(SteplineServerError):
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class StaleLease(SteplineServerError):

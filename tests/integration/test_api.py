@@ -178,3 +178,24 @@ def test_get_and_cancel_run(api: Api, server: ServerThread) -> None:
     assert (code, details) == (grpc.StatusCode.NOT_FOUND, "run_id: no run 'nope'")
     code, details = error_of(lambda: api.runs.GetRun(rs.GetRunRequest()))
     assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "run_id: run id is required")
+
+
+def test_events_starting_placed_and_queued_runs_together(api: Api, server: ServerThread,
+                                                         start_worker: Any) -> None:
+    """One request whose runs go partly straight to a worker, partly to the queue."""
+    from stepline import Stepline
+
+    app = Stepline("mixed", url=server.address)
+
+    @app.function(id="served", trigger="e/mixed")
+    async def served(ctx: Any) -> int:
+        return 1
+
+    start_worker(app, slots=1)
+    api.register("other-app", function("unserved", "e/mixed"))
+    response = api.send(*[common_pb2.Event(name="e/mixed") for _ in range(5)])
+    assert len(response.run_ids) == 10
+    for run_id in server.run_ids_for("served"):
+        assert server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
+    queued = api.runs.ListRuns(rs.ListRunsRequest(function_id="unserved")).runs
+    assert [r.status for r in queued] == [rs.RUN_STATUS_QUEUED] * 5

@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from stepline.v1 import worker_service_pb2
 from stepline_server.engine import Engine
 from stepline_server.ids import now_ms
 from stepline_server.ingress import convert
+from stepline_server.model import Dispatch
 
 log = logging.getLogger(__name__)
 
-ServerMessage = worker_service_pb2.ServerMessage
 
 
 @dataclass(eq=False)
@@ -28,22 +30,28 @@ class WorkerConnection:
     function_ids: list[str]
     slots: int
     inflight: set[str] = field(default_factory=set)
+    # Slots promised to a claim or to a new run being committed, not yet in `inflight`.
+    reserved: int = 0
     draining: bool = False
     closed: bool = False
-    outbox: asyncio.Queue[ServerMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[worker_service_pb2.ServerMessage | None] = field(
+        default_factory=asyncio.Queue)
 
     @property
     def free(self) -> int:
         if self.draining or self.closed:
             return 0
-        return max(0, self.slots - len(self.inflight))
+        return max(0, self.slots - len(self.inflight) - self.reserved)
 
-    def send(self, message: ServerMessage) -> None:
+    def send(self, message: worker_service_pb2.ServerMessage) -> None:
         if not self.closed:
             self.outbox.put_nowait(message)
 
 
 class Dispatcher:
+    """Owns the connections' credits. The writer thread reserves slots for new runs (see
+    Engine.send_events), so slot counts change only under `_lock`."""
+
     def __init__(self, engine: Engine, server_id: str, poll_seconds: float) -> None:
         self.engine = engine
         self.server_id = server_id
@@ -52,7 +60,10 @@ class Dispatcher:
         self._counter = itertools.count(1)
         self._wake = asyncio.Event()
         self._stopped = False
+        self._lock = threading.Lock()
+        self._background: set[asyncio.Task[object]] = set()
         engine.on_ready_work(self.wake)
+        engine.set_placement(self)
         engine.on_cancel(self._cancel)
 
     def new_connection_id(self) -> str:
@@ -73,17 +84,61 @@ class Dispatcher:
         self._stopped = True
         self._wake.set()
 
+    # -- placement of new runs (Engine.send_events) -------------------------------------------
+    def reserve(self, function_id: str) -> str | None:
+        if self._stopped:
+            return None
+        with self._lock:
+            best: WorkerConnection | None = None
+            for conn in self.connections.values():
+                if function_id in conn.function_ids and conn.free > 0 and (
+                        best is None or conn.free > best.free):
+                    best = conn
+            if best is None:
+                return None
+            best.reserved += 1
+            return best.id
+
+    def deliver(self, owner: str, work: Dispatch) -> None:
+        with self._lock:
+            conn = self.connections.get(owner)
+            if conn is not None:
+                conn.reserved -= 1
+                if not conn.closed:
+                    conn.inflight.add(work.run_id)
+                    conn.send(convert.dispatch_to_proto(work))
+                    return
+        # The worker left between commit and delivery: give the run to someone else.
+        self._spawn(self.engine.release(owner, [work.run_id]))
+
+    def unreserve(self, owners: list[str]) -> None:
+        with self._lock:
+            for owner in owners:
+                conn = self.connections.get(owner)
+                if conn is not None:
+                    conn.reserved -= 1
+        self.wake()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- runs leaving workers --------------------------------------------------------------
     def _cancel(self, run_id: str, owner: str) -> None:
         conn = self.connections.get(owner)
         if conn is not None and run_id in conn.inflight:
-            conn.inflight.discard(run_id)
-            conn.send(ServerMessage(cancel=worker_service_pb2.Cancel(run_id=run_id)))
+            with self._lock:
+                conn.inflight.discard(run_id)
+            conn.send(worker_service_pb2.ServerMessage(
+                cancel=worker_service_pb2.Cancel(run_id=run_id)))
             self.wake()
 
     def finished(self, conn: WorkerConnection, run_id: str) -> None:
         """The worker no longer holds this run: its slot is free."""
         if run_id in conn.inflight:
-            conn.inflight.discard(run_id)
+            with self._lock:
+                conn.inflight.discard(run_id)
             self.wake()
 
     async def run(self) -> None:
@@ -99,25 +154,35 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _pump(self) -> float:
-        hungry = [c for c in self.connections.values() if c.free > 0 and c.function_ids]
+        with self._lock:
+            hungry = [(c, c.free) for c in self.connections.values() if c.free > 0
+                      and c.function_ids]
+            for conn, wanted in hungry:
+                conn.reserved += wanted
         if not hungry:
             return self.poll_seconds
-        # Claims for all connections go to the writer together and share one commit.
-        claims = await asyncio.gather(
-            *(self.engine.claim(c.id, c.function_ids, c.free) for c in hungry))
+        try:
+            # Claims for all connections go to the writer together and share one commit.
+            claims = await asyncio.gather(
+                *(self.engine.claim(c.id, c.function_ids, n) for c, n in hungry))
+        finally:
+            with self._lock:
+                for conn, wanted in hungry:
+                    conn.reserved -= wanted
         starved: set[str] = set()
-        for conn, works in zip(hungry, claims, strict=True):
+        for (conn, wanted), works in zip(hungry, claims, strict=True):
             if conn.closed:
                 if works:
                     await self.engine.release(conn.id, [w.run_id for w in works])
                 continue
+            with self._lock:
+                conn.inflight.update(w.run_id for w in works)
             for work in works:
-                conn.inflight.add(work.run_id)
                 conn.send(convert.dispatch_to_proto(work))
-            if conn.free > 0:
+            if len(works) < wanted:
                 starved.update(conn.function_ids)
         if not starved:
-            return 0.0 if any(c.free > 0 for c in hungry) else self.poll_seconds
+            return 0.0
         due = await self.engine.next_due_ms(sorted(starved))
         if due is None:
             return self.poll_seconds

@@ -147,7 +147,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             code = grpc.StatusCode.INTERNAL
         conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
             run_id=message.run_id, seq=message.seq, action=worker_service_pb2.ACK_ACTION_REJECTED,
-            error_code=code.value[0], error_message=str(exc))))
+            error_code=code.value[0], error_message=str(exc)[:2000])))
         if message.run_id not in conn.inflight:
             return
         self.dispatcher.finished(conn, message.run_id)

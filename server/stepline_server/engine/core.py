@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.retry import backoff_ms
@@ -38,22 +39,43 @@ log = logging.getLogger(__name__)
 activity = logging.getLogger("stepline.runs")
 
 
+class Placement(Protocol):
+    """Hands new runs to local workers directly (implemented by dispatch)."""
+
+    def reserve(self, function_id: str) -> str | None:
+        """Take a free slot of a local worker serving the function; return its owner id.
+        Called from the writer thread."""
+
+    def deliver(self, owner: str, work: Dispatch) -> None:
+        """After the commit: send the leased run to the worker that reserved the slot."""
+
+    def unreserve(self, owners: list[str]) -> None:
+        """The commit failed: give the slots back."""
+
+
 class Engine:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
         self._on_ready: list[Callable[[], None]] = []
+        self._placement: Placement | None = None
         self._on_cancel: list[Callable[[str, str], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
-        self._backoff = functools.partial(
+        backoff = functools.partial(
             backoff_ms, base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
         )
+        # One object, so the writer can group adjacent reports into one set-based apply.
+        self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff)
 
     # -- hooks for dispatch ----------------------------------------------------------------
     def on_ready_work(self, callback: Callable[[], None]) -> None:
         """Called when runs may have become claimable (new runs, released leases)."""
         self._on_ready.append(callback)
+
+    def set_placement(self, placement: Placement) -> None:
+        """Let new runs go straight to local workers with free slots (see send_events)."""
+        self._placement = placement
 
     def on_cancel(self, callback: Callable[[str, str], None]) -> None:
         """Called with (run_id, lease_owner) when a leased run is cancelled."""
@@ -65,39 +87,61 @@ class Engine:
 
     # -- events ------------------------------------------------------------------------------
     async def send_events(self, records: list[EventRecord]) -> list[str]:
-        """Commit events and the runs they start; return the new run ids."""
-        dedup_ms = int(self.settings.event_dedup_seconds * 1000)
+        """Commit events and the runs they start; return the new run ids.
 
-        def job(tx: Tx) -> list[str]:
+        A new run whose function has a local worker with a free slot is leased to it in the same
+        transaction and handed over right after the commit: no claim round trip.
+        """
+        dedup_ms = int(self.settings.event_dedup_seconds * 1000)
+        placement = self._placement
+        reserved: list[str] = []
+
+        def job(tx: Tx) -> tuple[list[str], list[tuple[str, Dispatch]]]:
             now = now_ms()
             fresh = event_store.insert(tx.conn, records, now, dedup_ms)
             new = [r for r, is_new in zip(records, fresh, strict=True) if is_new]
             if not new:
-                return []
+                return [], []
             subscribers = function_store.subscribers(tx.conn, sorted({r.name for r in new}))
             run_ids: list[str] = []
+            placed: list[tuple[str, Dispatch]] = []
             run_rows: list[dict[str, object]] = []
             queue_rows: list[dict[str, object]] = []
             for record in new:
                 for sub in subscribers[record.name]:
                     run_id = new_id()
                     run_ids.append(run_id)
-                    run_rows.append({
-                        "id": run_id, "function_id": sub.function_id, "event_id": record.id,
-                        "status": RunStatus.QUEUED.value, "max_attempts": sub.max_attempts,
-                        "created_at_ms": now,
-                    })
-                    queue_rows.append({
-                        "run_id": run_id, "function_id": sub.function_id, "due_at_ms": now,
-                        "max_attempts": sub.max_attempts,
-                    })
+                    owner = placement.reserve(sub.function_id) if placement else None
+                    run = {"id": run_id, "function_id": sub.function_id, "event_id": record.id,
+                           "status": RunStatus.QUEUED.value, "max_attempts": sub.max_attempts,
+                           "created_at_ms": now, "started_at_ms": None}
+                    item = {"run_id": run_id, "function_id": sub.function_id, "due_at_ms": now,
+                            "max_attempts": sub.max_attempts}
+                    if owner is not None:
+                        reserved.append(owner)
+                        run |= {"status": RunStatus.RUNNING.value, "started_at_ms": now}
+                        item |= {"lease": 1, "lease_owner": owner,
+                                 "lease_until_ms": now + self._lease_ms}
+                        placed.append((owner, Dispatch(run_id, sub.function_id, 1, 0,
+                                                       sub.max_attempts, record, ())))
+                    else:
+                        tx.notify = True
+                    run_rows.append(run)
+                    queue_rows.append(item)
             run_store.create(tx.conn, run_rows)
             queue_store.enqueue(tx.conn, queue_rows)
-            tx.notify = bool(run_rows)
-            return run_ids
+            return run_ids, placed
 
-        run_ids = await self.db.write(job)
-        if run_ids:
+        try:
+            run_ids, placed = await self.db.write(job)
+        except BaseException:
+            if placement and reserved:
+                placement.unreserve(reserved)
+            raise
+        for owner, work in placed:
+            assert placement is not None
+            placement.deliver(owner, work)
+        if len(placed) < len(run_ids):
             self._ready()
         return run_ids
 
@@ -146,9 +190,8 @@ class Engine:
 
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
-        timing = ops_logic.Timing(now_ms(), self._lease_ms)
-        future = self.db.submit(
-            lambda tx: ops_logic.apply(tx, owner, batch, timing, self._backoff))
+        request = ops_logic.OpsRequest(owner, batch, ops_logic.Timing(now_ms(), self._lease_ms))
+        future: asyncio.Future[AckAction] = self.db.submit_batched(self._apply_ops, request)
         if activity.isEnabledFor(logging.INFO):
             future.add_done_callback(lambda f: _log_ops(batch, f))
         return future
@@ -156,15 +199,15 @@ class Engine:
     async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo) -> None:
         """Count a worker's unusable report (bad ops) as a failed attempt of the run, so a run
         whose worker keeps sending bad ops retries with backoff and then fails, readably."""
-        timing = ops_logic.Timing(now_ms(), self._lease_ms)
-        batch = OpsBatch(run_id, lease, "", (RunFailed(error),))
-        await self.db.write(lambda tx: ops_logic.apply(
-            tx, owner, batch, timing, self._backoff, check_function=False))
+        request = ops_logic.OpsRequest(
+            owner, OpsBatch(run_id, lease, "", (RunFailed(error),)),
+            ops_logic.Timing(now_ms(), self._lease_ms), check_function=False)
+        await self.db.submit_batched(self._apply_ops, request)
         self._ready()
 
-    async def heartbeat(self, owner: str) -> int:
+    async def heartbeat(self, owner: str) -> None:
         until = now_ms() + self._lease_ms
-        return await self.db.write(lambda tx: queue_store.extend(tx.conn, owner, until))
+        await self.db.write(lambda tx: queue_store.extend(tx.conn, owner, until))
 
     async def release(self, owner: str, run_ids: list[str] | None = None) -> int:
         def job(tx: Tx) -> int:

@@ -1,14 +1,24 @@
-"""What each op a worker reports does to its run, inside one write transaction."""
+"""What the ops a worker reports do to its run.
+
+Ops from many workers arrive together; `apply_many` decides each report in memory against the
+locked queue rows, then writes the whole set with a handful of set-based statements. A report is
+all-or-nothing: when it does not fit (stale lease, an op after the run ended), none of its ops
+are written, and the others in the batch still are.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from stepline_server.errors import InvalidArgument, NotFound, StaleLease
+from stepline_server.errors import InvalidArgument, NotFound, StaleLease, SteplineServerError
 from stepline_server.model import (
     AckAction,
+    ErrorInfo,
+    Op,
     OpsBatch,
+    QueueItem,
     RunCompleted,
     RunFailed,
     RunStatus,
@@ -20,6 +30,8 @@ from stepline_server.store import Tx
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 
+Backoff = Callable[[int], int]
+
 
 @dataclass(frozen=True, slots=True)
 class Timing:
@@ -27,114 +39,193 @@ class Timing:
     lease_ms: int
 
 
-class _RunState:
-    """The queue row of a run being changed, written back once at the end."""
+@dataclass(frozen=True, slots=True)
+class OpsRequest:
+    """One Ops message to apply, from the worker connection `owner`."""
 
-    def __init__(self, attempt: int, max_attempts: int, step_count: int) -> None:
-        self.attempt = attempt
-        self.max_attempts = max_attempts
-        self.step_count = step_count
-        self.changes: dict[str, Any] = {}
-        self.deleted = False
+    owner: str
+    batch: OpsBatch
+    timing: Timing
+    check_function: bool = True
+
+
+@dataclass(slots=True)
+class _RunState:
+    """A run's queue row as the batch changes it."""
+
+    item: QueueItem
+    attempt: int
+    step_count: int
+    due_at_ms: int
+    lease_owner: str | None
+    lease_until_ms: int | None = None
+    deleted: bool = False
 
     def final_attempt(self, non_retriable: bool) -> bool:
-        return non_retriable or self.attempt + 1 >= self.max_attempts
+        return non_retriable or self.attempt + 1 >= self.item.max_attempts
+
+    def copy(self) -> _RunState:
+        return _RunState(self.item, self.attempt, self.step_count, self.due_at_ms,
+                         self.lease_owner, self.lease_until_ms, self.deleted)
 
 
-def apply(
-    tx: Tx, owner: str, batch: OpsBatch, timing: Timing, backoff: Any, *,
-    check_function: bool = True,
-) -> AckAction:
-    """Apply a worker's ops to its run atomically; raise (rolling back) when they do not fit."""
+@dataclass(slots=True)
+class _Writes:
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    finishes: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: _Writes) -> None:
+        self.steps += other.steps
+        self.failures += other.failures
+        self.finishes += other.finishes
+
+
+def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
+               ) -> list[AckAction | SteplineServerError]:
     conn = tx.conn
-    item = queue_store.lock(conn, batch.run_id)
-    if item is None:
-        status = run_store.status_of(conn, batch.run_id)
-        if status is None:
-            raise NotFound(f"ops.run_id: unknown run {batch.run_id!r}")
-        raise StaleLease(f"ops.run_id: run {batch.run_id} is {status} and takes no more ops")
-    if check_function and item.function_id != batch.function_id:
+    locked = queue_store.lock_many(conn, sorted({r.batch.run_id for r in requests}))
+    states = {run_id: _RunState(item, item.attempt, item.step_count, due, item.lease_owner)
+              for run_id, (item, due) in locked.items()}
+    touched: dict[str, _RunState] = {}
+    writes = _Writes()
+    results: list[AckAction | SteplineServerError] = []
+    missing: list[int] = []
+    for index, request in enumerate(requests):
+        state = states.get(request.batch.run_id)
+        if state is None or state.deleted:
+            missing.append(index)
+            results.append(AckAction.REJECTED)  # replaced below with the precise error
+            continue
+        try:
+            new_state, action, own = _apply_request(request, state.copy(), backoff)
+        except SteplineServerError as exc:
+            results.append(exc)
+            continue
+        states[request.batch.run_id] = touched[request.batch.run_id] = new_state
+        writes.extend(own)
+        results.append(action)
+    if missing:
+        ended = run_store.statuses(conn, [requests[i].batch.run_id for i in missing])
+        for i in missing:
+            run_id = requests[i].batch.run_id
+            status = ended.get(run_id)
+            results[i] = (NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
+                          else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no "
+                                          "more ops"))
+    _flush(conn, touched, writes)
+    if any(s.deleted or s.lease_owner is None for s in touched.values()):
+        tx.notify = True
+    return results
+
+
+def _flush(conn: Any, touched: dict[str, _RunState], writes: _Writes) -> None:
+    run_store.insert_failures(conn, writes.failures)
+    run_store.insert_steps(conn, writes.steps)
+    run_store.finish_many(conn, writes.finishes)
+    queue_store.delete_many(conn, [run_id for run_id, s in touched.items() if s.deleted])
+    queue_store.update_many(conn, [
+        {"b_run_id": run_id, "attempt": s.attempt, "step_count": s.step_count,
+         "due_at_ms": s.due_at_ms, "lease_owner": s.lease_owner,
+         "lease_until_ms": s.lease_until_ms}
+        for run_id, s in touched.items() if not s.deleted
+    ])
+
+
+def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff
+                   ) -> tuple[_RunState, AckAction, _Writes]:
+    batch = request.batch
+    item = state.item
+    if request.check_function and item.function_id != batch.function_id:
         raise InvalidArgument(
             "ops.function_id",
             f"run {batch.run_id} belongs to function {item.function_id!r}, "
-            f"not {batch.function_id!r}",
-        )
-    if item.lease_owner != owner or item.lease != batch.lease:
+            f"not {batch.function_id!r}")
+    if state.lease_owner != request.owner or item.lease != batch.lease:
         raise StaleLease(
             f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
-            "worker; its ops were not applied"
-        )
-    state = _RunState(item.attempt, item.max_attempts, item.step_count)
+            "worker; its ops were not applied")
+    writes = _Writes()
     action = AckAction.CONTINUE
+    seen_steps: set[str] = set()
     for index, op in enumerate(batch.ops):
         if action is not AckAction.CONTINUE:
             raise InvalidArgument(f"ops.ops[{index}]", "no op may follow one that ends the run")
-        action = _apply_one(conn, batch.run_id, index, op, state, timing, backoff)
-    if state.deleted:
-        queue_store.delete(conn, batch.run_id)
-    else:
-        if action is AckAction.CONTINUE:
-            state.changes["lease_until_ms"] = timing.now_ms + timing.lease_ms
-        state.changes.update(attempt=state.attempt, step_count=state.step_count)
-        queue_store.set_values(conn, batch.run_id, **state.changes)
-        if action is AckAction.RELEASE:
-            tx.notify = True
-    return action
+        action = _apply_op(batch.run_id, index, op, state, request.timing, backoff, writes,
+                           seen_steps)
+    if action is AckAction.CONTINUE:
+        state.lease_until_ms = request.timing.now_ms + request.timing.lease_ms
+    return state, action, writes
 
 
-def _apply_one(
-    conn: Any, run_id: str, index: int, op: Any, state: _RunState, timing: Timing, backoff: Any
-) -> AckAction:
+def _apply_op(run_id: str, index: int, op: Op, state: _RunState, timing: Timing,
+              backoff: Backoff, writes: _Writes, seen_steps: set[str]) -> AckAction:
     now = timing.now_ms
+    if isinstance(op, StepCompleted | StepFailed) and op.step_id in seen_steps:
+        raise InvalidArgument(f"ops.ops[{index}]",
+                              f"step {op.step_id!r} appears twice in one report")
     if isinstance(op, StepCompleted):
-        if not run_store.record_step(
-            conn, run_id, state.step_count, op.step_id, op.name, status=StepStatus.COMPLETED,
-            attempts=state.attempt + 1, now_ms=now, started_at_ms=op.started_at_ms,
-            output=op.output,
-        ):
-            raise InvalidArgument(
-                f"ops.ops[{index}].step_completed.step_id",
-                f"step {op.step_id!r} of run {run_id} already has a result",
-            )
-        state.step_count += 1
-        state.attempt = 0
+        seen_steps.add(op.step_id)
+        _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
+                     op.started_at_ms, output=op.output)
         return AckAction.CONTINUE
     if isinstance(op, StepFailed):
-        run_store.record_failure(conn, run_id, op.step_id, state.attempt, op.error, now,
-                                 op.started_at_ms)
+        seen_steps.add(op.step_id)
+        _record_failure(writes, run_id, op.step_id, state.attempt, op.error, now,
+                        op.started_at_ms)
         if state.final_attempt(op.non_retriable):
-            if not run_store.record_step(
-                conn, run_id, state.step_count, op.step_id, op.name, status=StepStatus.FAILED,
-                attempts=state.attempt + 1, now_ms=now, started_at_ms=op.started_at_ms,
-                error=op.error,
-            ):
-                raise InvalidArgument(
-                    f"ops.ops[{index}].step_failed.step_id",
-                    f"step {op.step_id!r} of run {run_id} already has a result",
-                )
-            state.step_count += 1
-            state.attempt = 0
+            _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.FAILED, now,
+                         op.started_at_ms, error=op.error)
             return AckAction.CONTINUE  # the worker raises the error at the step's call site
         _schedule_retry(state, now, op.retry_after_ms, backoff)
         return AckAction.RELEASE
     if isinstance(op, RunCompleted):
-        run_store.finish(conn, run_id, RunStatus.COMPLETED, now, output=op.output)
-        state.deleted = True
+        _finish(writes, run_id, state, RunStatus.COMPLETED, now, output=op.output)
         return AckAction.RELEASE
     if isinstance(op, RunFailed):
-        run_store.record_failure(conn, run_id, "", state.attempt, op.error, now, None)
+        _record_failure(writes, run_id, "", state.attempt, op.error, now, None)
         if state.final_attempt(op.non_retriable):
-            run_store.finish(conn, run_id, RunStatus.FAILED, now, error=op.error)
-            state.deleted = True
+            _finish(writes, run_id, state, RunStatus.FAILED, now, error=op.error)
         else:
             _schedule_retry(state, now, op.retry_after_ms, backoff)
         return AckAction.RELEASE
     raise InvalidArgument(f"ops.ops[{index}]", f"unsupported op {type(op).__name__}")
 
 
-def _schedule_retry(
-    state: _RunState, now_ms: int, retry_after_ms: int | None, backoff: Any
-) -> None:
+def _record_step(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
+                 status: StepStatus, now_ms: int, started_at_ms: int | None, *,
+                 output: str | None = None, error: ErrorInfo | None = None) -> None:
+    writes.steps.append({
+        "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
+        "status": status.value, "output": output,
+        "error": None if error is None else error.to_json(), "attempts": state.attempt + 1,
+        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
+    })
+    state.step_count += 1
+    state.attempt = 0
+
+
+def _record_failure(writes: _Writes, run_id: str, step_id: str, attempt: int, error: ErrorInfo,
+                    now_ms: int, started_at_ms: int | None) -> None:
+    writes.failures.append({
+        "run_id": run_id, "step_id": step_id, "attempt": attempt, "error": error.to_json(),
+        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
+    })
+
+
+def _finish(writes: _Writes, run_id: str, state: _RunState, status: RunStatus, now_ms: int, *,
+            output: str | None = None, error: ErrorInfo | None = None) -> None:
+    writes.finishes.append({
+        "b_id": run_id, "status": status.value, "output": output,
+        "error": None if error is None else error.to_json(), "ended_at_ms": now_ms,
+    })
+    state.deleted = True
+
+
+def _schedule_retry(state: _RunState, now_ms: int, retry_after_ms: int | None,
+                    backoff: Backoff) -> None:
     state.attempt += 1
     delay = retry_after_ms if retry_after_ms is not None else backoff(state.attempt)
-    state.changes.update(due_at_ms=now_ms + max(0, delay), lease_owner=None, lease_until_ms=None)
+    state.due_at_ms = now_ms + max(0, delay)
+    state.lease_owner = None
+    state.lease_until_ms = None

@@ -17,10 +17,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     if isinstance(exc, SteplineServerError):
         await context.abort(exc.code, str(exc))
     log.exception("unexpected error in %s", method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    # The details stay short (gRPC caps metadata) and leak no SQL; the log has the rest.
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"internal error ({type(exc).__name__}); see the server log")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],

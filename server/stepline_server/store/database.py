@@ -10,13 +10,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
+from stepline_server.errors import Conflict
 from stepline_server.store import dialect
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,55 @@ class Tx:
 
 
 Job = Callable[[Tx], Any]
+BatchApply = Callable[[Tx, list[Any]], list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Batched:
+    """An item that is applied together with adjacent items of the same kind."""
+
+    apply: BatchApply
+    item: Any
+
+
+@dataclass(slots=True)
+class _Unit:
+    """Consecutive pending entries that run as one piece of the transaction."""
+
+    job: Job | None = None
+    apply: BatchApply | None = None
+    items: list[Any] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return 1 if self.job is not None else len(self.items)
+
+    def run(self, tx: Tx) -> list[Any]:
+        if self.job is not None:
+            return [self.job(tx)]
+        assert self.apply is not None
+        return self.apply(tx, self.items)
+
+    def one_by_one(self, tx: Tx, first_error: Exception) -> list[Any]:
+        """After the unit failed as a whole: each item alone, in its own savepoint."""
+        if self.job is not None or len(self.items) == 1:
+            return [_translate(first_error)]
+        assert self.apply is not None
+        results: list[Any] = []
+        for item in self.items:
+            try:
+                with tx.conn.begin_nested():
+                    results += self.apply(tx, [item])
+            except Exception as exc:
+                results.append(_translate(exc))
+        return results
+
+
+def _translate(exc: Exception) -> Exception:
+    """Driver errors become server errors here, in one place."""
+    if isinstance(exc, IntegrityError):
+        return Conflict(f"conflicts with stored data: {exc.orig}")
+    return exc
 
 
 def migrate(url: str) -> None:
@@ -47,6 +99,10 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
+class _Retry(Exception):
+    pass
+
+
 class Database:
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
@@ -54,7 +110,8 @@ class Database:
         self.writer, self.reader = dialect.make_engines(url, sqlite_synchronous=sqlite_synchronous)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="stepline-writer")
         self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="stepline-reader")
-        self._pending: list[tuple[Job, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Job | _Batched, asyncio.Future[Any]]] = []
+        self._conn: Connection | None = None  # the writer thread's own, kept open
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -73,6 +130,8 @@ class Database:
             self._wake.set()
         if self._task is not None:
             await self._task
+        await asyncio.get_running_loop().run_in_executor(self._write_thread,
+                                                         self._drop_connection)
         self._write_thread.shutdown(wait=True)
         self._read_threads.shutdown(wait=True)
         self.writer.dispose()
@@ -88,6 +147,11 @@ class Database:
         self._pending.append((job, fut))
         self._wake.set()
         return fut
+
+    def submit_batched(self, apply: BatchApply, item: Any) -> asyncio.Future[Any]:
+        """Queue an item that `apply(tx, items)` writes together with adjacent items of the same
+        `apply`; it returns one result (or exception instance) per item, in order."""
+        return self.submit(_Batched(apply, item))  # type: ignore[arg-type]
 
     async def write(self, job: Callable[[Tx], T]) -> T:
         return await self.submit(job)
@@ -115,30 +179,59 @@ class Database:
             if self._closing and not self._pending:
                 return
 
-    def _commit(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[Any]:
+    def _commit(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[Any]:
+        units: list[_Unit] = []
+        for entry, _ in batch:
+            if isinstance(entry, _Batched):
+                if units and units[-1].apply is entry.apply:
+                    units[-1].items.append(entry.item)
+                else:
+                    units.append(_Unit(apply=entry.apply, items=[entry.item]))
+            else:
+                units.append(_Unit(job=entry))
+        try:
+            return self._transaction(units, isolate=len(units) > 1)
+        except _Retry:
+            # A lone unit failed and rolled back; redo its items one by one.
+            return self._transaction(units, isolate=True)
+        except Exception:
+            self._drop_connection()
+            raise
+
+    def _transaction(self, units: list[_Unit], *, isolate: bool) -> list[Any]:
+        if self._conn is None:
+            self._conn = self.writer.connect()
+        conn = self._conn
+        trans = conn.begin()
+        tx = Tx(conn)
         results: list[Any] = []
-        with self.writer.connect() as conn:
-            trans = conn.begin()
-            tx = Tx(conn)
-            if len(batch) == 1:
-                # A lone job needs no savepoint: when it fails, the transaction rolls back.
+        for unit in units:
+            if not isolate:  # one unit: no savepoint needed, the transaction is its scope
                 try:
-                    results.append(batch[0][0](tx))
+                    results += unit.run(tx)
                 except Exception as exc:
                     trans.rollback()
-                    return [exc]
-            else:
-                for job, _ in batch:
-                    try:
-                        with conn.begin_nested():
-                            results.append(job(tx))
-                    except Exception as exc:
-                        results.append(exc)
-            if tx.notify:
-                dialect.notify(conn)
-            trans.commit()
+                    if unit.size > 1:
+                        raise _Retry() from exc
+                    return [_translate(exc)]
+                continue
+            try:
+                with conn.begin_nested():
+                    results += unit.run(tx)
+            except Exception as exc:
+                results += unit.one_by_one(tx, exc)
+        if tx.notify:
+            dialect.notify(conn)
+        trans.commit()
         self.commits += 1
         return results
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
 
     # -- reads ---------------------------------------------------------------------------------
     async def read(self, query: Callable[[Connection], T]) -> T:

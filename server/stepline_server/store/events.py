@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
 from stepline_server.store.schema import events
+
+_SEEN = select(events.c.id, events.c.received_at_ms).where(
+    events.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT = events.insert()
 
 
 def insert(
@@ -18,9 +22,7 @@ def insert(
     ids = list({r.id for r in records})
     seen = {
         row.id: row.received_at_ms
-        for row in conn.execute(
-            select(events.c.id, events.c.received_at_ms).where(events.c.id.in_(ids))
-        )
+        for row in conn.execute(_SEEN, {"ids": ids})
     }
     fresh: list[bool] = []
     inserts: list[dict[str, Any]] = []
@@ -45,7 +47,7 @@ def insert(
         seen[record.id] = now_ms
         fresh.append(True)
     if inserts:
-        conn.execute(events.insert(), inserts)
+        conn.execute(_INSERT, inserts)
     return fresh
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventTrigger, FunctionChanges, FunctionSpec
@@ -81,15 +81,18 @@ def _replace_triggers(conn: Connection, spec: FunctionSpec) -> None:
         conn.execute(event_triggers.insert(), rows)
 
 
+_SUBSCRIBERS = (
+    select(event_triggers.c.event_name, event_triggers.c.function_id,
+           event_triggers.c.expression, functions.c.retries)
+    .join(functions, functions.c.id == event_triggers.c.function_id)
+    .where(event_triggers.c.event_name.in_(bindparam("names", expanding=True)))
+)
+
+
 def subscribers(conn: Connection, event_names: list[str]) -> dict[str, list[Subscriber]]:
     """Functions subscribed to each of these event names (one indexed query)."""
     found: dict[str, list[Subscriber]] = {name: [] for name in event_names}
-    rows = conn.execute(
-        select(event_triggers.c.event_name, event_triggers.c.function_id,
-               event_triggers.c.expression, functions.c.retries)
-        .join(functions, functions.c.id == event_triggers.c.function_id)
-        .where(event_triggers.c.event_name.in_(list(found)))
-    )
+    rows = conn.execute(_SUBSCRIBERS, {"names": list(found)})
     for row in rows:
         found[row.event_name].append(Subscriber(row.function_id, row.retries + 1, row.expression))
     return found

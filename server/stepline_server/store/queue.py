@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem
@@ -21,18 +21,38 @@ def _item(row: Any) -> QueueItem:
                      row.lease_owner, row.step_count)
 
 
+_INSERT = queue.insert()
+_DEFAULTS = {"attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
+             "step_count": 0}
+
+
 def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        defaults = {"attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
-                    "step_count": 0}
-        conn.execute(queue.insert(), [defaults | row for row in rows])
+        conn.execute(_INSERT, [_DEFAULTS | row for row in rows])
 
 
-def _claimable(now_ms: int) -> Any:
+def _claimable(now_ms: Any) -> Any:
     return and_(
         queue.c.due_at_ms <= now_ms,
         or_(queue.c.lease_owner.is_(None), queue.c.lease_until_ms < now_ms),
     )
+
+
+_CANDIDATES = (
+    select(queue.c.run_id)
+    .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
+           _claimable(bindparam("now")))
+    .order_by(queue.c.due_at_ms)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)  # rendered on PostgreSQL; SQLite holds the write lock
+)
+_LEASE = (
+    update(queue)
+    .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
+            lease_until_ms=bindparam("until"))
+    .returning(*_ITEM_COLUMNS)
+)
 
 
 def claim(
@@ -41,34 +61,48 @@ def claim(
     """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
     if limit <= 0 or not function_ids:
         return []
-    candidates = (
-        select(queue.c.run_id)
-        .where(queue.c.function_id.in_(function_ids), _claimable(now_ms))
-        .order_by(queue.c.due_at_ms)
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # rendered on PostgreSQL; SQLite holds the write lock
-    )
-    run_ids = [row.run_id for row in conn.execute(candidates)]
+    candidates = conn.execute(
+        _CANDIDATES, {"function_ids": function_ids, "now": now_ms, "limit": limit})
+    run_ids = [row.run_id for row in candidates]
     if not run_ids:
         return []
-    rows = conn.execute(
-        update(queue)
-        .where(queue.c.run_id.in_(run_ids))
-        .values(lease=queue.c.lease + 1, lease_owner=owner, lease_until_ms=now_ms + lease_ms)
-        .returning(*_ITEM_COLUMNS)
-    )
+    rows = conn.execute(_LEASE, {"run_ids": run_ids, "owner": owner,
+                                 "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
 
-def lease_directly(
-    conn: Connection, owner: str, run_ids: list[str], now_ms: int, lease_ms: int
-) -> None:
-    """Lease freshly enqueued items to a worker at once (they are new: nobody else sees them)."""
-    conn.execute(
-        update(queue)
-        .where(queue.c.run_id.in_(run_ids))
-        .values(lease=1, lease_owner=owner, lease_until_ms=now_ms + lease_ms)
-    )
+# Hot-path statements are built once: SQLAlchemy memoizes their cache keys and compiled forms.
+_LOCK_MANY = (
+    select(*_ITEM_COLUMNS, queue.c.due_at_ms)
+    .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .order_by(queue.c.run_id)
+    .with_for_update()
+)
+_UPDATE_MANY = (
+    update(queue)
+    .where(queue.c.run_id == bindparam("b_run_id"))
+    .values(attempt=bindparam("attempt"), step_count=bindparam("step_count"),
+            due_at_ms=bindparam("due_at_ms"), lease_owner=bindparam("lease_owner"),
+            lease_until_ms=bindparam("lease_until_ms"))
+)
+_DELETE_MANY = queue.delete().where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+
+
+def lock_many(conn: Connection, run_ids: list[str]) -> dict[str, tuple[QueueItem, int]]:
+    """Lock these runs' queue rows (in a fixed order); return each item with its due time."""
+    rows = conn.execute(_LOCK_MANY, {"run_ids": run_ids})
+    return {row.run_id: (_item(row), row.due_at_ms) for row in rows}
+
+
+def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Rows: b_run_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms."""
+    if rows:
+        conn.execute(_UPDATE_MANY, rows)
+
+
+def delete_many(conn: Connection, run_ids: list[str]) -> None:
+    if run_ids:
+        conn.execute(_DELETE_MANY, {"run_ids": run_ids})
 
 
 def lock(conn: Connection, run_id: str) -> QueueItem | None:
@@ -86,11 +120,12 @@ def delete(conn: Connection, run_id: str) -> None:
     conn.execute(queue.delete().where(queue.c.run_id == run_id))
 
 
-def extend(conn: Connection, owner: str, until_ms: int) -> int:
-    result = conn.execute(
-        update(queue).where(queue.c.lease_owner == owner).values(lease_until_ms=until_ms)
-    )
-    return int(result.rowcount)
+_EXTEND = (update(queue).where(queue.c.lease_owner == bindparam("owner"))
+           .values(lease_until_ms=bindparam("until")))
+
+
+def extend(conn: Connection, owner: str, until_ms: int) -> None:
+    conn.execute(_EXTEND, {"owner": owner, "until": until_ms})
 
 
 def release(conn: Connection, owner: str, run_ids: list[str] | None = None) -> int:

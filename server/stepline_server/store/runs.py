@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import (
@@ -18,22 +18,35 @@ from stepline_server.model import (
     StepRecord,
     StepStatus,
 )
-from stepline_server.store import dialect
 from stepline_server.store.events import row_to_event
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
+
+_INSERT_RUNS = runs.insert()
+_MARK_STARTED = (
+    update(runs)
+    .where(runs.c.id.in_(bindparam("run_ids", expanding=True)),
+           runs.c.status == RunStatus.QUEUED.value)
+    .values(status=RunStatus.RUNNING.value, started_at_ms=bindparam("now"))
+)
+_MEMO = (
+    select(steps.c.run_id, steps.c.step_id, steps.c.output, steps.c.error)
+    .where(steps.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .order_by(steps.c.run_id, steps.c.position)
+)
+_EVENTS_OF = (
+    select(runs.c.id.label("run_id"), events)
+    .join(events, events.c.id == runs.c.event_id)
+    .where(runs.c.id.in_(bindparam("run_ids", expanding=True)))
+)
 
 
 def create(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(runs.insert(), rows)
+        conn.execute(_INSERT_RUNS, rows)
 
 
 def mark_started(conn: Connection, run_ids: list[str], now_ms: int) -> None:
-    conn.execute(
-        update(runs)
-        .where(runs.c.id.in_(run_ids), runs.c.status == RunStatus.QUEUED.value)
-        .values(status=RunStatus.RUNNING.value, started_at_ms=now_ms)
-    )
+    conn.execute(_MARK_STARTED, {"run_ids": run_ids, "now": now_ms})
 
 
 def finish(
@@ -55,62 +68,49 @@ def finish(
     return bool(result.rowcount)
 
 
-def record_step(
-    conn: Connection,
-    run_id: str,
-    position: int,
-    step_id: str,
-    name: str,
-    *,
-    status: StepStatus,
-    attempts: int,
-    now_ms: int,
-    started_at_ms: int | None,
-    output: str | None = None,
-    error: ErrorInfo | None = None,
-) -> bool:
-    """Write a step's final result; False if the step already has one (written once)."""
-    return dialect.insert_ignore(conn, steps, {
-        "run_id": run_id, "step_id": step_id, "position": position, "name": name,
-        "status": status.value, "output": output,
-        "error": None if error is None else error.to_json(), "attempts": attempts,
-        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
-    })
+_FINISH_MANY = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"), runs.c.ended_at_ms.is_(None))
+    .values(status=bindparam("status"), output=bindparam("output"), error=bindparam("error"),
+            ended_at_ms=bindparam("ended_at_ms"))
+)
+_INSERT_STEPS = steps.insert()
+_INSERT_FAILURES = step_failures.insert()
+_STATUS_MANY = select(runs.c.id, runs.c.status).where(
+    runs.c.id.in_(bindparam("run_ids", expanding=True)))
 
 
-def record_failure(
-    conn: Connection,
-    run_id: str,
-    step_id: str,
-    attempt: int,
-    error: ErrorInfo,
-    now_ms: int,
-    started_at_ms: int | None,
-) -> None:
-    dialect.insert_ignore(conn, step_failures, {
-        "run_id": run_id, "step_id": step_id, "attempt": attempt, "error": error.to_json(),
-        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
-    })
+def finish_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Rows: b_id, status, output, error (JSON text or None), ended_at_ms."""
+    if rows:
+        conn.execute(_FINISH_MANY, rows)
+
+
+def insert_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Final step results; a step that already has one raises IntegrityError."""
+    if rows:
+        conn.execute(_INSERT_STEPS, rows)
+
+
+def insert_failures(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_FAILURES, rows)
+
+
+def statuses(conn: Connection, run_ids: list[str]) -> dict[str, RunStatus]:
+    return {row.id: RunStatus(row.status)
+            for row in conn.execute(_STATUS_MANY, {"run_ids": run_ids})}
 
 
 def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
     found: dict[str, list[MemoStep]] = {run_id: [] for run_id in run_ids}
-    rows = conn.execute(
-        select(steps.c.run_id, steps.c.step_id, steps.c.output, steps.c.error)
-        .where(steps.c.run_id.in_(run_ids))
-        .order_by(steps.c.run_id, steps.c.position)
-    )
-    for row in rows:
+    for row in conn.execute(_MEMO, {"run_ids": run_ids}):
         found[row.run_id].append(MemoStep(row.step_id, row.output, ErrorInfo.from_json(row.error)))
     return found
 
 
 def events_of(conn: Connection, run_ids: list[str]) -> dict[str, Any]:
-    rows = conn.execute(
-        select(runs.c.id.label("run_id"), events)
-        .join(events, events.c.id == runs.c.event_id)
-        .where(runs.c.id.in_(run_ids))
-    )
+    rows = conn.execute(_EVENTS_OF, {"run_ids": run_ids})
     return {row.run_id: row_to_event(row) for row in rows}
 
 
