@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from stepline._worker import Session
 
 log = logging.getLogger("stepline.worker")
+DEFER_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -86,20 +87,43 @@ class RunExecution:
         self.memo: dict[str, common_pb2.StepResult] = {s.step_id: s for s in dispatch.steps}
         self.released = False
         self._pending: asyncio.Future[worker_service_pb2.Ack] | None = None
+        # A completed step's checkpoint waits for the next boundary (next step, or the run's
+        # end) so that the last step and the run's result share one report and one commit.
+        self._deferred: list[worker_service_pb2.Op] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     # -- talking to the server -----------------------------------------------------------------
     def send(self, ops: list[worker_service_pb2.Op]) -> asyncio.Future[worker_service_pb2.Ack]:
+        """Report deferred checkpoints and `ops` in one message; the future gives its ack."""
         if self.released:
             raise Released()
+        ops, self._deferred = self._deferred + ops, []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         future = self.session.send_ops(worker_service_pb2.Ops(
             run_id=self.run_id, lease=self.lease, function_id=self.function.id, ops=ops))
         self._pending = future
         return future
 
+    def defer(self, op: worker_service_pb2.Op) -> None:
+        self._deferred.append(op)
+        if self._flush_timer is None:
+            # Code that dawdles before its next step must not leave the result uncommitted.
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                DEFER_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        if self._deferred and not self.released:
+            self.send([])
+
     async def settle(self) -> None:
-        """Wait until the last checkpoint is committed; unwind if the run is no longer ours."""
+        """Commit what is deferred and wait for it; unwind if the run is no longer ours."""
         if self.released:
             raise Released()
+        if self._deferred:
+            self.send([])
         if self._pending is None:
             return
         ack = await self._pending

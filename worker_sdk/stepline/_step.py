@@ -122,9 +122,9 @@ class Step:
             error = op.step_failed.error
             ex.memo[step_id] = common_pb2.StepResult(step_id=step_id, error=error)
             raise StepError(step_id, error.name, error.message, error.stack) from exc
-        # Pipelined: the next step (or the run's end) waits for this checkpoint's ack.
-        ex.send([worker_service_pb2.Op(step_completed=worker_service_pb2.StepCompleted(
-            step_id=step_id, name=name, output=output.encode(), started_at=started))])
+        # Reported at the next boundary: before the next step runs, or with the run's result.
+        ex.defer(worker_service_pb2.Op(step_completed=worker_service_pb2.StepCompleted(
+            step_id=step_id, name=name, output=output.encode(), started_at=started)))
         return json.loads(output)  # type: ignore[no-any-return]
 
 
