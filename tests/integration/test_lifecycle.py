@@ -70,3 +70,22 @@ def test_worker_reconnects_after_server_restart(make_server: Any, start_worker: 
     Stepline("s", url=second.address).send_sync("t/echo", {"v": 7})
     (run_id,) = second.run_ids_for("echo")
     assert json.loads(second.wait_run(run_id).output) == {"v": 7}
+
+
+def test_worker_refused_by_the_server_stops_with_the_reason(server: ServerThread) -> None:
+    import asyncio
+
+    import pytest
+
+    from stepline import ClientError
+
+    app = Stepline("bad-app", url=server.address)
+
+    @app.function(id="not a valid id", trigger="t/x")
+    async def bad(ctx: Any) -> None:
+        return None
+
+    with pytest.raises(ClientError) as caught:
+        asyncio.run(asyncio.wait_for(app.worker().serve(asyncio.Event()), 10))
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert caught.value.message.startswith("hello.functions[0].id:")

@@ -18,6 +18,7 @@ import grpc
 
 from stepline import _config
 from stepline._execution import RunExecution
+from stepline.errors import ClientError
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -25,6 +26,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepline.worker")
 SDK_VERSION = "0.1.0"
+
+
+async def _refused_or_closed(task: asyncio.Future[None]) -> None:
+    """Wait for a session; raise if the server refused the worker (retrying cannot help)."""
+    try:
+        await task
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+            raise ClientError(exc.code().name, exc.details() or "") from None
+        log.debug("stream ended: %s", exc.details())
 
 
 class Session:
@@ -192,8 +203,8 @@ class Worker:
                         await self._drain(session, task)
                     if session.welcomed.is_set():
                         delay = _config.RECONNECT_MIN_SECONDS
-                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-                        await task
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await _refused_or_closed(task)
                 if stop.is_set():
                     break
                 log.warning("stream to %s closed; reconnecting in %.1fs", self.app.target, delay)

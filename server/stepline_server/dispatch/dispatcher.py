@@ -70,12 +70,14 @@ class Dispatcher:
         return f"{self.server_id}/{next(self._counter)}"
 
     def add(self, conn: WorkerConnection) -> None:
-        self.connections[conn.id] = conn
+        with self._lock:  # the writer thread iterates the connections in reserve()
+            self.connections[conn.id] = conn
         self.wake()
 
     def remove(self, conn: WorkerConnection) -> None:
-        conn.closed = True
-        self.connections.pop(conn.id, None)
+        with self._lock:
+            conn.closed = True
+            self.connections.pop(conn.id, None)
 
     def wake(self) -> None:
         self._wake.set()
