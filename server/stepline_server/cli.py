@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
     return _run_server(settings, announce=_announce, verbose=args.verbose)
 
 
@@ -112,7 +113,8 @@ async def _serve(settings: Settings, announce: Callable[[str], None], *, verbose
     except Exception as exc:
         if verbose:
             logging.getLogger(__name__).exception("start-up failed")
-        raise CommandError(f"cannot start the server: {exc}") from None
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CommandError(f"cannot start the server: {first_line}") from None
     announce(server.address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -246,8 +248,9 @@ def _add_server_commands(commands: Any) -> None:
         "serve", help="run the server (flags override STEPLINE_* variables)")
     serve.add_argument("--address", help=f"host:port to listen on (default {DEFAULT_GRPC_ADDRESS};"
                                          " port 0 picks a free one)")
-    serve.add_argument("--database-url", help="sqlite:///path or postgresql://… "
-                                              "(default sqlite file ./stepline.db)")
+    serve.add_argument("--database-url",
+                       help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+                            "(default sqlite file ./stepline.db)")
     serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")

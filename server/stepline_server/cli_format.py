@@ -139,7 +139,7 @@ def error_text(error: common_pb2.ErrorInfo) -> str:
 # -- tables -------------------------------------------------------------------------------------
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns, two spaces apart; the last column is not padded."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)]
@@ -165,6 +165,15 @@ def _step_result(step: run_service_pb2.Step) -> str:
     return truncate(payload_text(step.output), TABLE_CELL_CHARS)
 
 
+def _earlier_failures(step: run_service_pb2.Step) -> list[common_pb2.ErrorInfo]:
+    """Failed attempts' errors, without the last one when it is the step's final error (the
+    RESULT column shows that one already)."""
+    errors = list(step.attempt_errors)
+    if step.HasField("error") and errors and errors[-1] == step.error:
+        errors.pop()
+    return errors
+
+
 def steps_table(steps: Sequence[run_service_pb2.Step]) -> str:
     if not steps:
         return "no steps recorded"
@@ -177,7 +186,7 @@ def steps_table(steps: Sequence[run_service_pb2.Step]) -> str:
     out = [lines[0]]
     for step, line in zip(steps, lines[1:], strict=True):
         out.append(line)
-        for n, error in enumerate(step.attempt_errors, start=1):
+        for n, error in enumerate(_earlier_failures(step), start=1):
             out.append(f"  attempt {n} failed: {truncate(error_text(error), 100)}")
     return "\n".join(out)
 

@@ -69,6 +69,8 @@ class SteplineServer:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # A second server on a busy port must fail, not share it (one server per SQLite file).
+            ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(self.engine), server)

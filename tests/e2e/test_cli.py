@@ -1,0 +1,219 @@
+"""The `stepline` CLI end to end: a real server and worker in their own processes, and each
+command run as `python -m stepline_server …`, checked by its output and exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LISTENING = "stepline: listening on "
+START_TIMEOUT = 20.0
+RUN_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+
+class Process:
+    """A child process whose output lines are collected by threads (so pipes never fill up)."""
+
+    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(args, cwd=cwd, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(stream,), daemon=True)
+                         for stream in (self.popen.stdout, self.popen.stderr)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def wait_for_line(self, needle: str, timeout: float = START_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.popen.poll() is not None:
+                    break
+                continue
+            if needle in line:
+                return line.strip()
+        raise AssertionError(f"{needle!r} not seen from {self.args[2:4]} (exit code "
+                             f"{self.popen.poll()}); output:\n{''.join(self.output)}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        try:
+            self.popen.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_")}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server on a free port with a SQLite file, and a worker for tests/e2e/apps/cli_app.py."""
+    workdir = tmp_path_factory.mktemp("cli")
+    processes: list[Process] = []
+    try:
+        server = Process(
+            [sys.executable, "-m", "stepline_server", "serve", "--address", "127.0.0.1:0",
+             "--database-url", f"sqlite:///{workdir / 'cli.db'}"],
+            cwd=workdir, env=_env(STEPLINE_RETRY_BASE_SECONDS="0.05",
+                                  STEPLINE_SHUTDOWN_GRACE_SECONDS="1"))
+        processes.append(server)
+        address = server.wait_for_line(LISTENING).removeprefix(LISTENING)
+        worker = Process([sys.executable, "-m", "stepline", "worker",
+                          "tests.e2e.apps.cli_app:app", "--url", address], cwd=REPO, env=_env())
+        processes.insert(0, worker)
+        worker.wait_for_line("connected to")  # logged after the server registered its functions
+        yield address
+    finally:
+        for process in processes:  # the worker first, so it drains while the server is up
+            process.stop()
+
+
+def stepline(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "stepline_server", *args]
+    if url is not None:
+        command += ["--url", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=_env())
+
+
+def sent_run_id(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    runs = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("run ")]
+    assert len(runs) == 1, result.stdout
+    return runs[0]
+
+
+def wait_until_ended(run_id: str, url: str) -> dict[str, Any]:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        result = stepline("run", run_id, "--json", url=url)
+        assert result.returncode == 0, result.stderr
+        run: dict[str, Any] = json.loads(result.stdout)
+        if run["status"] in ("completed", "failed", "cancelled"):
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still {run['status']}"
+        time.sleep(0.1)
+
+
+def test_send_then_runs_and_run_show_the_completed_run(url: str) -> None:
+    sent = stepline("send", "test/cli.greet", '{"name": "Ada"}', "--id", "evt-greet-1", url=url)
+    run_id = sent_run_id(sent)
+    assert "event evt-greet-1" in sent.stdout
+
+    run = wait_until_ended(run_id, url)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"greeting": "HELLO, ADA"}
+    assert [s["step_id"] for s in run["steps"]] == ["make-greeting", "shout"]
+    assert [s["attempts"] for s in run["steps"]] == [1, 2]
+
+    shown = stepline("run", run_id, url=url)
+    assert shown.returncode == 0, shown.stderr
+    for expected in ("greet", "completed", "test/cli.greet (evt-greet-1)", '{"name":"Ada"}',
+                     '{"greeting":"HELLO, ADA"}', "make-greeting", '"Hello, Ada"',
+                     "attempt 1 failed: RuntimeError: flaky: first attempt fails"):
+        assert expected in shown.stdout, shown.stdout
+
+    listed = stepline("runs", "--function", "greet", url=url)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == [
+        "RUN", "ID", "FUNCTION", "STATUS", "CREATED", "DURATION"]
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(run_id))
+    assert row.split()[1:3] == ["greet", "completed"]
+
+
+def test_a_failed_run_shows_its_error(url: str) -> None:
+    run_id = sent_run_id(stepline("send", "test/cli.greet", '{"nom": "Ada"}', url=url))
+    run = wait_until_ended(run_id, url)
+    assert run["status"] == "failed", run
+    assert run["error"]["name"] == "KeyError"
+
+    shown = stepline("run", run_id, url=url)
+    assert shown.returncode == 0, shown.stderr
+    assert "status    failed" in shown.stdout
+    assert "error     KeyError: 'name'" in shown.stdout
+    assert "no steps recorded" in shown.stdout
+
+
+def test_repeated_event_id_starts_no_run(url: str) -> None:
+    first = stepline("send", "test/cli.greet", '{"name": "Bo"}', "--id", "evt-dup", url=url)
+    sent_run_id(first)
+    again = stepline("send", "test/cli.greet", '{"name": "Bo"}', "--id", "evt-dup", url=url)
+    assert again.returncode == 0, again.stderr
+    assert "run " not in again.stdout
+    assert "no runs started" in again.stderr
+
+
+def test_cancel_a_running_run_then_cancel_again_fails(url: str) -> None:
+    run_id = sent_run_id(stepline("send", "test/cli.nap", "{}", url=url))
+
+    cancelled = stepline("cancel", run_id, "--reason", "not needed", url=url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"run {run_id} cancelled"
+
+    listed = stepline("runs", "--status", "cancelled", url=url)
+    assert run_id in listed.stdout
+    assert "completed" not in listed.stdout
+
+    again = stepline("cancel", run_id, url=url)
+    assert again.returncode == 1
+    assert "already ended (cancelled)" in again.stderr
+    assert "FAILED_PRECONDITION" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_unknown_run_is_one_readable_error(url: str) -> None:
+    result = stepline("run", "01NOSUCHRUN", url=url)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == "stepline run: run_id: no run '01NOSUCHRUN' (NOT_FOUND)"
+
+
+def test_malformed_json_is_a_usage_error() -> None:
+    result = stepline("send", "test/cli.greet", "{name: Ada}", url="127.0.0.1:1")
+    assert result.returncode == 2
+    assert "argument JSON: not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_status_lists_the_valid_ones() -> None:
+    result = stepline("runs", "--status", "done", url="127.0.0.1:1")
+    assert result.returncode == 2
+    for status in ("queued", "running", "completed", "failed", "cancelled"):
+        assert status in result.stderr
+
+
+def test_no_server_is_one_readable_error() -> None:
+    result = stepline("runs", url="127.0.0.1:1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("stepline runs: cannot reach a Stepline server at 127.0.0.1:1")
+    assert len(result.stderr.strip().splitlines()) == 1
