@@ -114,6 +114,8 @@ class SteplineServer:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
         self._stop_listening.set()
         for task in self._tasks:
+            # Cancel too: the listener may be stuck connecting to a database that is going away.
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.release_owners_like(self.server_id + "/")

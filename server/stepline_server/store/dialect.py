@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "stepline_queue"
+LISTEN_WAIT_SECONDS = 0.5
 
 
 def is_sqlite(url: str) -> bool:
@@ -85,26 +86,15 @@ async def listen(url: str, on_notify: Callable[[], None], stop: asyncio.Event) -
     delay = 0.5
     while not stop.is_set():
         try:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, connect_timeout=10) as conn:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 delay = 0.5
-                gen = conn.notifies()
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    while not stop.is_set():
-                        nxt = asyncio.ensure_future(anext(gen))
-                        done, _ = await asyncio.wait(
-                            {nxt, stopper}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        if nxt in done:
-                            nxt.result()
-                            on_notify()
-                        else:
-                            nxt.cancel()
-                            with contextlib.suppress(BaseException):
-                                await nxt
-                finally:
-                    stopper.cancel()
+                while not stop.is_set():
+                    # A bounded wait, so `stop` is seen; the generator ends before we leave the
+                    # connection (an abandoned one would hold its lock and hang the close).
+                    async for _ in conn.notifies(timeout=LISTEN_WAIT_SECONDS):
+                        on_notify()
         except (OSError, psycopg.Error) as exc:
             log.warning("LISTEN connection lost (%s); polling until it is back", exc)
             with contextlib.suppress(TimeoutError):
