@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import threading
@@ -61,6 +60,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopped = False
         self._lock = threading.Lock()
+        # Functions whose ready work ran out at their last claim, with no sign of new work
+        # since: a slot freed by a finished run does not send the writer an empty claim.
+        self._drained: set[str] = set()
         self._background: set[asyncio.Task[object]] = set()
         engine.on_ready_work(self.wake)
         engine.set_placement(self)
@@ -80,6 +82,8 @@ class Dispatcher:
             self.connections.pop(conn.id, None)
 
     def wake(self) -> None:
+        """New work may be claimable (new or released runs, a NOTIFY)."""
+        self._drained.clear()
         self._wake.set()
 
     def stop(self) -> None:
@@ -136,12 +140,15 @@ class Dispatcher:
                 cancel=worker_service_pb2.Cancel(run_id=run_id)))
             self.wake()
 
-    def finished(self, conn: WorkerConnection, run_id: str) -> None:
-        """The worker no longer holds this run: its slot is free."""
+    def finished(self, conn: WorkerConnection, run_id: str, *, requeued: bool) -> None:
+        """The worker no longer holds this run: its slot is free. `requeued`: the run went
+        back to the queue (a retry), so there is new work to claim."""
+        if requeued:
+            self._drained.clear()
         if run_id in conn.inflight:
             with self._lock:
                 conn.inflight.discard(run_id)
-            self.wake()
+            self._wake.set()
 
     async def run(self) -> None:
         """Pump until stopped; sleeps until woken, the next due item, or the poll interval."""
@@ -152,27 +159,30 @@ class Dispatcher:
             except Exception:  # the database may be briefly unavailable: keep serving
                 log.exception("dispatch pump failed; retrying")
                 timeout = self.poll_seconds
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:  # a due time or the poll interval: look again everywhere
+                self._drained.clear()
 
     async def _pump(self) -> float:
         with self._lock:
-            hungry = [(c, c.free) for c in self.connections.values() if c.free > 0
-                      and c.function_ids]
-            for conn, wanted in hungry:
+            hungry = [(c, c.free, [f for f in c.function_ids if f not in self._drained])
+                      for c in self.connections.values() if c.free > 0]
+            hungry = [(c, n, fids) for c, n, fids in hungry if fids]
+            for conn, wanted, _ in hungry:
                 conn.reserved += wanted
         if not hungry:
             return self.poll_seconds
         try:
             # Claims for all connections go to the writer together and share one commit.
             claims = await asyncio.gather(
-                *(self.engine.claim(c.id, c.function_ids, n) for c, n in hungry))
+                *(self.engine.claim(c.id, fids, n) for c, n, fids in hungry))
         finally:
             with self._lock:
-                for conn, wanted in hungry:
+                for conn, wanted, _ in hungry:
                     conn.reserved -= wanted
         starved: set[str] = set()
-        for (conn, wanted), works in zip(hungry, claims, strict=True):
+        for (conn, wanted, fids), works in zip(hungry, claims, strict=True):
             if conn.closed:
                 if works:
                     await self.engine.release(conn.id, [w.run_id for w in works])
@@ -182,9 +192,10 @@ class Dispatcher:
             for work in works:
                 conn.send(convert.dispatch_to_proto(work))
             if len(works) < wanted:
-                starved.update(conn.function_ids)
+                starved.update(fids)
         if not starved:
             return 0.0
+        self._drained |= starved
         due = await self.engine.next_due_ms(sorted(starved))
         if due is None:
             return self.poll_seconds

@@ -136,7 +136,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
             run_id=message.run_id, seq=message.seq, action=_ACTIONS[action])))
         if action is AckAction.RELEASE:
-            self.dispatcher.finished(conn, message.run_id)
+            # Only a completed run surely leaves nothing behind; anything else may be a retry.
+            last = message.ops[-1].WhichOneof("op") if message.ops else None
+            self.dispatcher.finished(conn, message.run_id, requeued=last != "run_completed")
 
     def _reject(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
                 exc: BaseException) -> None:
@@ -150,7 +152,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             error_code=code.value[0], error_message=str(exc)[:2000])))
         if message.run_id not in conn.inflight:
             return
-        self.dispatcher.finished(conn, message.run_id)
+        self.dispatcher.finished(conn, message.run_id, requeued=True)
         if not isinstance(exc, StaleLease):
             # Unusable ops from the holder of the lease count as a failed attempt.
             self._spawn(self._fail_attempt(conn, message, str(exc)))
