@@ -128,8 +128,9 @@ class Engine:
                         tx.notify = True
                     run_rows.append(run)
                     queue_rows.append(item)
-            run_store.create(tx.conn, run_rows)
-            queue_store.enqueue(tx.conn, queue_rows)
+            with tx.pipelined():
+                run_store.create(tx.conn, run_rows)
+                queue_store.enqueue(tx.conn, queue_rows)
             return run_ids, placed
 
         try:
@@ -171,10 +172,12 @@ class Engine:
             run_ids = [item.run_id for item in items]
             run_store.mark_started(tx.conn, run_ids, now)
             events = run_store.events_of(tx.conn, run_ids)
-            memo = run_store.memo(tx.conn, run_ids)
+            # step_count counts the run's step rows: a run without any needs no memo query.
+            memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
             return [
                 Dispatch(item.run_id, item.function_id, item.lease, item.attempt,
-                         item.max_attempts, events[item.run_id], tuple(memo[item.run_id]))
+                         item.max_attempts, events[item.run_id],
+                         tuple(memo.get(item.run_id, ())))
                 for item in items
             ]
 

@@ -113,13 +113,18 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
             results[i] = (NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
                           else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no "
                                           "more ops"))
-    _flush(conn, touched, writes)
+    _flush(tx, touched, writes)
     if any(s.deleted or s.lease_owner is None for s in touched.values()):
         tx.notify = True
     return results
 
 
-def _flush(conn: Any, touched: dict[str, _RunState], writes: _Writes) -> None:
+def _flush(tx: Tx, touched: dict[str, _RunState], writes: _Writes) -> None:
+    with tx.pipelined():  # nothing below reads a result: one round trip on PostgreSQL
+        _write(tx.conn, touched, writes)
+
+
+def _write(conn: Any, touched: dict[str, _RunState], writes: _Writes) -> None:
     run_store.insert_failures(conn, writes.failures)
     run_store.insert_steps(conn, writes.steps)
     run_store.finish_many(conn, writes.finishes)

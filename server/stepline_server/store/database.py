@@ -7,6 +7,7 @@ them in one transaction (group commit): under load, N checkpoints cost one commi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from stepline_server.errors import Conflict
 from stepline_server.store import dialect
@@ -36,6 +37,11 @@ class Tx:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.notify = False
+
+    def pipelined(self) -> contextlib.AbstractContextManager[None]:
+        """A block of writes whose results nobody reads, sent in one round trip where the
+        driver allows it; their errors are raised at the block's end."""
+        return dialect.pipelined(self.conn)
 
 
 Job = Callable[[Tx], Any]
@@ -239,5 +245,13 @@ class Database:
         return await loop.run_in_executor(self._read_threads, self._read, query)
 
     def _read(self, query: Callable[[Connection], T]) -> T:
-        with self.reader.connect() as conn:
-            return query(conn)
+        try:
+            with self.reader.connect() as conn:
+                return query(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The pooled connection had died (database restart): the pool has dropped it and
+            # its siblings; a read has no side effects, so run it once more on a fresh one.
+            with self.reader.connect() as conn:
+                return query(conn)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
@@ -31,7 +31,9 @@ def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine,
     """
     if not is_sqlite(url):
         writer = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
-        reader = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        # No pre-ping on reads (a round trip each): Database.read retries once instead when a
+        # pooled connection turns out to be dead.
+        reader = create_engine(url, pool_size=4, max_overflow=4)
         return writer, reader
     writer = create_engine(url, poolclass=NullPool if ":memory:" in url else None)
     reader = create_engine(url)
@@ -65,6 +67,39 @@ def insert_ignore(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
     # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
     key = next(iter(table.primary_key.columns))
     return conn.execute(stmt.returning(key)).first() is not None
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """Send the statements run inside in one round trip (PostgreSQL: a psycopg pipeline).
+
+    Only for writes whose results (rows, rowcount) nobody reads: they arrive at the block's end,
+    where an error is raised as SQLAlchemy raises it (IntegrityError, ...). Elsewhere a no-op.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    import psycopg
+
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.pipeline():
+            yield
+    except psycopg.Error as err:
+        raise exc.DBAPIError.instance(None, None, err, psycopg.Error) from err
+
+
+def insert_or_replace(dialect_name: str, table: Table, *, replace_if: Any) -> Any:
+    """INSERT … ON CONFLICT (primary key) DO UPDATE every other column WHERE `replace_if`,
+    RETURNING the key: a row comes back exactly when it was inserted or replaced."""
+    stmt: Any = (sqlite if dialect_name == "sqlite" else postgresql).insert(table)
+    key = list(table.primary_key.columns)
+    return stmt.on_conflict_do_update(
+        index_elements=key,
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
+        where=replace_if,
+    ).returning(*key)
 
 
 def notify(conn: Connection) -> None:

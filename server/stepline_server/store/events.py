@@ -4,50 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
+from stepline_server.store import dialect
 from stepline_server.store.schema import events
 
-_SEEN = select(events.c.id, events.c.received_at_ms).where(
-    events.c.id.in_(bindparam("ids", expanding=True)))
-_INSERT = events.insert()
+# One statement per batch: a new id is inserted; a known id is replaced only when it was
+# received before the dedup window (the id may then be used again); either way its id comes
+# back. An id inside the window returns nothing.
+_UPSERT = {
+    name: dialect.insert_or_replace(
+        name, events, replace_if=events.c.received_at_ms <= bindparam("b_cutoff_ms"))
+    for name in ("sqlite", "postgresql")
+}
 
 
 def insert(
     conn: Connection, records: list[EventRecord], now_ms: int, dedup_ms: int
 ) -> list[bool]:
     """Store events; return, per event, whether it is new (False: a repeat inside the window)."""
-    ids = list({r.id for r in records})
-    seen = {
-        row.id: row.received_at_ms
-        for row in conn.execute(_SEEN, {"ids": ids})
-    }
-    fresh: list[bool] = []
-    inserts: list[dict[str, Any]] = []
+    first: dict[str, dict[str, Any]] = {}  # a repeat within the batch counts as seen
+    cutoff = now_ms - dedup_ms
     for record in records:
-        values: dict[str, Any] = {
-            "id": record.id,
-            "name": record.name,
-            "data": record.data,
-            "user": record.user,
-            "ts_ms": record.ts_ms,
-            "received_at_ms": now_ms,
-            "traceparent": record.traceparent,
-        }
-        received = seen.get(record.id)
-        if received is not None and received > now_ms - dedup_ms:
-            fresh.append(False)
-            continue
-        if received is not None:  # outside the window: the id may be used again
-            conn.execute(update(events).where(events.c.id == record.id).values(values))
-        else:
-            inserts.append(values)
-        seen[record.id] = now_ms
-        fresh.append(True)
-    if inserts:
-        conn.execute(_INSERT, inserts)
+        if record.id not in first:
+            first[record.id] = {
+                "id": record.id, "name": record.name, "data": record.data,
+                "user": record.user, "ts_ms": record.ts_ms, "received_at_ms": now_ms,
+                "traceparent": record.traceparent, "b_cutoff_ms": cutoff,
+            }
+    stmt = _UPSERT[conn.dialect.name]
+    rows = list(first.values())
+    stored = {row.id for row in conn.execute(stmt, rows[0] if len(rows) == 1 else rows)}
+    fresh: list[bool] = []
+    for record in records:
+        fresh.append(record.id in stored)
+        stored.discard(record.id)
     return fresh
 
 

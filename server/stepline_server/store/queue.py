@@ -38,17 +38,18 @@ def _claimable(now_ms: Any) -> Any:
     )
 
 
-_CANDIDATES = (
-    select(queue.c.run_id)
-    .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
-           _claimable(bindparam("now")))
-    .order_by(queue.c.due_at_ms)
-    .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)  # rendered on PostgreSQL; SQLite holds the write lock
-)
-_LEASE = (
+# One statement: pick the oldest due items (skipping rows other servers hold locked on
+# PostgreSQL; SQLite holds the write lock) and lease them.
+_CLAIM = (
     update(queue)
-    .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .where(queue.c.run_id.in_(
+        select(queue.c.run_id)
+        .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
+               _claimable(bindparam("now")))
+        .order_by(queue.c.due_at_ms)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()))
     .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
             lease_until_ms=bindparam("until"))
     .returning(*_ITEM_COLUMNS)
@@ -61,13 +62,8 @@ def claim(
     """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
     if limit <= 0 or not function_ids:
         return []
-    candidates = conn.execute(
-        _CANDIDATES, {"function_ids": function_ids, "now": now_ms, "limit": limit})
-    run_ids = [row.run_id for row in candidates]
-    if not run_ids:
-        return []
-    rows = conn.execute(_LEASE, {"run_ids": run_ids, "owner": owner,
-                                 "until": now_ms + lease_ms})
+    rows = conn.execute(_CLAIM, {"function_ids": function_ids, "now": now_ms, "limit": limit,
+                                 "owner": owner, "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
 

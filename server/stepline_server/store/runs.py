@@ -104,6 +104,8 @@ def statuses(conn: Connection, run_ids: list[str]) -> dict[str, RunStatus]:
 
 def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
     found: dict[str, list[MemoStep]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return found
     for row in conn.execute(_MEMO, {"run_ids": run_ids}):
         found[row.run_id].append(MemoStep(row.step_id, row.output, ErrorInfo.from_json(row.error)))
     return found
