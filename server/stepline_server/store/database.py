@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -105,6 +107,16 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
+def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, fut), result in zip(batch, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
 class _Retry(Exception):
     pass
 
@@ -114,31 +126,30 @@ class Database:
         self.url = url
         self.is_sqlite = dialect.is_sqlite(url)
         self.writer, self.reader = dialect.make_engines(url, sqlite_synchronous=sqlite_synchronous)
-        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="stepline-writer")
         self._read_threads = ThreadPoolExecutor(4, thread_name_prefix="stepline-reader")
-        self._pending: list[tuple[Job | _Batched, asyncio.Future[Any]]] = []
+        # Jobs go straight to the writer thread: it wakes without a trip through the event loop.
+        self._queue: queue.SimpleQueue[tuple[Any, asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None  # the writer thread's own, kept open
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0  # transactions committed, for benchmarks and tests
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._write_thread, migrate, self.url)
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._write_loop(), name="stepline-writer")
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(None, migrate, self.url)
+        self._thread = threading.Thread(target=self._write_forever, name="stepline-writer",
+                                        daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
+        """Commit what is queued, then stop the writer and release the connections."""
         self._closing = True
-        if self._wake is not None:
-            self._wake.set()
-        if self._task is not None:
-            await self._task
-        await asyncio.get_running_loop().run_in_executor(self._write_thread,
-                                                         self._drop_connection)
-        self._write_thread.shutdown(wait=True)
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._read_threads.shutdown(wait=True)
         self.writer.dispose()
         self.reader.dispose()
@@ -146,12 +157,11 @@ class Database:
     # -- writes --------------------------------------------------------------------------------
     def submit(self, job: Callable[[Tx], T]) -> asyncio.Future[T]:
         """Queue a write job; jobs run in submission order. The future resolves after commit."""
-        assert self._wake is not None, "Database.start() first"
+        assert self._thread is not None, "Database.start() first"
         if self._closing:
             raise RuntimeError("database is closing")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, fut))
-        self._wake.set()
+        self._queue.put((job, fut))
         return fut
 
     def submit_batched(self, apply: BatchApply, item: Any) -> asyncio.Future[Any]:
@@ -162,28 +172,31 @@ class Database:
     async def write(self, job: Callable[[Tx], T]) -> T:
         return await self.submit(job)
 
-    async def _write_loop(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+    def _write_forever(self) -> None:
+        """The writer thread: take everything queued, commit it as one transaction, repeat."""
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
                 try:
-                    results = await loop.run_in_executor(self._write_thread, self._commit, batch)
-                except Exception as exc:  # the commit itself failed: nothing in it is durable
-                    log.exception("write transaction failed")
-                    results = [exc] * len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(result)
-            if self._closing and not self._pending:
-                return
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is None:
+                    stopping = True
+                    break
+                batch.append(entry)
+            try:
+                results = self._commit(batch)
+            except Exception as exc:  # the commit itself failed: nothing in it is durable
+                log.exception("write transaction failed")
+                results = [exc] * len(batch)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_resolve, batch, results)
+        self._drop_connection()
 
     def _commit(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[Any]:
         units: list[_Unit] = []
