@@ -114,7 +114,9 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
                           else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no "
                                           "more ops"))
     _flush(tx, touched, writes)
-    if any(s.deleted or s.lease_owner is None for s in touched.values()):
+    # Wake other servers only for runs back in the queue (retries); an ended run frees a slot
+    # only on this server, whose dispatcher already knows.
+    if any(not s.deleted and s.lease_owner is None for s in touched.values()):
         tx.notify = True
     return results
 
