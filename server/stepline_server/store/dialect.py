@@ -58,17 +58,6 @@ def _configure_sqlite(engine: Engine, begin_sql: str, synchronous: str) -> None:
         connection.exec_driver_sql(begin_sql)
 
 
-def insert_ignore(conn: Connection, table: Table, row: dict[str, Any]) -> bool:
-    """Insert a row unless its primary key exists; return whether it was inserted."""
-    if conn.dialect.name == "sqlite":
-        stmt: Any = sqlite.insert(table).values(row).on_conflict_do_nothing()
-    else:
-        stmt = postgresql.insert(table).values(row).on_conflict_do_nothing()
-    # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts.
-    key = next(iter(table.primary_key.columns))
-    return conn.execute(stmt.returning(key)).first() is not None
-
-
 @contextlib.contextmanager
 def pipelined(conn: Connection) -> Iterator[None]:
     """Send the statements run inside in one round trip (PostgreSQL: a psycopg pipeline).

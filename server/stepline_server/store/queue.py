@@ -108,10 +108,6 @@ def lock(conn: Connection, run_id: str) -> QueueItem | None:
     return None if row is None else _item(row)
 
 
-def set_values(conn: Connection, run_id: str, **values: Any) -> None:
-    conn.execute(update(queue).where(queue.c.run_id == run_id).values(**values))
-
-
 def delete(conn: Connection, run_id: str) -> None:
     conn.execute(queue.delete().where(queue.c.run_id == run_id))
 
