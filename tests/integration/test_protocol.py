@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from stepline.v1 import run_service_pb2 as rs
 from stepline.v1 import worker_service_pb2 as ws
 from tests.harness import ServerThread
 from tests.integration.rawworker import RawWorker, function, run_done, step_done
@@ -194,4 +195,43 @@ def test_ops_for_an_ended_run_are_rejected(server: ServerThread) -> None:
     ack = worker.ops(unknown, step_done("x"))
     assert ack.error_code == grpc.StatusCode.NOT_FOUND.value[0]
     assert ack.error_message.startswith("ops.run_id: unknown run")
+    worker.close()
+
+
+def test_a_run_whose_worker_keeps_dying_fails_after_its_attempts(server: ServerThread) -> None:
+    """A step that kills its worker process must not be dispatched forever."""
+    config = [function("f", "e/poison", retries=1)]  # two attempts
+    attempts = []
+    for i in range(2):
+        doomed = RawWorker(server.address, config)
+        doomed.expect("welcome")
+        if i == 0:
+            send(server, "e/poison")
+        dispatch = doomed.expect("dispatch", timeout=5)
+        attempts.append(dispatch.attempt)
+        doomed.close()  # dies mid-step
+    assert attempts == [0, 1]
+    run = server.wait_run(dispatch.run_id)
+    assert run.status == rs.RUN_STATUS_FAILED
+    assert run.error.name == "WorkerLost"
+    bystander = RawWorker(server.address, config)
+    bystander.expect("welcome")
+    assert bystander.nothing_for(0.5)
+    bystander.close()
+
+
+def test_server_shutdown_does_not_use_up_attempts(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(lease_seconds=60.0)
+    holder = RawWorker(server.address, [function("f", "e/restart", retries=0)])
+    holder.expect("welcome")
+    send(server, "e/restart")
+    first = holder.expect("dispatch")
+    port = server.port
+    server.stop()
+    holder.close()
+    again = make_server(address=f"127.0.0.1:{port}")
+    worker = RawWorker(again.address, [function("f", "e/restart", retries=0)])
+    worker.expect("welcome")
+    second = worker.expect("dispatch", timeout=5)
+    assert (second.run_id, second.attempt) == (first.run_id, 0)
     worker.close()

@@ -86,6 +86,10 @@ class Dispatcher:
         self._drained.clear()
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()

@@ -77,7 +77,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             self.dispatcher.remove(conn)
             reader.cancel()
             # A broken or finished stream gives its runs back at once, for other workers.
-            released = await asyncio.shield(self.engine.release(conn.id))
+            # A worker gone while the server runs was lost mid-attempt; a stream closed by our
+            # own shutdown was not.
+            released = await asyncio.shield(self.engine.release(
+                conn.id, lost=not self.dispatcher.stopping))
             log.info("worker %s (%s) disconnected; released %d run(s)",
                      conn.worker_id, conn.id, released)
 

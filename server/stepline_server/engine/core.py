@@ -20,6 +20,7 @@ from stepline_server.model import (
     FunctionChanges,
     FunctionSpec,
     OpsBatch,
+    QueueItem,
     RunCompleted,
     RunFailed,
     RunRecord,
@@ -167,6 +168,7 @@ class Engine:
         def job(tx: Tx) -> list[Dispatch]:
             now = now_ms()
             items = queue_store.claim(tx.conn, owner, function_ids, limit, now, self._lease_ms)
+            items = _give_up_lost(tx, items, now)
             if not items:
                 return []
             run_ids = [item.run_id for item in items]
@@ -212,11 +214,15 @@ class Engine:
         until = now_ms() + self._lease_ms
         await self.db.write(lambda tx: queue_store.extend(tx.conn, owner, until))
 
-    async def release(self, owner: str, run_ids: list[str] | None = None) -> int:
+    async def release(self, owner: str, run_ids: list[str] | None = None, *,
+                      lost: bool = False) -> int:
+        """Give runs back to the queue; `lost`: their worker died, using up the attempt."""
         def job(tx: Tx) -> int:
-            count = queue_store.release(tx.conn, owner, run_ids)
-            tx.notify = count > 0
-            return count
+            items = queue_store.release(tx.conn, owner, run_ids, lost=lost)
+            # A run whose last allowed attempt was just lost ends here, not at the next claim.
+            remaining = _give_up_lost(tx, items, now_ms())
+            tx.notify = bool(remaining)
+            return len(remaining)
 
         count = await self.db.write(job)
         if count:
@@ -292,3 +298,24 @@ def _log_ops(batch: OpsBatch, future: asyncio.Future[AckAction]) -> None:
 
 def _took(started_at_ms: int | None) -> str:
     return "" if started_at_ms is None else f" ({now_ms() - started_at_ms} ms)"
+
+
+def _give_up_lost(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
+    """Fail the runs whose workers were lost on every allowed attempt (a step that crashes its
+    process must not be dispatched forever); return the others."""
+    lost = [item for item in items if item.attempt >= item.max_attempts]
+    if not lost:
+        return items
+    error = ErrorInfo("WorkerLost", "the worker executing this run was lost (crash, kill or "
+                      "broken connection) on every allowed attempt")
+    run_store.insert_failures(tx.conn, [
+        {"run_id": item.run_id, "step_id": "", "attempt": item.attempt, "error": error.to_json(),
+         "started_at_ms": None, "ended_at_ms": now} for item in lost])
+    run_store.finish_many(tx.conn, [
+        {"b_id": item.run_id, "status": RunStatus.FAILED.value, "output": None,
+         "error": error.to_json(), "ended_at_ms": now} for item in lost])
+    queue_store.delete_many(tx.conn, [item.run_id for item in lost])
+    for item in lost:
+        log.warning("run %s failed: its worker was lost on all %d attempts", item.run_id,
+                    item.max_attempts)
+    return [item for item in items if item.attempt < item.max_attempts]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem
@@ -51,7 +51,10 @@ _CLAIM = (
         .with_for_update(skip_locked=True)
         .scalar_subquery()))
     .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
-            lease_until_ms=bindparam("until"))
+            lease_until_ms=bindparam("until"),
+            # Taking over an expired lease: the worker that held it was lost mid-attempt.
+            attempt=case((queue.c.lease_owner.is_not(None), queue.c.attempt + 1),
+                         else_=queue.c.attempt))
     .returning(*_ITEM_COLUMNS)
 )
 
@@ -120,15 +123,19 @@ def extend(conn: Connection, owner: str, until_ms: int) -> None:
     conn.execute(_EXTEND, {"owner": owner, "until": until_ms})
 
 
-def release(conn: Connection, owner: str, run_ids: list[str] | None = None) -> int:
-    """Give up leases so other workers can take the items at once."""
+def release(conn: Connection, owner: str, run_ids: list[str] | None = None, *,
+            lost: bool = False) -> list[QueueItem]:
+    """Give up leases so other workers can take the items at once. `lost`: the worker died
+    holding them, which uses up the attempt in progress."""
     condition = queue.c.lease_owner == owner
     if run_ids is not None:
         condition = and_(condition, queue.c.run_id.in_(run_ids))
-    result = conn.execute(
-        update(queue).where(condition).values(lease_owner=None, lease_until_ms=None)
-    )
-    return int(result.rowcount)
+    values: dict[str, Any] = {"lease_owner": None, "lease_until_ms": None}
+    if lost:
+        values["attempt"] = queue.c.attempt + 1
+    rows = conn.execute(update(queue).where(condition).values(**values)
+                        .returning(*_ITEM_COLUMNS))
+    return [_item(row) for row in rows]
 
 
 def release_owners_like(conn: Connection, prefix: str) -> int:
