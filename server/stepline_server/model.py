@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,22 @@ class RunStatus(enum.StrEnum):
 class StepStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
+    # A suspension in progress: written when it begins, completed when the run resumes.
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    INVOKING = "invoking"
+
+    @property
+    def ended(self) -> bool:
+        return self in (StepStatus.COMPLETED, StepStatus.FAILED)
+
+
+class WaitKind(enum.StrEnum):
+    """What a suspended run waits for (queue.wait_kind)."""
+
+    SLEEP = "sleep"
+    EVENT = "event"
+    INVOKE = "invoke"
 
 
 class AckAction(enum.Enum):
@@ -76,15 +93,40 @@ Trigger = EventTrigger | CronTrigger
 
 
 @dataclass(frozen=True, slots=True)
+class CancelOn:
+    event: str
+    expression: str = ""
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    """What starting a run of a function needs to know beyond its id."""
+
+    max_attempts: int
+    cancel_on: tuple[CancelOn, ...] = ()
+    start_timeout_ms: int | None = None
+    finish_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionSpec:
     id: str
     name: str
     triggers: tuple[Trigger, ...]
     retries: int
+    cancel_on: tuple[CancelOn, ...] = ()
+    start_timeout_ms: int | None = None
+    finish_timeout_ms: int | None = None
 
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+    @property
+    def policy(self) -> RunPolicy:
+        return RunPolicy(self.max_attempts, self.cancel_on, self.start_timeout_ms,
+                         self.finish_timeout_ms)
 
     def config_json(self) -> str:
         triggers = [
@@ -93,8 +135,29 @@ class FunctionSpec:
             else {"cron": t.schedule, "timezone": t.timezone}
             for t in self.triggers
         ]
-        config = {"name": self.name, "retries": self.retries, "triggers": triggers}
+        config: dict[str, Any] = {"name": self.name, "retries": self.retries,
+                                  "triggers": triggers}
+        if self.cancel_on:
+            config["cancel_on"] = [{"event": c.event, "expression": c.expression,
+                                    "timeout_ms": c.timeout_ms} for c in self.cancel_on]
+        if self.start_timeout_ms is not None or self.finish_timeout_ms is not None:
+            config["timeouts"] = {"start_ms": self.start_timeout_ms,
+                                  "finish_ms": self.finish_timeout_ms}
         return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def policy_from_config(config_json: str) -> RunPolicy:
+    """The run policy stored in a function's config (cached: configs rarely change)."""
+    config: dict[str, Any] = json.loads(config_json)
+    timeouts = config.get("timeouts") or {}
+    return RunPolicy(
+        max_attempts=int(config["retries"]) + 1,
+        cancel_on=tuple(CancelOn(c["event"], c.get("expression") or "", c.get("timeout_ms"))
+                        for c in config.get("cancel_on") or ()),
+        start_timeout_ms=timeouts.get("start_ms"),
+        finish_timeout_ms=timeouts.get("finish_ms"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +205,7 @@ class RunRecord:
     steps: tuple[StepRecord, ...] = ()
     # Failed attempts of the function body itself (outside any step).
     body_failures: tuple[StepFailure, ...] = ()
+    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +224,10 @@ class QueueItem:
     lease: int
     lease_owner: str | None
     step_count: int
+    wait_kind: WaitKind | None = None
+    wait_step: str | None = None
+    parent_run_id: str | None = None
+    parent_step_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +274,41 @@ class RunFailed:
     retry_after_ms: int | None = None
 
 
-Op = StepCompleted | StepFailed | RunCompleted | RunFailed
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    step_id: str
+    name: str
+    until_ms: int | None = None  # wall-clock time (sleep_until)
+    duration_ms: int | None = None  # measured by the server's clock
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForEvent:
+    step_id: str
+    name: str
+    event: str
+    expression: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    step_id: str
+    name: str
+    function_id: str
+    data: str  # JSON object text
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvents:
+    step_id: str
+    name: str
+    events: tuple[EventRecord, ...]
+
+
+Op = (StepCompleted | StepFailed | RunCompleted | RunFailed | Sleep | WaitForEvent | Invoke
+      | SendEvents)
 
 
 @dataclass(frozen=True, slots=True)

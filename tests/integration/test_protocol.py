@@ -131,7 +131,7 @@ def test_unknown_function_id_in_ops_is_rejected_and_counted(server: ServerThread
 @pytest.mark.parametrize(("op", "field"), [
     (step_done("a", b'{"unclosed": '), "ops.ops[1].step_completed.output: malformed JSON"),
     (step_done("", b"1"), "ops.ops[1].step_completed.step_id: step id is required"),
-    (ws.Op(), "ops.ops[1]: empty op"),
+    (ws.Op(), "ops.ops[1]: unknown or empty op"),
 ])
 def test_malformed_ops_are_rejected_without_writes(server: ServerThread, op: ws.Op,
                                                    field: str) -> None:

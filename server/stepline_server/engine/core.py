@@ -6,10 +6,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import replace
+from typing import TypeVar
 
+from stepline_server.engine import lifecycle
 from stepline_server.engine import ops as ops_logic
+from stepline_server.engine.context import TxContext
 from stepline_server.engine.retry import backoff_ms
+from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
 from stepline_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
@@ -30,28 +34,15 @@ from stepline_server.model import (
 )
 from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
-from stepline_server.store import events as event_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Starter = Callable[[list[RunStart]], list[str]]
 # Run and step activity, one line each: quiet under `serve`, shown by `stepline dev`.
 activity = logging.getLogger("stepline.runs")
-
-
-class Placement(Protocol):
-    """Hands new runs to local workers directly (implemented by dispatch)."""
-
-    def reserve(self, function_id: str) -> str | None:
-        """Take a free slot of a local worker serving the function; return its owner id.
-        Called from the writer thread."""
-
-    def deliver(self, owner: str, work: Dispatch) -> None:
-        """After the commit: send the leased run to the worker that reserved the slot."""
-
-    def unreserve(self, owners: list[str]) -> None:
-        """The commit failed: give the slots back."""
 
 
 class Engine:
@@ -62,12 +53,28 @@ class Engine:
         self._placement: Placement | None = None
         self._on_cancel: list[Callable[[str, str], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
+        self._dedup_ms = int(settings.event_dedup_seconds * 1000)
         backoff = functools.partial(
             backoff_ms, base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
         )
         # One object, so the writer can group adjacent reports into one set-based apply.
-        self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff)
+        self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff,
+                                            context=self._context)
+        db.on_notify = self._ready
+
+    def _context(self, tx: Tx, now: int, start: Starter | None = None) -> TxContext:
+        """For engine logic inside a transaction. Without `start`, runs it starts are queued
+        (not placed on local workers) and dispatch is woken after the commit."""
+        if start is None:
+            def start(starts: list[RunStart]) -> list[str]:
+                return start_runs(tx, starts, now, new_id=new_id, placement=None,
+                                  lease_ms=self._lease_ms).run_ids
+        return TxContext(tx, now, start, self._dedup_ms, self._cancelled)
+
+    def _cancelled(self, run_id: str, owner: str) -> None:
+        for callback in self._on_cancel:
+            callback(run_id, owner)
 
     # -- hooks for dispatch ----------------------------------------------------------------
     def on_ready_work(self, callback: Callable[[], None]) -> None:
@@ -88,64 +95,42 @@ class Engine:
 
     # -- events ------------------------------------------------------------------------------
     async def send_events(self, records: list[EventRecord]) -> list[str]:
-        """Commit events and the runs they start; return the new run ids.
+        """Commit events, the runs they start and the waits they satisfy; return the new run
+        ids. A new run whose function has a local worker with a free slot is leased to it in the
+        same transaction and handed over right after the commit: no claim round trip."""
+        def job(tx: Tx, start: Starter) -> list[str]:
+            return lifecycle.ingest(self._context(tx, now_ms(), start), records)
 
-        A new run whose function has a local worker with a free slot is leased to it in the same
-        transaction and handed over right after the commit: no claim round trip.
-        """
-        dedup_ms = int(self.settings.event_dedup_seconds * 1000)
+        return await self.write_with_starts(job)
+
+    async def write_with_starts(self, job: Callable[[Tx, Starter], T]) -> T:
+        """Run `job` in a write transaction, with a `start` callable that starts runs in it.
+        Runs placed on local workers are delivered after the commit; dispatch is woken for the
+        others."""
         placement = self._placement
-        reserved: list[str] = []
+        started = Started()
 
-        def job(tx: Tx) -> tuple[list[str], list[tuple[str, Dispatch]]]:
-            now = now_ms()
-            fresh = event_store.insert(tx.conn, records, now, dedup_ms)
-            new = [r for r, is_new in zip(records, fresh, strict=True) if is_new]
-            if not new:
-                return [], []
-            subscribers = function_store.subscribers(tx.conn, sorted({r.name for r in new}))
-            run_ids: list[str] = []
-            placed: list[tuple[str, Dispatch]] = []
-            run_rows: list[dict[str, object]] = []
-            queue_rows: list[dict[str, object]] = []
-            for record in new:
-                for sub in subscribers[record.name]:
-                    run_id = new_id()
-                    run_ids.append(run_id)
-                    owner = placement.reserve(sub.function_id) if placement else None
-                    run = {"id": run_id, "function_id": sub.function_id, "event_id": record.id,
-                           "status": RunStatus.QUEUED.value, "max_attempts": sub.max_attempts,
-                           "created_at_ms": now, "started_at_ms": None}
-                    item = {"run_id": run_id, "function_id": sub.function_id, "due_at_ms": now,
-                            "max_attempts": sub.max_attempts}
-                    if owner is not None:
-                        reserved.append(owner)
-                        run |= {"status": RunStatus.RUNNING.value, "started_at_ms": now}
-                        item |= {"lease": 1, "lease_owner": owner,
-                                 "lease_until_ms": now + self._lease_ms}
-                        placed.append((owner, Dispatch(run_id, sub.function_id, 1, 0,
-                                                       sub.max_attempts, record, ())))
-                    else:
-                        tx.notify = True
-                    run_rows.append(run)
-                    queue_rows.append(item)
-            with tx.pipelined():
-                run_store.create(tx.conn, run_rows)
-                queue_store.enqueue(tx.conn, queue_rows)
-            return run_ids, placed
+        def start(tx: Tx, starts: list[RunStart]) -> list[str]:
+            new = start_runs(tx, starts, now_ms(), new_id=new_id, placement=placement,
+                             lease_ms=self._lease_ms)
+            started.extend(new)
+            return new.run_ids
+
+        def wrapped(tx: Tx) -> T:
+            return job(tx, functools.partial(start, tx))
 
         try:
-            run_ids, placed = await self.db.write(job)
+            result = await self.db.write(wrapped)
         except BaseException:
-            if placement and reserved:
-                placement.unreserve(reserved)
+            if placement and started.reserved:
+                placement.unreserve(started.reserved)
             raise
-        for owner, work in placed:
+        for owner, work in started.placed:
             assert placement is not None
             placement.deliver(owner, work)
-        if len(placed) < len(run_ids):
+        if started.queued:
             self._ready()
-        return run_ids
+        return result
 
     # -- functions ---------------------------------------------------------------------------
     async def register_functions(
@@ -168,9 +153,11 @@ class Engine:
         def job(tx: Tx) -> list[Dispatch]:
             now = now_ms()
             items = queue_store.claim(tx.conn, owner, function_ids, limit, now, self._lease_ms)
-            items = _give_up_lost(tx, items, now)
+            ctx = self._context(tx, now)
+            items = _give_up_lost(ctx, items)
             if not items:
                 return []
+            lifecycle.expire_waits(ctx, items)
             run_ids = [item.run_id for item in items]
             run_store.mark_started(tx.conn, run_ids, now)
             events = run_store.events_of(tx.conn, run_ids)
@@ -220,7 +207,7 @@ class Engine:
         def job(tx: Tx) -> int:
             items = queue_store.release(tx.conn, owner, run_ids, lost=lost)
             # A run whose last allowed attempt was just lost ends here, not at the next claim.
-            remaining = _give_up_lost(tx, items, now_ms())
+            remaining = _give_up_lost(self._context(tx, now_ms()), items)
             tx.notify = bool(remaining)
             return len(remaining)
 
@@ -260,24 +247,37 @@ class Engine:
             conn, function_id=function_id, status=status, limit=limit, cursor=cursor))
 
     async def cancel_run(self, run_id: str, reason: str) -> RunRecord:
-        def job(tx: Tx) -> str | None:
+        def job(tx: Tx) -> None:
             item = queue_store.lock(tx.conn, run_id)
             if item is None:
                 status = run_store.status_of(tx.conn, run_id)
                 if status is None:
                     raise NotFound(f"run_id: no run {run_id!r}")
                 raise FailedPrecondition(f"run_id: run {run_id} already ended ({status})")
-            run_store.finish(tx.conn, run_id, RunStatus.CANCELLED, now_ms(),
-                             error=ErrorInfo("Cancelled", reason or "cancelled by request"))
-            queue_store.delete(tx.conn, run_id)
-            return item.lease_owner
+            lifecycle.end_runs(self._context(tx, now_ms()), [lifecycle.Ending(
+                item, RunStatus.CANCELLED,
+                error=ErrorInfo("Cancelled", reason or "cancelled by request"))])
 
-        owner = await self.db.write(job)
-        if owner:
-            for callback in self._on_cancel:
-                callback(run_id, owner)
+        await self.db.write(job)
         return await self.get_run(run_id)
 
+    # -- timeouts ----------------------------------------------------------------------------
+    async def expire_deadlines(self, limit: int = 500) -> int:
+        """End runs past their start or finish timeout; return how many."""
+        def job(tx: Tx) -> int:
+            now = now_ms()
+            expired = queue_store.expired(tx.conn, now, limit)
+            lifecycle.end_runs(self._context(tx, now), [
+                lifecycle.Ending(item, RunStatus.FAILED, error=ErrorInfo(
+                    "Timeout", "the run did not start in time" if kind == "start"
+                    else "the run did not finish in time"))
+                for item, kind in expired])
+            return len(expired)
+
+        return await self.db.write(job)
+
+    async def next_deadline_ms(self) -> int | None:
+        return await self.db.read(queue_store.next_deadline)
 
 
 def _log_ops(batch: OpsBatch, future: asyncio.Future[AckAction]) -> None:
@@ -300,7 +300,7 @@ def _took(started_at_ms: int | None) -> str:
     return "" if started_at_ms is None else f" ({now_ms() - started_at_ms} ms)"
 
 
-def _give_up_lost(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
+def _give_up_lost(ctx: TxContext, items: list[QueueItem]) -> list[QueueItem]:
     """Fail the runs whose workers were lost on every allowed attempt (a step that crashes its
     process must not be dispatched forever); return the others."""
     lost = [item for item in items if item.attempt >= item.max_attempts]
@@ -308,13 +308,12 @@ def _give_up_lost(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
         return items
     error = ErrorInfo("WorkerLost", "the worker executing this run was lost (crash, kill or "
                       "broken connection) on every allowed attempt")
-    run_store.insert_failures(tx.conn, [
+    run_store.insert_failures(ctx.tx.conn, [
         {"run_id": item.run_id, "step_id": "", "attempt": item.attempt, "error": error.to_json(),
-         "started_at_ms": None, "ended_at_ms": now} for item in lost])
-    run_store.finish_many(tx.conn, [
-        {"b_id": item.run_id, "status": RunStatus.FAILED.value, "output": None,
-         "error": error.to_json(), "ended_at_ms": now} for item in lost])
-    queue_store.delete_many(tx.conn, [item.run_id for item in lost])
+         "started_at_ms": None, "ended_at_ms": ctx.now} for item in lost])
+    # Not the holder's fault to be told: the lease was taken over or released.
+    lifecycle.end_runs(ctx, [lifecycle.Ending(replace(item, lease_owner=None), RunStatus.FAILED,
+                                              error=error) for item in lost])
     for item in lost:
         log.warning("run %s failed: its worker was lost on all %d attempts", item.run_id,
                     item.max_attempts)

@@ -8,29 +8,48 @@ are written, and the others in the batch still are.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepline_server.engine import lifecycle, matching
+from stepline_server.engine.context import TxContext
+from stepline_server.engine.starts import RunStart
 from stepline_server.errors import InvalidArgument, NotFound, StaleLease, SteplineServerError
+from stepline_server.ids import now_ms
 from stepline_server.model import (
     AckAction,
     ErrorInfo,
+    EventRecord,
+    Invoke,
     Op,
     OpsBatch,
     QueueItem,
     RunCompleted,
     RunFailed,
+    RunPolicy,
     RunStatus,
+    SendEvents,
+    Sleep,
     StepCompleted,
     StepFailed,
     StepStatus,
+    WaitForEvent,
+    WaitKind,
 )
 from stepline_server.store import Tx
+from stepline_server.store import events as event_store
+from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
+from stepline_server.store import waits as wait_store
 
 Backoff = Callable[[int], int]
+ContextFactory = Callable[[Tx, int], TxContext]
+# Due time of a suspension without a timeout (an invoke): far beyond any real date.
+NEVER_MS = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +79,16 @@ class _RunState:
     lease_owner: str | None
     lease_until_ms: int | None = None
     deleted: bool = False
+    wait_kind: WaitKind | None = None
+    wait_step: str | None = None
 
     def final_attempt(self, non_retriable: bool) -> bool:
         return non_retriable or self.attempt + 1 >= self.item.max_attempts
 
     def copy(self) -> _RunState:
         return _RunState(self.item, self.attempt, self.step_count, self.due_at_ms,
-                         self.lease_owner, self.lease_until_ms, self.deleted)
+                         self.lease_owner, self.lease_until_ms, self.deleted, self.wait_kind,
+                         self.wait_step)
 
 
 @dataclass(slots=True)
@@ -74,19 +96,49 @@ class _Writes:
     steps: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     finishes: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    waits: list[dict[str, Any]] = field(default_factory=list)
+    endings: list[lifecycle.Ending] = field(default_factory=list)
+    invokes: list[RunStart] = field(default_factory=list)
+    sent: list[EventRecord] = field(default_factory=list)
 
     def extend(self, other: _Writes) -> None:
-        self.steps += other.steps
-        self.failures += other.failures
-        self.finishes += other.finishes
+        for name in self.__slots__:
+            getattr(self, name).extend(getattr(other, name))
 
 
-def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
+@dataclass(frozen=True, slots=True)
+class _Lookups:
+    """What some ops need from outside the run, loaded once per batch."""
+
+    functions: dict[str, RunPolicy]
+    triggers: dict[str, EventRecord]
+
+
+def _lookups(tx: Tx, requests: list[OpsRequest]) -> _Lookups:
+    invoked = sorted({op.function_id for r in requests for op in r.batch.ops
+                      if isinstance(op, Invoke)})
+    waiting = sorted({r.batch.run_id for r in requests
+                      if any(isinstance(op, WaitForEvent) for op in r.batch.ops)})
+    functions = function_store.policies(tx.conn, invoked) if invoked else {}
+    triggers: dict[str, EventRecord] = {}
+    if waiting:
+        event_ids = run_store.event_ids(tx.conn, waiting)
+        records = {r.id: r for r in event_store.get_many(tx.conn, sorted(set(
+            event_ids.values())))}
+        triggers = {run_id: records[event_id] for run_id, event_id in event_ids.items()
+                    if event_id in records}
+    return _Lookups(functions, triggers)
+
+
+def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: ContextFactory
                ) -> list[AckAction | SteplineServerError]:
     conn = tx.conn
     locked = queue_store.lock_many(conn, sorted({r.batch.run_id for r in requests}))
-    states = {run_id: _RunState(item, item.attempt, item.step_count, due, item.lease_owner)
+    states = {run_id: _RunState(item, item.attempt, item.step_count, due, item.lease_owner,
+                                wait_kind=item.wait_kind, wait_step=item.wait_step)
               for run_id, (item, due) in locked.items()}
+    lookups = _lookups(tx, requests)
     touched: dict[str, _RunState] = {}
     writes = _Writes()
     results: list[AckAction | SteplineServerError] = []
@@ -98,7 +150,7 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
             results.append(AckAction.REJECTED)  # replaced below with the precise error
             continue
         try:
-            new_state, action, own = _apply_request(request, state.copy(), backoff)
+            new_state, action, own = _apply_request(request, state.copy(), backoff, lookups)
         except SteplineServerError as exc:
             results.append(exc)
             continue
@@ -114,11 +166,25 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff
                           else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no "
                                           "more ops"))
     _flush(tx, touched, writes)
-    # Wake other servers only for runs back in the queue (retries); an ended run frees a slot
-    # only on this server, whose dispatcher already knows.
+    # Wake other servers only for runs back in the queue (retries, suspensions); an ended run
+    # frees a slot only on this server, whose dispatcher already knows.
     if any(not s.deleted and s.lease_owner is None for s in touched.values()):
         tx.notify = True
+    if writes.invokes or writes.sent or writes.endings:
+        _follow_up(context(tx, now_ms()), writes)
     return results
+
+
+def _follow_up(ctx: TxContext, writes: _Writes) -> None:
+    """Effects on other runs, once this batch's own rows are written."""
+    if writes.invokes:
+        fresh = event_store.insert(ctx.tx.conn, [s.event for s in writes.invokes], ctx.now,
+                                   ctx.dedup_ms)
+        ctx.start([s for s, new in zip(writes.invokes, fresh, strict=True) if new])
+    if writes.sent:
+        lifecycle.ingest(ctx, writes.sent)
+    if writes.endings:
+        lifecycle.after_end(ctx, writes.endings)
 
 
 def _flush(tx: Tx, touched: dict[str, _RunState], writes: _Writes) -> None:
@@ -130,16 +196,20 @@ def _write(conn: Any, touched: dict[str, _RunState], writes: _Writes) -> None:
     run_store.insert_failures(conn, writes.failures)
     run_store.insert_steps(conn, writes.steps)
     run_store.finish_many(conn, writes.finishes)
+    run_store.set_status_many(conn, writes.statuses)
+    wait_store.insert(conn, writes.waits)
     queue_store.delete_many(conn, [run_id for run_id, s in touched.items() if s.deleted])
     queue_store.update_many(conn, [
         {"b_run_id": run_id, "attempt": s.attempt, "step_count": s.step_count,
          "due_at_ms": s.due_at_ms, "lease_owner": s.lease_owner,
-         "lease_until_ms": s.lease_until_ms}
+         "lease_until_ms": s.lease_until_ms,
+         "wait_kind": None if s.wait_kind is None else s.wait_kind.value,
+         "wait_step": s.wait_step}
         for run_id, s in touched.items() if not s.deleted
     ])
 
 
-def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff
+def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff, lookups: _Lookups
                    ) -> tuple[_RunState, AckAction, _Writes]:
     batch = request.batch
     item = state.item
@@ -159,18 +229,25 @@ def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff
         if action is not AckAction.CONTINUE:
             raise InvalidArgument(f"ops.ops[{index}]", "no op may follow one that ends the run")
         action = _apply_op(batch.run_id, index, op, state, request.timing, backoff, writes,
-                           seen_steps)
+                           seen_steps, lookups)
     if action is AckAction.CONTINUE:
         state.lease_until_ms = request.timing.now_ms + request.timing.lease_ms
     return state, action, writes
 
 
 def _apply_op(run_id: str, index: int, op: Op, state: _RunState, timing: Timing,
-              backoff: Backoff, writes: _Writes, seen_steps: set[str]) -> AckAction:
+              backoff: Backoff, writes: _Writes, seen_steps: set[str], lookups: _Lookups
+              ) -> AckAction:
     now = timing.now_ms
-    if isinstance(op, StepCompleted | StepFailed) and op.step_id in seen_steps:
-        raise InvalidArgument(f"ops.ops[{index}]",
-                              f"step {op.step_id!r} appears twice in one report")
+    if not isinstance(op, RunCompleted | RunFailed):
+        if op.step_id in seen_steps:
+            raise InvalidArgument(f"ops.ops[{index}]",
+                                  f"step {op.step_id!r} appears twice in one report")
+        if state.wait_kind is not None:
+            raise InvalidArgument(f"ops.ops[{index}]", "the run is suspended")
+    if isinstance(op, Sleep | WaitForEvent | Invoke | SendEvents):
+        seen_steps.add(op.step_id)
+        return _apply_step_kind(run_id, index, op, state, now, writes, lookups)
     if isinstance(op, StepCompleted):
         seen_steps.add(op.step_id)
         _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
@@ -226,7 +303,92 @@ def _finish(writes: _Writes, run_id: str, state: _RunState, status: RunStatus, n
         "b_id": run_id, "status": status.value, "output": output,
         "error": None if error is None else error.to_json(), "ended_at_ms": now_ms,
     })
+    writes.endings.append(lifecycle.Ending(state.item, status, output, error))
     state.deleted = True
+
+
+def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke | SendEvents,
+                     state: _RunState, now: int, writes: _Writes, lookups: _Lookups
+                     ) -> AckAction:
+    if isinstance(op, SendEvents):
+        # The events and the step's record commit together: a replay finds the step memoized
+        # and sends nothing; a retried report is refused whole (the step exists).
+        _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
+                     None, output=json.dumps({"ids": [e.id for e in op.events]}))
+        writes.sent.extend(op.events)
+        return AckAction.CONTINUE
+    if isinstance(op, Sleep):
+        due = op.until_ms if op.until_ms is not None else now + (op.duration_ms or 0)
+        _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.SLEEP, due, now)
+        return AckAction.RELEASE
+    if isinstance(op, WaitForEvent):
+        due = now + op.timeout_ms
+        trigger = lookups.triggers.get(run_id)
+        try:
+            if trigger is None:
+                raise InvalidArgument("trigger", f"run {run_id} has no trigger event")
+            row = matching.wait_row(run_id, op.step_id, matching.EVENT, op.event, op.expression,
+                                    f"ops.ops[{index}].wait_for_event.expression", trigger,
+                                    due, now)
+        except InvalidArgument as exc:
+            _fail_step_now(writes, run_id, state, op.step_id, op.name, now,
+                           ErrorInfo("InvalidExpression", str(exc)))
+            return AckAction.RELEASE
+        writes.waits.append(row)
+        _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.EVENT, due, now)
+        return AckAction.RELEASE
+    policy = lookups.functions.get(op.function_id)
+    if policy is None:
+        _fail_step_now(writes, run_id, state, op.step_id, op.name, now, ErrorInfo(
+            "FunctionNotFound", f"cannot invoke {op.function_id!r}: no such function is "
+                                "registered"))
+        return AckAction.RELEASE
+    event = EventRecord(invoke_event_id(run_id, op.step_id), lifecycle.FUNCTION_INVOKED,
+                        op.data, now)
+    writes.invokes.append(RunStart(op.function_id, policy, event, run_id, op.step_id))
+    due = NEVER_MS if op.timeout_ms is None else now + op.timeout_ms
+    _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.INVOKE, due, now)
+    return AckAction.RELEASE
+
+
+def invoke_event_id(run_id: str, step_id: str) -> str:
+    digest = hashlib.sha256(f"{run_id}\0{step_id}".encode()).hexdigest()[:32]
+    return f"invoke-{digest}"
+
+
+_PENDING = {WaitKind.SLEEP: (StepStatus.SLEEPING, RunStatus.SLEEPING),
+            WaitKind.EVENT: (StepStatus.WAITING, RunStatus.WAITING),
+            WaitKind.INVOKE: (StepStatus.INVOKING, RunStatus.WAITING)}
+
+
+def _suspend(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
+             kind: WaitKind, due_ms: int, now_ms: int) -> None:
+    """The run waits, holding no worker: its step is written as pending until it resumes."""
+    step_status, run_status = _PENDING[kind]
+    writes.steps.append({
+        "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
+        "status": step_status.value, "output": None, "error": None, "attempts": 1,
+        "started_at_ms": now_ms, "ended_at_ms": min(due_ms, NEVER_MS),
+    })
+    writes.statuses.append({"b_id": run_id, "status": run_status.value})
+    state.step_count += 1
+    state.attempt = 0
+    state.due_at_ms = due_ms
+    state.lease_owner = None
+    state.lease_until_ms = None
+    state.wait_kind = kind
+    state.wait_step = step_id
+
+
+def _fail_step_now(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
+                   now_ms: int, error: ErrorInfo) -> None:
+    """A step that cannot begin (bad expression, unknown function) fails for good; the run is
+    dispatched again at once and the step raises its error where it was called."""
+    _record_step(writes, run_id, state, step_id, name, StepStatus.FAILED, now_ms, now_ms,
+                 error=error)
+    state.due_at_ms = now_ms
+    state.lease_owner = None
+    state.lease_until_ms = None
 
 
 def _schedule_retry(state: _RunState, now_ms: int, retry_after_ms: int | None,

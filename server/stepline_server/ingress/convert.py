@@ -5,32 +5,40 @@ Every error names the offending field with its path in the request, e.g. `events
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
+from stepline_server.engine import expressions
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
+    CancelOn,
     Dispatch,
     ErrorInfo,
     EventRecord,
     EventTrigger,
     FunctionSpec,
+    Invoke,
     Op,
     OpsBatch,
     RunCompleted,
     RunFailed,
     RunRecord,
     RunStatus,
+    SendEvents,
+    Sleep,
     StepCompleted,
     StepFailed,
     StepRecord,
     StepStatus,
     Trigger,
+    WaitForEvent,
 )
 from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
 
@@ -132,8 +140,60 @@ def functions_from_proto(app_id: str, messages: Any, field: str) -> list[Functio
         triggers = tuple(_trigger(t, f"{path}.triggers[{j}]") for j, t in enumerate(fn.triggers))
         if not triggers:
             raise InvalidArgument(f"{path}.triggers", "at least one trigger is required")
-        specs.append(FunctionSpec(fn.id, fn.name or fn.id, triggers, retries))
+        _no_duplicate_triggers(triggers, f"{path}.triggers")
+        cancel_on = tuple(_cancel_on(c, f"{path}.cancel_on[{j}]")
+                          for j, c in enumerate(fn.cancel_on))
+        start_ms = _positive_ms(fn.timeouts, "start", f"{path}.timeouts.start")
+        finish_ms = _positive_ms(fn.timeouts, "finish", f"{path}.timeouts.finish")
+        specs.append(FunctionSpec(fn.id, fn.name or fn.id, triggers, retries, cancel_on,
+                                  start_ms, finish_ms))
     return specs
+
+
+def _no_duplicate_triggers(triggers: tuple[Trigger, ...], field: str) -> None:
+    names: set[str] = set()
+    for j, t in enumerate(triggers):
+        if isinstance(t, EventTrigger):
+            if t.name in names:
+                raise InvalidArgument(f"{field}[{j}].event.name",
+                                      f"event {t.name!r} appears in two triggers; combine their "
+                                      "filters with ||")
+            names.add(t.name)
+
+
+def _cancel_on(message: common_pb2.CancelOn, path: str) -> CancelOn:
+    _event_name(message.event, f"{path}.event")
+    if message.expression:
+        expressions.compile_expression(message.expression, f"{path}.expression",
+                                       expressions.MATCH_VARIABLES)
+    timeout = _positive_ms(message, "timeout", f"{path}.timeout")
+    return CancelOn(message.event, message.expression, timeout)
+
+
+MAX_DURATION_MS = 366 * 24 * 3600 * 1000
+
+
+def _duration_ms(value: Any, field: str, *, allow_zero: bool = False) -> int:
+    ms = int(value.ToMilliseconds())
+    if value.seconds < 0 or value.nanos < 0 or (ms == 0 and not allow_zero):
+        raise InvalidArgument(field, f"must be {'at least 0' if allow_zero else 'positive'}, "
+                                     f"got {value.seconds}s {value.nanos}ns")
+    if ms > MAX_DURATION_MS:
+        raise InvalidArgument(field, f"{ms} ms is longer than the limit of one year")
+    return ms
+
+
+def _positive_ms(message: Any, name: str, field: str) -> int | None:
+    if message is None or not message.HasField(name):
+        return None
+    return _duration_ms(getattr(message, name), field)
+
+
+def _event_name(name: str, field: str) -> None:
+    if not name:
+        raise InvalidArgument(field, "event name is required")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidArgument(field, f"longer than {MAX_NAME_LENGTH} characters")
 
 
 def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
@@ -144,8 +204,8 @@ def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
         if len(message.event.name) > MAX_NAME_LENGTH:
             raise InvalidArgument(f"{path}.event.name", f"longer than {MAX_NAME_LENGTH} characters")
         if message.event.expression:
-            raise InvalidArgument(f"{path}.event.expression",
-                                  "trigger filter expressions are not supported by this server yet")
+            expressions.compile_expression(message.event.expression, f"{path}.event.expression",
+                                           expressions.TRIGGER_VARIABLES)
         return EventTrigger(message.event.name, message.event.expression)
     if kind == "cron":
         raise InvalidArgument(f"{path}.cron", "cron triggers are not supported by this server yet")
@@ -215,11 +275,54 @@ def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
             rf = op.run_failed
             ops.append(RunFailed(error_from_proto(rf.error), rf.non_retriable,
                                  _retry_after_ms(rf)))
+        elif kind == "sleep":
+            sl = op.sleep
+            _require_step_id(sl.step_id, f"{path}.sleep.step_id")
+            if sl.HasField("until") == sl.HasField("duration"):
+                raise InvalidArgument(f"{path}.sleep", "exactly one of until and duration is "
+                                                       "required")
+            if sl.HasField("until"):
+                ops.append(Sleep(sl.step_id, sl.name or sl.step_id, until_ms=_ms(sl.until)))
+            else:
+                ops.append(Sleep(sl.step_id, sl.name or sl.step_id, duration_ms=_duration_ms(
+                    sl.duration, f"{path}.sleep.duration", allow_zero=True)))
+        elif kind == "wait_for_event":
+            w = op.wait_for_event
+            _require_step_id(w.step_id, f"{path}.wait_for_event.step_id")
+            _event_name(w.event, f"{path}.wait_for_event.event")
+            if not w.HasField("timeout"):
+                raise InvalidArgument(f"{path}.wait_for_event.timeout", "a timeout is required")
+            ops.append(WaitForEvent(w.step_id, w.name or w.step_id, w.event, w.expression,
+                                    _duration_ms(w.timeout, f"{path}.wait_for_event.timeout")))
+        elif kind == "invoke":
+            iv = op.invoke
+            _require_step_id(iv.step_id, f"{path}.invoke.step_id")
+            _check_id(iv.function_id, f"{path}.invoke.function_id", "function id")
+            ops.append(Invoke(
+                iv.step_id, iv.name or iv.step_id, iv.function_id,
+                json_text(iv.data, f"{path}.invoke.data", limit, default="{}",
+                          object_only=True),
+                _duration_ms(iv.timeout, f"{path}.invoke.timeout")
+                if iv.HasField("timeout") else None))
+        elif kind == "send_events":
+            se = op.send_events
+            _require_step_id(se.step_id, f"{path}.send_events.step_id")
+            records = events_from_proto(se.events, limit, f"{path}.send_events.events")
+            records = [r if se.events[j].id else replace(
+                r, id=sent_event_id(message.run_id, se.step_id, j))
+                for j, r in enumerate(records)]
+            ops.append(SendEvents(se.step_id, se.name or se.step_id, tuple(records)))
         elif kind is None:
-            raise InvalidArgument(path, "empty op")
+            raise InvalidArgument(path, "unknown or empty op (a newer SDK than this server?)")
         else:
             raise InvalidArgument(path, f"op kind {kind!r} is not supported by this server yet")
     return OpsBatch(message.run_id, message.lease, message.function_id, tuple(ops))
+
+
+def sent_event_id(run_id: str, step_id: str, index: int) -> str:
+    """The id of the `index`th event sent by a step, when the SDK gave none: the same on every
+    replay, so the event is sent once."""
+    return hashlib.sha256(f"{run_id}\0{step_id}\0{index}".encode()).hexdigest()[:32]
 
 
 def _require_step_id(step_id: str, field: str) -> None:
@@ -250,11 +353,19 @@ def run_status_from_proto(value: int) -> RunStatus | None:
     return _RUN_STATUS_BACK[value]
 
 
+_STEP_STATUS = {
+    StepStatus.COMPLETED: run_service_pb2.STEP_STATUS_COMPLETED,
+    StepStatus.FAILED: run_service_pb2.STEP_STATUS_FAILED,
+    StepStatus.SLEEPING: run_service_pb2.STEP_STATUS_SLEEPING,
+    StepStatus.WAITING: run_service_pb2.STEP_STATUS_WAITING,
+    StepStatus.INVOKING: run_service_pb2.STEP_STATUS_INVOKING,
+}
+
+
 def _step_to_proto(step: StepRecord) -> run_service_pb2.Step:
     return run_service_pb2.Step(
         step_id=step.step_id, name=step.name,
-        status=run_service_pb2.STEP_STATUS_COMPLETED
-        if step.status is StepStatus.COMPLETED else run_service_pb2.STEP_STATUS_FAILED,
+        status=_STEP_STATUS[step.status],
         output=(step.output or "").encode(), error=error_to_proto(step.error),
         attempts=step.attempts, started_at=_timestamp(step.started_at_ms),
         ended_at=_timestamp(step.ended_at_ms),
@@ -270,5 +381,5 @@ def run_to_proto(run: RunRecord) -> run_service_pb2.Run:
         output=(run.output or "").encode(), error=error_to_proto(run.error),
         attempt=run.attempt, created_at=_timestamp(run.created_at_ms),
         started_at=_timestamp(run.started_at_ms), ended_at=_timestamp(run.ended_at_ms),
-        steps=[_step_to_proto(s) for s in run.steps],
+        steps=[_step_to_proto(s) for s in run.steps], parent_run_id=run.parent_run_id or "",
     )

@@ -32,13 +32,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Tx:
-    """A write transaction as a job sees it: the connection, and a way to wake other servers."""
+    """A write transaction as a job sees it: the connection, a way to wake dispatch (here and on
+    other servers), and callbacks to run on the event loop once it has committed."""
 
-    __slots__ = ("conn", "notify")
+    __slots__ = ("callbacks", "conn", "notify")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.notify = False
+        self.callbacks: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop after the commit (never if this work rolls back)."""
+        self.callbacks.append(callback)
 
     def pipelined(self) -> contextlib.AbstractContextManager[None]:
         """A block of writes whose results nobody reads, sent in one round trip where the
@@ -83,10 +89,12 @@ class _Unit:
         assert self.apply is not None
         results: list[Any] = []
         for item in self.items:
+            mark = len(tx.callbacks)
             try:
                 with tx.conn.begin_nested():
                     results += self.apply(tx, [item])
             except Exception as exc:
+                del tx.callbacks[mark:]
                 results.append(_translate(exc))
         return results
 
@@ -107,7 +115,8 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
-def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -> None:
+def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any],
+             callbacks: list[Callable[[], None]]) -> None:
     for (_, fut), result in zip(batch, results, strict=True):
         if fut.done():
             continue
@@ -115,6 +124,11 @@ def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any]) -
             fut.set_exception(result)
         else:
             fut.set_result(result)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")
 
 
 class _Retry(Exception):
@@ -135,6 +149,8 @@ class Database:
         self._conn: Connection | None = None  # the writer thread's own, kept open
         self._closing = False
         self.commits = 0  # transactions committed, for benchmarks and tests
+        # Called on the event loop after a commit that set Tx.notify (wakes local dispatch).
+        self.on_notify: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -189,16 +205,18 @@ class Database:
                     stopping = True
                     break
                 batch.append(entry)
+            callbacks: list[Callable[[], None]] = []
             try:
-                results = self._commit(batch)
+                results = self._commit(batch, callbacks)
             except Exception as exc:  # the commit itself failed: nothing in it is durable
                 log.exception("write transaction failed")
                 results = [exc] * len(batch)
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(_resolve, batch, results)
+            self._loop.call_soon_threadsafe(_resolve, batch, results, callbacks)
         self._drop_connection()
 
-    def _commit(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[Any]:
+    def _commit(self, batch: list[tuple[Any, asyncio.Future[Any]]],
+                callbacks: list[Callable[[], None]]) -> list[Any]:
         units: list[_Unit] = []
         for entry, _ in batch:
             if isinstance(entry, _Batched):
@@ -209,15 +227,17 @@ class Database:
             else:
                 units.append(_Unit(job=entry))
         try:
-            return self._transaction(units, isolate=len(units) > 1)
+            return self._transaction(units, callbacks, isolate=len(units) > 1)
         except _Retry:
             # A lone unit failed and rolled back; redo its items one by one.
-            return self._transaction(units, isolate=True)
+            callbacks.clear()
+            return self._transaction(units, callbacks, isolate=True)
         except Exception:
             self._drop_connection()
             raise
 
-    def _transaction(self, units: list[_Unit], *, isolate: bool) -> list[Any]:
+    def _transaction(self, units: list[_Unit], callbacks: list[Callable[[], None]], *,
+                     isolate: bool) -> list[Any]:
         if self._conn is None:
             self._conn = self.writer.connect()
         conn = self._conn
@@ -234,15 +254,20 @@ class Database:
                         raise _Retry() from exc
                     return [_translate(exc)]
                 continue
+            mark = len(tx.callbacks)
             try:
                 with conn.begin_nested():
                     results += unit.run(tx)
             except Exception as exc:
+                del tx.callbacks[mark:]
                 results += unit.one_by_one(tx, exc)
         if tx.notify:
             dialect.notify(conn)
         trans.commit()
         self.commits += 1
+        callbacks += tx.callbacks
+        if tx.notify and self.on_notify is not None:
+            callbacks.append(self.on_notify)
         return results
 
     def _drop_connection(self) -> None:

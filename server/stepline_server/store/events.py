@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
@@ -54,3 +54,10 @@ def row_to_event(row: object) -> EventRecord:
         user=r["user"],
         traceparent=r["traceparent"],
     )
+
+
+_GET_MANY = select(events).where(events.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def get_many(conn: Connection, ids: list[str]) -> list[EventRecord]:
+    return [row_to_event(row) for row in conn.execute(_GET_MANY, {"ids": ids})]

@@ -7,14 +7,20 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
-from stepline_server.model import EventTrigger, FunctionChanges, FunctionSpec
+from stepline_server.model import (
+    EventTrigger,
+    FunctionChanges,
+    FunctionSpec,
+    RunPolicy,
+    policy_from_config,
+)
 from stepline_server.store.schema import event_triggers, functions
 
 
 @dataclass(frozen=True, slots=True)
 class Subscriber:
     function_id: str
-    max_attempts: int
+    policy: RunPolicy
     expression: str
 
 
@@ -83,7 +89,7 @@ def _replace_triggers(conn: Connection, spec: FunctionSpec) -> None:
 
 _SUBSCRIBERS = (
     select(event_triggers.c.event_name, event_triggers.c.function_id,
-           event_triggers.c.expression, functions.c.retries)
+           event_triggers.c.expression, functions.c.config)
     .join(functions, functions.c.id == event_triggers.c.function_id)
     .where(event_triggers.c.event_name.in_(bindparam("names", expanding=True)))
 )
@@ -94,8 +100,27 @@ def subscribers(conn: Connection, event_names: list[str]) -> dict[str, list[Subs
     found: dict[str, list[Subscriber]] = {name: [] for name in event_names}
     rows = conn.execute(_SUBSCRIBERS, {"names": list(found)})
     for row in rows:
-        found[row.event_name].append(Subscriber(row.function_id, row.retries + 1, row.expression))
+        found[row.event_name].append(
+            Subscriber(row.function_id, policy_from_config(row.config), row.expression))
     return found
+
+
+_ANY_SUBSCRIBER = (
+    select(event_triggers.c.event_name).distinct()
+    .where(event_triggers.c.event_name.in_(bindparam("names", expanding=True)))
+)
+
+
+def subscribed(conn: Connection, event_names: list[str]) -> set[str]:
+    """Which of these event names some function subscribes to."""
+    return {row.event_name for row in conn.execute(_ANY_SUBSCRIBER, {"names": event_names})}
+
+
+def policies(conn: Connection, function_ids: list[str]) -> dict[str, RunPolicy]:
+    """Run policies of these (unarchived) functions."""
+    rows = conn.execute(select(functions.c.id, functions.c.config).where(
+        functions.c.id.in_(function_ids), functions.c.archived.is_(False)))
+    return {row.id: policy_from_config(row.config) for row in rows}
 
 
 def exists(conn: Connection, function_id: str) -> bool:

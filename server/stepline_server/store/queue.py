@@ -7,23 +7,34 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from stepline_server.model import QueueItem
+from stepline_server.model import QueueItem, WaitKind
 from stepline_server.store.schema import queue
 
 _ITEM_COLUMNS = (
     queue.c.run_id, queue.c.function_id, queue.c.attempt, queue.c.max_attempts,
-    queue.c.lease, queue.c.lease_owner, queue.c.step_count,
+    queue.c.lease, queue.c.lease_owner, queue.c.step_count, queue.c.wait_kind,
+    queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id,
 )
 
 
 def _item(row: Any) -> QueueItem:
     return QueueItem(row.run_id, row.function_id, row.attempt, row.max_attempts, row.lease,
-                     row.lease_owner, row.step_count)
+                     row.lease_owner, row.step_count,
+                     None if row.wait_kind is None else WaitKind(row.wait_kind), row.wait_step,
+                     row.parent_run_id, row.parent_step_id)
 
 
 _INSERT = queue.insert()
 _DEFAULTS = {"attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
-             "step_count": 0}
+             "step_count": 0, "deadline_kind": None, "deadline_ms": None}
+
+
+def armed_deadline(item: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """Deadline columns of an item dispatched for the first time (as the claim sets them)."""
+    if item.get("deadline_kind") != "start":
+        return {}
+    finish = item.get("finish_timeout_ms")
+    return {"deadline_kind": "finish", "deadline_ms": None if finish is None else now_ms + finish}
 
 
 def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -54,7 +65,13 @@ _CLAIM = (
             lease_until_ms=bindparam("until"),
             # Taking over an expired lease: the worker that held it was lost mid-attempt.
             attempt=case((queue.c.lease_owner.is_not(None), queue.c.attempt + 1),
-                         else_=queue.c.attempt))
+                         else_=queue.c.attempt),
+            # The first dispatch ends the start timeout and arms the finish timeout.
+            deadline_ms=case((queue.c.deadline_kind == "start",
+                              bindparam("now") + queue.c.finish_timeout_ms),
+                             else_=queue.c.deadline_ms),
+            deadline_kind=case((queue.c.deadline_kind == "start", "finish"),
+                               else_=queue.c.deadline_kind))
     .returning(*_ITEM_COLUMNS)
 )
 
@@ -82,7 +99,8 @@ _UPDATE_MANY = (
     .where(queue.c.run_id == bindparam("b_run_id"))
     .values(attempt=bindparam("attempt"), step_count=bindparam("step_count"),
             due_at_ms=bindparam("due_at_ms"), lease_owner=bindparam("lease_owner"),
-            lease_until_ms=bindparam("lease_until_ms"))
+            lease_until_ms=bindparam("lease_until_ms"), wait_kind=bindparam("wait_kind"),
+            wait_step=bindparam("wait_step"))
 )
 _DELETE_MANY = queue.delete().where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
 
@@ -94,7 +112,8 @@ def lock_many(conn: Connection, run_ids: list[str]) -> dict[str, tuple[QueueItem
 
 
 def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rows: b_run_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms."""
+    """Rows: b_run_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms, wait_kind,
+    wait_step."""
     if rows:
         conn.execute(_UPDATE_MANY, rows)
 
@@ -102,6 +121,48 @@ def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def delete_many(conn: Connection, run_ids: list[str]) -> None:
     if run_ids:
         conn.execute(_DELETE_MANY, {"run_ids": run_ids})
+
+
+_RESUME = (
+    update(queue)
+    .where(queue.c.run_id == bindparam("b_run_id"))
+    .values(due_at_ms=bindparam("due_at_ms"), wait_kind=None, wait_step=None)
+)
+
+
+def resume_many(conn: Connection, run_ids: list[str], now_ms: int) -> None:
+    """Suspended runs become ready now."""
+    if run_ids:
+        conn.execute(_RESUME, [{"b_run_id": r, "due_at_ms": now_ms} for r in run_ids])
+
+
+_CLEAR_WAIT = (update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+               .values(wait_kind=None, wait_step=None))
+
+
+def clear_waits(conn: Connection, run_ids: list[str]) -> None:
+    if run_ids:
+        conn.execute(_CLEAR_WAIT, {"run_ids": run_ids})
+
+
+_EXPIRED = (
+    select(*_ITEM_COLUMNS, queue.c.deadline_kind)
+    .where(queue.c.deadline_ms <= bindparam("now"))
+    .order_by(queue.c.deadline_ms)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+def expired(conn: Connection, now_ms: int, limit: int) -> list[tuple[QueueItem, str]]:
+    """Items past their start or finish deadline, locked, with the deadline's kind."""
+    rows = conn.execute(_EXPIRED, {"now": now_ms, "limit": limit})
+    return [(_item(row), row.deadline_kind) for row in rows]
+
+
+def next_deadline(conn: Connection) -> int | None:
+    value = conn.execute(select(func.min(queue.c.deadline_ms))).scalar()
+    return None if value is None else int(value)
 
 
 def lock(conn: Connection, run_id: str) -> QueueItem | None:

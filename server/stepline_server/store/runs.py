@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import (
@@ -25,14 +25,40 @@ _INSERT_RUNS = runs.insert()
 _MARK_STARTED = (
     update(runs)
     .where(runs.c.id.in_(bindparam("run_ids", expanding=True)),
-           runs.c.status == RunStatus.QUEUED.value)
-    .values(status=RunStatus.RUNNING.value, started_at_ms=bindparam("now"))
+           runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.SLEEPING.value,
+                              RunStatus.WAITING.value]))
+    .values(status=RunStatus.RUNNING.value,
+            started_at_ms=func.coalesce(runs.c.started_at_ms, bindparam("now")))
 )
 _MEMO = (
     select(steps.c.run_id, steps.c.step_id, steps.c.output, steps.c.error)
-    .where(steps.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .where(steps.c.run_id.in_(bindparam("run_ids", expanding=True)),
+           steps.c.status.in_([StepStatus.COMPLETED.value, StepStatus.FAILED.value]))
     .order_by(steps.c.run_id, steps.c.position)
 )
+_SET_STATUS = (update(runs).where(runs.c.id == bindparam("b_id"), runs.c.ended_at_ms.is_(None))
+               .values(status=bindparam("status")))
+_END_PENDING_STEP = (
+    update(steps)
+    .where(steps.c.run_id == bindparam("b_run_id"), steps.c.step_id == bindparam("b_step_id"),
+           steps.c.status.in_([StepStatus.SLEEPING.value, StepStatus.WAITING.value,
+                               StepStatus.INVOKING.value]))
+    .values(status=bindparam("status"), output=bindparam("output"), error=bindparam("error"),
+            ended_at_ms=bindparam("ended_at_ms"))
+)
+
+
+def set_status_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Rows: b_id, status; only runs that have not ended."""
+    if rows:
+        conn.execute(_SET_STATUS, rows)
+
+
+def end_pending_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Complete (or fail) sleeps, waits and invokes. Rows: b_run_id, b_step_id, status, output,
+    error, ended_at_ms."""
+    if rows:
+        conn.execute(_END_PENDING_STEP, rows)
 _EVENTS_OF = (
     select(runs.c.id.label("run_id"), events)
     .join(events, events.c.id == runs.c.event_id)
@@ -121,7 +147,8 @@ def _record(row: Any, **extra: Any) -> RunRecord:
         id=row.id, function_id=row.function_id, event_id=row.event_id,
         status=RunStatus(row.status), attempt=row.attempt or 0, output=row.output,
         error=ErrorInfo.from_json(row.error), created_at_ms=row.created_at_ms,
-        started_at_ms=row.started_at_ms, ended_at_ms=row.ended_at_ms, **extra,
+        started_at_ms=row.started_at_ms, ended_at_ms=row.ended_at_ms,
+        parent_run_id=row.parent_run_id, **extra,
     )
 
 
@@ -205,3 +232,14 @@ def status_of(conn: Connection, run_id: str) -> RunStatus | None:
     return None if value is None else RunStatus(value)
 
 
+
+
+_EVENT_IDS = select(runs.c.id, runs.c.event_id).where(
+    runs.c.id.in_(bindparam("run_ids", expanding=True)))
+
+
+def event_ids(conn: Connection, run_ids: list[str]) -> dict[str, str]:
+    """The triggering event id of each run."""
+    if not run_ids:
+        return {}
+    return {row.id: row.event_id for row in conn.execute(_EVENT_IDS, {"run_ids": run_ids})}

@@ -72,12 +72,16 @@ runs = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("started_at_ms", BigInteger, nullable=True),
     Column("ended_at_ms", BigInteger, nullable=True),
+    # A run started by step.invoke: the step of the parent run that waits for this one.
+    Column("parent_run_id", String(32), nullable=True),
+    Column("parent_step_id", String(300), nullable=True),
     Index("ix_runs_created", "created_at_ms", "id"),
     Index("ix_runs_function_created", "function_id", "created_at_ms"),
     Index("ix_runs_status_created", "status", "created_at_ms"),
 )
 
-# A step's final result, written once.
+# A step's final result, written once; a sleep, wait or invoke is written when it begins (status
+# sleeping/waiting/invoking, ended_at_ms its due time) and completed when it resumes.
 steps = Table(
     "steps",
     metadata,
@@ -106,7 +110,8 @@ step_failures = Table(
 )
 
 # One row per unfinished run: ready (lease_owner null, due), leased to a worker, or waiting for
-# its due time (retry backoff). `lease` is the fencing token, bumped at every claim.
+# its due time (retry backoff, sleep, the timeout of a wait). `lease` is the fencing token, bumped
+# at every claim.
 queue = Table(
     "queue",
     metadata,
@@ -120,6 +125,53 @@ queue = Table(
     Column("lease_until_ms", BigInteger, nullable=True),
     # Steps recorded so far: the position of the next one, kept here to spare a query per step.
     Column("step_count", Integer, nullable=False),
+    # A suspended run: what it waits for (sleep, event, invoke) and the step that resumes. Claimed
+    # at due_at_ms, it resumes with the sleep done, or with the wait or invoke timed out.
+    Column("wait_kind", String(8), nullable=True),
+    Column("wait_step", String(300), nullable=True),
+    # Timeouts: `start` until the first dispatch, then `finish` (armed with finish_timeout_ms).
+    Column("deadline_kind", String(8), nullable=True),
+    Column("deadline_ms", BigInteger, nullable=True),
+    Column("finish_timeout_ms", BigInteger, nullable=True),
+    # Copied from the run: its end resumes this parent step (step.invoke).
+    Column("parent_run_id", String(32), nullable=True),
+    Column("parent_step_id", String(300), nullable=True),
     Index("ix_queue_claim", "function_id", "due_at_ms"),
     Index("ix_queue_owner", "lease_owner"),
+    Index("ix_queue_deadline", "deadline_ms"),
+)
+
+# Pending matches of incoming events: step.wait_for_event (kind "event") and a function's
+# cancel_on (kind "cancel", step_id "cancel:N"). Looked up by event name, and by match_key when the
+# expression pins an equality (async.data.userId == event.data.userId), so an event costs the
+# waits that can match it, not every pending wait.
+waits = Table(
+    "waits",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("step_id", String(300), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("event_name", String(256), nullable=False),
+    Column("expression", Text, nullable=True),
+    # Dotted path into the candidate event (e.g. "data.userId"), and "path=json value" to match.
+    Column("match_path", String(300), nullable=True),
+    Column("match_key", String(600), nullable=True),
+    Column("trigger_event_id", String(128), nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Index("ix_waits_paths", "event_name", "match_path"),
+    Index("ix_waits_keys", "event_name", "match_key"),
+)
+
+# Cron triggers, one row each, with the next tick to fire. The scheduler looks only at rows due
+# now (index on next_tick_ms): idle cron functions cost nothing per tick.
+cron_schedules = Table(
+    "cron_schedules",
+    metadata,
+    Column("function_id", String(128), ForeignKey("functions.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("schedule", String(256), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("next_tick_ms", BigInteger, nullable=False),
+    Index("ix_cron_next_tick", "next_tick_ms"),
 )

@@ -51,16 +51,38 @@ class CronTrigger(_message.Message):
     def __init__(self, schedule: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
 
 class FunctionConfig(_message.Message):
-    __slots__ = ("id", "name", "triggers", "retries")
+    __slots__ = ("id", "name", "triggers", "retries", "cancel_on", "timeouts")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_ON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
     retries: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., retries: _Optional[int] = ...) -> None: ...
+    cancel_on: _containers.RepeatedCompositeFieldContainer[CancelOn]
+    timeouts: Timeouts
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., retries: _Optional[int] = ..., cancel_on: _Optional[_Iterable[_Union[CancelOn, _Mapping]]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ...) -> None: ...
+
+class CancelOn(_message.Message):
+    __slots__ = ("event", "expression", "timeout")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    expression: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, event: _Optional[str] = ..., expression: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Timeouts(_message.Message):
+    __slots__ = ("start", "finish")
+    START_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    start: _duration_pb2.Duration
+    finish: _duration_pb2.Duration
+    def __init__(self, start: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finish: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ErrorInfo(_message.Message):
     __slots__ = ("name", "message", "stack")

@@ -26,33 +26,33 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepline/v1/run_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xe9\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12!\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x12.stepline.v1.Event\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x05steps\x18\x0b \x03(\x0b\x32\x11.stepline.v1.Step\"\xa5\x02\n\x04Step\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0e\x61ttempt_errors\x18\t \x03(\x0b\x32\x16.stepline.v1.ErrorInfo\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"u\n\x0fListRunsRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.stepline.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run*\xd2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07*\\\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x01\x12\x16\n\x12STEP_STATUS_FAILED\x10\x02\x32\xe4\x01\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.stepline.v1.GetRunRequest\x1a\x1b.stepline.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.stepline.v1.CancelRunRequest\x1a\x1e.stepline.v1.CancelRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepline/v1/run_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\x80\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12!\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x12.stepline.v1.Event\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x05steps\x18\x0b \x03(\x0b\x32\x11.stepline.v1.Step\x12\x15\n\rparent_run_id\x18\x0c \x01(\t\"\xa5\x02\n\x04Step\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0e\x61ttempt_errors\x18\t \x03(\x0b\x32\x16.stepline.v1.ErrorInfo\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"u\n\x0fListRunsRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.stepline.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run*\xd2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07*\xa9\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x01\x12\x16\n\x12STEP_STATUS_FAILED\x10\x02\x12\x18\n\x14STEP_STATUS_SLEEPING\x10\x03\x12\x17\n\x13STEP_STATUS_WAITING\x10\x04\x12\x18\n\x14STEP_STATUS_INVOKING\x10\x05\x32\xe4\x01\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.stepline.v1.GetRunRequest\x1a\x1b.stepline.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.stepline.v1.CancelRunRequest\x1a\x1e.stepline.v1.CancelRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=1148
-  _globals['_RUNSTATUS']._serialized_end=1358
-  _globals['_STEPSTATUS']._serialized_start=1360
-  _globals['_STEPSTATUS']._serialized_end=1452
+  _globals['_RUNSTATUS']._serialized_start=1171
+  _globals['_RUNSTATUS']._serialized_end=1381
+  _globals['_STEPSTATUS']._serialized_start=1384
+  _globals['_STEPSTATUS']._serialized_end=1553
   _globals['_RUN']._serialized_start=106
-  _globals['_RUN']._serialized_end=467
-  _globals['_STEP']._serialized_start=470
-  _globals['_STEP']._serialized_end=763
-  _globals['_GETRUNREQUEST']._serialized_start=765
-  _globals['_GETRUNREQUEST']._serialized_end=796
-  _globals['_GETRUNRESPONSE']._serialized_start=798
-  _globals['_GETRUNRESPONSE']._serialized_end=845
-  _globals['_LISTRUNSREQUEST']._serialized_start=847
-  _globals['_LISTRUNSREQUEST']._serialized_end=964
-  _globals['_LISTRUNSRESPONSE']._serialized_start=966
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1041
-  _globals['_CANCELRUNREQUEST']._serialized_start=1043
-  _globals['_CANCELRUNREQUEST']._serialized_end=1093
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1095
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1145
-  _globals['_RUNSERVICE']._serialized_start=1455
-  _globals['_RUNSERVICE']._serialized_end=1683
+  _globals['_RUN']._serialized_end=490
+  _globals['_STEP']._serialized_start=493
+  _globals['_STEP']._serialized_end=786
+  _globals['_GETRUNREQUEST']._serialized_start=788
+  _globals['_GETRUNREQUEST']._serialized_end=819
+  _globals['_GETRUNRESPONSE']._serialized_start=821
+  _globals['_GETRUNRESPONSE']._serialized_end=868
+  _globals['_LISTRUNSREQUEST']._serialized_start=870
+  _globals['_LISTRUNSREQUEST']._serialized_end=987
+  _globals['_LISTRUNSRESPONSE']._serialized_start=989
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1064
+  _globals['_CANCELRUNREQUEST']._serialized_start=1066
+  _globals['_CANCELRUNREQUEST']._serialized_end=1116
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1118
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1168
+  _globals['_RUNSERVICE']._serialized_start=1556
+  _globals['_RUNSERVICE']._serialized_end=1784
 # @@protoc_insertion_point(module_scope)

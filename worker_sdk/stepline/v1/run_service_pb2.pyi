@@ -27,6 +27,9 @@ class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_STATUS_UNSPECIFIED: _ClassVar[StepStatus]
     STEP_STATUS_COMPLETED: _ClassVar[StepStatus]
     STEP_STATUS_FAILED: _ClassVar[StepStatus]
+    STEP_STATUS_SLEEPING: _ClassVar[StepStatus]
+    STEP_STATUS_WAITING: _ClassVar[StepStatus]
+    STEP_STATUS_INVOKING: _ClassVar[StepStatus]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_QUEUED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -38,9 +41,12 @@ RUN_STATUS_CANCELLED: RunStatus
 STEP_STATUS_UNSPECIFIED: StepStatus
 STEP_STATUS_COMPLETED: StepStatus
 STEP_STATUS_FAILED: StepStatus
+STEP_STATUS_SLEEPING: StepStatus
+STEP_STATUS_WAITING: StepStatus
+STEP_STATUS_INVOKING: StepStatus
 
 class Run(_message.Message):
-    __slots__ = ("id", "function_id", "status", "event", "output", "error", "attempt", "created_at", "started_at", "ended_at", "steps")
+    __slots__ = ("id", "function_id", "status", "event", "output", "error", "attempt", "created_at", "started_at", "ended_at", "steps", "parent_run_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +58,7 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     function_id: str
     status: RunStatus
@@ -63,7 +70,8 @@ class Run(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     steps: _containers.RepeatedCompositeFieldContainer[Step]
-    def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ...) -> None: ...
+    parent_run_id: str
+    def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("step_id", "name", "status", "output", "error", "attempts", "started_at", "ended_at", "attempt_errors")

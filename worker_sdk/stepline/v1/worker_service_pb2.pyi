@@ -184,14 +184,16 @@ class RunFailed(_message.Message):
     def __init__(self, error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., non_retriable: _Optional[bool] = ..., retry_after: _Optional[_Union[_common_pb2.RetryAfter, _Mapping]] = ...) -> None: ...
 
 class Sleep(_message.Message):
-    __slots__ = ("step_id", "name", "until")
+    __slots__ = ("step_id", "name", "until", "duration")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
     step_id: str
     name: str
     until: _timestamp_pb2.Timestamp
-    def __init__(self, step_id: _Optional[str] = ..., name: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    duration: _duration_pb2.Duration
+    def __init__(self, step_id: _Optional[str] = ..., name: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WaitForEvent(_message.Message):
     __slots__ = ("step_id", "name", "event", "expression", "timeout")

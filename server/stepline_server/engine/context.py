@@ -1,0 +1,25 @@
+"""What engine logic running inside a write transaction may use besides the connection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stepline_server.engine.starts import RunStart
+from stepline_server.store import Tx
+
+
+@dataclass(frozen=True, slots=True)
+class TxContext:
+    tx: Tx
+    now: int
+    # Starts runs in this transaction; returns their ids.
+    start: Callable[[list[RunStart]], list[str]]
+    dedup_ms: int
+    # Tells the worker holding a run that it was cancelled (called after the commit).
+    cancelled: Callable[[str, str], None]
+
+    def cancel_after_commit(self, run_id: str, owner: str | None) -> None:
+        if owner:
+            cancelled = self.cancelled
+            self.tx.after_commit(lambda: cancelled(run_id, owner))

@@ -1,0 +1,236 @@
+"""How runs begin, resume and end inside a write transaction.
+
+- `ingest`: new events start the runs of their subscribers (filters in CEL), satisfy pending
+  step.wait_for_event waits and cancel runs through cancel_on.
+- `resume`: a suspended run (sleep, wait, invoke) gets its step's result and becomes ready.
+- `end_runs` / `after_end`: a run ends; its waits go, an invoking parent resumes, and the system
+  events stepline/function.finished and stepline/function.failed are sent when someone listens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from stepline_server.engine import expressions, matching
+from stepline_server.engine.context import TxContext
+from stepline_server.engine.starts import RunStart
+from stepline_server.model import (
+    ErrorInfo,
+    EventRecord,
+    QueueItem,
+    RunStatus,
+    StepStatus,
+    WaitKind,
+)
+from stepline_server.store import events as event_store
+from stepline_server.store import functions as function_store
+from stepline_server.store import queue as queue_store
+from stepline_server.store import runs as run_store
+from stepline_server.store import waits as wait_store
+
+log = logging.getLogger(__name__)
+activity = logging.getLogger("stepline.runs")
+
+FUNCTION_FINISHED = "stepline/function.finished"
+FUNCTION_FAILED = "stepline/function.failed"
+FUNCTION_INVOKED = "stepline/function.invoked"
+_SYSTEM_EVENTS = [FUNCTION_FINISHED, FUNCTION_FAILED]
+
+
+# -- events in ----------------------------------------------------------------------------------
+def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
+    """Store events; start the runs they trigger; resume or cancel the runs waiting for them.
+    Returns the ids of the runs started. Repeats of known event ids do nothing."""
+    conn = ctx.tx.conn
+    fresh = event_store.insert(conn, records, ctx.now, ctx.dedup_ms)
+    new = [r for r, is_new in zip(records, fresh, strict=True) if is_new]
+    if not new:
+        return []
+    subscribers = function_store.subscribers(conn, sorted({r.name for r in new}))
+    starts: list[RunStart] = []
+    for record in new:
+        variables = None
+        for sub in subscribers[record.name]:
+            if sub.expression:
+                if variables is None:
+                    variables = {"event": expressions.event_variables(record)}
+                expression = expressions.compile_expression(
+                    sub.expression, "expression", expressions.TRIGGER_VARIABLES)
+                if not expression.matches(variables):
+                    continue
+            starts.append(RunStart(sub.function_id, sub.policy, record))
+    run_ids = ctx.start(starts) if starts else []
+    _settle_waits(ctx, new)
+    return run_ids
+
+
+def _settle_waits(ctx: TxContext, records: list[EventRecord]) -> None:
+    matches = matching.match(ctx.tx.conn, records, ctx.now)
+    if not matches:
+        return
+    waiting = [m for m in matches if m.kind == matching.EVENT]
+    cancels = {m.run_id: m for m in matches if m.kind == matching.CANCEL}
+    resume(ctx, [
+        Resumption(m.run_id, m.step_id, WaitKind.EVENT, StepStatus.COMPLETED,
+                   output=event_json(m.event))
+        for m in waiting if m.run_id not in cancels
+    ])
+    if cancels:
+        locked = queue_store.lock_many(ctx.tx.conn, sorted(cancels))
+        end_runs(ctx, [
+            Ending(item, RunStatus.CANCELLED, error=ErrorInfo(
+                "Cancelled", f"cancelled by event {cancels[run_id].event.name} "
+                             f"({cancels[run_id].event.id})"))
+            for run_id, (item, _) in locked.items()
+        ])
+
+
+def event_json(record: EventRecord) -> str:
+    """An event as a step's result (wait_for_event) and in system events."""
+    return json.dumps({
+        "id": record.id, "name": record.name, "data": json.loads(record.data),
+        "ts": record.ts_ms, "user": json.loads(record.user) if record.user else None,
+    }, separators=(",", ":"))
+
+
+# -- resuming -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    run_id: str
+    step_id: str
+    kind: WaitKind
+    status: StepStatus
+    output: str | None = None
+    error: ErrorInfo | None = None
+
+
+def resume(ctx: TxContext, resumptions: list[Resumption]) -> int:
+    """Give suspended runs their step's result and make them ready. A run that is no longer
+    suspended on that step (resumed by someone else, ended) is left alone."""
+    if not resumptions:
+        return 0
+    conn = ctx.tx.conn
+    locked = queue_store.lock_many(conn, sorted({r.run_id for r in resumptions}))
+    due: list[Resumption] = []
+    for r in resumptions:
+        entry = locked.get(r.run_id)
+        if entry is None:
+            continue
+        item = entry[0]
+        if item.wait_kind is r.kind and item.wait_step == r.step_id:
+            due.append(r)
+            locked.pop(r.run_id)  # one resumption per run
+    if not due:
+        return 0
+    run_store.end_pending_steps(conn, [
+        {"b_run_id": r.run_id, "b_step_id": r.step_id, "status": r.status.value,
+         "output": r.output, "error": None if r.error is None else r.error.to_json(),
+         "ended_at_ms": ctx.now} for r in due])
+    run_ids = [r.run_id for r in due]
+    queue_store.resume_many(conn, run_ids, ctx.now)
+    run_store.set_status_many(conn, [{"b_id": r, "status": RunStatus.QUEUED.value}
+                                     for r in run_ids])
+    wait_store.delete_many(conn, [(r.run_id, r.step_id) for r in due
+                                  if r.kind is WaitKind.EVENT])
+    ctx.tx.notify = True
+    for r in due:
+        activity.info("run %s resumed (%s %s)", r.run_id, r.kind.value, r.step_id)
+    return len(due)
+
+
+def expire_waits(ctx: TxContext, items: list[QueueItem]) -> None:
+    """Claimed runs whose suspension is due: a sleep is over; a wait or an invoke timed out.
+    Their steps get results before the memo is read, in the claim's transaction."""
+    rows = []
+    for item in items:
+        if item.wait_kind is None or item.wait_step is None:
+            continue
+        status, output, error = StepStatus.COMPLETED, "null", None
+        if item.wait_kind is WaitKind.INVOKE:
+            status, output = StepStatus.FAILED, ""
+            error = ErrorInfo("InvokeTimeout", "the invoked run did not finish in time")
+        rows.append({"b_run_id": item.run_id, "b_step_id": item.wait_step,
+                     "status": status.value, "output": output or None,
+                     "error": None if error is None else error.to_json(),
+                     "ended_at_ms": ctx.now})
+    if not rows:
+        return
+    conn = ctx.tx.conn
+    run_store.end_pending_steps(conn, rows)
+    queue_store.clear_waits(conn, [str(row["b_run_id"]) for row in rows])
+    wait_store.delete_many(conn, [(i.run_id, i.wait_step) for i in items
+                                  if i.wait_kind is WaitKind.EVENT and i.wait_step])
+
+
+# -- ending -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ending:
+    item: QueueItem
+    status: RunStatus
+    output: str | None = None
+    error: ErrorInfo | None = None
+
+
+def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
+    """End runs that have not ended (cancel, timeout, lost workers): write the end, drop the
+    queue items, tell the workers holding them, then `after_end`."""
+    if not endings:
+        return
+    conn = ctx.tx.conn
+    run_store.finish_many(conn, [
+        {"b_id": e.item.run_id, "status": e.status.value, "output": e.output,
+         "error": None if e.error is None else e.error.to_json(), "ended_at_ms": ctx.now}
+        for e in endings])
+    queue_store.delete_many(conn, [e.item.run_id for e in endings])
+    for e in endings:
+        ctx.cancel_after_commit(e.item.run_id, e.item.lease_owner)
+        activity.info("run %s %s%s", e.item.run_id, e.status.value,
+                      f": {e.error.message}" if e.error else "")
+    after_end(ctx, endings)
+
+
+def after_end(ctx: TxContext, endings: list[Ending]) -> None:
+    """What follows runs' ends, once their rows are written."""
+    conn = ctx.tx.conn
+    wait_store.delete_for_runs(conn, [e.item.run_id for e in endings])
+    resume(ctx, [
+        Resumption(e.item.parent_run_id, e.item.parent_step_id, WaitKind.INVOKE,
+                   StepStatus.COMPLETED if e.status is RunStatus.COMPLETED else StepStatus.FAILED,
+                   output=e.output if e.status is RunStatus.COMPLETED else None,
+                   error=None if e.status is RunStatus.COMPLETED else (
+                       e.error or ErrorInfo("Error", f"invoked run {e.status.value}")))
+        for e in endings if e.item.parent_run_id and e.item.parent_step_id
+    ])
+    listened = function_store.subscribed(conn, _SYSTEM_EVENTS)
+    if listened:
+        _system_events(ctx, endings, listened)
+
+
+def _system_events(ctx: TxContext, endings: list[Ending], listened: set[str]) -> None:
+    conn = ctx.tx.conn
+    event_ids = run_store.event_ids(conn, [e.item.run_id for e in endings])
+    triggers = {r.id: r for r in event_store.get_many(conn, sorted(set(event_ids.values())))}
+    records: list[EventRecord] = []
+    for e in endings:
+        trigger = triggers.get(event_ids.get(e.item.run_id, ""))
+        if trigger is not None and trigger.name in _SYSTEM_EVENTS:
+            continue  # a listener's own end announces nothing: no feedback loops
+        data = {
+            "function_id": e.item.function_id, "run_id": e.item.run_id,
+            "status": e.status.value,
+            "output": json.loads(e.output) if e.output is not None else None,
+            "error": None if e.error is None else {
+                "name": e.error.name, "message": e.error.message, "stack": e.error.stack},
+            "event": None if trigger is None else json.loads(event_json(trigger)),
+        }
+        text = json.dumps(data, separators=(",", ":"))
+        if FUNCTION_FINISHED in listened:
+            records.append(EventRecord(f"{e.item.run_id}:finished", FUNCTION_FINISHED, text,
+                                       ctx.now))
+        if FUNCTION_FAILED in listened and e.status is RunStatus.FAILED:
+            records.append(EventRecord(f"{e.item.run_id}:failed", FUNCTION_FAILED, text,
+                                       ctx.now))
+    if records:
+        ingest(ctx, records)

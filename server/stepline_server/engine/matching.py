@@ -1,0 +1,115 @@
+"""Matching incoming events against pending waits (step.wait_for_event and cancel_on).
+
+A wait whose CEL expression pins an equality between the incoming event and a constant or the
+run's trigger (`async.data.userId == event.data.userId`) is stored with that key; an event then
+looks up only the waits under its own keys, plus the unkeyed ones of its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from stepline_server.engine import expressions
+from stepline_server.model import CancelOn, EventRecord
+from stepline_server.store import events as event_store
+from stepline_server.store import waits as wait_store
+
+MAX_KEY_LENGTH = 600
+CANCEL = "cancel"
+EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    run_id: str
+    step_id: str
+    kind: str  # EVENT or CANCEL
+    event: EventRecord
+
+
+def _key(expression: str, field: str, trigger: EventRecord) -> tuple[str | None, str | None]:
+    if not expression:
+        return None, None
+    compiled = expressions.compile_expression(expression, field, expressions.MATCH_VARIABLES)
+    key = expressions.equality_key(compiled)
+    if key is None:
+        return None, None
+    value = expressions.key_for_wait(key, expressions.event_variables(trigger))
+    if value is None or len(value) > MAX_KEY_LENGTH:
+        return None, None
+    return ".".join(key.async_path), value
+
+
+def wait_row(run_id: str, step_id: str, kind: str, event_name: str, expression: str,
+             field: str, trigger: EventRecord, expires_at_ms: int | None, now_ms: int
+             ) -> dict[str, Any]:
+    """The waits row for a new wait; raises InvalidArgument (naming `field`) for bad CEL."""
+    path, key = _key(expression, field, trigger)
+    return {"run_id": run_id, "step_id": step_id, "kind": kind, "event_name": event_name,
+            "expression": expression or None, "match_path": path, "match_key": key,
+            "trigger_event_id": trigger.id, "expires_at_ms": expires_at_ms,
+            "created_at_ms": now_ms}
+
+
+def cancel_row(run_id: str, index: int, cancel: CancelOn, trigger: EventRecord, now_ms: int
+               ) -> dict[str, Any]:
+    expires = None if cancel.timeout_ms is None else now_ms + cancel.timeout_ms
+    return wait_row(run_id, f"cancel:{index}", CANCEL, cancel.event, cancel.expression,
+                    f"cancel_on[{index}].expression", trigger, expires, now_ms)
+
+
+def match(conn: Connection, records: list[EventRecord], now_ms: int) -> list[Match]:
+    """The waits these (new) events satisfy: for each wait, the first matching event."""
+    by_name: dict[str, list[EventRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    pending_paths = wait_store.paths(conn, list(by_name))
+    if not pending_paths:
+        return []
+    matches: list[Match] = []
+    for name, path_set in pending_paths.items():
+        named = by_name[name]
+        variables = [expressions.event_variables(r) for r in named]
+        keys: set[str] = set()
+        for path in path_set:
+            if path is None:
+                continue
+            split = tuple(path.split("."))
+            for v in variables:
+                key = expressions.key_for_event(split, v)
+                if key is not None:
+                    keys.add(key)
+        rows = wait_store.candidates(conn, name, sorted(keys), None in path_set, now_ms)
+        if not rows:
+            continue
+        triggers = _trigger_variables(conn, rows)
+        for row in rows:
+            for record, candidate in zip(named, variables, strict=True):
+                if _fits(row, candidate, triggers):
+                    matches.append(Match(row.run_id, row.step_id, row.kind, record))
+                    break
+    return matches
+
+
+def _fits(row: Any, candidate: dict[str, Any], triggers: dict[str, dict[str, Any]]) -> bool:
+    if row.match_key is not None:
+        key = expressions.key_for_event(tuple(row.match_path.split(".")), candidate)
+        if key != row.match_key:
+            return False
+    if not row.expression:
+        return True
+    compiled = expressions.compile_expression(row.expression, "expression",
+                                              expressions.MATCH_VARIABLES)
+    trigger = triggers.get(row.trigger_event_id, {})
+    return compiled.matches({"event": trigger, "async": candidate})
+
+
+def _trigger_variables(conn: Connection, rows: list[Any]) -> dict[str, dict[str, Any]]:
+    ids = sorted({row.trigger_event_id for row in rows if row.expression})
+    if not ids:
+        return {}
+    return {record.id: expressions.event_variables(record)
+            for record in event_store.get_many(conn, ids)}

@@ -1,0 +1,102 @@
+"""Starting runs: the rows a new run needs, written in the transaction that decides to start it
+(an event's commit, a step that sends events or invokes a function, a cron tick)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stepline_server.engine import matching
+from stepline_server.model import Dispatch, EventRecord, RunPolicy, RunStatus
+from stepline_server.store import Tx
+from stepline_server.store import queue as queue_store
+from stepline_server.store import runs as run_store
+from stepline_server.store import waits as wait_store
+
+
+class Placement(Protocol):
+    """Hands new runs to local workers directly (implemented by dispatch)."""
+
+    def reserve(self, function_id: str) -> str | None:
+        """Take a free slot of a local worker serving the function; return its owner id.
+        Called from the writer thread."""
+
+    def deliver(self, owner: str, work: Dispatch) -> None:
+        """After the commit: send the leased run to the worker that reserved the slot."""
+
+    def unreserve(self, owners: list[str]) -> None:
+        """The commit failed: give the slots back."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    function_id: str
+    policy: RunPolicy
+    event: EventRecord
+    # step.invoke: the step of the parent run that resumes when this run ends.
+    parent_run_id: str | None = None
+    parent_step_id: str | None = None
+
+
+@dataclass(slots=True)
+class Started:
+    """Runs started in a transaction; `placed` are delivered once it commits."""
+
+    run_ids: list[str] = field(default_factory=list)
+    placed: list[tuple[str, Dispatch]] = field(default_factory=list)
+    reserved: list[str] = field(default_factory=list)
+    queued: int = 0
+
+    def extend(self, other: Started) -> None:
+        self.run_ids += other.run_ids
+        self.placed += other.placed
+        self.reserved += other.reserved
+        self.queued += other.queued
+
+
+def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Any,
+               placement: Placement | None, lease_ms: int) -> Started:
+    """Create the runs (and their queue items and cancel_on waits). A run whose function has a
+    local worker with a free slot is leased to it at once (`placement`); others are queued and
+    other servers are woken."""
+    started = Started()
+    run_rows: list[dict[str, Any]] = []
+    queue_rows: list[dict[str, Any]] = []
+    cancel_waits: list[dict[str, Any]] = []
+    for start in starts:
+        run_id = new_id()
+        policy = start.policy
+        started.run_ids.append(run_id)
+        owner = placement.reserve(start.function_id) if placement else None
+        run = {"id": run_id, "function_id": start.function_id, "event_id": start.event.id,
+               "status": RunStatus.QUEUED.value, "max_attempts": policy.max_attempts,
+               "created_at_ms": now, "started_at_ms": None,
+               "parent_run_id": start.parent_run_id, "parent_step_id": start.parent_step_id}
+        item = {"run_id": run_id, "function_id": start.function_id, "due_at_ms": now,
+                "max_attempts": policy.max_attempts, "parent_run_id": start.parent_run_id,
+                "parent_step_id": start.parent_step_id,
+                "finish_timeout_ms": policy.finish_timeout_ms}
+        if policy.start_timeout_ms is not None or policy.finish_timeout_ms is not None:
+            # "start" until the first dispatch arms the finish timeout (see queue.claim).
+            item |= {"deadline_kind": "start", "deadline_ms": None if policy.start_timeout_ms
+                     is None else now + policy.start_timeout_ms}
+        if owner is not None:
+            started.reserved.append(owner)
+            run |= {"status": RunStatus.RUNNING.value, "started_at_ms": now}
+            item |= {"lease": 1, "lease_owner": owner, "lease_until_ms": now + lease_ms}
+            item |= queue_store.armed_deadline(item, now)
+            started.placed.append((owner, Dispatch(run_id, start.function_id, 1, 0,
+                                                   policy.max_attempts, start.event, ())))
+        else:
+            started.queued += 1
+            tx.notify = True
+        for index, cancel in enumerate(policy.cancel_on):
+            cancel_waits.append(matching.cancel_row(
+                run_id, index, cancel, start.event, now))
+        run_rows.append(run)
+        queue_rows.append(item)
+    with tx.pipelined():
+        run_store.create(tx.conn, run_rows)
+        queue_store.enqueue(tx.conn, queue_rows)
+        wait_store.insert(tx.conn, cancel_waits)
+    return started
