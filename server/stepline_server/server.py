@@ -24,6 +24,7 @@ from stepline.v1 import (
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
+from stepline_server.engine.timeouts import DeadlineWatch
 from stepline_server.ids import new_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
 from stepline_server.ingress.services import EventService, FunctionService, RunService
@@ -49,6 +50,7 @@ class SteplineServer:
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.engine = Engine(self.db, settings)
         self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
+        self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.port = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +93,7 @@ class SteplineServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
+            asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
             asyncio.create_task(
                 dialect.listen(self.settings.database_url, self.dispatcher.wake,
                                self._stop_listening), name="stepline-listen"),
@@ -109,6 +112,7 @@ class SteplineServer:
         log.info("shutting down: no new dispatches; %.1fs grace for in-flight runs",
                  self.settings.shutdown_grace_seconds)
         self.dispatcher.stop()
+        self.deadlines.stop()
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
