@@ -42,6 +42,7 @@ class WaitKind(enum.StrEnum):
     SLEEP = "sleep"
     EVENT = "event"
     INVOKE = "invoke"
+    PARALLEL = "parallel"  # the run's parallel steps execute as queue items of their own
 
 
 class AckAction(enum.Enum):
@@ -228,6 +229,12 @@ class QueueItem:
     wait_step: str | None = None
     parent_run_id: str | None = None
     parent_step_id: str | None = None
+    # "" for the run itself; a step id for one of its parallel steps.
+    step_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.run_id, self.step_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +248,12 @@ class Dispatch:
     max_attempts: int
     event: EventRecord
     steps: tuple[MemoStep, ...]
+    # Set for a parallel step: the worker replays the run and executes only this step.
+    target_step_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.run_id, self.target_step_id
 
 
 # -- ops a worker reports ---------------------------------------------------------------------
@@ -307,8 +320,15 @@ class SendEvents:
     events: tuple[EventRecord, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """Steps found together (awaited in parallel): each is dispatched on its own."""
+
+    steps: tuple[tuple[str, str], ...]  # (step_id, name)
+
+
 Op = (StepCompleted | StepFailed | RunCompleted | RunFailed | Sleep | WaitForEvent | Invoke
-      | SendEvents)
+      | SendEvents | Planned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,3 +337,8 @@ class OpsBatch:
     lease: int
     function_id: str
     ops: tuple[Op, ...]
+    target_step_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.run_id, self.target_step_id

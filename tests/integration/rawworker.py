@@ -67,7 +67,7 @@ class RawWorker:
         self.send(ws.WorkerMessage(ops=ws.Ops(
             run_id=dispatch.run_id, lease=dispatch.lease if lease is None else lease,
             seq=self._seq, function_id=dispatch.function_id if function_id is None
-            else function_id, ops=list(ops))))
+            else function_id, ops=list(ops), target_step_id=dispatch.target_step_id)))
         ack = self.expect("ack")
         assert ack.seq == self._seq
         return ack

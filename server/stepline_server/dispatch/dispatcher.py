@@ -28,7 +28,8 @@ class WorkerConnection:
     worker_id: str
     function_ids: list[str]
     slots: int
-    inflight: set[str] = field(default_factory=set)
+    # Work in hand, by (run_id, target_step_id): a run, or one of a run's parallel steps.
+    inflight: set[tuple[str, str]] = field(default_factory=set)
     # Slots promised to a claim or to a new run being committed, not yet in `inflight`.
     reserved: int = 0
     draining: bool = False
@@ -115,7 +116,7 @@ class Dispatcher:
             if conn is not None:
                 conn.reserved -= 1
                 if not conn.closed:
-                    conn.inflight.add(work.run_id)
+                    conn.inflight.add(work.key)
                     conn.send(convert.dispatch_to_proto(work))
                     return
         # The worker left between commit and delivery: give the run to someone else.
@@ -137,21 +138,25 @@ class Dispatcher:
     # -- runs leaving workers --------------------------------------------------------------
     def _cancel(self, run_id: str, owner: str) -> None:
         conn = self.connections.get(owner)
-        if conn is not None and run_id in conn.inflight:
-            with self._lock:
-                conn.inflight.discard(run_id)
+        if conn is None:
+            return
+        with self._lock:
+            held = {key for key in conn.inflight if key[0] == run_id}
+            conn.inflight -= held
+        if held:
             conn.send(worker_service_pb2.ServerMessage(
                 cancel=worker_service_pb2.Cancel(run_id=run_id)))
             self.wake()
 
-    def finished(self, conn: WorkerConnection, run_id: str, *, requeued: bool) -> None:
-        """The worker no longer holds this run: its slot is free. `requeued`: the run went
-        back to the queue (a retry), so there is new work to claim."""
+    def finished(self, conn: WorkerConnection, key: tuple[str, str], *, requeued: bool) -> None:
+        """The worker no longer holds this run (or parallel step): its slot is free.
+        `requeued`: work went back to the queue (a retry, a suspension), so there is new work
+        to claim."""
         if requeued:
             self._drained.clear()
-        if run_id in conn.inflight:
+        if key in conn.inflight:
             with self._lock:
-                conn.inflight.discard(run_id)
+                conn.inflight.discard(key)
             self._wake.set()
 
     async def run(self) -> None:
@@ -192,7 +197,7 @@ class Dispatcher:
                     await self.engine.release(conn.id, [w.run_id for w in works])
                 continue
             with self._lock:
-                conn.inflight.update(w.run_id for w in works)
+                conn.inflight.update(w.key for w in works)
             for work in works:
                 conn.send(convert.dispatch_to_proto(work))
             if len(works) < wanted:

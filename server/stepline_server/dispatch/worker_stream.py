@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine
-from stepline_server.errors import InvalidArgument, StaleLease, SteplineServerError
+from stepline_server.errors import Conflict, InvalidArgument, StaleLease, SteplineServerError
 from stepline_server.ingress import convert
 from stepline_server.model import AckAction, ErrorInfo
 
@@ -133,6 +133,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                future: asyncio.Future[AckAction]) -> None:
         exc = future.exception()
         if exc is not None:
+            if isinstance(exc, Conflict):
+                exc = Conflict(
+                    "ops: a step in this report already has a result: the function's code may "
+                    f"have changed between attempts (non-deterministic steps); {exc}")
             self._reject(conn, message, exc)
             return
         action = future.result()
@@ -141,7 +145,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if action is AckAction.RELEASE:
             # Only a completed run surely leaves nothing behind; anything else may be a retry.
             last = message.ops[-1].WhichOneof("op") if message.ops else None
-            self.dispatcher.finished(conn, message.run_id, requeued=last != "run_completed")
+            self.dispatcher.finished(conn, (message.run_id, message.target_step_id),
+                                     requeued=last != "run_completed")
 
     def _reject(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
                 exc: BaseException) -> None:
@@ -153,9 +158,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
             run_id=message.run_id, seq=message.seq, action=worker_service_pb2.ACK_ACTION_REJECTED,
             error_code=code.value[0], error_message=str(exc)[:2000])))
-        if message.run_id not in conn.inflight:
+        key = (message.run_id, message.target_step_id)
+        if key not in conn.inflight:
             return
-        self.dispatcher.finished(conn, message.run_id, requeued=True)
+        self.dispatcher.finished(conn, key, requeued=True)
         if not isinstance(exc, StaleLease):
             # Unusable ops from the holder of the lease count as a failed attempt.
             self._spawn(self._fail_attempt(conn, message, str(exc)))
@@ -163,6 +169,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
     async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
         try:
             await self.engine.fail_attempt(
-                conn.id, message.run_id, message.lease, ErrorInfo("InvalidOps", text))
+                conn.id, message.run_id, message.lease, ErrorInfo("InvalidOps", text),
+                message.target_step_id)
         except SteplineServerError as exc:
             log.info("could not record bad ops of run %s: %s", message.run_id, exc)

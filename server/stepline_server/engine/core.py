@@ -23,6 +23,7 @@ from stepline_server.model import (
     EventRecord,
     FunctionChanges,
     FunctionSpec,
+    Op,
     OpsBatch,
     QueueItem,
     RunCompleted,
@@ -166,7 +167,7 @@ class Engine:
             return [
                 Dispatch(item.run_id, item.function_id, item.lease, item.attempt,
                          item.max_attempts, events[item.run_id],
-                         tuple(memo.get(item.run_id, ())))
+                         tuple(memo.get(item.run_id, ())), item.step_id)
                 for item in items
             ]
 
@@ -188,11 +189,15 @@ class Engine:
             future.add_done_callback(lambda f: _log_ops(batch, f))
         return future
 
-    async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo) -> None:
-        """Count a worker's unusable report (bad ops) as a failed attempt of the run, so a run
-        whose worker keeps sending bad ops retries with backoff and then fails, readably."""
+    async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo,
+                           target_step_id: str = "") -> None:
+        """Count a worker's unusable report (bad ops) as a failed attempt of the run (or of the
+        parallel step dispatched), so a worker that keeps sending bad ops makes the run retry
+        with backoff and then fail, readably."""
+        op: Op = (StepFailed(target_step_id, target_step_id, error) if target_step_id
+                  else RunFailed(error))
         request = ops_logic.OpsRequest(
-            owner, OpsBatch(run_id, lease, "", (RunFailed(error),)),
+            owner, OpsBatch(run_id, lease, "", (op,), target_step_id),
             ops_logic.Timing(now_ms(), self._lease_ms), check_function=False)
         await self.db.submit_batched(self._apply_ops, request)
         self._ready()
@@ -248,15 +253,16 @@ class Engine:
 
     async def cancel_run(self, run_id: str, reason: str) -> RunRecord:
         def job(tx: Tx) -> None:
-            item = queue_store.lock(tx.conn, run_id)
-            if item is None:
+            items = queue_store.lock_many(tx.conn, [run_id])
+            if (run_id, "") not in items:
                 status = run_store.status_of(tx.conn, run_id)
                 if status is None:
                     raise NotFound(f"run_id: no run {run_id!r}")
                 raise FailedPrecondition(f"run_id: run {run_id} already ended ({status})")
             lifecycle.end_runs(self._context(tx, now_ms()), [lifecycle.Ending(
-                item, RunStatus.CANCELLED,
-                error=ErrorInfo("Cancelled", reason or "cancelled by request"))])
+                items[run_id, ""][0], RunStatus.CANCELLED,
+                error=ErrorInfo("Cancelled", reason or "cancelled by request"),
+                holders=lifecycle.holders(items))])
 
         await self.db.write(job)
         return await self.get_run(run_id)

@@ -79,11 +79,14 @@ def _settle_waits(ctx: TxContext, records: list[EventRecord]) -> None:
     ])
     if cancels:
         locked = queue_store.lock_many(ctx.tx.conn, sorted(cancels))
+        by_run: dict[str, dict[tuple[str, str], tuple[QueueItem, int]]] = {}
+        for key, entry in locked.items():
+            by_run.setdefault(key[0], {})[key] = entry
         end_runs(ctx, [
-            Ending(item, RunStatus.CANCELLED, error=ErrorInfo(
+            Ending(items[run_id, ""][0], RunStatus.CANCELLED, error=ErrorInfo(
                 "Cancelled", f"cancelled by event {cancels[run_id].event.name} "
-                             f"({cancels[run_id].event.id})"))
-            for run_id, (item, _) in locked.items()
+                             f"({cancels[run_id].event.id})"), holders=holders(items))
+            for run_id, items in by_run.items() if (run_id, "") in items
         ])
 
 
@@ -115,13 +118,12 @@ def resume(ctx: TxContext, resumptions: list[Resumption]) -> int:
     locked = queue_store.lock_many(conn, sorted({r.run_id for r in resumptions}))
     due: list[Resumption] = []
     for r in resumptions:
-        entry = locked.get(r.run_id)
+        entry = locked.pop((r.run_id, ""), None)  # one resumption per run
         if entry is None:
             continue
         item = entry[0]
         if item.wait_kind is r.kind and item.wait_step == r.step_id:
             due.append(r)
-            locked.pop(r.run_id)  # one resumption per run
     if not due:
         return 0
     run_store.end_pending_steps(conn, [
@@ -167,10 +169,17 @@ def expire_waits(ctx: TxContext, items: list[QueueItem]) -> None:
 # -- ending -------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Ending:
-    item: QueueItem
+    item: QueueItem  # the run's own queue item
     status: RunStatus
     output: str | None = None
     error: ErrorInfo | None = None
+    # Workers holding the run or one of its parallel steps, to be told (end_runs).
+    holders: tuple[str, ...] | None = None
+
+
+def holders(items: dict[tuple[str, str], tuple[QueueItem, int]]) -> tuple[str, ...]:
+    """Lease owners among a run's locked queue items."""
+    return tuple(sorted({item.lease_owner for item, _ in items.values() if item.lease_owner}))
 
 
 def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
@@ -185,7 +194,8 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
         for e in endings])
     queue_store.delete_many(conn, [e.item.run_id for e in endings])
     for e in endings:
-        ctx.cancel_after_commit(e.item.run_id, e.item.lease_owner)
+        for owner in e.holders if e.holders is not None else (e.item.lease_owner,):
+            ctx.cancel_after_commit(e.item.run_id, owner)
         activity.info("run %s %s%s", e.item.run_id, e.status.value,
                       f": {e.error.message}" if e.error else "")
     after_end(ctx, endings)

@@ -26,6 +26,7 @@ from stepline_server.model import (
     Invoke,
     Op,
     OpsBatch,
+    Planned,
     QueueItem,
     RunCompleted,
     RunFailed,
@@ -101,6 +102,7 @@ class _Writes:
     endings: list[lifecycle.Ending] = field(default_factory=list)
     invokes: list[RunStart] = field(default_factory=list)
     sent: list[EventRecord] = field(default_factory=list)
+    new_items: list[dict[str, Any]] = field(default_factory=list)  # parallel steps
 
     def extend(self, other: _Writes) -> None:
         for name in self.__slots__:
@@ -135,16 +137,17 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
                ) -> list[AckAction | SteplineServerError]:
     conn = tx.conn
     locked = queue_store.lock_many(conn, sorted({r.batch.run_id for r in requests}))
-    states = {run_id: _RunState(item, item.attempt, item.step_count, due, item.lease_owner,
-                                wait_kind=item.wait_kind, wait_step=item.wait_step)
-              for run_id, (item, due) in locked.items()}
+    states = {key: _RunState(item, item.attempt, item.step_count, due, item.lease_owner,
+                             wait_kind=item.wait_kind, wait_step=item.wait_step)
+              for key, (item, due) in locked.items()}
     lookups = _lookups(tx, requests)
-    touched: dict[str, _RunState] = {}
+    touched: dict[tuple[str, str], _RunState] = {}
     writes = _Writes()
     results: list[AckAction | SteplineServerError] = []
     missing: list[int] = []
     for index, request in enumerate(requests):
-        state = states.get(request.batch.run_id)
+        key = request.batch.key
+        state = states.get(key)
         if state is None or state.deleted:
             missing.append(index)
             results.append(AckAction.REJECTED)  # replaced below with the precise error
@@ -154,27 +157,45 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
         except SteplineServerError as exc:
             results.append(exc)
             continue
-        states[request.batch.run_id] = touched[request.batch.run_id] = new_state
+        states[key] = touched[key] = new_state
         writes.extend(own)
         results.append(action)
+        if key[1] and new_state.deleted:
+            _parallel_step_done(key[0], states, touched, writes, request.timing.now_ms)
     if missing:
         ended = run_store.statuses(conn, [requests[i].batch.run_id for i in missing])
         for i in missing:
-            run_id = requests[i].batch.run_id
+            run_id, step_id = requests[i].batch.key
             status = ended.get(run_id)
-            results[i] = (NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
-                          else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no "
-                                          "more ops"))
+            results[i] = (
+                NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
+                else StaleLease(f"ops.target_step_id: step {step_id!r} of run {run_id} is no "
+                                "longer dispatched") if step_id and not status.ended
+                else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no more ops"))
     _flush(tx, touched, writes)
-    # Wake other servers only for runs back in the queue (retries, suspensions); an ended run
-    # frees a slot only on this server, whose dispatcher already knows.
-    if any(not s.deleted and s.lease_owner is None for s in touched.values()):
+    # Wake other servers only for work back in the queue (retries, suspensions, parallel
+    # steps); an ended run frees a slot only on this server, whose dispatcher already knows.
+    if writes.new_items or any(not s.deleted and s.lease_owner is None
+                               for s in touched.values()):
         tx.notify = True
     if writes.invokes or writes.sent or writes.endings:
         _follow_up(context(tx, now_ms()), writes)
     return results
 
 
+def _parallel_step_done(run_id: str, states: dict[tuple[str, str], _RunState],
+                        touched: dict[tuple[str, str], _RunState], writes: _Writes,
+                        now: int) -> None:
+    """A parallel step has its result: once none of its siblings is left, the run resumes."""
+    if any(k[0] == run_id and k[1] and not s.deleted for k, s in states.items()):
+        return
+    run = states.get((run_id, ""))
+    if run is None or run.deleted or run.wait_kind is not WaitKind.PARALLEL:
+        return
+    run = run.copy()
+    run.wait_kind = None
+    run.due_at_ms = now
+    states[run_id, ""] = touched[run_id, ""] = run
 def _follow_up(ctx: TxContext, writes: _Writes) -> None:
     """Effects on other runs, once this batch's own rows are written."""
     if writes.invokes:
@@ -187,25 +208,29 @@ def _follow_up(ctx: TxContext, writes: _Writes) -> None:
         lifecycle.after_end(ctx, writes.endings)
 
 
-def _flush(tx: Tx, touched: dict[str, _RunState], writes: _Writes) -> None:
+def _flush(tx: Tx, touched: dict[tuple[str, str], _RunState], writes: _Writes) -> None:
     with tx.pipelined():  # nothing below reads a result: one round trip on PostgreSQL
         _write(tx.conn, touched, writes)
 
 
-def _write(conn: Any, touched: dict[str, _RunState], writes: _Writes) -> None:
+def _write(conn: Any, touched: dict[tuple[str, str], _RunState], writes: _Writes) -> None:
     run_store.insert_failures(conn, writes.failures)
     run_store.insert_steps(conn, writes.steps)
     run_store.finish_many(conn, writes.finishes)
     run_store.set_status_many(conn, writes.statuses)
     wait_store.insert(conn, writes.waits)
-    queue_store.delete_many(conn, [run_id for run_id, s in touched.items() if s.deleted])
+    queue_store.enqueue(conn, writes.new_items)
+    queue_store.delete_many(conn, [run_id for (run_id, step_id), s in touched.items()
+                                   if s.deleted and not step_id])
+    queue_store.delete_items(conn, [key for key, s in touched.items() if s.deleted and key[1]])
     queue_store.update_many(conn, [
-        {"b_run_id": run_id, "attempt": s.attempt, "step_count": s.step_count,
+        {"b_run_id": run_id, "b_step_id": step_id, "attempt": s.attempt,
+         "step_count": s.step_count,
          "due_at_ms": s.due_at_ms, "lease_owner": s.lease_owner,
          "lease_until_ms": s.lease_until_ms,
          "wait_kind": None if s.wait_kind is None else s.wait_kind.value,
          "wait_step": s.wait_step}
-        for run_id, s in touched.items() if not s.deleted
+        for (run_id, step_id), s in touched.items() if not s.deleted
     ])
 
 
@@ -223,6 +248,8 @@ def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff, look
             f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
             "worker; its ops were not applied")
     writes = _Writes()
+    if batch.target_step_id:
+        return _apply_parallel_step(request, state, backoff, lookups, writes)
     action = AckAction.CONTINUE
     seen_steps: set[str] = set()
     for index, op in enumerate(batch.ops):
@@ -235,10 +262,31 @@ def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff, look
     return state, action, writes
 
 
+def _apply_parallel_step(request: OpsRequest, state: _RunState, backoff: Backoff,
+                         lookups: _Lookups, writes: _Writes
+                         ) -> tuple[_RunState, AckAction, _Writes]:
+    """The report of one parallel step: its result, and nothing else. Done (completed, or
+    failed for good), its queue item goes; a failure to retry keeps it, due later."""
+    batch = request.batch
+    ops = batch.ops
+    if len(ops) != 1 or not isinstance(ops[0], StepCompleted | StepFailed) or (
+            ops[0].step_id != batch.target_step_id):
+        raise InvalidArgument("ops.ops", f"the dispatch of parallel step "
+                              f"{batch.target_step_id!r} takes exactly one op: that step's "
+                              "step_completed or step_failed")
+    action = _apply_op(batch.run_id, 0, ops[0], state, request.timing, backoff, writes, set(),
+                       lookups)
+    if action is AckAction.CONTINUE:
+        state.deleted = True
+    return state, AckAction.RELEASE, writes
+
+
 def _apply_op(run_id: str, index: int, op: Op, state: _RunState, timing: Timing,
               backoff: Backoff, writes: _Writes, seen_steps: set[str], lookups: _Lookups
               ) -> AckAction:
     now = timing.now_ms
+    if isinstance(op, Planned):
+        return _plan(run_id, index, op, state, now, writes, seen_steps)
     if not isinstance(op, RunCompleted | RunFailed):
         if op.step_id in seen_steps:
             raise InvalidArgument(f"ops.ops[{index}]",
@@ -348,6 +396,32 @@ def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke 
     writes.invokes.append(RunStart(op.function_id, policy, event, run_id, op.step_id))
     due = NEVER_MS if op.timeout_ms is None else now + op.timeout_ms
     _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.INVOKE, due, now)
+    return AckAction.RELEASE
+
+
+def _plan(run_id: str, index: int, op: Planned, state: _RunState, now: int, writes: _Writes,
+          seen_steps: set[str]) -> AckAction:
+    """Parallel steps: one queue item each, with its position reserved; the run waits."""
+    ids = [step_id for step_id, _ in op.steps]
+    if not ids:
+        raise InvalidArgument(f"ops.ops[{index}].planned.steps", "at least one step is required")
+    if len(set(ids)) != len(ids) or seen_steps & set(ids):
+        raise InvalidArgument(f"ops.ops[{index}].planned.steps", "step ids must be distinct")
+    item = state.item
+    for offset, (step_id, _) in enumerate(op.steps):
+        writes.new_items.append({
+            "run_id": run_id, "step_id": step_id, "function_id": item.function_id,
+            "due_at_ms": now, "max_attempts": item.max_attempts,
+            "step_count": state.step_count + offset, "parent_run_id": item.parent_run_id,
+            "parent_step_id": item.parent_step_id})
+    seen_steps.update(ids)
+    state.step_count += len(ids)
+    state.attempt = 0
+    state.due_at_ms = NEVER_MS
+    state.lease_owner = None
+    state.lease_until_ms = None
+    state.wait_kind = WaitKind.PARALLEL
+    state.wait_step = None
     return AckAction.RELEASE
 
 

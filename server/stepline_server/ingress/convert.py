@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, run_service_pb2, worker_service_pb2
-from stepline_server.engine import expressions
+from stepline_server.engine import cron, expressions
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
@@ -27,6 +27,7 @@ from stepline_server.model import (
     Invoke,
     Op,
     OpsBatch,
+    Planned,
     RunCompleted,
     RunFailed,
     RunRecord,
@@ -208,7 +209,7 @@ def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
                                            expressions.TRIGGER_VARIABLES)
         return EventTrigger(message.event.name, message.event.expression)
     if kind == "cron":
-        raise InvalidArgument(f"{path}.cron", "cron triggers are not supported by this server yet")
+        return cron.parse_cron(message.cron.schedule, message.cron.timezone, f"{path}.cron")
     raise InvalidArgument(path, "a trigger needs an event or a cron schedule")
 
 
@@ -224,6 +225,7 @@ def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
         run_id=work.run_id, function_id=work.function_id, lease=work.lease,
         attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
         steps=steps, traceparent=work.event.traceparent or "",
+        target_step_id=work.target_step_id,
     ))
 
 
@@ -312,11 +314,20 @@ def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
                 r, id=sent_event_id(message.run_id, se.step_id, j))
                 for j, r in enumerate(records)]
             ops.append(SendEvents(se.step_id, se.name or se.step_id, tuple(records)))
+        elif kind == "planned":
+            planned = []
+            for j, ps in enumerate(op.planned.steps):
+                _require_step_id(ps.step_id, f"{path}.planned.steps[{j}].step_id")
+                planned.append((ps.step_id, ps.name or ps.step_id))
+            ops.append(Planned(tuple(planned)))
         elif kind is None:
             raise InvalidArgument(path, "unknown or empty op (a newer SDK than this server?)")
         else:
             raise InvalidArgument(path, f"op kind {kind!r} is not supported by this server yet")
-    return OpsBatch(message.run_id, message.lease, message.function_id, tuple(ops))
+    if message.target_step_id:
+        _require_step_id(message.target_step_id, "ops.target_step_id")
+    return OpsBatch(message.run_id, message.lease, message.function_id, tuple(ops),
+                    message.target_step_id)
 
 
 def sent_event_id(run_id: str, step_id: str, index: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem, WaitKind
@@ -13,7 +13,7 @@ from stepline_server.store.schema import queue
 _ITEM_COLUMNS = (
     queue.c.run_id, queue.c.function_id, queue.c.attempt, queue.c.max_attempts,
     queue.c.lease, queue.c.lease_owner, queue.c.step_count, queue.c.wait_kind,
-    queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id,
+    queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id, queue.c.step_id,
 )
 
 
@@ -21,11 +21,11 @@ def _item(row: Any) -> QueueItem:
     return QueueItem(row.run_id, row.function_id, row.attempt, row.max_attempts, row.lease,
                      row.lease_owner, row.step_count,
                      None if row.wait_kind is None else WaitKind(row.wait_kind), row.wait_step,
-                     row.parent_run_id, row.parent_step_id)
+                     row.parent_run_id, row.parent_step_id, row.step_id)
 
 
 _INSERT = queue.insert()
-_DEFAULTS = {"attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
+_DEFAULTS = {"step_id": "", "attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
              "step_count": 0, "deadline_kind": None, "deadline_ms": None}
 
 
@@ -53,14 +53,13 @@ def _claimable(now_ms: Any) -> Any:
 # PostgreSQL; SQLite holds the write lock) and lease them.
 _CLAIM = (
     update(queue)
-    .where(queue.c.run_id.in_(
-        select(queue.c.run_id)
+    .where(tuple_(queue.c.run_id, queue.c.step_id).in_(
+        select(queue.c.run_id, queue.c.step_id)
         .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
                _claimable(bindparam("now")))
         .order_by(queue.c.due_at_ms)
         .limit(bindparam("limit"))
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()))
+        .with_for_update(skip_locked=True)))
     .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
             lease_until_ms=bindparam("until"),
             # Taking over an expired lease: the worker that held it was lost mid-attempt.
@@ -91,12 +90,12 @@ def claim(
 _LOCK_MANY = (
     select(*_ITEM_COLUMNS, queue.c.due_at_ms)
     .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
-    .order_by(queue.c.run_id)
+    .order_by(queue.c.run_id, queue.c.step_id)
     .with_for_update()
 )
 _UPDATE_MANY = (
     update(queue)
-    .where(queue.c.run_id == bindparam("b_run_id"))
+    .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == bindparam("b_step_id"))
     .values(attempt=bindparam("attempt"), step_count=bindparam("step_count"),
             due_at_ms=bindparam("due_at_ms"), lease_owner=bindparam("lease_owner"),
             lease_until_ms=bindparam("lease_until_ms"), wait_kind=bindparam("wait_kind"),
@@ -105,27 +104,39 @@ _UPDATE_MANY = (
 _DELETE_MANY = queue.delete().where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
 
 
-def lock_many(conn: Connection, run_ids: list[str]) -> dict[str, tuple[QueueItem, int]]:
-    """Lock these runs' queue rows (in a fixed order); return each item with its due time."""
+def lock_many(conn: Connection, run_ids: list[str]
+              ) -> dict[tuple[str, str], tuple[QueueItem, int]]:
+    """Lock these runs' queue rows (the runs' own and their parallel steps', in a fixed order);
+    return each item, by (run_id, step_id), with its due time."""
     rows = conn.execute(_LOCK_MANY, {"run_ids": run_ids})
-    return {row.run_id: (_item(row), row.due_at_ms) for row in rows}
+    return {(row.run_id, row.step_id): (_item(row), row.due_at_ms) for row in rows}
 
 
 def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rows: b_run_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms, wait_kind,
-    wait_step."""
+    """Rows: b_run_id, b_step_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms,
+    wait_kind, wait_step."""
     if rows:
         conn.execute(_UPDATE_MANY, rows)
 
 
 def delete_many(conn: Connection, run_ids: list[str]) -> None:
+    """Drop these runs' items, parallel steps included."""
     if run_ids:
         conn.execute(_DELETE_MANY, {"run_ids": run_ids})
 
 
+_DELETE_ITEM = queue.delete().where(queue.c.run_id == bindparam("b_run_id"),
+                                    queue.c.step_id == bindparam("b_step_id"))
+
+
+def delete_items(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    if keys:
+        conn.execute(_DELETE_ITEM, [{"b_run_id": r, "b_step_id": s} for r, s in keys])
+
+
 _RESUME = (
     update(queue)
-    .where(queue.c.run_id == bindparam("b_run_id"))
+    .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == "")
     .values(due_at_ms=bindparam("due_at_ms"), wait_kind=None, wait_step=None)
 )
 
@@ -136,7 +147,8 @@ def resume_many(conn: Connection, run_ids: list[str], now_ms: int) -> None:
         conn.execute(_RESUME, [{"b_run_id": r, "due_at_ms": now_ms} for r in run_ids])
 
 
-_CLEAR_WAIT = (update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+_CLEAR_WAIT = (update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)),
+                                   queue.c.step_id == "")
                .values(wait_kind=None, wait_step=None))
 
 
@@ -163,17 +175,6 @@ def expired(conn: Connection, now_ms: int, limit: int) -> list[tuple[QueueItem, 
 def next_deadline(conn: Connection) -> int | None:
     value = conn.execute(select(func.min(queue.c.deadline_ms))).scalar()
     return None if value is None else int(value)
-
-
-def lock(conn: Connection, run_id: str) -> QueueItem | None:
-    row = conn.execute(
-        select(*_ITEM_COLUMNS).where(queue.c.run_id == run_id).with_for_update()
-    ).first()
-    return None if row is None else _item(row)
-
-
-def delete(conn: Connection, run_id: str) -> None:
-    conn.execute(queue.delete().where(queue.c.run_id == run_id))
 
 
 _EXTEND = (update(queue).where(queue.c.lease_owner == bindparam("owner"))

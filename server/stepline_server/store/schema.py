@@ -109,13 +109,15 @@ step_failures = Table(
     Column("ended_at_ms", BigInteger, nullable=False),
 )
 
-# One row per unfinished run: ready (lease_owner null, due), leased to a worker, or waiting for
-# its due time (retry backoff, sleep, the timeout of a wait). `lease` is the fencing token, bumped
-# at every claim.
+# One row per unfinished run (step_id ""): ready (lease_owner null, due), leased to a worker, or
+# waiting for its due time (retry backoff, sleep, the timeout of a wait). While a run's parallel
+# steps execute, each has a row of its own (step_id set) and the run's row waits for them.
+# `lease` is the fencing token, bumped at every claim.
 queue = Table(
     "queue",
     metadata,
     Column("run_id", String(32), primary_key=True),
+    Column("step_id", String(300), primary_key=True),
     Column("function_id", String(128), nullable=False),
     Column("due_at_ms", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False),

@@ -84,7 +84,7 @@ class Drain(_message.Message):
     def __init__(self) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("run_id", "function_id", "lease", "attempt", "max_attempts", "event", "steps", "traceparent")
+    __slots__ = ("run_id", "function_id", "lease", "attempt", "max_attempts", "event", "steps", "traceparent", "target_step_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class Dispatch(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_STEP_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     function_id: str
     lease: int
@@ -101,21 +102,24 @@ class Dispatch(_message.Message):
     event: _common_pb2.Event
     steps: _containers.RepeatedCompositeFieldContainer[_common_pb2.StepResult]
     traceparent: str
-    def __init__(self, run_id: _Optional[str] = ..., function_id: _Optional[str] = ..., lease: _Optional[int] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.StepResult, _Mapping]]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    target_step_id: str
+    def __init__(self, run_id: _Optional[str] = ..., function_id: _Optional[str] = ..., lease: _Optional[int] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.StepResult, _Mapping]]] = ..., traceparent: _Optional[str] = ..., target_step_id: _Optional[str] = ...) -> None: ...
 
 class Ops(_message.Message):
-    __slots__ = ("run_id", "lease", "seq", "function_id", "ops")
+    __slots__ = ("run_id", "lease", "seq", "function_id", "ops", "target_step_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_STEP_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     lease: int
     seq: int
     function_id: str
     ops: _containers.RepeatedCompositeFieldContainer[Op]
-    def __init__(self, run_id: _Optional[str] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., function_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ...) -> None: ...
+    target_step_id: str
+    def __init__(self, run_id: _Optional[str] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., function_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., target_step_id: _Optional[str] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("step_completed", "step_failed", "run_completed", "run_failed", "sleep", "wait_for_event", "invoke", "send_events", "planned")

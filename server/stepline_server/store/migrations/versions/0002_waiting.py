@@ -19,15 +19,7 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("parent_run_id", sa.String(32), nullable=True))
         batch.add_column(sa.Column("parent_step_id", sa.String(300), nullable=True))
-    with op.batch_alter_table("queue") as batch:
-        batch.add_column(sa.Column("wait_kind", sa.String(8), nullable=True))
-        batch.add_column(sa.Column("wait_step", sa.String(300), nullable=True))
-        batch.add_column(sa.Column("deadline_kind", sa.String(8), nullable=True))
-        batch.add_column(sa.Column("deadline_ms", sa.BigInteger, nullable=True))
-        batch.add_column(sa.Column("finish_timeout_ms", sa.BigInteger, nullable=True))
-        batch.add_column(sa.Column("parent_run_id", sa.String(32), nullable=True))
-        batch.add_column(sa.Column("parent_step_id", sa.String(300), nullable=True))
-    op.create_index("ix_queue_deadline", "queue", ["deadline_ms"])
+    _rebuild_queue()
     op.create_table(
         "waits",
         sa.Column("run_id", sa.String(32), primary_key=True),
@@ -55,14 +47,62 @@ def upgrade() -> None:
     op.create_index("ix_cron_next_tick", "cron_schedules", ["next_tick_ms"])
 
 
+_OLD_QUEUE_COLUMNS = ("run_id", "function_id", "due_at_ms", "attempt", "max_attempts", "lease",
+                      "lease_owner", "lease_until_ms", "step_count")
+
+
+def _rebuild_queue() -> None:
+    """The queue gets a two-part key (run, step: "" for the run itself, a step id for a
+    parallel step) and the columns of suspended runs; rows are copied over."""
+    op.drop_index("ix_queue_claim", "queue")
+    op.drop_index("ix_queue_owner", "queue")
+    op.create_table(
+        "queue_v2",
+        sa.Column("run_id", sa.String(32), primary_key=True),
+        sa.Column("step_id", sa.String(300), primary_key=True),
+        sa.Column("function_id", sa.String(128), nullable=False),
+        sa.Column("due_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("lease", sa.BigInteger, nullable=False),
+        sa.Column("lease_owner", sa.String(64), nullable=True),
+        sa.Column("lease_until_ms", sa.BigInteger, nullable=True),
+        sa.Column("step_count", sa.Integer, nullable=False),
+        sa.Column("wait_kind", sa.String(8), nullable=True),
+        sa.Column("wait_step", sa.String(300), nullable=True),
+        sa.Column("deadline_kind", sa.String(8), nullable=True),
+        sa.Column("deadline_ms", sa.BigInteger, nullable=True),
+        sa.Column("finish_timeout_ms", sa.BigInteger, nullable=True),
+        sa.Column("parent_run_id", sa.String(32), nullable=True),
+        sa.Column("parent_step_id", sa.String(300), nullable=True),
+    )
+    columns = ", ".join(_OLD_QUEUE_COLUMNS)
+    op.execute(f"INSERT INTO queue_v2 ({columns}, step_id) SELECT {columns}, '' FROM queue")
+    op.drop_table("queue")
+    op.rename_table("queue_v2", "queue")
+    op.create_index("ix_queue_claim", "queue", ["function_id", "due_at_ms"])
+    op.create_index("ix_queue_owner", "queue", ["lease_owner"])
+    op.create_index("ix_queue_deadline", "queue", ["deadline_ms"])
+
+
 def downgrade() -> None:
     op.drop_table("cron_schedules")
     op.drop_table("waits")
-    op.drop_index("ix_queue_deadline", "queue")
-    with op.batch_alter_table("queue") as batch:
-        for name in ("parent_step_id", "parent_run_id", "finish_timeout_ms", "deadline_ms",
-                     "deadline_kind", "wait_step", "wait_kind"):
-            batch.drop_column(name)
+    op.drop_table("queue")
+    op.create_table(
+        "queue",
+        sa.Column("run_id", sa.String(32), primary_key=True),
+        sa.Column("function_id", sa.String(128), nullable=False),
+        sa.Column("due_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("lease", sa.BigInteger, nullable=False),
+        sa.Column("lease_owner", sa.String(64), nullable=True),
+        sa.Column("lease_until_ms", sa.BigInteger, nullable=True),
+        sa.Column("step_count", sa.Integer, nullable=False),
+    )
+    op.create_index("ix_queue_claim", "queue", ["function_id", "due_at_ms"])
+    op.create_index("ix_queue_owner", "queue", ["lease_owner"])
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("parent_step_id")
         batch.drop_column("parent_run_id")
