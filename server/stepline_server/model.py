@@ -8,6 +8,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+# Due time of a suspension without a timeout (an invoke): far beyond any real date.
+NEVER_MS = 2**62
+
 
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"

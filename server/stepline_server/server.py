@@ -24,6 +24,7 @@ from stepline.v1 import (
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
+from stepline_server.engine.cron import CronScheduler
 from stepline_server.engine.timeouts import DeadlineWatch
 from stepline_server.ids import new_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
@@ -51,6 +52,7 @@ class SteplineServer:
         self.engine = Engine(self.db, settings)
         self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
+        self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.port = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,6 +96,7 @@ class SteplineServer:
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
             asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
+            asyncio.create_task(self.cron.run(), name="stepline-cron"),
             asyncio.create_task(
                 dialect.listen(self.settings.database_url, self.dispatcher.wake,
                                self._stop_listening), name="stepline-listen"),
@@ -113,6 +116,7 @@ class SteplineServer:
                  self.settings.shutdown_grace_seconds)
         self.dispatcher.stop()
         self.deadlines.stop()
+        self.cron.stop()
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)

@@ -1,10 +1,23 @@
 """Stepline's Python SDK: durable step functions driven by a Stepline server."""
 
-from stepline._client import EventInput, RegisterResult, Stepline
-from stepline._execution import Context, Event
+from stepline._client import RegisterResult, Stepline
+from stepline._durations import DurationLike
+from stepline._events import Event, EventInput
+from stepline._execution import Context
+from stepline._function import (
+    CancelOn,
+    CronTrigger,
+    EventTrigger,
+    Function,
+    Timeouts,
+    on_cron,
+    on_event,
+)
 from stepline._worker import Worker
 from stepline.errors import (
     ClientError,
+    InvalidUsageError,
+    NonDeterminismError,
     NonRetriableError,
     RetryAfterError,
     StepError,
@@ -14,15 +27,25 @@ from stepline.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CancelOn",
     "ClientError",
     "Context",
+    "CronTrigger",
+    "DurationLike",
     "Event",
     "EventInput",
+    "EventTrigger",
+    "Function",
+    "InvalidUsageError",
+    "NonDeterminismError",
     "NonRetriableError",
     "RegisterResult",
     "RetryAfterError",
     "StepError",
     "Stepline",
     "SteplineError",
+    "Timeouts",
     "Worker",
+    "on_cron",
+    "on_event",
 ]

@@ -3,50 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline import _config
-from stepline._function import FunctionDef, normalize_triggers
-from stepline.errors import ClientError
+from stepline._durations import DurationLike
+from stepline._events import EventInput
+from stepline._function import (
+    CancelOnLike,
+    Function,
+    Timeouts,
+    TriggerLike,
+    failure_function,
+    parse_cancel_on,
+    parse_timeouts,
+    parse_triggers,
+)
+from stepline.errors import ClientError, InvalidUsageError
 from stepline.v1 import (
-    common_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
     function_service_pb2,
     function_service_pb2_grpc,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class EventInput:
-    """An event to send: `EventInput("user/signup.completed", {"userId": "usr_1"})`."""
-
-    name: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-    id: str | None = None
-    ts: datetime | None = None
-    user: Mapping[str, Any] | None = None
-
-    def to_proto(self) -> common_pb2.Event:
-        message = common_pb2.Event(
-            id=self.id or "", name=self.name,
-            data=json.dumps(dict(self.data), separators=(",", ":")).encode(),
-            user=json.dumps(dict(self.user)).encode() if self.user is not None else b"",
-        )
-        if self.ts is not None:
-            ts = Timestamp()
-            ts.FromDatetime(self.ts)
-            message.ts.CopyFrom(ts)
-        return message
 
 
 @dataclass(frozen=True)
@@ -61,6 +44,11 @@ def _client_error(exc: grpc.RpcError) -> ClientError:
     return ClientError(exc.code().name, exc.details() or "")
 
 
+def _register_result(response: function_service_pb2.RegisterFunctionsResponse) -> RegisterResult:
+    return RegisterResult(list(response.created), list(response.updated),
+                          list(response.unchanged), list(response.archived))
+
+
 class Stepline:
     """An app's handle on Stepline.
 
@@ -72,7 +60,7 @@ class Stepline:
             raise ValueError("app_id is required")
         self.app_id = app_id
         self.target = _config.server_target(url)
-        self.functions: dict[str, FunctionDef] = {}
+        self.functions: dict[str, Function] = {}
         self._channels: dict[asyncio.AbstractEventLoop, grpc.aio.Channel] = {}
         self._sync_channel: grpc.Channel | None = None
 
@@ -81,25 +69,52 @@ class Stepline:
         self,
         *,
         id: str,
-        trigger: str | Sequence[str] | None = None,
+        trigger: TriggerLike | Sequence[TriggerLike],
         name: str | None = None,
         retries: int = _config.DEFAULT_RETRIES,
-    ) -> Callable[[F], F]:
+        cancel_on: CancelOnLike | Sequence[CancelOnLike] | None = None,
+        timeouts: Mapping[str, DurationLike] | Timeouts | None = None,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function: `@app.function(id="send-welcome", trigger="user/signup")`.
 
         The function takes one argument, the Context; it may be `async def` or plain `def`.
+        `trigger`: an event name, `on_event(name, if_=CEL)`, `on_cron(schedule, tz=None)`,
+        {"event": name, "if": CEL} or {"cron": schedule, "tz": zone}, or a list of these.
+        `cancel_on`: [{"event": name, "if": CEL, "timeout": duration}] or CancelOn(...)s.
+        `timeouts`: {"start": duration, "finish": duration}, either optional.
+        `on_failure`: a handler(ctx) run as function f"{id}-failure" when a run fails for good;
+        its ctx.event.data is {"function_id", "run_id", "error", "event"}.
+        Bad arguments raise InvalidUsageError here. Returns a Function (callable like the
+        handler), which `ctx.step.invoke(function=...)` accepts.
         """
-        events = normalize_triggers(trigger)
-        if not events:
-            raise ValueError(f"function {id!r} needs a trigger")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"function {id!r}: retries must be a non-negative integer")
+        if not isinstance(id, str) or not id:
+            raise InvalidUsageError(f"function id: expected a non-empty string; got {id!r}")
+        where = f"function {id!r}"
+        triggers = parse_triggers(trigger, f"{where}: trigger")
+        cancels = parse_cancel_on(cancel_on, f"{where}: cancel_on")
+        limits = parse_timeouts(timeouts, f"{where}: timeouts")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidUsageError(
+                f"{where}: retries must be a non-negative integer; got {retries!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidUsageError(f"{where}: name must be a non-empty string; got {name!r}")
+        if on_failure is not None and not callable(on_failure):
+            raise InvalidUsageError(f"{where}: on_failure must be a function; got {on_failure!r}")
 
-        def decorate(handler: F) -> F:
-            if id in self.functions:
-                raise ValueError(f"function id {id!r} is already declared in app {self.app_id!r}")
-            self.functions[id] = FunctionDef(id, name or id, events, retries, handler)
-            return handler
+        def decorate(handler: Callable[..., Any]) -> Function:
+            if not callable(handler):
+                raise InvalidUsageError(f"{where}: expected a function to decorate")
+            function = Function(id, name or id, handler, triggers, retries, cancels, limits)
+            declared = [function]
+            if on_failure is not None:
+                declared.append(failure_function(function, on_failure))
+            for f in declared:
+                if f.id in self.functions:
+                    raise InvalidUsageError(
+                        f"function id {f.id!r} is already declared in app {self.app_id!r}")
+            self.functions.update((f.id, f) for f in declared)
+            return function
 
         return decorate
 
@@ -111,6 +126,12 @@ class Stepline:
             channel = grpc.aio.insecure_channel(self.target, options=_config.CHANNEL_OPTIONS)
             self._channels[loop] = channel
         return channel
+
+    def _sync_stub_channel(self) -> grpc.Channel:
+        if self._sync_channel is None:
+            self._sync_channel = grpc.insecure_channel(self.target,
+                                                       options=_config.CHANNEL_OPTIONS)
+        return self._sync_channel
 
     async def close(self) -> None:
         channel = self._channels.pop(asyncio.get_running_loop(), None)
@@ -154,10 +175,7 @@ class Stepline:
         user: Mapping[str, Any] | None = None,
     ) -> str:
         """`send` for code without an event loop."""
-        if self._sync_channel is None:
-            self._sync_channel = grpc.insecure_channel(self.target,
-                                                       options=_config.CHANNEL_OPTIONS)
-        stub = event_service_pb2_grpc.EventServiceStub(self._sync_channel)
+        stub = event_service_pb2_grpc.EventServiceStub(self._sync_stub_channel())
         request = event_service_pb2.SendEventRequest(
             events=[EventInput(name, data or {}, id=id, ts=ts, user=user).to_proto()])
         try:
@@ -166,17 +184,26 @@ class Stepline:
             raise _client_error(exc) from None
 
     # -- registration --------------------------------------------------------------------------
+    def _register_request(self) -> function_service_pb2.RegisterFunctionsRequest:
+        return function_service_pb2.RegisterFunctionsRequest(
+            app_id=self.app_id, functions=[f.to_proto() for f in self.functions.values()])
+
     async def register(self) -> RegisterResult:
         """Declare this app's whole function set; the server archives functions left out."""
         stub = function_service_pb2_grpc.FunctionServiceStub(self._channel())
-        request = function_service_pb2.RegisterFunctionsRequest(
-            app_id=self.app_id, functions=[f.to_proto() for f in self.functions.values()])
         try:
-            response = await stub.RegisterFunctions(request)
+            response = await stub.RegisterFunctions(self._register_request())
         except grpc.aio.AioRpcError as exc:
             raise _client_error(exc) from None
-        return RegisterResult(list(response.created), list(response.updated),
-                              list(response.unchanged), list(response.archived))
+        return _register_result(response)
+
+    def register_sync(self) -> RegisterResult:
+        """`register` for code without an event loop."""
+        stub = function_service_pb2_grpc.FunctionServiceStub(self._sync_stub_channel())
+        try:
+            return _register_result(stub.RegisterFunctions(self._register_request()))
+        except grpc.RpcError as exc:
+            raise _client_error(exc) from None
 
     # -- workers -------------------------------------------------------------------------------
     def worker(self, *, slots: int = _config.DEFAULT_SLOTS, worker_id: str | None = None,

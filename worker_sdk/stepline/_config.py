@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 DEFAULT_URL = "127.0.0.1:7288"
 DEFAULT_SLOTS = 10
@@ -11,6 +12,8 @@ RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 DRAIN_TIMEOUT_SECONDS = 30.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Longest sleep, wait or timeout the server accepts.
+MAX_DURATION = timedelta(days=366)
 
 
 def server_target(url: str | None) -> str:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from stepline._function import FunctionDef
+from stepline._events import Event, event_from_proto
+from stepline._function import Function
 from stepline._step import (
     Released,
     Step,
@@ -19,7 +18,7 @@ from stepline._step import (
     encode_json,
     failure_fields,
 )
-from stepline.errors import NonRetriableError
+from stepline.errors import NonDeterminismError, NonRetriableError
 from stepline.v1 import common_pb2, worker_service_pb2
 
 if TYPE_CHECKING:
@@ -27,17 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepline.worker")
 DEFER_SECONDS = 0.02
-
-
-@dataclass(frozen=True)
-class Event:
-    """An event as a function receives it."""
-
-    name: str
-    data: Any
-    id: str = ""
-    ts: datetime | None = None
-    user: Any = None
+# A parallel step's dispatch: how long other new steps wait for the target to be reached before
+# the replay is judged to have diverged from the code that planned it.
+TARGET_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,25 +42,14 @@ class Context:
     step: Any  # Step for async functions, SyncStep for sync ones
 
 
-def event_from_proto(message: common_pb2.Event) -> Event:
-    ts = None
-    if message.HasField("ts"):
-        ts = datetime.fromtimestamp(message.ts.ToMilliseconds() / 1000, tz=UTC)
-    return Event(
-        name=message.name,
-        data=json.loads(message.data) if message.data else {},
-        id=message.id,
-        ts=ts,
-        user=json.loads(message.user) if message.user else None,
-    )
-
-
 class RunExecution:
+    """One dispatch of a run on this worker: the replay state and the reports to the server."""
+
     def __init__(
         self,
         session: Session,
         dispatch: worker_service_pb2.Dispatch,
-        function: FunctionDef,
+        function: Function,
         *,
         step_pool: Executor,
         body_pool: Executor,
@@ -85,12 +65,22 @@ class RunExecution:
         self.max_payload_bytes = max_payload_bytes
         self.ids = StepIds()
         self.memo: dict[str, common_pb2.StepResult] = {s.step_id: s for s in dispatch.steps}
+        # Step ids reached by this replay; a new step reached while memoized ones are not means
+        # the code changed between attempts.
+        self.visited: set[str] = set()
+        self.nondeterminism: NonDeterminismError | None = None
         self.released = False
         self._pending: asyncio.Future[worker_service_pb2.Ack] | None = None
         # A completed step's checkpoint waits for the next boundary (next step, or the run's
         # end) so that the last step and the run's result share one report and one commit.
         self._deferred: list[worker_service_pb2.Op] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Parallel steps: the one step this dispatch executes (if set); new steps reached in the
+        # same turn of the event loop (candidates for a plan); the outcome of reporting a plan.
+        self.target_step_id = dispatch.target_step_id
+        self._target_reached = asyncio.Event()
+        self._arrivals: list[tuple[str, str]] = []
+        self._planned: asyncio.Future[None] | None = None
 
     # -- talking to the server -----------------------------------------------------------------
     def send(self, ops: list[worker_service_pb2.Op]) -> asyncio.Future[worker_service_pb2.Ack]:
@@ -102,7 +92,8 @@ class RunExecution:
             self._flush_timer.cancel()
             self._flush_timer = None
         future = self.session.send_ops(worker_service_pb2.Ops(
-            run_id=self.run_id, lease=self.lease, function_id=self.function.id, ops=ops))
+            run_id=self.run_id, lease=self.lease, function_id=self.function.id, ops=ops,
+            target_step_id=self.target_step_id))
         self._pending = future
         return future
 
@@ -124,14 +115,25 @@ class RunExecution:
             raise Released()
         if self._deferred:
             self.send([])
-        if self._pending is None:
-            return
-        ack = await self._pending
-        if ack.action != worker_service_pb2.ACK_ACTION_CONTINUE:
-            self._release(ack)
-            raise Released()
+        await self._acknowledged()
 
-    def _release(self, ack: worker_service_pb2.Ack) -> None:
+    async def report(self, ops: list[worker_service_pb2.Op]) -> worker_service_pb2.Ack:
+        """Once earlier reports are acknowledged, send `ops` with the deferred checkpoints (so
+        they share one commit) and return the ack."""
+        await self._acknowledged()
+        return await self.send(ops)
+
+    async def _acknowledged(self) -> None:
+        while (pending := self._pending) is not None:
+            ack = await pending
+            if ack.action != worker_service_pb2.ACK_ACTION_CONTINUE:
+                self.release(ack)
+                raise Released()
+            if self._pending is pending:  # nothing was sent while we waited
+                return
+
+    def release(self, ack: worker_service_pb2.Ack) -> None:
+        """The server answered RELEASE or REJECTED: the run is no longer ours to execute."""
         self.released = True
         if ack.action == worker_service_pb2.ACK_ACTION_REJECTED:
             log.warning("run %s: server rejected ops: %s", self.run_id, ack.error_message)
@@ -144,6 +146,81 @@ class RunExecution:
         if size > self.max_payload_bytes:
             raise NonRetriableError(
                 f"{what} is {size} bytes, over the server's limit of {self.max_payload_bytes}")
+
+    # -- replay ----------------------------------------------------------------------------------
+    def claim(self, name: str) -> tuple[str, common_pb2.StepResult | None]:
+        """The id of the next step called `name`, and its memoized result if it has one."""
+        if self.nondeterminism is not None:
+            raise self.nondeterminism
+        step_id = self.ids.next(name)
+        self.visited.add(step_id)
+        return step_id, self.memo.get(step_id)
+
+    async def check_new_step(self, step_id: str) -> None:
+        """Before a new step does anything: raise NonDeterminismError if memoized steps were
+        not reached first. The run then fails whatever the function does with the error."""
+        if self.visited.issuperset(self.memo):
+            return
+        # Branches awaited together (asyncio.gather) reach their memoized steps in turn: let
+        # them run before judging.
+        await asyncio.sleep(0)
+        unvisited = [step_id for step_id in self.memo if step_id not in self.visited]
+        if unvisited:
+            self.nondeterminism = NonDeterminismError(self.run_id, step_id, unvisited)
+            raise self.nondeterminism
+
+    async def gate(self, step_id: str, name: str) -> None:
+        """Decide where a new step executes. Returns if it executes here and now; raises
+        Released if it runs elsewhere: as one of several steps awaited together (reported as a
+        plan, each dispatched on its own), or as a sibling of the parallel step this dispatch
+        executes."""
+        if self.target_step_id:
+            if step_id == self.target_step_id:
+                self._target_reached.set()
+                return
+            await self._wait_for_target()
+        self._arrivals.append((step_id, name))
+        await asyncio.sleep(0)  # let steps awaited together (asyncio.gather) arrive too
+        group, leader = self._arrivals, self._arrivals[0][0]
+        if len(group) == 1:
+            self._arrivals = []
+            return
+        if step_id != leader:
+            if self._planned is None:
+                self._planned = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._planned)
+            raise Released()
+        self._arrivals = []
+        if self._planned is None:
+            self._planned = asyncio.get_running_loop().create_future()
+        try:
+            ack = await self.report([worker_service_pb2.Op(planned=worker_service_pb2.Planned(
+                steps=[worker_service_pb2.PlannedStep(step_id=s, name=n) for s, n in group]))])
+            self.release(ack)
+        finally:
+            if not self._planned.done():
+                self._planned.set_result(None)
+        raise Released()
+
+    async def _wait_for_target(self) -> None:
+        """A new step that is not this dispatch's target: it runs in another dispatch. Wait
+        for this one to finish; if the target is never reached, the code changed."""
+        try:
+            await asyncio.wait_for(self._target_reached.wait(), TARGET_WAIT_SECONDS)
+        except TimeoutError:
+            if not self.released:
+                await self._fail_target(NonDeterminismError(
+                    self.run_id, self.target_step_id, [],
+                    f"parallel step {self.target_step_id!r} was not reached on replay; the "
+                    "function's code may have changed since the steps were planned"))
+        while not self.released:
+            await asyncio.sleep(0.05)
+        raise Released()
+
+    async def _fail_target(self, error: Exception) -> None:
+        op = worker_service_pb2.Op(step_failed=worker_service_pb2.StepFailed(
+            step_id=self.target_step_id, name=self.target_step_id, **failure_fields(error)))
+        self.release(await self.send([op]))
 
     # -- running the function ------------------------------------------------------------------
     async def execute(self) -> None:
@@ -170,7 +247,16 @@ class RunExecution:
         except Exception as exc:
             op = worker_service_pb2.Op(
                 run_failed=worker_service_pb2.RunFailed(**failure_fields(exc)))
+        if self.nondeterminism is not None:  # even if the function caught it
+            op = worker_service_pb2.Op(run_failed=worker_service_pb2.RunFailed(
+                **failure_fields(self.nondeterminism)))
         if self.released:
             return
+        if self.target_step_id:  # the body ended without reaching the step to execute
+            await self._fail_target(NonDeterminismError(
+                self.run_id, self.target_step_id, [],
+                f"parallel step {self.target_step_id!r} was not reached on replay; the "
+                "function's code may have changed since the steps were planned"))
+            return
         ack = await self.send([op])
-        self._release(ack)
+        self.release(ack)

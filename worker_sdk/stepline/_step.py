@@ -6,20 +6,33 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.errors import NonRetriableError, RetryAfterError, StepError
-from stepline.v1 import common_pb2, worker_service_pb2
+from stepline._durations import (
+    DurationLike,
+    duration_proto,
+    parse_duration,
+    parse_time,
+    timestamp_proto,
+)
+from stepline._events import Event, EventLike, event_from_json, step_events
+from stepline._function import Function
+from stepline.errors import InvalidUsageError, NonRetriableError, RetryAfterError, StepError
+from stepline.v1 import common_pb2
+from stepline.v1 import worker_service_pb2 as ws
 
 if TYPE_CHECKING:
     from stepline._execution import RunExecution
 
 T = TypeVar("T")
+log = logging.getLogger("stepline.worker")
 
 
 class Released(BaseException):
@@ -77,8 +90,30 @@ def now_timestamp() -> Timestamp:
     return ts
 
 
+def _memoized(step_id: str, memo: common_pb2.StepResult) -> Any:
+    if memo.WhichOneof("result") == "error":
+        raise StepError(step_id, memo.error.name, memo.error.message, memo.error.stack)
+    return json.loads(memo.output)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidUsageError(f"step name: expected a non-empty string; got {name!r}")
+
+
+def _check_text(value: Any, what: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise InvalidUsageError(f"{what}: expected a non-empty string; got {value!r}")
+
+
 class Step:
-    """Step tools for async functions: `await ctx.step.run("name", fn, *args)`."""
+    """Step tools for async functions: `await ctx.step.run("name", fn, *args)`.
+
+    Each call is a step with an id derived from its name (and occurrence); a completed step
+    returns its recorded result on replay. Call steps in the same order on every attempt.
+    """
 
     def __init__(self, execution: RunExecution) -> None:
         self._ex = execution
@@ -92,13 +127,13 @@ class Step:
         On replay the stored result is returned without calling `fn`. A failure is retried with
         backoff; after the last attempt StepError is raised here.
         """
-        if not isinstance(name, str) or not name:
-            raise TypeError("step name must be a non-empty string")
+        _check_name(name)
         ex = self._ex
-        step_id = ex.ids.next(name)
-        memo = ex.memo.get(step_id)
+        step_id, memo = ex.claim(name)
         if memo is not None:
             return _memoized(step_id, memo)  # type: ignore[no-any-return]
+        await ex.check_new_step(step_id)
+        await ex.gate(step_id, name)
         await ex.settle()
         started = now_timestamp()
         try:
@@ -114,24 +149,122 @@ class Step:
         except Released:
             raise
         except Exception as exc:
-            op = worker_service_pb2.Op(step_failed=worker_service_pb2.StepFailed(
+            op = ws.Op(step_failed=ws.StepFailed(
                 step_id=step_id, name=name, started_at=started, **failure_fields(exc)))
             ack = await ex.send([op])
-            if ack.action != worker_service_pb2.ACK_ACTION_CONTINUE:
+            if ack.action != ws.ACK_ACTION_CONTINUE:
+                ex.release(ack)
                 raise Released() from None
             error = op.step_failed.error
             ex.memo[step_id] = common_pb2.StepResult(step_id=step_id, error=error)
             raise StepError(step_id, error.name, error.message, error.stack) from exc
+        done = ws.Op(step_completed=ws.StepCompleted(
+            step_id=step_id, name=name, output=output.encode(), started_at=started))
+        if ex.target_step_id:  # a parallel step's dispatch ends with its result
+            ex.release(await ex.send([done]))
+            raise Released()
         # Reported at the next boundary: before the next step runs, or with the run's result.
-        ex.defer(worker_service_pb2.Op(step_completed=worker_service_pb2.StepCompleted(
-            step_id=step_id, name=name, output=output.encode(), started_at=started)))
+        ex.defer(done)
         return json.loads(output)  # type: ignore[no-any-return]
 
+    async def sleep(self, name: str, duration: DurationLike) -> None:
+        """Pause the run for `duration`: seconds, a timedelta, or a string such as "30s",
+        "1h30m", "500ms", "2d", "1w". The run holds no worker meanwhile; the server's clock
+        measures the time."""
+        _check_name(name)
+        delay = parse_duration(duration, f"step {name!r}: duration", allow_zero=True)
+        await self._suspend(name, lambda step_id: ws.Op(sleep=ws.Sleep(
+            step_id=step_id, name=name, duration=duration_proto(delay))))
 
-def _memoized(step_id: str, memo: common_pb2.StepResult) -> Any:
-    if memo.WhichOneof("result") == "error":
-        raise StepError(step_id, memo.error.name, memo.error.message, memo.error.stack)
-    return json.loads(memo.output)
+    async def sleep_until(self, name: str, when: datetime | str) -> None:
+        """Pause the run until `when`: a timezone-aware datetime, or an ISO 8601 string with an
+        offset or Z ("2030-01-31T09:00:00+01:00"). A time in the past returns at once."""
+        _check_name(name)
+        until = parse_time(when, f"step {name!r}: when")
+        await self._suspend(name, lambda step_id: ws.Op(sleep=ws.Sleep(
+            step_id=step_id, name=name, until=timestamp_proto(until))))
+
+    async def wait_for_event(self, name: str, *, event: str, timeout: DurationLike,
+                             if_: str | None = None) -> Event | None:
+        """Wait for the next event called `event`, sent after this step began, for which the CEL
+        filter `if_` is true (`event` is the run's trigger, `async` the candidate, e.g.
+        "async.data.userId == event.data.userId"). Returns that event, or None after `timeout`.
+        """
+        _check_name(name)
+        _check_text(event, f"step {name!r}: event")
+        _check_text(if_, f"step {name!r}: if_", optional=True)
+        limit = parse_duration(timeout, f"step {name!r}: timeout")
+        result = await self._suspend(name, lambda step_id: ws.Op(wait_for_event=ws.WaitForEvent(
+            step_id=step_id, name=name, event=event, expression=if_ or "",
+            timeout=duration_proto(limit))))
+        return event_from_json(result)
+
+    async def invoke(self, name: str, *, function: Function | str,
+                     data: Mapping[str, Any] | None = None,
+                     timeout: DurationLike | None = None) -> Any:
+        """Start a run of `function` (a Function or its id) with `data` as its event's data, and
+        return that run's output. Its failure, a missing function, or `timeout` (error
+        "InvokeTimeout") raise StepError here."""
+        _check_name(name)
+        function_id = function.id if isinstance(function, Function) else function
+        _check_text(function_id, f"step {name!r}: function")
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise InvalidUsageError(
+                f"step {name!r}: data: expected a JSON object (a dict); got {data!r}")
+        try:
+            payload = json.dumps(dict(data), separators=(",", ":"), ensure_ascii=False,
+                                 allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidUsageError(f"step {name!r}: data: not JSON-serializable: {exc}") from None
+        self._ex.check_size(payload, f"data of step {name!r}")
+        limit = None if timeout is None else parse_duration(timeout, f"step {name!r}: timeout")
+
+        def op(step_id: str) -> ws.Op:
+            invoke = ws.Invoke(step_id=step_id, name=name, function_id=function_id,
+                               data=payload.encode())
+            if limit is not None:
+                invoke.timeout.CopyFrom(duration_proto(limit))
+            return ws.Op(invoke=invoke)
+
+        return await self._suspend(name, op)
+
+    async def send_event(self, name: str,
+                         events: EventLike | Sequence[EventLike]) -> dict[str, list[str]]:
+        """Send one event or a list (EventInput, or dicts with "name", "data" and optionally
+        "id", "user") exactly once for this run; returns {"ids": [...]}. An event without an id
+        gets one derived from the run and the step, so a replay cannot send it twice."""
+        _check_name(name)
+        ex = self._ex
+        step_id, memo = ex.claim(name)
+        if memo is not None:
+            return _memoized(step_id, memo)  # type: ignore[no-any-return]
+        messages = step_events(events, ex.run_id, step_id, f"step {name!r}: events")
+        for index, message in enumerate(messages):
+            ex.check_size(message.data.decode(), f"data of event {index} of step {name!r}")
+        await ex.check_new_step(step_id)
+        ack = await ex.report([ws.Op(send_events=ws.SendEvents(
+            step_id=step_id, name=name, events=messages))])
+        if ack.action != ws.ACK_ACTION_CONTINUE:
+            ex.release(ack)
+            raise Released()
+        return {"ids": [message.id for message in messages]}
+
+    async def _suspend(self, name: str, op: Callable[[str], ws.Op]) -> Any:
+        """A step the server completes later (sleep, wait, invoke): on replay its result; else
+        report `op(step_id)` and drop the run, which the server dispatches again when done."""
+        ex = self._ex
+        step_id, memo = ex.claim(name)
+        if memo is not None:
+            return _memoized(step_id, memo)
+        await ex.check_new_step(step_id)
+        ack = await ex.report([op(step_id)])
+        if ack.action == ws.ACK_ACTION_CONTINUE:
+            log.error("run %s: the server answered CONTINUE to suspending step %r; dropping the "
+                      "run", ex.run_id, step_id)
+        ex.release(ack)
+        raise Released()
 
 
 class SyncStep:
@@ -141,7 +274,32 @@ class SyncStep:
         self._step = step
         self._loop = loop
 
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
     def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        future = asyncio.run_coroutine_threadsafe(
-            self._step.run(name, fn, *args, **kwargs), self._loop)
-        return future.result()
+        """See Step.run."""
+        return self._call(self._step.run(name, fn, *args, **kwargs))
+
+    def sleep(self, name: str, duration: DurationLike) -> None:
+        """See Step.sleep."""
+        self._call(self._step.sleep(name, duration))
+
+    def sleep_until(self, name: str, when: datetime | str) -> None:
+        """See Step.sleep_until."""
+        self._call(self._step.sleep_until(name, when))
+
+    def wait_for_event(self, name: str, *, event: str, timeout: DurationLike,
+                       if_: str | None = None) -> Event | None:
+        """See Step.wait_for_event."""
+        return self._call(self._step.wait_for_event(name, event=event, timeout=timeout, if_=if_))
+
+    def invoke(self, name: str, *, function: Function | str, data: Mapping[str, Any] | None = None,
+               timeout: DurationLike | None = None) -> Any:
+        """See Step.invoke."""
+        return self._call(self._step.invoke(name, function=function, data=data, timeout=timeout))
+
+    def send_event(self, name: str,
+                   events: EventLike | Sequence[EventLike]) -> dict[str, list[str]]:
+        """See Step.send_event."""
+        return self._call(self._step.send_event(name, events))

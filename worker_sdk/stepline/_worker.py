@@ -46,7 +46,8 @@ class Session:
         self._outbox: asyncio.Queue[worker_service_pb2.WorkerMessage | None] = asyncio.Queue()
         self._acks: dict[int, asyncio.Future[worker_service_pb2.Ack]] = {}
         self._seq = itertools.count(1)
-        self.runs: dict[str, tuple[RunExecution, asyncio.Task[None]]] = {}
+        # By (run_id, target_step_id): a run, or one of its parallel steps.
+        self.runs: dict[tuple[str, str], tuple[RunExecution, asyncio.Task[None]]] = {}
         self.max_payload_bytes = 4 * 1024 * 1024
         self.welcomed = asyncio.Event()
 
@@ -111,28 +112,29 @@ class Session:
         execution = RunExecution(
             self, dispatch, function, step_pool=self.worker.step_pool,
             body_pool=self.worker.body_pool, max_payload_bytes=self.max_payload_bytes)
+        key = (dispatch.run_id, dispatch.target_step_id)
         task = asyncio.create_task(execution.execute(), name=f"run-{dispatch.run_id}")
-        self.runs[dispatch.run_id] = (execution, task)
-        task.add_done_callback(lambda t: self._finished(dispatch.run_id, t))
+        self.runs[key] = (execution, task)
+        task.add_done_callback(lambda t: self._finished(key, t))
 
-    def _finished(self, run_id: str, task: asyncio.Task[None]) -> None:
-        entry = self.runs.get(run_id)
+    def _finished(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        entry = self.runs.get(key)
         if entry is not None and entry[1] is task:
-            del self.runs[run_id]
+            del self.runs[key]
         if not task.cancelled() and task.exception() is not None:
-            log.error("run %s crashed in the SDK", run_id, exc_info=task.exception())
+            log.error("run %s crashed in the SDK", key[0], exc_info=task.exception())
         if self.worker.draining and not self.runs:
             self.send(None)  # drained: close our side of the stream
 
     def _cancel(self, run_id: str) -> None:
-        entry = self.runs.get(run_id)
-        if entry is None:
-            return
-        execution, task = entry
-        execution.cancel()
-        if execution.function.is_async:
-            task.cancel()
-        log.info("run %s cancelled by the server", run_id)
+        """The run ended elsewhere (cancelled, timed out): stop executing it, parallel steps
+        included."""
+        for key in [key for key in self.runs if key[0] == run_id]:
+            execution, task = self.runs[key]
+            execution.cancel()
+            if execution.function.is_async:
+                task.cancel()
+            log.info("run %s cancelled by the server", run_id)
 
     async def _heartbeat(self, interval: float) -> None:
         while True:

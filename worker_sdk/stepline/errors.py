@@ -2,13 +2,16 @@
 
     SteplineError
     ├── NonRetriableError     raise it to fail a step (or the run) at once, without retries
-    │   └── StepError         a step failed for good; raised at the step's call site on replay
+    │   ├── StepError         a step failed for good; raised at the step's call site on replay
+    │   ├── InvalidUsageError a bad argument to the SDK (also a ValueError), e.g. a bad duration
+    │   └── NonDeterminismError  the function's code changed between attempts of a run
     ├── RetryAfterError       raise it to retry after a delay you choose
     └── ClientError           the server refused a request (carries the gRPC code and message)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 
@@ -29,6 +32,28 @@ class StepError(NonRetriableError):
         self.error_name = name
         self.error_message = message
         self.stack = stack
+
+
+class InvalidUsageError(NonRetriableError, ValueError):
+    """An SDK call or declaration got an argument it cannot use; retrying cannot help."""
+
+
+class NonDeterminismError(NonRetriableError):
+    """Replay reached a new step while steps recorded by earlier attempts were not reached.
+
+    The function's code (or the order of its steps) changed while the run was in flight; the run
+    fails rather than mix the results of two versions.
+    """
+
+    def __init__(self, run_id: str, new_step_id: str, unvisited: Sequence[str],
+                 message: str | None = None) -> None:
+        super().__init__(message or (
+            f"run {run_id}: new step {new_step_id!r} was reached before the recorded step(s) "
+            f"{', '.join(repr(s) for s in unvisited)}; steps must be called in the same order on "
+            "every attempt (did the code change while the run was in flight?)"))
+        self.run_id = run_id
+        self.new_step_id = new_step_id
+        self.unvisited = tuple(unvisited)
 
 
 class RetryAfterError(SteplineError):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from stepline_server.engine import lifecycle
+from stepline_server.engine import cron, lifecycle
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.retry import backoff_ms
@@ -138,8 +138,12 @@ class Engine:
         self, app_id: str, specs: list[FunctionSpec], *, archive_missing: bool
     ) -> FunctionChanges:
         def job(tx: Tx) -> FunctionChanges:
-            return function_store.register(
-                tx.conn, app_id, specs, now_ms(), archive_missing=archive_missing)
+            now = now_ms()
+            changes = function_store.register(
+                tx.conn, app_id, specs, now, archive_missing=archive_missing)
+            cron.sync_schedules(tx.conn, specs, now)
+            cron.remove_schedules(tx.conn, changes.archived)
+            return changes
 
         changes = await self.db.write(job)
         if changes.created or changes.updated:

@@ -20,6 +20,7 @@ from stepline_server.engine.starts import RunStart
 from stepline_server.errors import InvalidArgument, NotFound, StaleLease, SteplineServerError
 from stepline_server.ids import now_ms
 from stepline_server.model import (
+    NEVER_MS,
     AckAction,
     ErrorInfo,
     EventRecord,
@@ -49,8 +50,6 @@ from stepline_server.store import waits as wait_store
 
 Backoff = Callable[[int], int]
 ContextFactory = Callable[[Tx, int], TxContext]
-# Due time of a suspension without a timeout (an invoke): far beyond any real date.
-NEVER_MS = 2**62
 
 
 @dataclass(frozen=True, slots=True)

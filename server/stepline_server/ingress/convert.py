@@ -18,6 +18,7 @@ from stepline_server.engine import cron, expressions
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
+    NEVER_MS,
     CancelOn,
     Dispatch,
     ErrorInfo,
@@ -81,7 +82,7 @@ def _ms(ts: Timestamp) -> int:
 
 
 def _timestamp(ms: int | None) -> Timestamp | None:
-    if ms is None:
+    if ms is None or ms >= NEVER_MS:  # "never": a suspension without a timeout
         return None
     ts = Timestamp()
     ts.FromMilliseconds(ms)
