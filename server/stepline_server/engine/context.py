@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Connection
+
 from stepline_server.engine.starts import RunStart
 from stepline_server.store import Tx
 
@@ -18,6 +20,8 @@ class TxContext:
     dedup_ms: int
     # Tells the worker holding a run that it was cancelled (called after the commit).
     cancelled: Callable[[str, str], None]
+    # Which system events (stepline/function.*) some function listens to; cached by the engine.
+    system_listeners: Callable[[Connection], frozenset[str]]
 
     def cancel_after_commit(self, run_id: str, owner: str | None) -> None:
         if owner:

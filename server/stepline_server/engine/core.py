@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
+
+from sqlalchemy.engine import Connection
 
 from stepline_server.engine import cron, lifecycle
 from stepline_server.engine import ops as ops_logic
@@ -42,6 +45,9 @@ from stepline_server.store import runs as run_store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Starter = Callable[[list[RunStart]], list[str]]
+# How long this server trusts its view of who listens to system events: a listener registered
+# on another server starts receiving them within this delay.
+LISTENERS_TTL_SECONDS = 2.0
 # Run and step activity, one line each: quiet under `serve`, shown by `stepline dev`.
 activity = logging.getLogger("stepline.runs")
 
@@ -55,6 +61,7 @@ class Engine:
         self._on_cancel: list[Callable[[str, str], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedup_ms = int(settings.event_dedup_seconds * 1000)
+        self._listeners: tuple[float, frozenset[str]] | None = None
         backoff = functools.partial(
             backoff_ms, base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
@@ -71,7 +78,19 @@ class Engine:
             def start(starts: list[RunStart]) -> list[str]:
                 return start_runs(tx, starts, now, new_id=new_id, placement=None,
                                   lease_ms=self._lease_ms).run_ids
-        return TxContext(tx, now, start, self._dedup_ms, self._cancelled)
+        return TxContext(tx, now, start, self._dedup_ms, self._cancelled,
+                         self._system_listeners)
+
+    def _system_listeners(self, conn: Connection) -> frozenset[str]:
+        """Names of system events some function subscribes to. Writer thread only; cached for
+        a moment (a run's end must not cost a query); this server's registrations reset it."""
+        cached = self._listeners
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        names = frozenset(function_store.subscribed(conn, list(lifecycle.SYSTEM_EVENTS)))
+        self._listeners = (now + LISTENERS_TTL_SECONDS, names)
+        return names
 
     def _cancelled(self, run_id: str, owner: str) -> None:
         for callback in self._on_cancel:
@@ -141,6 +160,7 @@ class Engine:
             now = now_ms()
             changes = function_store.register(
                 tx.conn, app_id, specs, now, archive_missing=archive_missing)
+            self._listeners = None
             cron.sync_schedules(tx.conn, specs, now)
             cron.remove_schedules(tx.conn, changes.archived)
             return changes

@@ -36,7 +36,7 @@ activity = logging.getLogger("stepline.runs")
 FUNCTION_FINISHED = "stepline/function.finished"
 FUNCTION_FAILED = "stepline/function.failed"
 FUNCTION_INVOKED = "stepline/function.invoked"
-_SYSTEM_EVENTS = [FUNCTION_FINISHED, FUNCTION_FAILED]
+SYSTEM_EVENTS = (FUNCTION_FINISHED, FUNCTION_FAILED)
 
 
 # -- events in ----------------------------------------------------------------------------------
@@ -201,10 +201,12 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
     after_end(ctx, endings)
 
 
-def after_end(ctx: TxContext, endings: list[Ending]) -> None:
-    """What follows runs' ends, once their rows are written."""
+def after_end(ctx: TxContext, endings: list[Ending], *, waits_deleted: bool = False) -> None:
+    """What follows runs' ends, once their rows are written (with their waits, if
+    `waits_deleted`)."""
     conn = ctx.tx.conn
-    wait_store.delete_for_runs(conn, [e.item.run_id for e in endings])
+    if not waits_deleted:
+        wait_store.delete_for_runs(conn, [e.item.run_id for e in endings])
     resume(ctx, [
         Resumption(e.item.parent_run_id, e.item.parent_step_id, WaitKind.INVOKE,
                    StepStatus.COMPLETED if e.status is RunStatus.COMPLETED else StepStatus.FAILED,
@@ -213,19 +215,19 @@ def after_end(ctx: TxContext, endings: list[Ending]) -> None:
                        e.error or ErrorInfo("Error", f"invoked run {e.status.value}")))
         for e in endings if e.item.parent_run_id and e.item.parent_step_id
     ])
-    listened = function_store.subscribed(conn, _SYSTEM_EVENTS)
+    listened = ctx.system_listeners(conn)
     if listened:
         _system_events(ctx, endings, listened)
 
 
-def _system_events(ctx: TxContext, endings: list[Ending], listened: set[str]) -> None:
+def _system_events(ctx: TxContext, endings: list[Ending], listened: frozenset[str]) -> None:
     conn = ctx.tx.conn
     event_ids = run_store.event_ids(conn, [e.item.run_id for e in endings])
     triggers = {r.id: r for r in event_store.get_many(conn, sorted(set(event_ids.values())))}
     records: list[EventRecord] = []
     for e in endings:
         trigger = triggers.get(event_ids.get(e.item.run_id, ""))
-        if trigger is not None and trigger.name in _SYSTEM_EVENTS:
+        if trigger is not None and trigger.name in SYSTEM_EVENTS:
             continue  # a listener's own end announces nothing: no feedback loops
         data = {
             "function_id": e.item.function_id, "run_id": e.item.run_id,

@@ -204,7 +204,7 @@ def _follow_up(ctx: TxContext, writes: _Writes) -> None:
     if writes.sent:
         lifecycle.ingest(ctx, writes.sent)
     if writes.endings:
-        lifecycle.after_end(ctx, writes.endings)
+        lifecycle.after_end(ctx, writes.endings, waits_deleted=True)
 
 
 def _flush(tx: Tx, touched: dict[tuple[str, str], _RunState], writes: _Writes) -> None:
@@ -218,6 +218,7 @@ def _write(conn: Any, touched: dict[tuple[str, str], _RunState], writes: _Writes
     run_store.finish_many(conn, writes.finishes)
     run_store.set_status_many(conn, writes.statuses)
     wait_store.insert(conn, writes.waits)
+    wait_store.delete_for_runs(conn, [e.item.run_id for e in writes.endings])
     queue_store.enqueue(conn, writes.new_items)
     queue_store.delete_many(conn, [run_id for (run_id, step_id), s in touched.items()
                                    if s.deleted and not step_id])
