@@ -302,3 +302,61 @@ def test_parallel_steps_are_planned_and_spread(server: ServerThread, start_worke
     assert a.started_at.ToMilliseconds() < b.ended_at.ToMilliseconds()
     assert b.started_at.ToMilliseconds() < a.ended_at.ToMilliseconds()
     assert first_worker is not second_worker
+
+
+def test_wait_and_sleep_until_survive_a_restart(database_url: str, start_worker: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    server = ServerThread(database_url)
+    address = server.address
+    app = Stepline("restart-wait", url=address)
+
+    @app.function(id="patient", trigger="t/patient")
+    async def patient(ctx: Any) -> Any:
+        when = datetime.now(UTC) + timedelta(milliseconds=300)
+        await ctx.step.sleep_until("until", when.isoformat())
+        got = await ctx.step.wait_for_event("go", event="t/go", timeout="30s",
+                                            if_="async.data.n == event.data.n")
+        return None if got is None else got.data
+
+    try:
+        start_worker(app)
+        app.send_sync("t/patient", {"n": 7})
+        run_id = _one_run(server, "patient")
+        waiting = server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
+        assert [s.step_id for s in waiting.steps] == ["until", "go"]
+    finally:
+        server.stop()
+    server = ServerThread(database_url, address=address)
+    try:
+        sender = Stepline("restart-wait-sender", url=address)
+        sender.send_sync("t/go", {"n": 8})  # not this run's
+        sender.send_sync("t/go", {"n": 7})
+        run = server.wait_run(run_id, timeout=20)
+        assert run.status == COMPLETED, run.error
+        assert json.loads(run.output) == {"n": 7}
+    finally:
+        server.stop()
+
+
+def test_code_changed_between_attempts_fails_readably(server: ServerThread,
+                                                      start_worker: Any) -> None:
+    app = Stepline("changing", url=server.address)
+    version = {"n": 1}
+
+    @app.function(id="shifty", trigger="t/shifty", retries=2)
+    async def shifty(ctx: Any) -> str:
+        if version["n"] == 1:
+            await ctx.step.run("a", lambda: "A")
+            version["n"] = 2
+            raise ConnectionError("retry me")
+        await ctx.step.run("b", lambda: "B")  # the new code calls another step first
+        await ctx.step.run("a", lambda: "A")
+        return "done"
+
+    start_worker(app)
+    app.send_sync("t/shifty", {})
+    run = server.wait_run(_one_run(server, "shifty"))
+    assert run.status == FAILED
+    assert run.error.name == "NonDeterminismError"
+    assert "'b'" in run.error.message and "'a'" in run.error.message
