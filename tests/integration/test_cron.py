@@ -156,6 +156,13 @@ def test_reregistering_neither_skips_nor_repeats_ticks(
     ticks = ticks_of(database_url, "steady")
     assert len(ticks) >= 2
     assert consecutive(ticks), ticks
+    # A changed schedule replaces the row: from then on, even seconds only.
+    register(server, "steady-app", cron_function("steady", "*/2 * * * * *"))
+    changed = now_ms()
+    wait_until(lambda: len([t for t in ticks_of(database_url, "steady") if t > changed]) >= 2,
+               timeout=8, what="runs on the new schedule")
+    later = [t for t in ticks_of(database_url, "steady") if t > changed]
+    assert all(t % 2000 == 0 for t in later), later
 
 
 def test_archived_function_stops_ticking(server: ServerThread, database_url: str) -> None:

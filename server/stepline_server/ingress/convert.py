@@ -153,14 +153,19 @@ def functions_from_proto(app_id: str, messages: Any, field: str) -> list[Functio
 
 
 def _no_duplicate_triggers(triggers: tuple[Trigger, ...], field: str) -> None:
-    names: set[str] = set()
+    seen: set[Trigger | str] = set()
     for j, t in enumerate(triggers):
         if isinstance(t, EventTrigger):
-            if t.name in names:
+            if t.name in seen:
                 raise InvalidArgument(f"{field}[{j}].event.name",
                                       f"event {t.name!r} appears in two triggers; combine their "
                                       "filters with ||")
-            names.add(t.name)
+            seen.add(t.name)
+        else:
+            if t in seen:
+                raise InvalidArgument(f"{field}[{j}].cron.schedule",
+                                      f"schedule {t.schedule!r} ({t.timezone}) appears twice")
+            seen.add(t)
 
 
 def _cancel_on(message: common_pb2.CancelOn, path: str) -> CancelOn:
