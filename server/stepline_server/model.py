@@ -234,6 +234,7 @@ class QueueItem:
     parent_step_id: str | None = None
     # "" for the run itself; a step id for one of its parallel steps.
     step_id: str = ""
+    traceparent: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

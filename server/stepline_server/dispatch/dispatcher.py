@@ -118,9 +118,14 @@ class Dispatcher:
                 if not conn.closed:
                     conn.inflight.add(work.key)
                     conn.send(convert.dispatch_to_proto(work))
+                    self._observe(work, conn)
                     return
         # The worker left between commit and delivery: give the run to someone else.
         self._spawn(self.engine.release(owner, [work.run_id]))
+
+    def _observe(self, work: Dispatch, conn: WorkerConnection) -> None:
+        if self.engine.observers:
+            self.engine.observers.dispatched(work, conn.id, conn.worker_id)
 
     def unreserve(self, owners: list[str]) -> None:
         with self._lock:
@@ -200,6 +205,7 @@ class Dispatcher:
                 conn.inflight.update(w.key for w in works)
             for work in works:
                 conn.send(convert.dispatch_to_proto(work))
+                self._observe(work, conn)
             if len(works) < wanted:
                 starved.update(fids)
         if not starved:

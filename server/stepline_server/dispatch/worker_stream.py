@@ -14,8 +14,9 @@ from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine
 from stepline_server.errors import Conflict, InvalidArgument, StaleLease, SteplineServerError
+from stepline_server.ids import now_ms
 from stepline_server.ingress import convert
-from stepline_server.model import AckAction, ErrorInfo
+from stepline_server.model import AckAction, ErrorInfo, OpsBatch
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,15 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             return
         future = self.engine.submit_ops(conn.id, batch)
         future.add_done_callback(lambda f: self._acked(conn, message, f))
+        if self.engine.observers:
+            future.add_done_callback(lambda f: self._observe(conn, batch, f))
+
+    def _observe(self, conn: WorkerConnection, batch: OpsBatch,
+                 future: asyncio.Future[AckAction]) -> None:
+        if future.cancelled():
+            return
+        result = future.exception() or future.result()
+        self.engine.observers.ops_committed(conn.id, batch, result, now_ms())
 
     def _acked(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
                future: asyncio.Future[AckAction]) -> None:

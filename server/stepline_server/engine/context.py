@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
+from stepline_server.engine.observe import Observer
 from stepline_server.engine.starts import RunStart
 from stepline_server.store import Tx
 
@@ -22,6 +23,8 @@ class TxContext:
     cancelled: Callable[[str, str], None]
     # Which system events (stepline/function.*) some function listens to; cached by the engine.
     system_listeners: Callable[[Connection], frozenset[str]]
+    # Told after the commit (telemetry).
+    observers: Observer
 
     def cancel_after_commit(self, run_id: str, owner: str | None) -> None:
         if owner:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from stepline_server.engine import cron, lifecycle
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
+from stepline_server.engine.observe import Observers
 from stepline_server.engine.retry import backoff_ms
 from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
 from stepline_server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -62,6 +63,8 @@ class Engine:
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedup_ms = int(settings.event_dedup_seconds * 1000)
         self._listeners: tuple[float, frozenset[str]] | None = None
+        # Telemetry (traces, metrics) hooks; see engine/observe.py.
+        self.observers = Observers()
         backoff = functools.partial(
             backoff_ms, base_seconds=settings.retry_base_seconds,
             max_seconds=settings.retry_max_seconds,
@@ -79,7 +82,7 @@ class Engine:
                 return start_runs(tx, starts, now, new_id=new_id, placement=None,
                                   lease_ms=self._lease_ms).run_ids
         return TxContext(tx, now, start, self._dedup_ms, self._cancelled,
-                         self._system_listeners)
+                         self._system_listeners, self.observers)
 
     def _system_listeners(self, conn: Connection) -> frozenset[str]:
         """Names of system events some function subscribes to. Writer thread only; cached for

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from stepline_server.engine import expressions, matching
 from stepline_server.engine.context import TxContext
+from stepline_server.engine.observe import RunEnd
 from stepline_server.engine.starts import RunStart
 from stepline_server.model import (
     ErrorInfo,
@@ -63,6 +64,9 @@ def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
             starts.append(RunStart(sub.function_id, sub.policy, record))
     run_ids = ctx.start(starts) if starts else []
     _settle_waits(ctx, new)
+    if ctx.observers:
+        observers = ctx.observers
+        ctx.tx.after_commit(lambda: observers.events_accepted(new, run_ids))
     return run_ids
 
 
@@ -207,6 +211,11 @@ def after_end(ctx: TxContext, endings: list[Ending], *, waits_deleted: bool = Fa
     conn = ctx.tx.conn
     if not waits_deleted:
         wait_store.delete_for_runs(conn, [e.item.run_id for e in endings])
+    if ctx.observers:
+        observers = ctx.observers
+        ends = [RunEnd(e.item.run_id, e.item.function_id, e.status, e.error, ctx.now,
+                       e.item.traceparent) for e in endings]
+        ctx.tx.after_commit(lambda: observers.runs_ended(ends))
     resume(ctx, [
         Resumption(e.item.parent_run_id, e.item.parent_step_id, WaitKind.INVOKE,
                    StepStatus.COMPLETED if e.status is RunStatus.COMPLETED else StepStatus.FAILED,

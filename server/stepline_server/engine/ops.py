@@ -413,7 +413,7 @@ def _plan(run_id: str, index: int, op: Planned, state: _RunState, now: int, writ
             "run_id": run_id, "step_id": step_id, "function_id": item.function_id,
             "due_at_ms": now, "max_attempts": item.max_attempts,
             "step_count": state.step_count + offset, "parent_run_id": item.parent_run_id,
-            "parent_step_id": item.parent_step_id})
+            "parent_step_id": item.parent_step_id, "traceparent": item.traceparent})
     seen_steps.update(ids)
     state.step_count += len(ids)
     state.attempt = 0

@@ -75,7 +75,8 @@ def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Any,
         item = {"run_id": run_id, "function_id": start.function_id, "due_at_ms": now,
                 "max_attempts": policy.max_attempts, "parent_run_id": start.parent_run_id,
                 "parent_step_id": start.parent_step_id,
-                "finish_timeout_ms": policy.finish_timeout_ms}
+                "finish_timeout_ms": policy.finish_timeout_ms,
+                "traceparent": start.event.traceparent}
         if policy.start_timeout_ms is not None or policy.finish_timeout_ms is not None:
             # "start" until the first dispatch arms the finish timeout (see queue.claim).
             item |= {"deadline_kind": "start", "deadline_ms": None if policy.start_timeout_ms

@@ -14,6 +14,7 @@ _ITEM_COLUMNS = (
     queue.c.run_id, queue.c.function_id, queue.c.attempt, queue.c.max_attempts,
     queue.c.lease, queue.c.lease_owner, queue.c.step_count, queue.c.wait_kind,
     queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id, queue.c.step_id,
+    queue.c.traceparent,
 )
 
 
@@ -21,7 +22,7 @@ def _item(row: Any) -> QueueItem:
     return QueueItem(row.run_id, row.function_id, row.attempt, row.max_attempts, row.lease,
                      row.lease_owner, row.step_count,
                      None if row.wait_kind is None else WaitKind(row.wait_kind), row.wait_step,
-                     row.parent_run_id, row.parent_step_id, row.step_id)
+                     row.parent_run_id, row.parent_step_id, row.step_id, row.traceparent)
 
 
 _INSERT = queue.insert()

@@ -75,6 +75,8 @@ runs = Table(
     # A run started by step.invoke: the step of the parent run that waits for this one.
     Column("parent_run_id", String(32), nullable=True),
     Column("parent_step_id", String(300), nullable=True),
+    # A replay or a rerun from a step: the run it was made from.
+    Column("source_run_id", String(32), nullable=True),
     Index("ix_runs_created", "created_at_ms", "id"),
     Index("ix_runs_function_created", "function_id", "created_at_ms"),
     Index("ix_runs_status_created", "status", "created_at_ms"),
@@ -138,6 +140,8 @@ queue = Table(
     # Copied from the run: its end resumes this parent step (step.invoke).
     Column("parent_run_id", String(32), nullable=True),
     Column("parent_step_id", String(300), nullable=True),
+    # W3C trace context of the run (from its trigger event), for telemetry at every dispatch.
+    Column("traceparent", String(128), nullable=True),
     Index("ix_queue_claim", "function_id", "due_at_ms"),
     Index("ix_queue_owner", "lease_owner"),
     Index("ix_queue_deadline", "deadline_ms"),
@@ -176,4 +180,22 @@ cron_schedules = Table(
     Column("timezone", String(64), nullable=False),
     Column("next_tick_ms", BigInteger, nullable=False),
     Index("ix_cron_next_tick", "next_tick_ms"),
+)
+
+# Workers connected to any server sharing this database (one row per stream), so every server
+# can list them; removed when the stream closes, and stale rows of dead servers age out by
+# last_heartbeat_ms.
+workers = Table(
+    "workers",
+    metadata,
+    Column("connection_id", String(64), primary_key=True),
+    Column("server_id", String(32), nullable=False),
+    Column("worker_id", String(256), nullable=False),
+    Column("app_id", String(128), nullable=False),
+    Column("function_ids", Text, nullable=False),  # JSON list
+    Column("slots", Integer, nullable=False),
+    Column("sdk", String(128), nullable=False),
+    Column("connected_at_ms", BigInteger, nullable=False),
+    Column("last_heartbeat_ms", BigInteger, nullable=False),
+    Column("draining", Boolean, nullable=False),
 )
