@@ -160,9 +160,9 @@ def play(channel: grpc.Channel, processes: Processes) -> tuple[SignupRuns, list[
              lambda: run_in(channel, waiting, {"waiting", *cli_format.ENDED_STATUSES}),
              timeout=RUN_TIMEOUT_SECONDS, processes=processes)
     cli.send_event(channel, name=UPGRADE_EVENT, data={"userId": UPGRADING_USER, "plan": "pro"})
-    say(f"sent {UPGRADE_EVENT} for {UPGRADING_USER}, within the onboarding delay "
-        f"({DEMO_SETTINGS['ONBOARDING_DELAY']}); waiting for the follow-up of the others and "
-        f"for a weekly digest (cron {DEMO_SETTINGS['DIGEST_CRON']!r})")
+    say(f"sent {UPGRADE_EVENT} for {UPGRADING_USER} while its onboarding waits (up to "
+        f"{DEMO_SETTINGS['ONBOARDING_DELAY']}); now waiting for the other user's follow-up and "
+        f"a weekly digest (cron {DEMO_SETTINGS['DIGEST_CRON']!r})")
     ended = {key: wait_until_ended(channel, run_id, processes)
              for key, run_id in run_ids.items()}
     digests = wait_for("a weekly-digest run", lambda: completed_runs(channel, "weekly-digest"),
