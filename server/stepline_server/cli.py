@@ -1,5 +1,6 @@
-"""`stepline`: run a server (`serve`, `dev`) and send events and inspect runs (`send`, `runs`,
-`run`, `cancel`) from a shell. Client commands talk to the server over gRPC."""
+"""`stepline`: run a server (`serve`, `dev`) and send events and operate runs (`send`, `runs`,
+`run`, `cancel`, `replay`, `events`, `functions`, `workers`) from a shell. Client commands talk
+to the server over gRPC."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import (
     common_pb2,
@@ -177,10 +182,20 @@ def cmd_send(channel: grpc.Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def _timestamp(ms: int | None) -> Timestamp | None:
+    if ms is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
 def cmd_runs(channel: grpc.Channel, args: argparse.Namespace) -> int:
     status = cli_format.run_status_enum(args.status) if args.status else None
     request = run_service_pb2.ListRunsRequest(
-        function_id=args.function or "", status=status, page_size=args.limit)
+        function_id=args.function or "", status=status, page_size=args.limit,
+        created_after=_timestamp(args.since), created_before=_timestamp(args.until),
+        event_name=args.event or "")
     stub = run_service_pb2_grpc.RunServiceStub(channel)
     response = stub.ListRuns(request, timeout=CALL_TIMEOUT_SECONDS)
     print(cli_format.runs_table(response.runs))
@@ -203,6 +218,46 @@ def cmd_cancel(channel: grpc.Channel, args: argparse.Namespace) -> int:
     request = run_service_pb2.CancelRunRequest(run_id=args.run_id, reason=args.reason or "")
     run = stub.CancelRun(request, timeout=CALL_TIMEOUT_SECONDS).run
     print(f"run {run.id} {cli_format.run_status_name(run.status)}")
+    return 0
+
+
+def cmd_replay(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    if args.from_step:
+        run = stub.RerunFromStep(run_service_pb2.RerunFromStepRequest(
+            run_id=args.run_id, step_id=args.from_step), timeout=CALL_TIMEOUT_SECONDS).run
+        how = f"rerun of {args.run_id} from step {args.from_step}; {len(run.steps)} step(s) kept"
+    else:
+        run = stub.ReplayRun(run_service_pb2.ReplayRunRequest(run_id=args.run_id),
+                             timeout=CALL_TIMEOUT_SECONDS).run
+        how = f"replay of {args.run_id}"
+    print(f"run {run.id} {cli_format.run_status_name(run.status)} ({how})")
+    return 0
+
+
+def cmd_events(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.ListEvents(run_service_pb2.ListEventsRequest(
+        name=args.name or "", page_size=args.limit), timeout=CALL_TIMEOUT_SECONDS)
+    print(cli_format.events_table(response.events))
+    if response.next_page_token:
+        print(f"(showing the newest {len(response.events)}; raise --limit for more)")
+    return 0
+
+
+def cmd_functions(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.ListFunctions(run_service_pb2.ListFunctionsRequest(
+        app_id=args.app or "", include_archived=args.archived), timeout=CALL_TIMEOUT_SECONDS)
+    print(cli_format.functions_table(response.functions))
+    return 0
+
+
+def cmd_workers(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.ListWorkers(run_service_pb2.ListWorkersRequest(),
+                                timeout=CALL_TIMEOUT_SECONDS)
+    print(cli_format.workers_table(response.workers))
     return 0
 
 
@@ -243,6 +298,25 @@ def _limit(text: str) -> int:
     return value
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _time(text: str) -> int:
+    """A point in time, in ms: a duration back from now (30m, 1h, 2d) or an ISO 8601 time
+    (local time unless it names its offset)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return int((time.time() - seconds) * 1000)
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration back from now like 30m, 1h or 2d, or an ISO 8601 time like "
+            f"2024-05-01T09:00, got {text!r}") from None
+
+
 def _add_server_commands(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the server (flags override STEPLINE_* variables)")
@@ -276,6 +350,11 @@ def _add_client_commands(commands: Any) -> None:
     runs.add_argument("--status", choices=cli_format.run_status_names(), metavar="S",
                       help="only runs in this status: " + ", ".join(
                           cli_format.run_status_names()))
+    runs.add_argument("--since", type=_time, metavar="WHEN",
+                      help="only runs created since then: 30m, 1h, 2d or an ISO 8601 time")
+    runs.add_argument("--until", type=_time, metavar="WHEN",
+                      help="only runs created before then (same forms as --since)")
+    runs.add_argument("--event", metavar="NAME", help="only runs triggered by events of this name")
     runs.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
                       help=f"at most N runs (default {DEFAULT_LIST_LIMIT})")
     runs.set_defaults(handler=_client(cmd_runs))
@@ -288,12 +367,40 @@ def _add_client_commands(commands: Any) -> None:
     cancel.add_argument("run_id", metavar="RUN_ID")
     cancel.add_argument("--reason", help="recorded as the run's error message")
     cancel.set_defaults(handler=_client(cmd_cancel))
+    _add_operation_commands(commands, common)
+
+
+def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    replay = commands.add_parser(
+        "replay", parents=[common], help="start a new run of a run's function for the same "
+                                         "event (finished or not)")
+    replay.add_argument("run_id", metavar="RUN_ID")
+    replay.add_argument("--from-step", metavar="STEP_ID",
+                        help="keep the results of the steps before this one; run it and the "
+                             "rest again")
+    replay.set_defaults(handler=_client(cmd_replay))
+    events = commands.add_parser("events", parents=[common],
+                                 help="list events, newest first, with the runs they started")
+    events.add_argument("--name", metavar="NAME", help="only events of this name")
+    events.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
+                        help=f"at most N events (default {DEFAULT_LIST_LIMIT})")
+    events.set_defaults(handler=_client(cmd_events))
+    functions = commands.add_parser(
+        "functions", parents=[common], help="list registered functions with their runs of the "
+                                            "last 24 hours")
+    functions.add_argument("--app", metavar="APP", help="only functions of this app")
+    functions.add_argument("--archived", action="store_true",
+                           help="include functions their app no longer declares")
+    functions.set_defaults(handler=_client(cmd_functions))
+    workers = commands.add_parser("workers", parents=[common],
+                                  help="list connected workers and their slots in use")
+    workers.set_defaults(handler=_client(cmd_workers))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepline", description="Stepline: a durable workflow engine. Run a server, send "
-                                     "events, inspect and cancel runs.")
+                                     "events, inspect, cancel and replay runs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_server_commands(commands)
     _add_client_commands(commands)

@@ -1,4 +1,5 @@
-"""Turns RunService messages into what the CLI prints: tables, a run's detail, or JSON."""
+"""Turns RunService messages into what the CLI prints: tables (runs, events, functions,
+workers), a run's detail, or JSON."""
 
 from __future__ import annotations
 
@@ -199,6 +200,8 @@ def run_detail(run: run_service_pb2.Run) -> str:
         ("function", run.function_id),
         ("status", run_status_name(run.status)),
     ]
+    if run.source_run_id:
+        fields.append(("source", run.source_run_id))  # replayed or rerun from it
     if run.attempt and run_status_name(run.status) not in ENDED_STATUSES:
         fields.append(("attempt", str(run.attempt + 1)))
     if run.HasField("event"):
@@ -250,6 +253,7 @@ def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
         "function_id": run.function_id,
         "status": run_status_name(run.status),
         "attempt": run.attempt,
+        "source_run_id": run.source_run_id or None,
         "event": event,
         "created_at": iso_time(_ms(run, "created_at")),
         "started_at": iso_time(_ms(run, "started_at")),
@@ -258,3 +262,71 @@ def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
         "error": _error_dict(run.error) if run.HasField("error") else None,
         "steps": [_step_dict(s) for s in run.steps],
     }
+
+
+# -- events, functions, workers -----------------------------------------------------------------
+RUN_IDS_SHOWN = 2
+
+
+def ago(ms: int | None) -> str:
+    """How long ago: "4 s ago", "3m 07s ago"."""
+    if ms is None:
+        return "-"
+    elapsed = max(0, int(time.time() * 1000) - ms)
+    return f"{elapsed // 1000} s ago" if elapsed < 60_000 else f"{duration(elapsed)} ago"
+
+
+def _run_ids_cell(run_ids: Sequence[str]) -> str:
+    if not run_ids:
+        return "-"
+    shown = ", ".join(run_ids[:RUN_IDS_SHOWN])
+    more = len(run_ids) - RUN_IDS_SHOWN
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def events_table(entries: Sequence[run_service_pb2.EventEntry]) -> str:
+    if not entries:
+        return "no events"
+    rows = [
+        [e.event.id, e.event.name, local_time(_ms(e, "received_at")), _run_ids_cell(e.run_ids)]
+        for e in entries
+    ]
+    return table(["EVENT ID", "NAME", "RECEIVED", "RUNS"], rows)
+
+
+def _trigger_text(trigger: common_pb2.Trigger) -> str:
+    if trigger.WhichOneof("kind") == "cron":
+        zone = f" ({trigger.cron.timezone})" if trigger.cron.timezone else ""
+        return f"cron {trigger.cron.schedule}{zone}"
+    if trigger.event.expression:
+        return f"{trigger.event.name} if {trigger.event.expression}"
+    return str(trigger.event.name)
+
+
+def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
+    if not functions:
+        return "no functions registered"
+    rows = []
+    for f in functions:
+        s = f.stats
+        rows.append([
+            f.config.id + (" (archived)" if f.archived else ""), f.app_id, str(f.version),
+            str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
+            truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
+        ])
+    return table(["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED", "CANCELLED",
+                  "ACTIVE", "TRIGGERS"], rows)
+
+
+def workers_table(workers: Sequence[run_service_pb2.WorkerInfo]) -> str:
+    if not workers:
+        return "no workers connected"
+    rows = [
+        [w.connection_id, w.worker_id, w.app_id, f"{w.slots_in_use}/{w.slots}",
+         "draining" if w.draining else "ready", w.sdk or "-",
+         local_time(_ms(w, "connected_at")), ago(_ms(w, "last_heartbeat")),
+         truncate(", ".join(w.function_ids), TABLE_CELL_CHARS)]
+        for w in workers
+    ]
+    return table(["CONNECTION", "WORKER", "APP", "SLOTS", "STATE", "SDK", "CONNECTED",
+                  "HEARTBEAT", "FUNCTIONS"], rows)

@@ -164,6 +164,20 @@ def policy_from_config(config_json: str) -> RunPolicy:
     )
 
 
+def function_spec_from_config(function_id: str, config_json: str) -> FunctionSpec:
+    """The inverse of FunctionSpec.config_json: a stored function as it was declared."""
+    config: dict[str, Any] = json.loads(config_json)
+    triggers: list[Trigger] = [
+        EventTrigger(t["event"], t.get("expression") or "") if "event" in t
+        else CronTrigger(t["cron"], t.get("timezone") or "")
+        for t in config.get("triggers") or ()
+    ]
+    policy = policy_from_config(config_json)
+    return FunctionSpec(function_id, config.get("name") or function_id, tuple(triggers),
+                        int(config["retries"]), policy.cancel_on, policy.start_timeout_ms,
+                        policy.finish_timeout_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionChanges:
     created: list[str] = field(default_factory=list)
@@ -210,6 +224,55 @@ class RunRecord:
     # Failed attempts of the function body itself (outside any step).
     body_failures: tuple[StepFailure, ...] = ()
     parent_run_id: str | None = None
+    # A replay or a rerun from a step: the run it was made from.
+    source_run_id: str | None = None
+
+
+# -- run operations: what the server knows, as listed by RunService ----------------------------
+@dataclass(frozen=True, slots=True)
+class EventEntry:
+    record: EventRecord
+    received_at_ms: int
+    run_ids: tuple[str, ...]  # runs it triggered (replays included), oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStats:
+    """Runs created in the last 24 hours, by outcome so far (active: not ended yet)."""
+
+    runs: int
+    completed: int
+    failed: int
+    cancelled: int
+    active: int
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    spec: FunctionSpec
+    app_id: str
+    version: int
+    archived: bool
+    created_at_ms: int
+    updated_at_ms: int
+    stats: FunctionStats
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A connected worker stream (one row of the workers table, with its leases counted)."""
+
+    connection_id: str
+    server_id: str
+    worker_id: str
+    app_id: str
+    function_ids: tuple[str, ...]
+    slots: int
+    slots_in_use: int
+    sdk: str
+    connected_at_ms: int
+    last_heartbeat_ms: int
+    draining: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,3 +217,106 @@ def test_no_server_is_one_readable_error() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("stepline runs: cannot reach a Stepline server at 127.0.0.1:1")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- run operations -------------------------------------------------------------------------------
+def test_replay_and_rerun_from_a_step(url: str) -> None:
+    source_id = sent_run_id(stepline("send", "test/cli.greet", '{"name": "Cy"}', url=url))
+    assert wait_until_ended(source_id, url)["status"] == "completed"
+
+    replayed = stepline("replay", source_id, url=url)
+    assert replayed.returncode == 0, replayed.stderr
+    words = replayed.stdout.split()
+    assert words[0] == "run" and replayed.stdout.rstrip().endswith(f"(replay of {source_id})")
+    replay = wait_until_ended(words[1], url)
+    assert replay["status"] == "completed" and replay["source_run_id"] == source_id
+    assert replay["output"] == {"greeting": "HELLO, CY"}
+
+    rerun = stepline("replay", source_id, "--from-step", "shout", url=url)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.rstrip().endswith(
+        f"(rerun of {source_id} from step shout; 1 step(s) kept)"), rerun.stdout
+    rerun_id = rerun.stdout.split()[1]
+    done = wait_until_ended(rerun_id, url)
+    assert done["status"] == "completed" and done["source_run_id"] == source_id
+    assert [s["step_id"] for s in done["steps"]] == ["make-greeting", "shout"]
+    assert done["steps"][0]["attempts"] == 1  # kept, not executed again
+    assert done["steps"][1]["attempts"] == 2  # shout fails on its first attempt of each run
+
+    shown = stepline("run", rerun_id, url=url)
+    assert f"source    {source_id}\n" in shown.stdout, shown.stdout
+
+
+def test_replay_errors_are_one_readable_line(url: str) -> None:
+    missing = stepline("replay", "01NOSUCHRUN", url=url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "stepline replay: run_id: no run '01NOSUCHRUN' (NOT_FOUND)"
+    run_id = sent_run_id(stepline("send", "test/cli.greet", '{"name": "Di"}', url=url))
+    wait_until_ended(run_id, url)
+    bad_step = stepline("replay", run_id, "--from-step", "nope", url=url)
+    assert bad_step.returncode == 1
+    assert bad_step.stderr.startswith(f"stepline replay: step_id: run {run_id} has no step "
+                                      "'nope' (its steps: 'make-greeting', 'shout')")
+    assert bad_step.stderr.rstrip().endswith("(INVALID_ARGUMENT)")
+
+
+def test_runs_by_time_and_event(url: str) -> None:
+    run_id = sent_run_id(stepline("send", "test/cli.greet", '{"name": "Ed"}', url=url))
+    recent = stepline("runs", "--since", "1h", "--event", "test/cli.greet", "--limit", "1000",
+                      url=url)
+    assert recent.returncode == 0, recent.stderr
+    assert run_id in recent.stdout
+    assert "nap" not in recent.stdout
+    other_event = stepline("runs", "--since", "1h", "--event", "test/cli.nobody", url=url)
+    assert other_event.stdout.strip() == "no runs"
+    future = stepline("runs", "--since", "2999-01-01T00:00", url=url)
+    assert future.stdout.strip() == "no runs"
+    past = stepline("runs", "--until", "2000-01-01", url=url)
+    assert past.stdout.strip() == "no runs"
+    reversed_range = stepline("runs", "--since", "1h", "--until", "2h", url=url)
+    assert reversed_range.returncode == 1
+    assert "created_before: must be later than created_after" in reversed_range.stderr
+
+
+def test_bad_since_is_a_usage_error() -> None:
+    result = stepline("runs", "--since", "yesterday", url="127.0.0.1:1")
+    assert result.returncode == 2
+    assert "expected a duration back from now like 30m, 1h or 2d" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_events_show_their_runs(url: str) -> None:
+    sent = stepline("send", "test/cli.greet", '{"name": "Flo"}', "--id", "evt-events-1", url=url)
+    run_id = sent_run_id(sent)
+    listed = stepline("events", "--name", "test/cli.greet", url=url)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["EVENT", "ID", "NAME", "RECEIVED", "RUNS"]
+    row = next(line for line in lines if line.startswith("evt-events-1"))
+    assert "test/cli.greet" in row and row.endswith(run_id)
+    assert stepline("events", "--name", "test/cli.nobody", url=url).stdout.strip() == "no events"
+
+
+def test_functions_show_their_runs(url: str) -> None:
+    listed = stepline("functions", url=url)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED",
+                                "CANCELLED", "ACTIVE", "TRIGGERS"]
+    greet = next(line.split() for line in lines if line.startswith("greet "))
+    assert greet[1:3] == ["cli-e2e", "1"]
+    assert int(greet[3]) >= 1 and greet[-1] == "test/cli.greet"
+    assert any(line.startswith("nap ") for line in lines)
+    assert stepline("functions", "--app", "nobody", url=url).stdout.strip() == (
+        "no functions registered")
+
+
+def test_workers_show_the_connected_worker(url: str) -> None:
+    listed = stepline("workers", url=url)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["CONNECTION", "WORKER", "APP", "SLOTS", "STATE", "SDK",
+                                "CONNECTED", "HEARTBEAT", "FUNCTIONS"]
+    assert len(lines) == 2, listed.stdout
+    assert " cli-e2e " in lines[1] and " ready " in lines[1] and " python/" in lines[1]
+    assert lines[1].endswith("greet, nap")

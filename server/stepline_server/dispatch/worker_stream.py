@@ -16,7 +16,7 @@ from stepline_server.engine import Engine
 from stepline_server.errors import Conflict, InvalidArgument, StaleLease, SteplineServerError
 from stepline_server.ids import now_ms
 from stepline_server.ingress import convert
-from stepline_server.model import AckAction, ErrorInfo, OpsBatch
+from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,18 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if first is None or first.WhichOneof("message") != "hello":
             raise InvalidArgument("hello", "the first message on the stream must be Hello")
         conn = await self._open(first.hello)
-        yield worker_service_pb2.ServerMessage(welcome=worker_service_pb2.Welcome(
-            connection_id=conn.id,
-            heartbeat_interval=_duration(self.settings.heartbeat_seconds),
-            lease_duration=_duration(self.settings.lease_seconds),
-            max_payload_bytes=self.settings.max_payload_bytes,
-        ))
-        self.dispatcher.add(conn)
-        reader = asyncio.create_task(self._read(request_iterator, conn))
+        # Listed (ListWorkers) from now until the stream closes, whichever way it closes.
+        await self.engine.worker_connected(self._worker_row(conn, first.hello))
+        reader: asyncio.Task[None] | None = None
         try:
+            yield worker_service_pb2.ServerMessage(welcome=worker_service_pb2.Welcome(
+                connection_id=conn.id,
+                heartbeat_interval=_duration(self.settings.heartbeat_seconds),
+                lease_duration=_duration(self.settings.lease_seconds),
+                max_payload_bytes=self.settings.max_payload_bytes,
+            ))
+            self.dispatcher.add(conn)
+            reader = asyncio.create_task(self._read(request_iterator, conn))
             while True:
                 message = await conn.outbox.get()
                 if message is None:
@@ -76,12 +79,14 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 yield message
         finally:
             self.dispatcher.remove(conn)
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             # A broken or finished stream gives its runs back at once, for other workers.
             # A worker gone while the server runs was lost mid-attempt; a stream closed by our
             # own shutdown was not.
-            released = await asyncio.shield(self.engine.release(
-                conn.id, lost=not self.dispatcher.stopping))
+            released, _ = await asyncio.shield(asyncio.gather(
+                self.engine.release(conn.id, lost=not self.dispatcher.stopping),
+                self.engine.worker_disconnected(conn.id)))
             log.info("worker %s (%s) disconnected; released %d run(s)",
                      conn.worker_id, conn.id, released)
 
@@ -100,6 +105,12 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                  conn.worker_id, conn.id, conn.app_id, conn.slots, conn.function_ids)
         return conn
 
+    def _worker_row(self, conn: WorkerConnection, hello: worker_service_pb2.Hello) -> WorkerInfo:
+        now = now_ms()
+        sdk = "/".join(part for part in (hello.language, hello.sdk_version) if part)
+        return WorkerInfo(conn.id, self.dispatcher.server_id, conn.worker_id, conn.app_id,
+                          tuple(conn.function_ids), conn.slots, 0, sdk, now, now, False)
+
     async def _read(
         self, request_iterator: AsyncIterator[worker_service_pb2.WorkerMessage],
         conn: WorkerConnection,
@@ -113,6 +124,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                     self._spawn(self.engine.heartbeat(conn.id))
                 elif kind == "drain":
                     conn.draining = True
+                    self._spawn(self.engine.worker_draining(conn.id))
                     log.info("worker %s (%s) is draining", conn.worker_id, conn.id)
         except asyncio.CancelledError:
             raise

@@ -12,20 +12,22 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import cron, lifecycle
+from stepline_server.engine import cron, lifecycle, operations
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
 from stepline_server.engine.retry import backoff_ms
 from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
-from stepline_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from stepline_server.errors import FailedPrecondition, NotFound
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
     AckAction,
     Dispatch,
     ErrorInfo,
+    EventEntry,
     EventRecord,
     FunctionChanges,
+    FunctionInfo,
     FunctionSpec,
     Op,
     OpsBatch,
@@ -36,12 +38,14 @@ from stepline_server.model import (
     RunStatus,
     StepCompleted,
     StepFailed,
+    WorkerInfo,
 )
 from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
 from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
+from stepline_server.store import workers as worker_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,6 +212,11 @@ class Engine:
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
         return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))
 
+    async def queue_depth(self) -> int:
+        """Runs and parallel steps ready to be dispatched now, on every server (metrics)."""
+        now = now_ms()
+        return await self.db.read(lambda conn: queue_store.ready_count(conn, now))
+
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
         request = ops_logic.OpsRequest(owner, batch, ops_logic.Timing(now_ms(), self._lease_ms))
@@ -230,8 +239,23 @@ class Engine:
         self._ready()
 
     async def heartbeat(self, owner: str) -> None:
-        until = now_ms() + self._lease_ms
-        await self.db.write(lambda tx: queue_store.extend(tx.conn, owner, until))
+        now = now_ms()
+
+        def job(tx: Tx) -> None:
+            queue_store.extend(tx.conn, owner, now + self._lease_ms)
+            worker_store.heartbeat(tx.conn, owner, now)
+
+        await self.db.write(job)
+
+    # Rows of the workers table (see list_workers): written at connect, drain and close only.
+    async def worker_connected(self, worker: WorkerInfo) -> None:
+        await self.db.write(lambda tx: worker_store.insert(tx.conn, worker))
+
+    async def worker_draining(self, connection_id: str) -> None:
+        await self.db.write(lambda tx: worker_store.set_draining(tx.conn, connection_id))
+
+    async def worker_disconnected(self, connection_id: str) -> None:
+        await self.db.write(lambda tx: worker_store.delete_one(tx.conn, connection_id))
 
     async def release(self, owner: str, run_ids: list[str] | None = None, *,
                       lost: bool = False) -> int:
@@ -249,14 +273,24 @@ class Engine:
         return count
 
     async def release_owners_like(self, prefix: str) -> int:
-        count = await self.db.write(lambda tx: queue_store.release_owners_like(tx.conn, prefix))
+        """Release the leases of one server's connections and forget those workers."""
+        def job(tx: Tx) -> int:
+            worker_store.delete_like(tx.conn, prefix)
+            return queue_store.release_owners_like(tx.conn, prefix)
+
+        count = await self.db.write(job)
         if count:
             self._ready()
         return count
 
     async def release_all(self) -> int:
-        """Only for a server that owns its database alone (SQLite): every lease is stale."""
-        return await self.db.write(lambda tx: queue_store.release_all(tx.conn))
+        """Only for a server that owns its database alone (SQLite): every lease is stale, and
+        every worker row is a previous process's."""
+        def job(tx: Tx) -> int:
+            worker_store.delete_all(tx.conn)
+            return queue_store.release_all(tx.conn)
+
+        return await self.db.write(job)
 
     # -- runs --------------------------------------------------------------------------------
     async def get_run(self, run_id: str) -> RunRecord:
@@ -267,16 +301,15 @@ class Engine:
 
     async def list_runs(
         self, *, function_id: str | None, status: RunStatus | None, limit: int,
-        page_token: str,
+        page_token: str, created_after_ms: int | None = None,
+        created_before_ms: int | None = None, event_name: str | None = None,
     ) -> tuple[list[RunRecord], str]:
-        cursor = None
-        if page_token:
-            try:
-                cursor = run_store.decode_cursor(page_token)
-            except ValueError as exc:
-                raise InvalidArgument("page_token", str(exc)) from None
-        return await self.db.read(lambda conn: run_store.list_(
-            conn, function_id=function_id, status=status, limit=limit, cursor=cursor))
+        """Newest first, without their steps; with the token of the next page ('' at the
+        end). created_after_ms is inclusive, created_before_ms exclusive."""
+        return await operations.list_runs(
+            self, function_id=function_id, status=status, limit=limit, page_token=page_token,
+            created_after_ms=created_after_ms, created_before_ms=created_before_ms,
+            event_name=event_name)
 
     async def cancel_run(self, run_id: str, reason: str) -> RunRecord:
         def job(tx: Tx) -> None:
@@ -293,6 +326,30 @@ class Engine:
 
         await self.db.write(job)
         return await self.get_run(run_id)
+
+    # -- run operations (engine/operations.py) -----------------------------------------------
+    async def replay_run(self, run_id: str) -> RunRecord:
+        """A new run of the same function for the same trigger event (source_run_id set)."""
+        return await operations.replay_run(self, run_id)
+
+    async def rerun_from_step(self, run_id: str, step_id: str) -> RunRecord:
+        """A new run that keeps the source's step results recorded before `step_id`."""
+        return await operations.rerun_from_step(self, run_id, step_id)
+
+    async def list_events(self, *, name: str | None, limit: int, page_token: str
+                          ) -> tuple[list[EventEntry], str]:
+        """Events newest first, each with the runs it triggered; and the next page's token."""
+        return await operations.list_events(self, name=name, limit=limit, page_token=page_token)
+
+    async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False
+                             ) -> list[FunctionInfo]:
+        """Registered functions by id, with their runs of the last 24 hours."""
+        return await operations.list_functions(self, app_id=app_id,
+                                               include_archived=include_archived)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Workers connected to any server on this database, with their slots in use."""
+        return await operations.list_workers(self)
 
     # -- timeouts ----------------------------------------------------------------------------
     async def expire_deadlines(self, limit: int = 500) -> int:

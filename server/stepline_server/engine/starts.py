@@ -36,6 +36,8 @@ class RunStart:
     # step.invoke: the step of the parent run that resumes when this run ends.
     parent_run_id: str | None = None
     parent_step_id: str | None = None
+    # A replay or a rerun from a step: the run it was made from.
+    source_run_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -71,7 +73,8 @@ def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Any,
         run = {"id": run_id, "function_id": start.function_id, "event_id": start.event.id,
                "status": RunStatus.QUEUED.value, "max_attempts": policy.max_attempts,
                "created_at_ms": now, "started_at_ms": None,
-               "parent_run_id": start.parent_run_id, "parent_step_id": start.parent_step_id}
+               "parent_run_id": start.parent_run_id, "parent_step_id": start.parent_step_id,
+               "source_run_id": start.source_run_id}
         item = {"run_id": run_id, "function_id": start.function_id, "due_at_ms": now,
                 "max_attempts": policy.max_attempts, "parent_run_id": start.parent_run_id,
                 "parent_step_id": start.parent_step_id,

@@ -399,4 +399,5 @@ def run_to_proto(run: RunRecord) -> run_service_pb2.Run:
         attempt=run.attempt, created_at=_timestamp(run.created_at_ms),
         started_at=_timestamp(run.started_at_ms), ended_at=_timestamp(run.ended_at_ms),
         steps=[_step_to_proto(s) for s in run.steps], parent_run_id=run.parent_run_id or "",
+        source_run_id=run.source_run_id or "",
     )

@@ -1,4 +1,5 @@
-"""The unary services: EventService, FunctionService, RunService."""
+"""The unary services: EventService, FunctionService, RunService (run history and
+operations: replays, reruns, listings of events, functions and workers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from stepline.v1 import (
 )
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
-from stepline_server.ingress import convert
+from stepline_server.ingress import convert, convert_listings
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -65,13 +66,13 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def ListRuns(
         self, request: run_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListRunsResponse:
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(
-                "page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
         runs, token = await self.engine.list_runs(
             function_id=request.function_id or None,
             status=convert.run_status_from_proto(request.status),
-            limit=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token)
+            limit=_page_size(request.page_size), page_token=request.page_token,
+            created_after_ms=convert_listings.optional_ms(request, "created_after"),
+            created_before_ms=convert_listings.optional_ms(request, "created_before"),
+            event_name=convert_listings.optional_name(request.event_name, "event_name"))
         return run_service_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
@@ -82,3 +83,53 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             raise InvalidArgument("run_id", "run id is required")
         run = await self.engine.cancel_run(request.run_id, request.reason)
         return run_service_pb2.CancelRunResponse(run=convert.run_to_proto(run))
+
+    async def ReplayRun(
+        self, request: run_service_pb2.ReplayRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ReplayRunResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "run id is required")
+        run = await self.engine.replay_run(request.run_id)
+        return run_service_pb2.ReplayRunResponse(run=convert.run_to_proto(run))
+
+    async def RerunFromStep(
+        self, request: run_service_pb2.RerunFromStepRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.RerunFromStepResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id", "run id is required")
+        if not request.step_id:
+            raise InvalidArgument("step_id", "step id is required")
+        run = await self.engine.rerun_from_step(request.run_id, request.step_id)
+        return run_service_pb2.RerunFromStepResponse(run=convert.run_to_proto(run))
+
+    async def ListEvents(
+        self, request: run_service_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ListEventsResponse:
+        entries, token = await self.engine.list_events(
+            name=convert_listings.optional_name(request.name, "name"),
+            limit=_page_size(request.page_size), page_token=request.page_token)
+        return run_service_pb2.ListEventsResponse(
+            events=[convert_listings.event_entry_to_proto(e) for e in entries],
+            next_page_token=token)
+
+    async def ListFunctions(
+        self, request: run_service_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ListFunctionsResponse:
+        functions = await self.engine.list_functions(
+            app_id=request.app_id or None, include_archived=request.include_archived)
+        return run_service_pb2.ListFunctionsResponse(
+            functions=[convert_listings.function_info_to_proto(f) for f in functions])
+
+    async def ListWorkers(
+        self, request: run_service_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ListWorkersResponse:
+        workers = await self.engine.list_workers()
+        return run_service_pb2.ListWorkersResponse(
+            workers=[convert_listings.worker_to_proto(w) for w in workers])
+
+
+def _page_size(requested: int) -> int:
+    if not 0 <= requested <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            "page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {requested}")
+    return requested or DEFAULT_PAGE_SIZE

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
 from stepline_server.store import dialect
+from stepline_server.store.paging import encode_cursor
 from stepline_server.store.schema import events
 
 # One statement per batch: a new id is inserted; a known id is replaced only when it was
@@ -61,3 +62,23 @@ _GET_MANY = select(events).where(events.c.id.in_(bindparam("ids", expanding=True
 
 def get_many(conn: Connection, ids: list[str]) -> list[EventRecord]:
     return [row_to_event(row) for row in conn.execute(_GET_MANY, {"ids": ids})]
+
+
+def list_(conn: Connection, *, name: str | None, limit: int, cursor: tuple[int, str] | None
+          ) -> tuple[list[tuple[EventRecord, int]], str]:
+    """Events with their time received, newest first (on ix_events_name or
+    ix_events_received_at); returns the page and the token of the next one ('' at the end)."""
+    query = select(events)
+    if name:
+        query = query.where(events.c.name == name)
+    if cursor is not None:
+        received, event_id = cursor
+        query = query.where(or_(
+            events.c.received_at_ms < received,
+            and_(events.c.received_at_ms == received, events.c.id < event_id),
+        ))
+    query = query.order_by(events.c.received_at_ms.desc(), events.c.id.desc()).limit(limit + 1)
+    rows = conn.execute(query).all()
+    page = [(row_to_event(row), int(row.received_at_ms)) for row in rows[:limit]]
+    token = encode_cursor(page[-1][1], page[-1][0].id) if len(rows) > limit else ""
+    return page, token

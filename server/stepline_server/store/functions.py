@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
@@ -127,3 +128,21 @@ def exists(conn: Connection, function_id: str) -> bool:
     return conn.execute(
         select(functions.c.id).where(functions.c.id == function_id)
     ).first() is not None
+
+
+def list_(conn: Connection, *, app_id: str | None, include_archived: bool) -> list[Any]:
+    """Function rows (id, app_id, config, version, archived, created/updated), by id."""
+    query = select(functions.c.id, functions.c.app_id, functions.c.config, functions.c.version,
+                   functions.c.archived, functions.c.created_at_ms, functions.c.updated_at_ms)
+    if app_id:
+        query = query.where(functions.c.app_id == app_id)
+    if not include_archived:
+        query = query.where(functions.c.archived.is_(False))
+    return list(conn.execute(query.order_by(functions.c.id)))
+
+
+def state_of(conn: Connection, function_id: str) -> tuple[RunPolicy, bool] | None:
+    """A function's run policy and whether it is archived; None if it was never registered."""
+    row = conn.execute(select(functions.c.config, functions.c.archived)
+                       .where(functions.c.id == function_id)).first()
+    return None if row is None else (policy_from_config(row.config), bool(row.archived))

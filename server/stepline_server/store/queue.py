@@ -230,3 +230,18 @@ def next_due(conn: Connection, function_ids: list[str]) -> int | None:
     ]
     due = conn.execute(select(func.min(union_all(*probes).subquery().c.due_at_ms))).scalar()
     return None if due is None else int(due)
+
+
+_READY_COUNT = select(func.count()).select_from(queue).where(_claimable(bindparam("now")))
+
+
+def ready_count(conn: Connection, now_ms: int) -> int:
+    """Items ready to be claimed now (the queue depth metric). The queue holds unfinished runs
+    only; scrapes are cached by the caller."""
+    return int(conn.execute(_READY_COUNT, {"now": now_ms}).scalar() or 0)
+
+
+def set_step_count(conn: Connection, run_id: str, step_count: int) -> None:
+    """A new run that starts with recorded steps (a rerun from a step): the next position."""
+    conn.execute(update(queue).where(queue.c.run_id == run_id, queue.c.step_id == "")
+                 .values(step_count=step_count))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import (
     ErrorInfo,
+    FunctionStats,
     MemoStep,
     RunRecord,
     RunStatus,
@@ -19,6 +18,7 @@ from stepline_server.model import (
     StepStatus,
 )
 from stepline_server.store.events import row_to_event
+from stepline_server.store.paging import encode_cursor
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
 
 _INSERT_RUNS = runs.insert()
@@ -148,7 +148,7 @@ def _record(row: Any, **extra: Any) -> RunRecord:
         status=RunStatus(row.status), attempt=row.attempt or 0, output=row.output,
         error=ErrorInfo.from_json(row.error), created_at_ms=row.created_at_ms,
         started_at_ms=row.started_at_ms, ended_at_ms=row.ended_at_ms,
-        parent_run_id=row.parent_run_id, **extra,
+        parent_run_id=row.parent_run_id, source_run_id=row.source_run_id, **extra,
     )
 
 
@@ -185,21 +185,6 @@ def get(conn: Connection, run_id: str) -> RunRecord | None:
     )
 
 
-def _encode_cursor(created_at_ms: int, run_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at_ms, run_id]).encode()).decode()
-
-
-def decode_cursor(token: str) -> tuple[int, str]:
-    """Raise ValueError for a token we did not issue."""
-    try:
-        created, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except Exception as exc:
-        raise ValueError("not a page token issued by this server") from exc
-    if not isinstance(created, int) or not isinstance(run_id, str):
-        raise ValueError("not a page token issued by this server")
-    return created, run_id
-
-
 def list_(
     conn: Connection,
     *,
@@ -207,13 +192,25 @@ def list_(
     status: RunStatus | None,
     limit: int,
     cursor: tuple[int, str] | None,
+    created_after_ms: int | None = None,
+    created_before_ms: int | None = None,
+    event_name: str | None = None,
 ) -> tuple[list[RunRecord], str]:
-    """Newest first; returns the page and the token of the next one ('' at the end)."""
+    """Newest first; returns the page and the token of the next one ('' at the end). Each
+    filter has its index: ix_runs_function_created, ix_runs_status_created, ix_runs_created;
+    an event name goes through ix_events_name and ix_runs_event (or the events' key)."""
     query = _run_select()
     if function_id:
         query = query.where(runs.c.function_id == function_id)
     if status is not None:
         query = query.where(runs.c.status == status.value)
+    if created_after_ms is not None:
+        query = query.where(runs.c.created_at_ms >= created_after_ms)
+    if created_before_ms is not None:
+        query = query.where(runs.c.created_at_ms < created_before_ms)
+    if event_name:
+        query = query.join(events, events.c.id == runs.c.event_id).where(
+            events.c.name == event_name)
     if cursor is not None:
         created, run_id = cursor
         query = query.where(or_(
@@ -223,7 +220,7 @@ def list_(
     query = query.order_by(runs.c.created_at_ms.desc(), runs.c.id.desc()).limit(limit + 1)
     rows = conn.execute(query).all()
     page = [_record(row) for row in rows[:limit]]
-    token = _encode_cursor(page[-1].created_at_ms, page[-1].id) if len(rows) > limit else ""
+    token = encode_cursor(page[-1].created_at_ms, page[-1].id) if len(rows) > limit else ""
     return page, token
 
 
@@ -243,3 +240,59 @@ def event_ids(conn: Connection, run_ids: list[str]) -> dict[str, str]:
     if not run_ids:
         return {}
     return {row.id: row.event_id for row in conn.execute(_EVENT_IDS, {"run_ids": run_ids})}
+
+
+# -- run operations (engine/operations.py) ------------------------------------------------------
+_SOURCE = select(runs.c.function_id, runs.c.event_id).where(runs.c.id == bindparam("run_id"))
+
+
+def source_of(conn: Connection, run_id: str) -> tuple[str, str] | None:
+    """(function id, trigger event id) of a run, for a replay."""
+    row = conn.execute(_SOURCE, {"run_id": run_id}).first()
+    return None if row is None else (row.function_id, row.event_id)
+
+
+def step_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    """A run's step rows in order, as insert_steps takes them (to copy them into a rerun)."""
+    query = select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+_RUNS_OF_EVENTS = (
+    select(runs.c.id, runs.c.event_id)
+    .where(runs.c.event_id.in_(bindparam("event_ids", expanding=True)))
+    .order_by(runs.c.created_at_ms, runs.c.id)
+)
+
+
+def run_ids_by_event(conn: Connection, event_ids: list[str]) -> dict[str, list[str]]:
+    """The runs each event triggered, oldest first (one query, on ix_runs_event)."""
+    found: dict[str, list[str]] = {event_id: [] for event_id in event_ids}
+    if event_ids:
+        for row in conn.execute(_RUNS_OF_EVENTS, {"event_ids": event_ids}):
+            found[row.event_id].append(row.id)
+    return found
+
+
+def _count_status(*statuses: RunStatus) -> Any:
+    return func.sum(case((runs.c.status.in_([s.value for s in statuses]), 1), else_=0))
+
+
+_STATS = (
+    select(runs.c.function_id, func.count().label("runs"),
+           _count_status(RunStatus.COMPLETED).label("completed"),
+           _count_status(RunStatus.FAILED).label("failed"),
+           _count_status(RunStatus.CANCELLED).label("cancelled"))
+    .where(runs.c.created_at_ms >= bindparam("since"))
+    .group_by(runs.c.function_id)
+)
+
+
+def function_stats(conn: Connection, since_ms: int) -> dict[str, FunctionStats]:
+    """Runs created since `since_ms`, per function, by outcome (one grouped query)."""
+    found: dict[str, FunctionStats] = {}
+    for row in conn.execute(_STATS, {"since": since_ms}):
+        ended = int(row.completed) + int(row.failed) + int(row.cancelled)
+        found[row.function_id] = FunctionStats(row.runs, int(row.completed), int(row.failed),
+                                               int(row.cancelled), row.runs - ended)
+    return found

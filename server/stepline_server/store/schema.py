@@ -31,6 +31,8 @@ events = Table(
     Column("received_at_ms", BigInteger, nullable=False),
     Column("traceparent", String(128), nullable=True),
     Index("ix_events_received_at", "received_at_ms"),
+    # Listing events of one name, and runs by their trigger's name (RunService).
+    Index("ix_events_name", "name", "received_at_ms"),
 )
 
 functions = Table(
@@ -80,6 +82,8 @@ runs = Table(
     Index("ix_runs_created", "created_at_ms", "id"),
     Index("ix_runs_function_created", "function_id", "created_at_ms"),
     Index("ix_runs_status_created", "status", "created_at_ms"),
+    # The runs an event triggered (ListEvents, ListRuns by event name).
+    Index("ix_runs_event", "event_id"),
 )
 
 # A step's final result, written once; a sleep, wait or invoke is written when it begins (status

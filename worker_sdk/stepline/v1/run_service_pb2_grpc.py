@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RunServiceStub:
-    """Run history and management.
+    """Run history and management, and what the server knows about events, functions and workers.
     """
 
     def __init__(self, channel):
@@ -50,10 +50,35 @@ class RunServiceStub:
                 request_serializer=stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.ReplayRun = channel.unary_unary(
+                '/stepline.v1.RunService/ReplayRun',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ReplayRunRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ReplayRunResponse.FromString,
+                _registered_method=True)
+        self.RerunFromStep = channel.unary_unary(
+                '/stepline.v1.RunService/RerunFromStep',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.RerunFromStepRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.RerunFromStepResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/stepline.v1.RunService/ListEvents',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.ListFunctions = channel.unary_unary(
+                '/stepline.v1.RunService/ListFunctions',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ListFunctionsRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListFunctionsResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/stepline.v1.RunService/ListWorkers',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
-    """Run history and management.
+    """Run history and management, and what the server knows about events, functions and workers.
     """
 
     def GetRun(self, request, context):
@@ -70,6 +95,40 @@ class RunServiceServicer:
 
     def CancelRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayRun(self, request, context):
+        """Start a new run of the same function for the same trigger event, from scratch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerunFromStep(self, request, context):
+        """Start a new run of the same function for the same trigger event that keeps the results of
+        the steps recorded before the chosen one: it executes that step and everything after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFunctions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Workers connected to any server sharing this database.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -92,6 +151,31 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.SerializeToString,
             ),
+            'ReplayRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayRun,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ReplayRunRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ReplayRunResponse.SerializeToString,
+            ),
+            'RerunFromStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerunFromStep,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.RerunFromStepRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.RerunFromStepResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListEventsRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ListFunctions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFunctions,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListFunctionsRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ListFunctionsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'stepline.v1.RunService', rpc_method_handlers)
@@ -101,7 +185,7 @@ def add_RunServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RunService:
-    """Run history and management.
+    """Run history and management, and what the server knows about events, functions and workers.
     """
 
     @staticmethod
@@ -175,6 +259,141 @@ class RunService:
             '/stepline.v1.RunService/CancelRun',
             stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
             stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ReplayRun',
+            stepline_dot_v1_dot_run__service__pb2.ReplayRunRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ReplayRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerunFromStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/RerunFromStep',
+            stepline_dot_v1_dot_run__service__pb2.RerunFromStepRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.RerunFromStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ListEvents',
+            stepline_dot_v1_dot_run__service__pb2.ListEventsRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFunctions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ListFunctions',
+            stepline_dot_v1_dot_run__service__pb2.ListFunctionsRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ListFunctionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ListWorkers',
+            stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,21 @@
+"""Page tokens of the listings: an opaque (time, id) cursor, the last row of the page before."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+
+def encode_cursor(time_ms: int, row_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([time_ms, row_id]).encode()).decode()
+
+
+def decode_cursor(token: str) -> tuple[int, str]:
+    """Raise ValueError for a token we did not issue."""
+    try:
+        time_ms, row_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except Exception as exc:
+        raise ValueError("not a page token issued by this server") from exc
+    if not isinstance(time_ms, int) or not isinstance(row_id, str):
+        raise ValueError("not a page token issued by this server")
+    return time_ms, row_id
