@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup dev test test-sqlite test-postgres proto proto-check lint bench clean
+.PHONY: setup chromium dev test test-sqlite test-postgres proto proto-check lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,16 +14,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Debian's Chromium for the dashboard's browser tests (they fail, saying why, without it).
+chromium:
+	-@.ci/install-chromium
+
 dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 
-test: $(STAMP) proto-check
+test: $(STAMP) chromium proto-check
 	$(BIN)/python -m pytest -q tests
 
-test-sqlite: $(STAMP)
+test-sqlite: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend sqlite
 
-test-postgres: $(STAMP)
+test-postgres: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend postgres
 
 proto: $(STAMP)

@@ -1,7 +1,7 @@
 """The databases the benchmark runs on: a fresh SQLite file or a fresh PostgreSQL database.
 
-Besides the server's URL, a backend answers two cheap questions straight from the database
-(so counting finished runs puts no load on the server process being measured).
+Besides the server's URL, a backend answers cheap questions straight from the database (so
+counting finished, sleeping or waiting runs puts no load on the server process being measured).
 """
 
 from __future__ import annotations
@@ -62,6 +62,40 @@ class Backend:
                 {"f": function_id},
             ).one()
         return int(row[0]), None if row[1] is None else int(row[1])
+
+    def count(self, function_id: str, status: str) -> int:
+        """Runs of the function in `status` (e.g. "sleeping", "waiting")."""
+        with self.probe.connect() as conn:
+            return int(conn.execute(
+                text("SELECT count(*) FROM runs WHERE function_id = :f AND status = :s"),
+                {"f": function_id, "s": status},
+            ).scalar_one())
+
+    @property
+    def autovacuum(self) -> bool | None:
+        """PostgreSQL's `autovacuum` setting (None on SQLite). When it is off, tables are never
+        analyzed unless someone runs ANALYZE, and plans rest on guesses."""
+        if self._pg_name is None:
+            return None
+        with self.probe.connect() as conn:
+            return str(conn.execute(text("SHOW autovacuum")).scalar_one()) == "on"
+
+    def analyze(self) -> None:
+        """ANALYZE every table, as autovacuum's autoanalyze would have after a bulk change."""
+        with self.probe.connect() as conn:
+            conn.execute(text("ANALYZE"))
+            conn.commit()
+
+    def size_mib(self) -> float:
+        """The database's size on disk (SQLite: the file and its WAL)."""
+        if self._pg_name is None:
+            files = self.workdir.glob("stepline.db*")
+            size = sum(f.stat().st_size for f in files if f.is_file())
+        else:
+            with self.probe.connect() as conn:
+                size = int(conn.execute(
+                    text("SELECT pg_database_size(current_database())")).scalar_one())
+        return round(size / 2**20, 1)
 
     def close(self) -> None:
         if self._probe is not None:

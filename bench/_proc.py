@@ -1,12 +1,14 @@
-"""Child processes of the benchmark: the server and the throughput worker.
+"""Child processes of the benchmark: the server and the throughput worker, and their CPU/RSS.
 
 Every process started here is stopped by `stop()`: SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import select
 import signal
 import subprocess
@@ -19,6 +21,8 @@ from pathlib import Path
 from stepline_server.cli import LISTENING_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 TERM_GRACE_SECONDS = 5.0
 
 
@@ -34,6 +38,23 @@ class Child:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def log_errors(self) -> list[str]:
+        """Each ERROR record of the log: its message, and the exception its traceback ends
+        with (timestamps cut, 300 characters at most)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        records: list[str] = []
+        for line in lines:
+            if _LOG_RECORD.match(line):
+                if " ERROR " in line:
+                    records.append(line.split(" ERROR ", 1)[1])
+            elif records and _EXCEPTION_LINE.match(line):
+                head = records[-1].split(" <- ", 1)[0]
+                records[-1] = f"{head} <- {line}"
+        return [r[:300] for r in records]
 
     def check_alive(self) -> None:
         code = self.proc.poll()
@@ -70,7 +91,7 @@ def start_server(database_url: str, log_path: Path, *, timeout: float = 60.0,
     The server logs at WARNING (the per-run activity log is off, as in production `serve`).
     """
     args = ["-m", "stepline_server", "serve", "--address", "127.0.0.1:0",
-            "--database-url", database_url]
+            "--http-address", "127.0.0.1:0", "--database-url", database_url]
     child = _spawn("server", args, log_path, stdout_pipe=True, env=env)
     try:
         port = _read_port(child, timeout)
@@ -130,9 +151,45 @@ def stop(child: Child | None, grace: float = TERM_GRACE_SECONDS) -> int | None:
     return proc.returncode
 
 
+async def stop_child(child: Child | None) -> None:
+    """`stop()` off the event loop; say so when the child did not exit cleanly on SIGTERM."""
+    if child is None:
+        return
+    started = time.monotonic()
+    code = await asyncio.to_thread(stop, child)
+    took = time.monotonic() - started
+    if code != 0 or took > 2.0:
+        print(f"  note: {child.name} exited with code {code} {took:.1f}s after SIGTERM "
+              f"(log: {child.log_path})", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def stopping(child: Child) -> Iterator[Child]:
     try:
         yield child
     finally:
         stop(child)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 2)
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of a process (VmRSS in /proc/PID/status) in MiB, or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)  # the kernel reports kB
+    except (OSError, IndexError, ValueError):
+        return None
+    return None

@@ -25,6 +25,12 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def dist(values: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and max of durations in seconds, in milliseconds."""
+    return {"p50": ms(percentile(values, 50)), "p99": ms(percentile(values, 99)),
+            "max": ms(max(values))}
+
+
 def fmt(value: float | int | None, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

@@ -1,4 +1,4 @@
-"""The app the throughput benchmark runs in a separate worker process.
+"""The app the throughput and sleeper benchmarks run in separate worker processes.
 
 `python -m stepline worker bench._worker_app:app --slots N --url 127.0.0.1:PORT`
 (with the repository root on PYTHONPATH).
@@ -12,6 +12,9 @@ from stepline import Context, Stepline
 
 FUNCTION_ID = "bench-throughput"
 TRIGGER = "bench/throughput"
+SLEEPER_ID = "bench-sleeper"
+SLEEPER_TRIGGER = "bench/sleeper"
+SLEEPER_NAP = "2h"  # far beyond the benchmark: the runs stay asleep until the server stops
 
 app = Stepline(app_id="bench-throughput")
 
@@ -26,3 +29,8 @@ async def three_steps(ctx: Context) -> dict[str, Any]:
     b = await ctx.step.run("b", _trivial, a)
     c = await ctx.step.run("c", _trivial, b)
     return {"c": c}
+
+
+@app.function(id=SLEEPER_ID, trigger=SLEEPER_TRIGGER, retries=0)
+async def sleeper(ctx: Context) -> None:
+    await ctx.step.sleep("nap", SLEEPER_NAP)

@@ -1,6 +1,7 @@
-"""Stepline benchmark: latency, throughput and per-step cost on SQLite and PostgreSQL.
+"""Stepline benchmark: latency, throughput, per-step cost, event fan-in, timer precision and
+sleeping runs, on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/run.py [--backend sqlite|postgres|all] [--quick]
+    .venv/bin/python bench/run.py [--backend sqlite|postgres|all] [--quick] [--sleepers N]
 
 Each backend gets a fresh database (SQLite: a file in a temp dir; PostgreSQL: a database
 `stepline_bench_*` created and dropped here) and its own server *process*
@@ -26,8 +27,9 @@ How each figure is measured (all durations use time.perf_counter() in this proce
    Also reported, for reference only: send -> end of the last step's function body (before its
    checkpoint and the RunCompleted commit).
 
-3. Throughput. One worker process (`python -m stepline worker bench._worker_app:app --slots S`),
-   functions registered via FunctionService first and the worker warmed up with a few runs.
+3. Throughput (bench/_throughput.py). One worker process
+   (`python -m stepline worker bench._worker_app:app --slots S`), functions registered via
+   FunctionService first and the worker warmed up with a few runs.
    Then N events are sent with send_many in batches of 100; wall time = from just before the
    first send to the largest `runs.ended_at_ms` (the server's commit timestamp of the last
    RunCompleted; time.time() on the same host). Completion is detected by counting completed
@@ -39,6 +41,42 @@ How each figure is measured (all durations use time.perf_counter() in this proce
    trivial plain function), in the in-process worker. Per step = (run done, observed as in 2 by
    the worker ack - handler start) / steps. Medians of 20 short runs and 3 long runs; ratio =
    long per-step / short per-step.
+
+5. Event fan-in (bench/_waits.py; in-process worker, app "bench-waits"): the cost of matching
+   one event as a function of unrelated pending waits. 20 runs of `bench-waiter` each wait for
+   "bench/match" with `if_="async.data.key == event.data.key"` and a key of their own; once the
+   database shows them all waiting, each is resumed in turn: t0 just before
+   `await app.send("bench/match", {"key": k})`, t1 first thing in the body of the step after the
+   wait (a plain `def`; it also checks that the event it got carries k). Three rows, on one
+   server: no other waits (after 3 warm-up matches); then W (10,000; 2,000 with --quick) runs
+   of `bench-waiter-other` waiting on "bench/other" (distinct keys); then, with those still
+   there, W more `bench-waiter` runs waiting on "bench/match" itself with keys never sent (the
+   keyed lookup). Ratio = p50 with the waits / p50 without. Matches are 20 ms apart, so each
+   is measured alone.
+
+6. Timer precision (same worker). A run of `bench-timer` records time.time() in a step, sleeps
+   1 s, and records time.time() first thing in the next step; lateness = that - (the first
+   reading + 1 s). So it includes reporting and committing the sleep (the sleep's clock starts
+   at the server's commit, after the first step's result travelled with the Sleep op), the
+   server's timer, the dispatch and the replay up to the step. First a few runs one after the
+   other (each alone on the server), then N (200; 50 with --quick) runs whose events are sent
+   evenly over 1 s. A timer that has not fired 5 s after it was due is counted as missing
+   (and fails the target). Fan-in runs before the timers, so a timer that stalls this worker's
+   dispatch spoils no other figure.
+
+7. Sleepers (bench/_sleepers.py), last, since its runs stay: throughput as in 3 (1,000 runs, the
+   best slot count of 3, best of 2 trials) before and after seeding N (100,000; 10,000 with
+   --quick; or --sleepers N) runs of `bench-sleeper` (one `await ctx.step.sleep("nap", "2h")`),
+   on the same server. Seeding goes the real way: events sent with send_many, 1,000 a call, to
+   a worker process of `bench._worker_app` with 100 slots; rate = N / (first send -> the
+   database shows N more runs SLEEPING), polled every 0.25 s. Drop = 1 - after / before. Server
+   RSS (VmRSS in /proc/PID/status) before seeding, after seeding and after the second
+   throughput measurement; the database's size before and after seeding. On a PostgreSQL with
+   autovacuum off (the tables then never get statistics), once more after an ANALYZE, which
+   autoanalyze would have run after such a bulk change; the target is judged without it.
+
+Each backend's server log is scanned at the end for ERROR records; they are counted in the
+table and the distinct ones printed under it.
 
 Output: a readable table per backend, a summary with targets, and a final JSON line.
 """
@@ -55,7 +93,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,10 +103,16 @@ import grpc
 if __package__ in (None, ""):  # run as `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _proc, _worker_app
+from bench import _proc
 from bench._backends import BACKENDS, Backend
-from bench._stats import fmt, median, ms, percentile, table
-from stepline import Context, EventInput, Stepline
+from bench._inprocess import serving
+from bench._report import report, targets
+from bench._sizes import FULL, QUICK, Sizes
+from bench._sleepers import measure_sleepers
+from bench._stats import dist, median, ms
+from bench._throughput import measure_throughput
+from bench._waits import measure_waits
+from stepline import Context, Stepline
 from stepline.v1 import (
     common_pb2,
     event_service_pb2,
@@ -80,32 +124,8 @@ from stepline.v1 import (
 THREE_ID, THREE_EVENT = "bench-three", "bench/three"
 STEPS_ID, STEPS_EVENT = "bench-steps", "bench/steps"
 RUN_TIMEOUT = 15.0  # one sequential run
-THROUGHPUT_TIMEOUT = 120.0  # one throughput trial, from first send to all completed
-SEND_BATCH = 100
 POLL_SLEEP = 0.0005
 
-TARGET_RUN_P50_MS = 10.0
-TARGET_PG_STEPS_PER_S = 1000.0
-TARGET_STEP_RATIO = 2.0
-
-
-@dataclass(frozen=True)
-class Sizes:
-    sequential_runs: int
-    warmup_runs: int
-    throughput_runs: int
-    throughput_slots: tuple[int, ...]
-    short_steps: int
-    short_repeats: int
-    long_steps: int
-    long_repeats: int
-
-
-FULL = Sizes(sequential_runs=200, warmup_runs=10, throughput_runs=1000,
-             throughput_slots=(50, 100), short_steps=10, short_repeats=20, long_steps=1000,
-             long_repeats=3)
-QUICK = Sizes(sequential_runs=50, warmup_runs=5, throughput_runs=300, throughput_slots=(50, 100),
-              short_steps=10, short_repeats=10, long_steps=200, long_repeats=2)
 
 
 # -- the in-process app and its probes ---------------------------------------------------------
@@ -216,33 +236,13 @@ class InProcess:
 async def in_process(target: str, slots: int = 10) -> AsyncIterator[InProcess]:
     probe = Probe()
     app = make_app(target, probe)
-    worker = app.worker(slots=slots)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(worker.serve(stop), name="bench-worker")
     channel = grpc.aio.insecure_channel(target)
     try:
-        await _wait_for(lambda: worker.session is not None and worker.session.welcomed.is_set(),
-                        15.0, "in-process worker to connect", serving)
-        yield InProcess(target, probe, app, event_service_pb2_grpc.EventServiceStub(channel),
-                        run_service_pb2_grpc.RunServiceStub(channel))
+        async with serving(app, slots):
+            yield InProcess(target, probe, app, event_service_pb2_grpc.EventServiceStub(channel),
+                            run_service_pb2_grpc.RunServiceStub(channel))
     finally:
-        stop.set()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(serving, 35.0)
         await channel.close()
-        await app.close()
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-                    task: asyncio.Task[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if task is not None and task.done():
-            task.result()
-            raise RuntimeError(f"stopped while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- 1 & 2: sequential latency -------------------------------------------------------------------
@@ -299,17 +299,12 @@ async def measure_latency(ip: InProcess, sizes: Sizes) -> dict[str, Any]:
         raise RuntimeError(f"expected {expected} completed 3-step runs, ListRuns shows {completed}")
     return {
         "n": sizes.sequential_runs,
-        "event_to_first_step_ms": _dist(first),
-        "run_3step_ack_ms": _dist(done),
-        "run_3step_polled_ms": _dist(polled),
-        "send_to_last_step_end_ms": _dist(last_end),
-        "send_call_ms": _dist(sends),
+        "event_to_first_step_ms": dist(first),
+        "run_3step_ack_ms": dist(done),
+        "run_3step_polled_ms": dist(polled),
+        "send_to_last_step_end_ms": dist(last_end),
+        "send_call_ms": dist(sends),
     }
-
-
-def _dist(values: list[float]) -> dict[str, float]:
-    return {"p50": ms(percentile(values, 50)), "p99": ms(percentile(values, 99)),
-            "max": ms(max(values))}
 
 
 # -- 4: per-step cost ----------------------------------------------------------------------------
@@ -341,101 +336,43 @@ async def measure_per_step(ip: InProcess, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-# -- 3: throughput -------------------------------------------------------------------------------
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _cpu_delta(before: float | None, after: float | None) -> float | None:
-    return None if before is None or after is None else round(after - before, 2)
-
-
-async def _wait_completed(backend: Backend, count: int, timeout: float,
-                          worker: _proc.Child) -> int | None:
-    """Poll the database until `count` throughput runs completed; return max(ended_at_ms)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, last_ms = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
-        if done >= count:
-            return last_ms
-        worker.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {done}/{count} throughput runs completed after {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def throughput_trial(backend: Backend, target: str, server_pid: int, slots: int,
-                           sizes: Sizes) -> dict[str, Any]:
-    app = _worker_app.app
-    log = backend.workdir / f"worker-{slots}.log"
-    worker = await asyncio.to_thread(_proc.start_worker, "bench._worker_app:app", target,
-                                     slots, log)
-    try:
-        # Warm-up: proves the worker is connected and takes the imports/JIT-ish costs out.
-        base, _ = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
-        await app.send_many([EventInput(_worker_app.TRIGGER, {"warmup": i})
-                             for i in range(sizes.warmup_runs)])
-        await _wait_completed(backend, base + sizes.warmup_runs, 60.0, worker)
-        base += sizes.warmup_runs
-        n = sizes.throughput_runs
-        batches = [[EventInput(_worker_app.TRIGGER, {"i": i})
-                    for i in range(start, min(n, start + SEND_BATCH))]
-                   for start in range(0, n, SEND_BATCH)]
-        cpu_server, cpu_worker = _cpu_seconds(server_pid), _cpu_seconds(worker.proc.pid)
-        t0_wall_ms = time.time() * 1000
-        t0 = time.perf_counter()
-        for batch in batches:
-            await asyncio.wait_for(app.send_many(batch), 30.0)
-        t_sent = time.perf_counter()
-        last_ms = await _wait_completed(backend, base + n, THROUGHPUT_TIMEOUT, worker)
-        t_seen = time.perf_counter()
-        cpu_server = _cpu_delta(cpu_server, _cpu_seconds(server_pid))
-        cpu_worker = _cpu_delta(cpu_worker, _cpu_seconds(worker.proc.pid))
-        assert last_ms is not None
-        wall = max(1e-3, (last_ms - t0_wall_ms) / 1000)
-        return {
-            "slots": slots, "runs": n, "steps": 3 * n, "wall_s": round(wall, 3),
-            "observed_wall_s": round(t_seen - t0, 3), "send_s": round(t_sent - t0, 3),
-            "runs_per_s": round(n / wall, 1), "steps_per_s": round(3 * n / wall, 1),
-            "server_cpu_s": cpu_server, "worker_cpu_s": cpu_worker,
-        }
-    finally:
-        await _stop_child(worker)
-
-
-async def _stop_child(child: _proc.Child | None) -> None:
-    """Stop a child process; say so when it did not exit cleanly on SIGTERM."""
-    if child is None:
-        return
-    started = time.monotonic()
-    code = await asyncio.to_thread(_proc.stop, child)
-    took = time.monotonic() - started
-    if code != 0 or took > 2.0:
-        print(f"  note: {child.name} exited with code {code} {took:.1f}s after SIGTERM "
-              f"(log: {child.log_path})", file=sys.stderr, flush=True)
-
-
-async def measure_throughput(backend: Backend, target: str, server_pid: int,
-                             sizes: Sizes) -> dict[str, Any]:
-    app = _worker_app.app
-    app.target = target
-    try:
-        await app.register()  # so events sent before the worker's Hello already start runs
-        trials = [await throughput_trial(backend, target, server_pid, slots, sizes)
-                  for slots in sizes.throughput_slots]
-    finally:
-        await app.close()
-    best = max(trials, key=lambda t: t["steps_per_s"])
-    return {"best_slots": best["slots"], "steps_per_s": best["steps_per_s"],
-            "runs_per_s": best["runs_per_s"], "trials": trials}
-
-
 # -- one backend -----------------------------------------------------------------------------
+async def measure_all(name: str, backend: Backend, target: str, server: _proc.Child,
+                      sizes: Sizes) -> dict[str, Any]:
+    """Every figure for one backend, on one server, in an order where each leaves the next a
+    fair field: the leftover waiting and sleeping runs come last."""
+    def say(what: str) -> None:
+        print(f"[{name}] {what}", flush=True)
+
+    pid = server.proc.pid
+    async with in_process(target) as ip:
+        say(f"sequential latency ({sizes.sequential_runs} runs x 2 passes)")
+        latency = await measure_latency(ip, sizes)
+        say(f"per-step cost ({sizes.short_steps} vs {sizes.long_steps} steps)")
+        per_step = await measure_per_step(ip, sizes)
+    say(f"throughput ({sizes.throughput_runs} runs, slots "
+        f"{'/'.join(map(str, sizes.throughput_slots))})")
+    throughput = await measure_throughput(backend, target, pid, sizes.throughput_runs,
+                                          sizes.warmup_runs, sizes.throughput_slots)
+    say(f"event fan-in ({sizes.fanin_matches} matches with no / {sizes.fanin_other_waits:,} "
+        f"other-name / +{sizes.fanin_same_waits:,} same-name waits), then timer precision "
+        f"({sizes.lone_timers} lone + {sizes.timers} spread 1 s sleeps)")
+    waits = await measure_waits(backend, target, matches=sizes.fanin_matches,
+                                other_waits=sizes.fanin_other_waits,
+                                same_waits=sizes.fanin_same_waits, timers=sizes.timers,
+                                lone_timers=sizes.lone_timers)
+    say(f"sleepers ({sizes.sleepers:,}; throughput {sizes.sleeper_trial_runs} runs before and "
+        f"after, slots {throughput['best_slots']})")
+    sleepers = await measure_sleepers(
+        backend, target, pid, sleepers=sizes.sleepers, runs=sizes.sleeper_trial_runs,
+        slots=throughput["best_slots"], repeats=sizes.sleeper_trial_repeats)
+    server.check_alive()
+    errors = server.log_errors()
+    return {"latency": latency, "per_step": per_step, "throughput": throughput,
+            "timers": waits["timers"], "fanin": waits["fanin"], "sleepers": sleepers,
+            "server_log": {"errors": len(errors), "first_errors": list(dict.fromkeys(errors))[:3]}}
+
+
 async def bench_backend(name: str, sizes: Sizes, keep_logs: bool) -> dict[str, Any]:
     backend = await asyncio.to_thread(functools.partial(Backend, name, keep_logs=keep_logs))
     server: _proc.Child | None = None
@@ -446,90 +383,18 @@ async def bench_backend(name: str, sizes: Sizes, keep_logs: bool) -> dict[str, A
         target = f"127.0.0.1:{port}"
         print(f"[{name}] server pid {started.proc.pid} on {target}", flush=True)
         try:
-            async with in_process(target) as ip:
-                print(f"[{name}] sequential latency ({sizes.sequential_runs} runs x 2 passes)",
-                      flush=True)
-                latency = await measure_latency(ip, sizes)
-                print(f"[{name}] per-step cost ({sizes.short_steps} vs {sizes.long_steps} steps)",
-                      flush=True)
-                per_step = await measure_per_step(ip, sizes)
-            print(f"[{name}] throughput ({sizes.throughput_runs} runs, slots "
-                  f"{'/'.join(map(str, sizes.throughput_slots))})", flush=True)
-            throughput = await measure_throughput(backend, target, started.proc.pid, sizes)
-            started.check_alive()
+            return await measure_all(name, backend, target, started, sizes)
         except Exception:
             print(f"[{name}] server log tail:\n{started.log_tail()}", file=sys.stderr)
             for log in sorted(backend.workdir.glob("worker-*.log")):
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
                 print(f"[{name}] {log.name} tail:\n{tail}", file=sys.stderr)
             raise
-        return {"latency": latency, "per_step": per_step, "throughput": throughput}
     finally:
-        await _stop_child(server)
+        await _proc.stop_child(server)
         await asyncio.to_thread(backend.close)
         if keep_logs:
             print(f"[{name}] logs kept in {backend.workdir}", flush=True)
-
-
-# -- report ----------------------------------------------------------------------------------
-def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for name, r in results.items():
-        rows.append({"backend": name, "metric": "3-step run p50 (worker ack)",
-                     "value": r["latency"]["run_3step_ack_ms"]["p50"], "unit": "ms",
-                     "target": f"<= {TARGET_RUN_P50_MS:g} ms",
-                     "pass": r["latency"]["run_3step_ack_ms"]["p50"] <= TARGET_RUN_P50_MS})
-        if name == "postgres":
-            rows.append({"backend": name, "metric": "throughput",
-                         "value": r["throughput"]["steps_per_s"], "unit": "steps/s",
-                         "target": f">= {TARGET_PG_STEPS_PER_S:,.0f} steps/s",
-                         "pass": r["throughput"]["steps_per_s"] >= TARGET_PG_STEPS_PER_S})
-        rows.append({"backend": name, "metric": "per-step cost ratio",
-                     "value": r["per_step"]["ratio"], "unit": "x",
-                     "target": f"<= {TARGET_STEP_RATIO:g}",
-                     "pass": r["per_step"]["ratio"] <= TARGET_STEP_RATIO})
-    return rows
-
-
-def report(results: dict[str, dict[str, Any]], sizes: Sizes) -> str:
-    names = list(results)
-    lat = {n: results[n]["latency"] for n in names}
-    tp = {n: results[n]["throughput"] for n in names}
-    ps = {n: results[n]["per_step"] for n in names}
-
-    def dist_rows(label: str, key: str) -> list[list[str]]:
-        return [[f"{label} p50", *(fmt(lat[n][key]["p50"], "ms") for n in names)],
-                [f"{label} p99", *(fmt(lat[n][key]["p99"], "ms") for n in names)]]
-
-    rows = [
-        *dist_rows("event -> first step start", "event_to_first_step_ms"),
-        *dist_rows("3-step run, send -> completion ack", "run_3step_ack_ms"),
-        *dist_rows("3-step run, send -> GetRun COMPLETED", "run_3step_polled_ms"),
-        ["  (ref) send -> last step body end p50",
-         *(fmt(lat[n]["send_to_last_step_end_ms"]["p50"], "ms") for n in names)],
-        ["  (ref) SendEvent call p50", *(fmt(lat[n]["send_call_ms"]["p50"], "ms") for n in names)],
-        ["throughput, steps/s (best)", *(fmt(tp[n]["steps_per_s"]) for n in names)],
-        ["throughput, runs/s (best)", *(fmt(tp[n]["runs_per_s"]) for n in names)],
-        ["  best slots", *(str(tp[n]["best_slots"]) for n in names)],
-    ]
-    for i, slots in enumerate(sizes.throughput_slots):
-        rows.append([f"  slots {slots}: steps/s | server, worker CPU s",
-                     *(f"{fmt(tp[n]['trials'][i]['steps_per_s'])} | "
-                       f"{fmt(tp[n]['trials'][i]['server_cpu_s'])}, "
-                       f"{fmt(tp[n]['trials'][i]['worker_cpu_s'])}"
-                       f" in {fmt(tp[n]['trials'][i]['wall_s'], 's')}" for n in names)])
-    rows += [
-        [f"per step, {sizes.short_steps}-step run (median of {sizes.short_repeats})",
-         *(fmt(ps[n]["short_ms_per_step"], "ms") for n in names)],
-        [f"per step, {sizes.long_steps}-step run (median of {sizes.long_repeats})",
-         *(fmt(ps[n]["long_ms_per_step"], "ms") for n in names)],
-        ["per-step ratio (long / short)", *(fmt(ps[n]["ratio"], "x") for n in names)],
-    ]
-    out = [table(["metric", *names], rows), ""]
-    out.append(table(["target", "backend", "value", "verdict"], [
-        [f"{t['metric']} {t['target']}", t["backend"], fmt(t["value"], t["unit"]),
-         "pass" if t["pass"] else "MISS"] for t in targets(results)]))
-    return "\n".join(out)
 
 
 async def main_async(backends: list[str], sizes: Sizes,
@@ -548,11 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("all", *BACKENDS), default="all")
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument("--sleepers", type=int, metavar="N",
+                        help=f"runs sleeping at once (default {FULL.sleepers:,}; "
+                             f"{QUICK.sleepers:,} with --quick)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the temp dir with the server and worker logs")
     args = parser.parse_args(argv)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     sizes = QUICK if args.quick else FULL
+    if args.sleepers is not None:
+        if args.sleepers < 1:
+            parser.error(f"--sleepers: expected a positive number of runs; got {args.sleepers}")
+        sizes = dataclasses.replace(sizes, sleepers=args.sleepers)
     started = time.monotonic()
     try:
         results = asyncio.run(main_async(backends, sizes, args.keep_logs))

@@ -51,15 +51,21 @@ class LoopThread:
 
 
 class ServerThread:
-    def __init__(self, database_url: str, **settings: Any) -> None:
+    def __init__(self, database_url: str, *, tracer_provider: Any = None,
+                 **settings: Any) -> None:
         defaults: dict[str, Any] = {"retry_base_seconds": 0.02, "poll_seconds": 0.2,
                                     "shutdown_grace_seconds": 0.5}
         defaults["address"] = "127.0.0.1:0"
+        # The dashboard is off unless asked for (http_address="127.0.0.1:0"): it costs each
+        # server a listener to start and stop.
+        defaults["http_address"] = ""
         self.settings = Settings(database_url=database_url, **(defaults | settings))
         self._loop = LoopThread("stepline-server")
-        self.server = SteplineServer(self.settings)
+        self.server = SteplineServer(self.settings, tracer_provider=tracer_provider)
         self.port = self._loop.call(self.server.start())
         self.address = f"127.0.0.1:{self.port}"
+        self.http_port = self.server.http_port
+        self.http_url = self.server.http_url  # "" when the dashboard is off
         self._channel = grpc.insecure_channel(self.address)
         self.runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self.stopped = False

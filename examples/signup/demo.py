@@ -222,7 +222,8 @@ def demo(workdir: Path) -> int:
     try:
         say(f"starting the server: stepline dev --address {address}  (in {workdir})")
         server = subprocess.Popen([sys.executable, "-m", "stepline_server", "dev",
-                                   "--address", address], cwd=workdir, env=env)
+                                   "--address", address, "--http-address", "127.0.0.1:0"],
+                                  cwd=workdir, env=env)
         processes.append(("server", server))
         with grpc.insecure_channel(address) as channel:
             wait_for("server start", lambda: server_healthy(channel),

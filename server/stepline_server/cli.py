@@ -28,7 +28,12 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import cli_format
-from stepline_server.settings import DEFAULT_GRPC_ADDRESS, Settings, sqlite_url
+from stepline_server.settings import (
+    DEFAULT_GRPC_ADDRESS,
+    DEFAULT_HTTP_ADDRESS,
+    Settings,
+    sqlite_url,
+)
 
 CALL_TIMEOUT_SECONDS = 10.0
 DEFAULT_LIST_LIMIT = 20
@@ -36,6 +41,7 @@ MAX_LIST_LIMIT = 1000
 DEV_DATABASE_FILE = "stepline-dev.db"
 # Printed once to stdout when the server listens; tests and scripts read the port from it.
 LISTENING_PREFIX = "stepline: listening on "
+DASHBOARD_PREFIX = "stepline: dashboard on "
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -54,7 +60,8 @@ class CommandError(Exception):
 
 # -- server commands ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(address=args.address, database_url=args.database_url,
+    settings = _settings(address=args.address, http_address=args.http_address,
+                         database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
                          lease_seconds=args.lease_seconds)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -65,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    settings = _settings(address=args.address, database_url=sqlite_url(DEV_DATABASE_FILE))
+    settings = _settings(address=args.address, http_address=args.http_address,
+                         database_url=sqlite_url(DEV_DATABASE_FILE))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -120,6 +128,8 @@ async def _serve(settings: Settings, announce: Callable[[str], None], *, verbose
             logging.getLogger(__name__).exception("start-up failed")
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CommandError(f"cannot start the server: {first_line}") from None
+    if server.http_url:
+        print(f"{DASHBOARD_PREFIX}{server.http_url}", flush=True)
     announce(server.address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -317,6 +327,13 @@ def _time(text: str) -> int:
             f"2024-05-01T09:00, got {text!r}") from None
 
 
+def _add_http_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http-address", metavar="HOST:PORT",
+                        help=f"where the dashboard and /metrics listen (default "
+                             f"{DEFAULT_HTTP_ADDRESS}; port 0 picks a free one; '' turns HTTP "
+                             "off)")
+
+
 def _add_server_commands(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the server (flags override STEPLINE_* variables)")
@@ -327,11 +344,13 @@ def _add_server_commands(commands: Any) -> None:
                             "(default sqlite file ./stepline.db)")
     serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
+    _add_http_address(serve)
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
     serve.set_defaults(handler=cmd_serve)
     dev = commands.add_parser("dev", help=f"run a local server on ./{DEV_DATABASE_FILE} "
                                           "with readable run activity logs")
     dev.add_argument("--address", help=f"host:port to listen on (default {DEFAULT_GRPC_ADDRESS})")
+    _add_http_address(dev)
     dev.set_defaults(handler=cmd_dev)
 
 

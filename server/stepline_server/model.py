@@ -205,6 +205,8 @@ class StepRecord:
     started_at_ms: int | None
     ended_at_ms: int
     failures: tuple[StepFailure, ...] = ()
+    # None for step.run; "sleep", "event" (wait_for_event), "invoke" or "send" (send_event).
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,11 +27,16 @@ from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
 from stepline_server.engine.cron import CronScheduler
 from stepline_server.engine.timeouts import DeadlineWatch
+from stepline_server.http import HttpListener, Metrics, create_app
 from stepline_server.ids import new_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
 from stepline_server.ingress.services import EventService, FunctionService, RunService
 from stepline_server.settings import Settings
 from stepline_server.store import Database, dialect
+from stepline_server.telemetry import tracing_from_env
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,10 @@ SERVICE_NAMES = (
 class SteplineServer:
     """One server process. `await start()`, then `await stop()` (or `serve()` for both)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 tracer_provider: TracerProvider | None = None) -> None:
+        """`tracer_provider`: an opentelemetry-sdk TracerProvider to trace runs with (the caller
+        shuts it down); without one, tracing follows OTEL_TRACES_EXPORTER (off by default)."""
         self.settings = settings
         self.server_id = new_id()
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
@@ -54,6 +63,18 @@ class SteplineServer:
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.port = 0
+        self.tracing = tracing_from_env(tracer_provider)
+        if self.tracing is not None:
+            self.engine.observers.add(self.tracing)
+        # The dashboard, its JSON API and /metrics; off when http_address is "".
+        self.metrics: Metrics | None = None
+        self._http: HttpListener | None = None
+        if settings.http_address:
+            self.metrics = Metrics(self.engine, self.dispatcher)
+            self.engine.observers.add(self.metrics)
+            self._http = HttpListener(create_app(self.engine, self.dispatcher, self.metrics),
+                                      settings.http_address)
+        self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_listening = asyncio.Event()
@@ -101,8 +122,16 @@ class SteplineServer:
                 dialect.listen(self.settings.database_url, self.dispatcher.wake,
                                self._stop_listening), name="stepline-listen"),
         ]
+        if self._http is not None:
+            try:
+                self.http_port = await self._http.start()
+            except OSError:
+                await self.stop()
+                raise
         log.info("Stepline server %s listening on %s (database %s)", self.server_id,
                  self.address, _safe_url(self.settings.database_url))
+        if self._http is not None:
+            log.info("dashboard and /metrics on %s", self.http_url)
         return self.port
 
     @property
@@ -110,8 +139,15 @@ class SteplineServer:
         host = self.settings.address.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The dashboard's base URL ("" when HTTP is off)."""
+        return "" if self._http is None else self._http.url
+
     async def stop(self) -> None:
         """Stop taking work, let workers finish what they hold (grace), release the rest."""
+        if self._http is not None:
+            await self._http.stop()
         log.info("shutting down: no new dispatches; %.1fs grace for in-flight runs",
                  self.settings.shutdown_grace_seconds)
         self.dispatcher.stop()
@@ -128,6 +164,8 @@ class SteplineServer:
                 await task
         await self.engine.release_owners_like(self.server_id + "/")
         await self.db.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the exporters
         log.info("stopped")
 
     async def serve(self) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:7288"
+# The dashboard and /metrics (like the Inngest dev server's port); "" turns HTTP off.
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8288"
 DEFAULT_SQLITE_FILE = "stepline.db"
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 DEFAULT_LEASE_SECONDS = 30.0
@@ -20,6 +22,10 @@ DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
 
+# Settings where an empty value is meaningful (it turns the feature off), not "unset".
+_EMPTY_MEANS_OFF = frozenset({"http_address"})
+
+
 def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
@@ -29,6 +35,7 @@ class Settings:
     """Everything the server can be told; see `stepline serve --help` for the flags."""
 
     address: str = DEFAULT_GRPC_ADDRESS
+    http_address: str = DEFAULT_HTTP_ADDRESS
     database_url: str = field(default_factory=lambda: sqlite_url(DEFAULT_SQLITE_FILE))
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -49,6 +56,7 @@ class Settings:
         values: dict[str, object] = {}
         readers: dict[str, tuple[str, type]] = {
             "address": ("STEPLINE_ADDRESS", str),
+            "http_address": ("STEPLINE_HTTP_ADDRESS", str),
             "database_url": ("STEPLINE_DATABASE_URL", str),
             "max_payload_bytes": ("STEPLINE_MAX_PAYLOAD_BYTES", int),
             "lease_seconds": ("STEPLINE_LEASE_SECONDS", float),
@@ -62,7 +70,7 @@ class Settings:
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
-            if raw:
+            if raw or (raw is not None and attr in _EMPTY_MEANS_OFF):
                 try:
                     values[attr] = kind(raw)
                 except ValueError as exc:
@@ -82,6 +90,11 @@ class Settings:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
                 f"lease_seconds ({self.lease_seconds})")
+        if self.http_address:
+            host, _, port = self.http_address.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"http_address must be HOST:PORT (or empty to turn HTTP off), "
+                                 f"got {self.http_address!r}")
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
 

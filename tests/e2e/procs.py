@@ -29,6 +29,7 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env["STEPLINE_HTTP_ADDRESS"] = "127.0.0.1:0"  # never the default dashboard port, maybe busy
     env.update(extra or {})
     return env
 

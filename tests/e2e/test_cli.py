@@ -86,7 +86,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             [sys.executable, "-m", "stepline_server", "serve", "--address", "127.0.0.1:0",
              "--database-url", f"sqlite:///{workdir / 'cli.db'}"],
             cwd=workdir, env=_env(STEPLINE_RETRY_BASE_SECONDS="0.05",
-                                  STEPLINE_SHUTDOWN_GRACE_SECONDS="1"))
+                                  STEPLINE_SHUTDOWN_GRACE_SECONDS="1",
+                                  STEPLINE_HTTP_ADDRESS="127.0.0.1:0"))
         processes.append(server)
         address = server.wait_for_line(LISTENING).removeprefix(LISTENING)
         worker = Process([sys.executable, "-m", "stepline", "worker",

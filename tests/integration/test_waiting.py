@@ -57,6 +57,7 @@ def test_sleep_holds_no_slot_and_resumes(server: ServerThread, start_worker: Any
     assert [s.step_id for s in run.steps] == ["before", "nap", "after"]
     nap = run.steps[1]
     assert nap.status == rs.STEP_STATUS_COMPLETED
+    assert [s.kind for s in run.steps] == ["run", "sleep", "run"]
     slept_ms = nap.ended_at.ToMilliseconds() - nap.started_at.ToMilliseconds()
     assert 600 <= slept_ms < 3000
     assert calls == Counter(before=1, after=1)  # replay did not re-run "before"
@@ -182,6 +183,7 @@ def test_invoke_returns_output_or_raises(server: ServerThread, start_worker: Any
     assert output["doubled"] == 42
     assert "boom" in output["failed"]
     assert output["missing"] == "FunctionNotFound"
+    assert {s.kind for s in run.steps} == {"invoke"}
     (child_id,) = server.run_ids_for("double")
     child = server.get_run(child_id)
     assert child.parent_run_id == run.id
@@ -239,6 +241,7 @@ def test_send_event_is_sent_once_despite_replays(server: ServerThread,
     run = server.wait_run(_one_run(server, "fan-out"))
     assert run.status == COMPLETED, run.error
     ids = json.loads(run.output)["ids"]
+    assert [s.kind for s in run.steps] == ["send_event", "run"]
     assert len(ids) == 2 and len(set(ids)) == 2
     wait_until(lambda: len(server.run_ids_for("on-notified")) == 2, what="two notified runs")
     time.sleep(0.3)
@@ -360,3 +363,32 @@ def test_code_changed_between_attempts_fails_readably(server: ServerThread,
     assert run.status == FAILED
     assert run.error.name == "NonDeterminismError"
     assert "'b'" in run.error.message and "'a'" in run.error.message
+
+
+def test_many_timers_due_together_and_one_event_resuming_many(server: ServerThread,
+                                                               start_worker: Any) -> None:
+    app = Stepline("crowd", url=server.address)
+
+    @app.function(id="dozer", trigger="t/doze")
+    async def dozer(ctx: Any) -> str:
+        await ctx.step.sleep("nap", "300ms")
+        return "up"
+
+    @app.function(id="listener", trigger="t/listen")
+    async def listener(ctx: Any) -> Any:
+        got = await ctx.step.wait_for_event("bell", event="t/bell", timeout="30s")
+        return None if got is None else got.data
+
+    start_worker(app, slots=20)
+    for i in range(8):
+        app.send_sync("t/doze", {"i": i})
+        app.send_sync("t/listen", {"i": i})
+    wait_until(lambda: len(server.run_ids_for("listener")) == 8, what="eight listeners")
+    for run_id in server.run_ids_for("listener"):
+        server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
+    app.send_sync("t/bell", {"ring": True})
+    for run_id in server.run_ids_for("listener"):
+        assert json.loads(server.wait_run(run_id).output) == {"ring": True}
+    dozers = server.run_ids_for("dozer")
+    assert len(dozers) == 8
+    assert all(server.wait_run(r).status == COMPLETED for r in dozers)

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from stepline import _config
+from stepline import _config, _tracing
 from stepline._durations import DurationLike
 from stepline._events import EventInput
 from stepline._function import (
@@ -159,6 +159,7 @@ class Stepline:
         """Send events together: all are committed, or none."""
         stub = event_service_pb2_grpc.EventServiceStub(self._channel())
         request = event_service_pb2.SendEventRequest(events=[e.to_proto() for e in events])
+        _tracing.stamp(request.events)
         try:
             response = await stub.SendEvent(request)
         except grpc.aio.AioRpcError as exc:
@@ -178,6 +179,7 @@ class Stepline:
         stub = event_service_pb2_grpc.EventServiceStub(self._sync_stub_channel())
         request = event_service_pb2.SendEventRequest(
             events=[EventInput(name, data or {}, id=id, ts=ts, user=user).to_proto()])
+        _tracing.stamp(request.events)
         try:
             return str(stub.SendEvent(request).ids[0])
         except grpc.RpcError as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
 
 from stepline._events import Event, event_from_proto
 from stepline._function import Function
@@ -18,6 +21,7 @@ from stepline._step import (
     encode_json,
     failure_fields,
 )
+from stepline._tracing import RunTrace
 from stepline.errors import NonDeterminismError, NonRetriableError
 from stepline.v1 import common_pb2, worker_service_pb2
 
@@ -65,6 +69,7 @@ class RunExecution:
         self.max_payload_bytes = max_payload_bytes
         self.ids = StepIds()
         self.memo: dict[str, common_pb2.StepResult] = {s.step_id: s for s in dispatch.steps}
+        self.trace = RunTrace(dispatch)
         # Step ids reached by this replay; a new step reached while memoized ones are not means
         # the code changed between attempts.
         self.visited: set[str] = set()
@@ -224,6 +229,15 @@ class RunExecution:
 
     # -- running the function ------------------------------------------------------------------
     async def execute(self) -> None:
+        body_context = self.trace.body_context()  # user spans outside steps nest under the run
+        token = None if body_context is None else otel_context.attach(body_context)
+        try:
+            await self._execute()
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _execute(self) -> None:
         loop = asyncio.get_running_loop()
         step = Step(self)
         ctx = Context(
@@ -237,7 +251,8 @@ class RunExecution:
             if self.function.is_async:
                 output = await self.function.handler(ctx)
             else:
-                output = await loop.run_in_executor(self.body_pool, self.function.handler, ctx)
+                output = await loop.run_in_executor(
+                    self.body_pool, contextvars.copy_context().run, self.function.handler, ctx)
             text = encode_json(output, "function output")
             self.check_size(text, "function output")
             op = worker_service_pb2.Op(

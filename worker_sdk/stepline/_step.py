@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import json
@@ -137,15 +138,8 @@ class Step:
         await ex.settle()
         started = now_timestamp()
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(*args, **kwargs)
-            else:
-                call = functools.partial(fn, *args, **kwargs)
-                result = await asyncio.get_running_loop().run_in_executor(ex.step_pool, call)
-                if inspect.isawaitable(result):
-                    result = await result
-            output = encode_json(result, f"output of step {step_id!r}")
-            ex.check_size(output, f"output of step {step_id!r}")
+            with ex.trace.step_span(step_id, name):
+                output = await self._execute(step_id, fn, args, kwargs)
         except Released:
             raise
         except Exception as exc:
@@ -166,6 +160,21 @@ class Step:
         # Reported at the next boundary: before the next step runs, or with the run's result.
         ex.defer(done)
         return json.loads(output)  # type: ignore[no-any-return]
+
+    async def _execute(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> str:
+        """Call a step's function (a plain one in the step pool, in this context, so that its
+        spans nest under the step's); return its output as JSON text."""
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(*args, **kwargs)
+        else:
+            call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            result = await asyncio.get_running_loop().run_in_executor(self._ex.step_pool, call)
+            if inspect.isawaitable(result):
+                result = await result
+        output = encode_json(result, f"output of step {step_id!r}")
+        self._ex.check_size(output, f"output of step {step_id!r}")
+        return output
 
     async def sleep(self, name: str, duration: DurationLike) -> None:
         """Pause the run for `duration`: seconds, a timedelta, or a string such as "30s",
@@ -241,6 +250,9 @@ class Step:
         if memo is not None:
             return _memoized(step_id, memo)  # type: ignore[no-any-return]
         messages = step_events(events, ex.run_id, step_id, f"step {name!r}: events")
+        traceparent = ex.trace.event_traceparent(step_id)
+        for message in messages:
+            message.traceparent = traceparent
         for index, message in enumerate(messages):
             ex.check_size(message.data.decode(), f"data of event {index} of step {name!r}")
         await ex.check_new_step(step_id)

@@ -47,6 +47,7 @@ from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import waits as wait_store
+from stepline_server.telemetry import traceparent
 
 Backoff = Callable[[int], int]
 ContextFactory = Callable[[Tx, int], TxContext]
@@ -326,12 +327,13 @@ def _apply_op(run_id: str, index: int, op: Op, state: _RunState, timing: Timing,
 
 def _record_step(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
                  status: StepStatus, now_ms: int, started_at_ms: int | None, *,
-                 output: str | None = None, error: ErrorInfo | None = None) -> None:
+                 output: str | None = None, error: ErrorInfo | None = None,
+                 kind: str | None = None) -> None:
     writes.steps.append({
         "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
         "status": status.value, "output": output,
         "error": None if error is None else error.to_json(), "attempts": state.attempt + 1,
-        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
+        "started_at_ms": started_at_ms, "ended_at_ms": now_ms, "kind": kind,
     })
     state.step_count += 1
     state.attempt = 0
@@ -355,6 +357,9 @@ def _finish(writes: _Writes, run_id: str, state: _RunState, status: RunStatus, n
     state.deleted = True
 
 
+SEND_KIND = "send"
+
+
 def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke | SendEvents,
                      state: _RunState, now: int, writes: _Writes, lookups: _Lookups
                      ) -> AckAction:
@@ -362,7 +367,8 @@ def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke 
         # The events and the step's record commit together: a replay finds the step memoized
         # and sends nothing; a retried report is refused whole (the step exists).
         _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
-                     None, output=json.dumps({"ids": [e.id for e in op.events]}))
+                     None, output=json.dumps({"ids": [e.id for e in op.events]}),
+                     kind=SEND_KIND)
         writes.sent.extend(op.events)
         return AckAction.CONTINUE
     if isinstance(op, Sleep):
@@ -380,7 +386,7 @@ def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke 
                                     due, now)
         except InvalidArgument as exc:
             _fail_step_now(writes, run_id, state, op.step_id, op.name, now,
-                           ErrorInfo("InvalidExpression", str(exc)))
+                           ErrorInfo("InvalidExpression", str(exc)), WaitKind.EVENT)
             return AckAction.RELEASE
         writes.waits.append(row)
         _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.EVENT, due, now)
@@ -389,10 +395,13 @@ def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke 
     if policy is None:
         _fail_step_now(writes, run_id, state, op.step_id, op.name, now, ErrorInfo(
             "FunctionNotFound", f"cannot invoke {op.function_id!r}: no such function is "
-                                "registered"))
+                                "registered"), WaitKind.INVOKE)
         return AckAction.RELEASE
+    # The invoked run's trace continues from this step's attempt span (telemetry/tracing.py).
+    trace = traceparent.step_traceparent(run_id, state.item.traceparent, op.step_id,
+                                         state.item.lease)
     event = EventRecord(invoke_event_id(run_id, op.step_id), lifecycle.FUNCTION_INVOKED,
-                        op.data, now)
+                        op.data, now, traceparent=trace.header())
     writes.invokes.append(RunStart(op.function_id, policy, event, run_id, op.step_id))
     due = NEVER_MS if op.timeout_ms is None else now + op.timeout_ms
     _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.INVOKE, due, now)
@@ -442,7 +451,7 @@ def _suspend(writes: _Writes, run_id: str, state: _RunState, step_id: str, name:
     writes.steps.append({
         "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
         "status": step_status.value, "output": None, "error": None, "attempts": 1,
-        "started_at_ms": now_ms, "ended_at_ms": min(due_ms, NEVER_MS),
+        "started_at_ms": now_ms, "ended_at_ms": min(due_ms, NEVER_MS), "kind": kind.value,
     })
     writes.statuses.append({"b_id": run_id, "status": run_status.value})
     state.step_count += 1
@@ -455,11 +464,11 @@ def _suspend(writes: _Writes, run_id: str, state: _RunState, step_id: str, name:
 
 
 def _fail_step_now(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
-                   now_ms: int, error: ErrorInfo) -> None:
+                   now_ms: int, error: ErrorInfo, kind: WaitKind) -> None:
     """A step that cannot begin (bad expression, unknown function) fails for good; the run is
     dispatched again at once and the step raises its error where it was called."""
     _record_step(writes, run_id, state, step_id, name, StepStatus.FAILED, now_ms, now_ms,
-                 error=error)
+                 error=error, kind=kind.value)
     state.due_at_ms = now_ms
     state.lease_owner = None
     state.lease_until_ms = None

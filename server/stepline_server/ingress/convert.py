@@ -43,6 +43,7 @@ from stepline_server.model import (
     WaitForEvent,
 )
 from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
+from stepline_server.telemetry import traceparent
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
 MAX_ID_LENGTH = 128
@@ -109,7 +110,7 @@ def events_from_proto(
         records.append(EventRecord(
             id=event.id or new_id(), name=event.name, data=data,
             ts_ms=_ms(event.ts) if event.HasField("ts") else now_ms(), user=user,
-            traceparent=event.traceparent or None,
+            traceparent=traceparent.normalize(event.traceparent),
         ))
     return records
 
@@ -230,7 +231,7 @@ def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
     return worker_service_pb2.ServerMessage(dispatch=worker_service_pb2.Dispatch(
         run_id=work.run_id, function_id=work.function_id, lease=work.lease,
         attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
-        steps=steps, traceparent=work.event.traceparent or "",
+        steps=steps, traceparent=traceparent.for_dispatch(work),
         target_step_id=work.target_step_id,
     ))
 
@@ -379,9 +380,13 @@ _STEP_STATUS = {
 }
 
 
+STEP_KINDS = {None: "run", "sleep": "sleep", "event": "wait_for_event", "invoke": "invoke",
+              "send": "send_event"}
+
+
 def _step_to_proto(step: StepRecord) -> run_service_pb2.Step:
     return run_service_pb2.Step(
-        step_id=step.step_id, name=step.name,
+        step_id=step.step_id, name=step.name, kind=STEP_KINDS.get(step.kind, step.kind or ""),
         status=_STEP_STATUS[step.status],
         output=(step.output or "").encode(), error=error_to_proto(step.error),
         attempts=step.attempts, started_at=_timestamp(step.started_at_ms),

@@ -16,6 +16,7 @@ from stepline.v1 import (
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
 from stepline_server.ingress import convert, convert_listings
+from stepline_server.telemetry import traceparent
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -30,6 +31,9 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
     ) -> event_service_pb2.SendEventResponse:
         records = convert.events_from_proto(
             request.events, self.engine.settings.max_payload_bytes)
+        # A caller traced by gRPC instrumentation: its events continue the caller's trace.
+        records = traceparent.with_default(
+            records, traceparent.from_metadata(context.invocation_metadata()))
         run_ids = await self.engine.send_events(records)
         return event_service_pb2.SendEventResponse(ids=[r.id for r in records], run_ids=run_ids)
 

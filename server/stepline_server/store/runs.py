@@ -40,9 +40,10 @@ _SET_STATUS = (update(runs).where(runs.c.id == bindparam("b_id"), runs.c.ended_a
                .values(status=bindparam("status")))
 _END_PENDING_STEP = (
     update(steps)
+    # Plain comparisons, not IN (…): this statement runs once for many rows (executemany).
     .where(steps.c.run_id == bindparam("b_run_id"), steps.c.step_id == bindparam("b_step_id"),
-           steps.c.status.in_([StepStatus.SLEEPING.value, StepStatus.WAITING.value,
-                               StepStatus.INVOKING.value]))
+           steps.c.status != StepStatus.COMPLETED.value,
+           steps.c.status != StepStatus.FAILED.value)
     .values(status=bindparam("status"), output=bindparam("output"), error=bindparam("error"),
             ended_at_ms=bindparam("ended_at_ms"))
 )
@@ -173,7 +174,7 @@ def get(conn: Connection, run_id: str) -> RunRecord | None:
             step_id=s.step_id, name=s.name, status=StepStatus(s.status), output=s.output,
             error=ErrorInfo.from_json(s.error), attempts=s.attempts,
             started_at_ms=s.started_at_ms, ended_at_ms=s.ended_at_ms,
-            failures=tuple(failures.get(s.step_id, ())),
+            failures=tuple(failures.get(s.step_id, ())), kind=s.kind,
         )
         for s in conn.execute(
             select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position))

@@ -101,6 +101,8 @@ steps = Table(
     Column("attempts", Integer, nullable=False),
     Column("started_at_ms", BigInteger, nullable=True),
     Column("ended_at_ms", BigInteger, nullable=False),
+    # What kind of step: null for step.run; sleep, event (wait_for_event), invoke, send.
+    Column("kind", String(8), nullable=True),
 )
 
 # Failed attempts of steps (and of the function body, step_id ""), for history and timelines.

@@ -76,7 +76,7 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., parent_run_id: _Optional[str] = ..., source_run_id: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step_id", "name", "status", "output", "error", "attempts", "started_at", "ended_at", "attempt_errors")
+    __slots__ = ("step_id", "name", "status", "output", "error", "attempts", "started_at", "ended_at", "attempt_errors", "kind")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Step(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     step_id: str
     name: str
     status: StepStatus
@@ -95,7 +96,8 @@ class Step(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     attempt_errors: _containers.RepeatedCompositeFieldContainer[_common_pb2.ErrorInfo]
-    def __init__(self, step_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_errors: _Optional[_Iterable[_Union[_common_pb2.ErrorInfo, _Mapping]]] = ...) -> None: ...
+    kind: str
+    def __init__(self, step_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempts: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt_errors: _Optional[_Iterable[_Union[_common_pb2.ErrorInfo, _Mapping]]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

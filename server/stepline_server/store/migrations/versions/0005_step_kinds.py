@@ -1,0 +1,25 @@
+"""Steps record their kind, so a finished sleep, wait or invoke still reads as one.
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("steps") as batch:
+        batch.add_column(sa.Column("kind", sa.String(8), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("steps") as batch:
+        batch.drop_column("kind")
