@@ -121,6 +121,9 @@ class SteplineServer:
             asyncio.create_task(
                 dialect.listen(self.settings.database_url, self.dispatcher.wake,
                                self._stop_listening), name="stepline-listen"),
+            asyncio.create_task(
+                dialect.keep_statistics(self.settings.database_url, self._stop_listening),
+                name="stepline-statistics"),
         ]
         if self._http is not None:
             try:

@@ -61,3 +61,45 @@ def test_each_run_is_claimed_once_across_replicas(replicas: Any, start_worker: A
         assert a.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
     assert sorted(executed) == sorted(run_ids)
     assert set(executed.values()) == {1}
+
+
+def test_tables_are_analyzed_when_autovacuum_is_off(postgres: Any, monkeypatch: Any) -> None:
+    """This PostgreSQL runs without autovacuum: the server keeps its planner statistics."""
+    import psycopg
+
+    from stepline_server.store import dialect
+
+    name = postgres.create()
+    url = postgres.url(name)
+    dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()
+    if autovacuum is None or autovacuum[0] != "off":
+        postgres.drop(name)
+        pytest.fail("this test needs a PostgreSQL with autovacuum off, as on CI machines")
+    monkeypatch.setattr(dialect, "MAINTAIN_SECONDS", 0.2)
+    server = ServerThread(url)
+    try:
+        app = Stepline("stats", url=server.address)
+
+        @app.function(id="unserved", trigger="t/unserved")
+        async def unserved(ctx: Any) -> None:
+            return None
+
+        app.register_sync()
+        for i in range(120):
+            app.send_sync("t/unserved", {"i": i})
+
+        def analyzed() -> bool:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT last_analyze FROM pg_stat_user_tables "
+                                   "WHERE relname = 'queue'").fetchone()
+            return row is not None and row[0] is not None
+
+        deadline = time.monotonic() + 10
+        while not analyzed():
+            assert time.monotonic() < deadline, "queue was never analyzed"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        postgres.drop(name)

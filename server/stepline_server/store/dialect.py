@@ -51,6 +51,9 @@ def _configure_sqlite(engine: Engine, begin_sql: str, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # 64 MiB of page cache per connection (the default is 2 MiB): indexes of a queue with
+        # 100k sleeping runs stay in memory.
+        cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -95,6 +98,47 @@ def notify(conn: Connection) -> None:
     """Tell other server processes that ready work exists (PostgreSQL; sent at commit)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+# Tables whose planner statistics matter to the hot path, and autovacuum's analyze rule.
+_ANALYZED = ("queue", "waits", "steps", "runs", "events", "cron_schedules")
+_STALE_STATISTICS = f"""
+SELECT relname FROM pg_stat_user_tables
+WHERE relname IN ({", ".join(f"'{t}'" for t in _ANALYZED)})
+  AND n_mod_since_analyze > 50 + 0.1 * GREATEST(n_live_tup, 0)
+"""
+MAINTAIN_SECONDS = 10.0
+
+
+async def keep_statistics(url: str, stop: asyncio.Event) -> None:
+    """PostgreSQL without autovacuum (it is on by default): ANALYZE our tables when they have
+    changed as much as autovacuum would wait for. Without statistics the planner takes the
+    queue for a small table and scans it whole where the primary key would do."""
+    if is_sqlite(url):
+        return
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, connect_timeout=10) as conn:
+                setting = await (await conn.execute("SHOW autovacuum")).fetchone()
+                if setting is not None and setting[0] == "on":
+                    return
+                log.warning("PostgreSQL runs without autovacuum: Stepline analyzes its own "
+                            "tables when they change")
+                while not stop.is_set():
+                    stale = [row[0] for row in await (await conn.execute(
+                        _STALE_STATISTICS)).fetchall()]
+                    for table in stale:
+                        await conn.execute(f"ANALYZE {table}")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), MAINTAIN_SECONDS)
+        except (OSError, psycopg.Error) as exc:
+            log.warning("statistics upkeep failed (%s); trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), MAINTAIN_SECONDS)
 
 
 async def listen(url: str, on_notify: Callable[[], None], stop: asyncio.Event) -> None:
