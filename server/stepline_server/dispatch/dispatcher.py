@@ -64,6 +64,9 @@ class Dispatcher:
         # Functions whose ready work ran out at their last claim, with no sign of new work
         # since: a slot freed by a finished run does not send the writer an empty claim.
         self._drained: set[str] = set()
+        # The earliest due time seen among drained functions (a timer, a retry): when it comes,
+        # they are claimed again, whatever woke the pump in between.
+        self._due_ms: int | None = None
         self._background: set[asyncio.Task[object]] = set()
         engine.on_ready_work(self.wake)
         engine.set_placement(self)
@@ -168,11 +171,16 @@ class Dispatcher:
         """Pump until stopped; sleeps until woken, the next due item, or the poll interval."""
         while not self._stopped:
             self._wake.clear()
+            if self._due_ms is not None and now_ms() >= self._due_ms:
+                self._due_ms = None
+                self._drained.clear()
             try:
                 timeout = await self._pump()
             except Exception:  # the database may be briefly unavailable: keep serving
                 log.exception("dispatch pump failed; retrying")
                 timeout = self.poll_seconds
+            if self._due_ms is not None:
+                timeout = min(timeout, max(0.0, (self._due_ms - now_ms()) / 1000))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:  # a due time or the poll interval: look again everywhere
@@ -214,4 +222,6 @@ class Dispatcher:
         due = await self.engine.next_due_ms(sorted(starved))
         if due is None:
             return self.poll_seconds
+        if self._due_ms is None or due < self._due_ms:
+            self._due_ms = due
         return min(self.poll_seconds, max(0.0, (due - now_ms()) / 1000))
