@@ -4,8 +4,6 @@ each tick exactly once, whatever the number of server processes, and once after 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from stepline_server.engine.starts import RunStart
+from stepline_server.engine.timed import TimedLoop
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import now_ms
 from stepline_server.model import CronTrigger, EventRecord, FunctionSpec, policy_from_config
@@ -249,7 +248,7 @@ class _Round:
     full: bool = False
 
 
-class CronScheduler:
+class CronScheduler(TimedLoop):
     """One per server. Sleeps until the earliest next tick (at most `poll_seconds`, so schedules
     registered through other servers are seen) and fires what is due, one transaction a round.
 
@@ -258,25 +257,12 @@ class CronScheduler:
     transaction; the tick's event id is deterministic, so a tick never starts two runs. After a
     downtime only the last missed tick fires."""
 
+    what = "cron scheduler round"
+
     def __init__(self, engine: Engine, poll_seconds: float) -> None:
+        super().__init__(poll_seconds)
         self.engine = engine
-        self.poll_seconds = poll_seconds
         self._dedup_ms = int(engine.settings.event_dedup_seconds * 1000)
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delay = await self._round()
-            except Exception:  # the database may be briefly unavailable: keep going
-                log.exception("cron scheduler round failed; retrying")
-                delay = self.poll_seconds
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _round(self) -> float:
         """Fire what is due; return how long to sleep."""

@@ -1,0 +1,42 @@
+"""A background loop that works in rounds and sleeps until its next due time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class TimedLoop:
+    """Subclasses implement `_round`, which does what is due and returns how long to sleep
+    (at most `poll_seconds`, so work scheduled by other servers is seen). `stop()` ends the
+    loop at once, even mid-sleep; a failed round is logged and retried after the poll."""
+
+    what = "background loop"
+
+    def __init__(self, poll_seconds: float) -> None:
+        self.poll_seconds = poll_seconds
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = await self._round()
+            except Exception:  # the database may be briefly unavailable: keep going
+                log.exception("%s failed; retrying", self.what)
+                delay = self.poll_seconds
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _round(self) -> float:
+        raise NotImplementedError
