@@ -22,12 +22,14 @@ from stepline_server.store.paging import encode_cursor
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
 
 _INSERT_RUNS = runs.insert()
+# The status test sits in SET, not WHERE: a WHERE on status tempts SQLite's planner to walk the
+# status index (every sleeping run) instead of the primary key.
 _MARK_STARTED = (
     update(runs)
-    .where(runs.c.id.in_(bindparam("run_ids", expanding=True)),
-           runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.SLEEPING.value,
-                              RunStatus.WAITING.value]))
-    .values(status=RunStatus.RUNNING.value,
+    .where(runs.c.id.in_(bindparam("run_ids", expanding=True)))
+    .values(status=case((runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.SLEEPING.value,
+                                              RunStatus.WAITING.value]),
+                         RunStatus.RUNNING.value), else_=runs.c.status),
             started_at_ms=func.coalesce(runs.c.started_at_ms, bindparam("now")))
 )
 _MEMO = (
