@@ -95,7 +95,9 @@
       .then(function (answer) {
         failures = 0;
         setIndicator("live");
-        var changed = lastAnswer !== null && answer !== lastAnswer;
+        // The first answer is compared with the page as rendered, which may already be out of
+        // date (a run that ended between the render and this poll): refresh once to be sure.
+        var changed = answer !== lastAnswer;
         lastAnswer = answer;
         if (!changed) return null;
         return fetch(window.location.href, { headers: { Accept: "text/html" } })
