@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select, tuple_
+from sqlalchemy import bindparam, delete, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from stepline_server.store.schema import waits
@@ -54,10 +54,6 @@ def delete_many(conn: Connection, keys: list[tuple[str, str]]) -> None:
     """Delete waits by (run_id, step_id)."""
     if keys:
         conn.execute(delete(waits).where(tuple_(waits.c.run_id, waits.c.step_id).in_(keys)))
-
-
-def delete_one(conn: Connection, run_id: str, step_id: str) -> None:
-    conn.execute(delete(waits).where(and_(waits.c.run_id == run_id, waits.c.step_id == step_id)))
 
 
 def delete_for_runs(conn: Connection, run_ids: list[str]) -> None:
