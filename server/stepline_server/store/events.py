@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
 from stepline_server.store import dialect
+from stepline_server.store.hot import Hot
 from stepline_server.store.paging import encode_cursor
 from stepline_server.store.schema import events
 
@@ -20,6 +21,7 @@ _UPSERT = {
         name, events, replace_if=events.c.received_at_ms <= bindparam("b_cutoff_ms"))
     for name in ("sqlite", "postgresql")
 }
+_UPSERT_ONE = {name: Hot(stmt) for name, stmt in _UPSERT.items()}
 
 
 def insert(
@@ -35,9 +37,11 @@ def insert(
                 "user": record.user, "ts_ms": record.ts_ms, "received_at_ms": now_ms,
                 "traceparent": record.traceparent, "b_cutoff_ms": cutoff,
             }
-    stmt = _UPSERT[conn.dialect.name]
     rows = list(first.values())
-    stored = {row.id for row in conn.execute(stmt, rows[0] if len(rows) == 1 else rows)}
+    if len(rows) == 1:  # the usual send: one event
+        stored = {row.id for row in _UPSERT_ONE[conn.dialect.name].rows(conn, rows[0])}
+    else:  # SQLAlchemy's multi-row INSERT … RETURNING
+        stored = {row.id for row in conn.execute(_UPSERT[conn.dialect.name], rows)}
     fresh: list[bool] = []
     for record in records:
         fresh.append(record.id in stored)
@@ -45,16 +49,9 @@ def insert(
     return fresh
 
 
-def row_to_event(row: object) -> EventRecord:
-    r = row._mapping  # type: ignore[attr-defined]
-    return EventRecord(
-        id=r["id"],
-        name=r["name"],
-        data=r["data"],
-        ts_ms=r["ts_ms"],
-        user=r["user"],
-        traceparent=r["traceparent"],
-    )
+def row_to_event(row: Any) -> EventRecord:
+    return EventRecord(id=row.id, name=row.name, data=row.data, ts_ms=row.ts_ms, user=row.user,
+                       traceparent=row.traceparent)
 
 
 _GET_MANY = select(events).where(events.c.id.in_(bindparam("ids", expanding=True)))

@@ -15,6 +15,7 @@ from stepline_server.model import (
     RunPolicy,
     policy_from_config,
 )
+from stepline_server.store.hot import Hot
 from stepline_server.store.schema import event_triggers, functions
 
 
@@ -88,7 +89,7 @@ def _replace_triggers(conn: Connection, spec: FunctionSpec) -> None:
         conn.execute(event_triggers.insert(), rows)
 
 
-_SUBSCRIBERS = (
+_SUBSCRIBERS = Hot(
     select(event_triggers.c.event_name, event_triggers.c.function_id,
            event_triggers.c.expression, functions.c.config)
     .join(functions, functions.c.id == event_triggers.c.function_id)
@@ -99,7 +100,7 @@ _SUBSCRIBERS = (
 def subscribers(conn: Connection, event_names: list[str]) -> dict[str, list[Subscriber]]:
     """Functions subscribed to each of these event names (one indexed query)."""
     found: dict[str, list[Subscriber]] = {name: [] for name in event_names}
-    rows = conn.execute(_SUBSCRIBERS, {"names": list(found)})
+    rows = _SUBSCRIBERS.rows(conn, {"names": list(found)})
     for row in rows:
         found[row.event_name].append(
             Subscriber(row.function_id, policy_from_config(row.config), row.expression))

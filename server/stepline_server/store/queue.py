@@ -8,6 +8,7 @@ from sqlalchemy import and_, bindparam, case, func, or_, select, tuple_, union_a
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem, WaitKind
+from stepline_server.store.hot import Hot
 from stepline_server.store.schema import queue
 
 _ITEM_COLUMNS = (
@@ -25,7 +26,7 @@ def _item(row: Any) -> QueueItem:
                      row.parent_run_id, row.parent_step_id, row.step_id, row.traceparent)
 
 
-_INSERT = queue.insert()
+_INSERT = Hot(queue.insert())
 _DEFAULTS = {"step_id": "", "attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
              "step_count": 0, "deadline_kind": None, "deadline_ms": None}
 
@@ -40,7 +41,7 @@ def armed_deadline(item: dict[str, Any], now_ms: int) -> dict[str, Any]:
 
 def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INSERT, [_DEFAULTS | row for row in rows])
+        _INSERT.execute_many(conn, [_DEFAULTS | row for row in rows])
 
 
 def _claimable(now_ms: Any) -> Any:
@@ -52,7 +53,7 @@ def _claimable(now_ms: Any) -> Any:
 
 # One statement: pick the oldest due items (skipping rows other servers hold locked on
 # PostgreSQL; SQLite holds the write lock) and lease them.
-_CLAIM = (
+_CLAIM = Hot(
     update(queue)
     .where(tuple_(queue.c.run_id, queue.c.step_id).in_(
         select(queue.c.run_id, queue.c.step_id)
@@ -82,19 +83,19 @@ def claim(
     """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
     if limit <= 0 or not function_ids:
         return []
-    rows = conn.execute(_CLAIM, {"function_ids": function_ids, "now": now_ms, "limit": limit,
-                                 "owner": owner, "until": now_ms + lease_ms})
+    rows = _CLAIM.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
+                              "owner": owner, "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
 
-# Hot-path statements are built once: SQLAlchemy memoizes their cache keys and compiled forms.
-_LOCK_MANY = (
+# Every step's transaction runs these (see hot.py).
+_LOCK_MANY = Hot(
     select(*_ITEM_COLUMNS, queue.c.due_at_ms)
     .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
     .order_by(queue.c.run_id, queue.c.step_id)
     .with_for_update()
 )
-_UPDATE_MANY = (
+_UPDATE_MANY = Hot(
     update(queue)
     .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == bindparam("b_step_id"))
     .values(attempt=bindparam("attempt"), step_count=bindparam("step_count"),
@@ -102,14 +103,15 @@ _UPDATE_MANY = (
             lease_until_ms=bindparam("lease_until_ms"), wait_kind=bindparam("wait_kind"),
             wait_step=bindparam("wait_step"))
 )
-_DELETE_MANY = queue.delete().where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
+_DELETE_MANY = Hot(
+    queue.delete().where(queue.c.run_id.in_(bindparam("run_ids", expanding=True))))
 
 
 def lock_many(conn: Connection, run_ids: list[str]
               ) -> dict[tuple[str, str], tuple[QueueItem, int]]:
     """Lock these runs' queue rows (the runs' own and their parallel steps', in a fixed order);
     return each item, by (run_id, step_id), with its due time."""
-    rows = conn.execute(_LOCK_MANY, {"run_ids": run_ids})
+    rows = _LOCK_MANY.rows(conn, {"run_ids": run_ids})
     return {(row.run_id, row.step_id): (_item(row), row.due_at_ms) for row in rows}
 
 
@@ -117,25 +119,25 @@ def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Rows: b_run_id, b_step_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms,
     wait_kind, wait_step."""
     if rows:
-        conn.execute(_UPDATE_MANY, rows)
+        _UPDATE_MANY.execute_many(conn, rows)
 
 
 def delete_many(conn: Connection, run_ids: list[str]) -> None:
     """Drop these runs' items, parallel steps included."""
     if run_ids:
-        conn.execute(_DELETE_MANY, {"run_ids": run_ids})
+        _DELETE_MANY.execute(conn, {"run_ids": run_ids})
 
 
-_DELETE_ITEM = queue.delete().where(queue.c.run_id == bindparam("b_run_id"),
-                                    queue.c.step_id == bindparam("b_step_id"))
+_DELETE_ITEM = Hot(queue.delete().where(queue.c.run_id == bindparam("b_run_id"),
+                                        queue.c.step_id == bindparam("b_step_id")))
 
 
 def delete_items(conn: Connection, keys: list[tuple[str, str]]) -> None:
     if keys:
-        conn.execute(_DELETE_ITEM, [{"b_run_id": r, "b_step_id": s} for r, s in keys])
+        _DELETE_ITEM.execute_many(conn, [{"b_run_id": r, "b_step_id": s} for r, s in keys])
 
 
-_RESUME = (
+_RESUME = Hot(
     update(queue)
     .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == "")
     .values(due_at_ms=bindparam("due_at_ms"), wait_kind=None, wait_step=None)
@@ -145,7 +147,7 @@ _RESUME = (
 def resume_many(conn: Connection, run_ids: list[str], now_ms: int) -> None:
     """Suspended runs become ready now."""
     if run_ids:
-        conn.execute(_RESUME, [{"b_run_id": r, "due_at_ms": now_ms} for r in run_ids])
+        _RESUME.execute_many(conn, [{"b_run_id": r, "due_at_ms": now_ms} for r in run_ids])
 
 
 _CLEAR_WAIT = (update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)),

@@ -18,13 +18,14 @@ from stepline_server.model import (
     StepStatus,
 )
 from stepline_server.store.events import row_to_event
+from stepline_server.store.hot import Hot
 from stepline_server.store.paging import encode_cursor
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
 
-_INSERT_RUNS = runs.insert()
+_INSERT_RUNS = Hot(runs.insert())
 # The status test sits in SET, not WHERE: a WHERE on status tempts SQLite's planner to walk the
 # status index (every sleeping run) instead of the primary key.
-_MARK_STARTED = (
+_MARK_STARTED = Hot(
     update(runs)
     .where(runs.c.id.in_(bindparam("run_ids", expanding=True)))
     .values(status=case((runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.SLEEPING.value,
@@ -32,7 +33,7 @@ _MARK_STARTED = (
                          RunStatus.RUNNING.value), else_=runs.c.status),
             started_at_ms=func.coalesce(runs.c.started_at_ms, bindparam("now")))
 )
-_MEMO = (
+_MEMO = Hot(
     select(steps.c.run_id, steps.c.step_id, steps.c.output, steps.c.error)
     .where(steps.c.run_id.in_(bindparam("run_ids", expanding=True)),
            steps.c.status.in_([StepStatus.COMPLETED.value, StepStatus.FAILED.value]))
@@ -40,7 +41,7 @@ _MEMO = (
 )
 _SET_STATUS = (update(runs).where(runs.c.id == bindparam("b_id"), runs.c.ended_at_ms.is_(None))
                .values(status=bindparam("status")))
-_END_PENDING_STEP = (
+_END_PENDING_STEP = Hot(
     update(steps)
     # Plain comparisons, not IN (…): this statement runs once for many rows (executemany).
     .where(steps.c.run_id == bindparam("b_run_id"), steps.c.step_id == bindparam("b_step_id"),
@@ -61,8 +62,8 @@ def end_pending_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Complete (or fail) sleeps, waits and invokes. Rows: b_run_id, b_step_id, status, output,
     error, ended_at_ms."""
     if rows:
-        conn.execute(_END_PENDING_STEP, rows)
-_EVENTS_OF = (
+        _END_PENDING_STEP.execute_many(conn, rows)
+_EVENTS_OF = Hot(
     select(runs.c.id.label("run_id"), events)
     .join(events, events.c.id == runs.c.event_id)
     .where(runs.c.id.in_(bindparam("run_ids", expanding=True)))
@@ -71,11 +72,11 @@ _EVENTS_OF = (
 
 def create(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INSERT_RUNS, rows)
+        _INSERT_RUNS.execute_many(conn, rows)
 
 
 def mark_started(conn: Connection, run_ids: list[str], now_ms: int) -> None:
-    conn.execute(_MARK_STARTED, {"run_ids": run_ids, "now": now_ms})
+    _MARK_STARTED.execute(conn, {"run_ids": run_ids, "now": now_ms})
 
 
 def finish(
@@ -97,14 +98,14 @@ def finish(
     return bool(result.rowcount)
 
 
-_FINISH_MANY = (
+_FINISH_MANY = Hot(
     update(runs)
     .where(runs.c.id == bindparam("b_id"), runs.c.ended_at_ms.is_(None))
     .values(status=bindparam("status"), output=bindparam("output"), error=bindparam("error"),
             ended_at_ms=bindparam("ended_at_ms"))
 )
-_INSERT_STEPS = steps.insert()
-_INSERT_FAILURES = step_failures.insert()
+_INSERT_STEPS = Hot(steps.insert())
+_INSERT_FAILURES = Hot(step_failures.insert())
 _STATUS_MANY = select(runs.c.id, runs.c.status).where(
     runs.c.id.in_(bindparam("run_ids", expanding=True)))
 
@@ -112,18 +113,18 @@ _STATUS_MANY = select(runs.c.id, runs.c.status).where(
 def finish_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Rows: b_id, status, output, error (JSON text or None), ended_at_ms."""
     if rows:
-        conn.execute(_FINISH_MANY, rows)
+        _FINISH_MANY.execute_many(conn, rows)
 
 
 def insert_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Final step results; a step that already has one raises IntegrityError."""
     if rows:
-        conn.execute(_INSERT_STEPS, rows)
+        _INSERT_STEPS.execute_many(conn, rows)
 
 
 def insert_failures(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INSERT_FAILURES, rows)
+        _INSERT_FAILURES.execute_many(conn, rows)
 
 
 def statuses(conn: Connection, run_ids: list[str]) -> dict[str, RunStatus]:
@@ -135,13 +136,13 @@ def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
     found: dict[str, list[MemoStep]] = {run_id: [] for run_id in run_ids}
     if not run_ids:
         return found
-    for row in conn.execute(_MEMO, {"run_ids": run_ids}):
+    for row in _MEMO.rows(conn, {"run_ids": run_ids}):
         found[row.run_id].append(MemoStep(row.step_id, row.output, ErrorInfo.from_json(row.error)))
     return found
 
 
 def events_of(conn: Connection, run_ids: list[str]) -> dict[str, Any]:
-    rows = conn.execute(_EVENTS_OF, {"run_ids": run_ids})
+    rows = _EVENTS_OF.rows(conn, {"run_ids": run_ids})
     return {row.run_id: row_to_event(row) for row in rows}
 
 

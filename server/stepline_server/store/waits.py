@@ -7,25 +7,27 @@ from typing import Any
 from sqlalchemy import bindparam, delete, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
+from stepline_server.store.hot import Hot
 from stepline_server.store.schema import waits
 
-_INSERT = waits.insert()
-_PATHS = (
+_INSERT = Hot(waits.insert())
+_PATHS = Hot(
     select(waits.c.event_name, waits.c.match_path).distinct()
     .where(waits.c.event_name.in_(bindparam("names", expanding=True)))
 )
-_DELETE_FOR_RUNS = delete(waits).where(waits.c.run_id.in_(bindparam("run_ids", expanding=True)))
+_DELETE_FOR_RUNS = Hot(
+    delete(waits).where(waits.c.run_id.in_(bindparam("run_ids", expanding=True))))
 
 
 def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INSERT, rows)
+        _INSERT.execute_many(conn, rows)
 
 
 def paths(conn: Connection, names: list[str]) -> dict[str, set[str | None]]:
     """For each event name with pending waits: the key paths they use (None: not keyed)."""
     found: dict[str, set[str | None]] = {}
-    for row in conn.execute(_PATHS, {"names": names}):
+    for row in _PATHS.rows(conn, {"names": names}):
         found.setdefault(row.event_name, set()).add(row.match_path)
     return found
 
@@ -58,4 +60,4 @@ def delete_many(conn: Connection, keys: list[tuple[str, str]]) -> None:
 
 def delete_for_runs(conn: Connection, run_ids: list[str]) -> None:
     if run_ids:
-        conn.execute(_DELETE_FOR_RUNS, {"run_ids": run_ids})
+        _DELETE_FOR_RUNS.execute(conn, {"run_ids": run_ids})
