@@ -76,7 +76,10 @@ class Hot:
             return
         compiled = self._get(conn, rows[0])
         assert not compiled.expanding, "execute_many takes no expanding parameters"
-        _run(conn, compiled.sql, [compiled.params(row) for row in rows], many=True)
+        if len(rows) == 1:  # psycopg's executemany sets up a pipeline even for one row
+            _run(conn, compiled.sql, compiled.params(rows[0]), many=False)
+        else:
+            _run(conn, compiled.sql, [compiled.params(row) for row in rows], many=True)
 
     # -- compiling ---------------------------------------------------------------------------
     def _get(self, conn: Connection, params: Mapping[str, Any]) -> _Compiled:
