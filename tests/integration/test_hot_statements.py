@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError, ProgrammingError
@@ -99,3 +100,7 @@ def test_statements_needing_type_processing_are_refused(writer: Engine) -> None:
     statement = Hot(update(documents).values(body=bindparam("body")))
     with writer.connect() as conn, pytest.raises(TypeError, match="not a hot statement"):
         statement.execute(conn, {"body": {"a": 1}})
+    pairs = Hot(select(queue.c.run_id).where(
+        tuple_(queue.c.run_id, queue.c.step_id).in_(bindparam("keys", expanding=True))))
+    with writer.connect() as conn, pytest.raises(TypeError, match="not a hot statement"):
+        pairs.rows(conn, {"keys": [("r1", "")]})

@@ -130,6 +130,8 @@ def _compile(statement: ClauseElement, conn: Connection, keys: tuple[str, ...] |
             return f"{operator}(%({match.group(2)})s)"
 
         sql = _EXPANDING.sub(as_array, sql)
+        if "__[POSTCOMPILE_" in sql:
+            raise TypeError(f"not a hot statement (an expanding parameter outside IN): {sql}")
     columns = getattr(statement, "exported_columns", ())
     row = namedtuple("Row", [c.key for c in columns]) if columns else None
     return _Compiled(sql, tuple(compiled.positiontup) if positional else None, constants,

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, tuple_
+from sqlalchemy import bindparam, delete, or_, select, text, tuple_
 from sqlalchemy.engine import Connection
 
 from stepline_server.store.hot import Hot
 from stepline_server.store.schema import waits
 
 _INSERT = Hot(waits.insert())
-_PATHS = Hot(
-    select(waits.c.event_name, waits.c.match_path).distinct()
-    .where(waits.c.event_name.in_(bindparam("names", expanding=True)))
+# The distinct key paths of one event name's waits, found by hopping along ix_waits_paths from
+# one path to the next (a loose index scan): a probe per distinct path, however many waits
+# share them. SELECT DISTINCT would read every wait of the name for every event.
+_PATHS = Hot(text("""
+WITH RECURSIVE found(path) AS (
+    SELECT min(match_path) FROM waits WHERE event_name = :name
+    UNION ALL
+    SELECT (SELECT min(w.match_path) FROM waits AS w
+            WHERE w.event_name = :name AND w.match_path > found.path)
+    FROM found WHERE found.path IS NOT NULL
 )
+SELECT path FROM found WHERE path IS NOT NULL
+UNION ALL
+SELECT NULL WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = :name AND match_path IS NULL)
+"""))
 _DELETE_FOR_RUNS = Hot(
     delete(waits).where(waits.c.run_id.in_(bindparam("run_ids", expanding=True))))
 
@@ -27,8 +38,10 @@ def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def paths(conn: Connection, names: list[str]) -> dict[str, set[str | None]]:
     """For each event name with pending waits: the key paths they use (None: not keyed)."""
     found: dict[str, set[str | None]] = {}
-    for row in _PATHS.rows(conn, {"names": names}):
-        found.setdefault(row.event_name, set()).add(row.match_path)
+    for name in names:
+        paths = {row[0] for row in _PATHS.rows(conn, {"name": name})}
+        if paths:
+            found[name] = paths
     return found
 
 
