@@ -54,11 +54,11 @@ def row_to_event(row: Any) -> EventRecord:
                        traceparent=row.traceparent)
 
 
-_GET_MANY = select(events).where(events.c.id.in_(bindparam("ids", expanding=True)))
+_GET_MANY = Hot(select(events).where(events.c.id.in_(bindparam("ids", expanding=True))))
 
 
 def get_many(conn: Connection, ids: list[str]) -> list[EventRecord]:
-    return [row_to_event(row) for row in conn.execute(_GET_MANY, {"ids": ids})]
+    return [row_to_event(row) for row in _GET_MANY.rows(conn, {"ids": ids})]
 
 
 def list_(conn: Connection, *, name: str | None, limit: int, cursor: tuple[int, str] | None

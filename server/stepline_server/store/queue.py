@@ -150,14 +150,14 @@ def resume_many(conn: Connection, run_ids: list[str], now_ms: int) -> None:
         _RESUME.execute_many(conn, [{"b_run_id": r, "due_at_ms": now_ms} for r in run_ids])
 
 
-_CLEAR_WAIT = (update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)),
-                                   queue.c.step_id == "")
-               .values(wait_kind=None, wait_step=None))
+_CLEAR_WAIT = Hot(update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)),
+                                      queue.c.step_id == "")
+                  .values(wait_kind=None, wait_step=None))
 
 
 def clear_waits(conn: Connection, run_ids: list[str]) -> None:
     if run_ids:
-        conn.execute(_CLEAR_WAIT, {"run_ids": run_ids})
+        _CLEAR_WAIT.execute(conn, {"run_ids": run_ids})
 
 
 _EXPIRED = (

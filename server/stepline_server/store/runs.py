@@ -39,8 +39,9 @@ _MEMO = Hot(
            steps.c.status.in_([StepStatus.COMPLETED.value, StepStatus.FAILED.value]))
     .order_by(steps.c.run_id, steps.c.position)
 )
-_SET_STATUS = (update(runs).where(runs.c.id == bindparam("b_id"), runs.c.ended_at_ms.is_(None))
-               .values(status=bindparam("status")))
+_SET_STATUS = Hot(update(runs).where(runs.c.id == bindparam("b_id"),
+                                     runs.c.ended_at_ms.is_(None))
+                  .values(status=bindparam("status")))
 _END_PENDING_STEP = Hot(
     update(steps)
     # Plain comparisons, not IN (…): this statement runs once for many rows (executemany).
@@ -55,7 +56,7 @@ _END_PENDING_STEP = Hot(
 def set_status_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Rows: b_id, status; only runs that have not ended."""
     if rows:
-        conn.execute(_SET_STATUS, rows)
+        _SET_STATUS.execute_many(conn, rows)
 
 
 def end_pending_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -235,15 +236,15 @@ def status_of(conn: Connection, run_id: str) -> RunStatus | None:
 
 
 
-_EVENT_IDS = select(runs.c.id, runs.c.event_id).where(
-    runs.c.id.in_(bindparam("run_ids", expanding=True)))
+_EVENT_IDS = Hot(select(runs.c.id, runs.c.event_id).where(
+    runs.c.id.in_(bindparam("run_ids", expanding=True))))
 
 
 def event_ids(conn: Connection, run_ids: list[str]) -> dict[str, str]:
     """The triggering event id of each run."""
     if not run_ids:
         return {}
-    return {row.id: row.event_id for row in conn.execute(_EVENT_IDS, {"run_ids": run_ids})}
+    return {row.id: row.event_id for row in _EVENT_IDS.rows(conn, {"run_ids": run_ids})}
 
 
 # -- run operations (engine/operations.py) ------------------------------------------------------

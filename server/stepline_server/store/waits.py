@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, text, tuple_
+from sqlalchemy import bindparam, delete, or_, select, text
 from sqlalchemy.engine import Connection
 
 from stepline_server.store.hot import Hot
@@ -45,30 +45,42 @@ def paths(conn: Connection, names: list[str]) -> dict[str, set[str | None]]:
     return found
 
 
+def _candidates(match: Any) -> Hot:
+    return Hot(
+        select(waits)
+        .where(waits.c.event_name == bindparam("name"), match,
+               or_(waits.c.expires_at_ms.is_(None), waits.c.expires_at_ms > bindparam("now")))
+        .order_by(waits.c.created_at_ms, waits.c.run_id, waits.c.step_id))
+
+
+# By (keyed, unkeyed): each an index lookup on ix_waits_keys.
+_CANDIDATES = {
+    (True, False): _candidates(waits.c.match_key.in_(bindparam("keys", expanding=True))),
+    (False, True): _candidates(waits.c.match_key.is_(None)),
+    (True, True): _candidates(or_(waits.c.match_key.in_(bindparam("keys", expanding=True)),
+                                  waits.c.match_key.is_(None))),
+}
+
+
 def candidates(conn: Connection, name: str, keys: list[str], unkeyed: bool, now_ms: int
                ) -> list[Any]:
     """Unexpired waits for `name` whose key is one of `keys` (and unkeyed ones if asked),
     oldest first."""
-    conditions = []
-    if keys:
-        conditions.append(waits.c.match_key.in_(keys))
-    if unkeyed:
-        conditions.append(waits.c.match_key.is_(None))
-    if not conditions:
+    if not keys and not unkeyed:
         return []
-    query = (
-        select(waits)
-        .where(waits.c.event_name == name, or_(*conditions),
-               or_(waits.c.expires_at_ms.is_(None), waits.c.expires_at_ms > now_ms))
-        .order_by(waits.c.created_at_ms, waits.c.run_id, waits.c.step_id)
-    )
-    return list(conn.execute(query))
+    return _CANDIDATES[bool(keys), unkeyed].rows(
+        conn, {"name": name, "keys": keys, "now": now_ms})
+
+
+_DELETE = Hot(delete(waits).where(waits.c.run_id == bindparam("b_run_id"),
+                                  waits.c.step_id == bindparam("b_step_id")))
 
 
 def delete_many(conn: Connection, keys: list[tuple[str, str]]) -> None:
     """Delete waits by (run_id, step_id)."""
     if keys:
-        conn.execute(delete(waits).where(tuple_(waits.c.run_id, waits.c.step_id).in_(keys)))
+        _DELETE.execute_many(conn, [{"b_run_id": run_id, "b_step_id": step_id}
+                                    for run_id, step_id in keys])
 
 
 def delete_for_runs(conn: Connection, run_ids: list[str]) -> None:
