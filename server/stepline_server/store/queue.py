@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, tuple_, union_all, update
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem, WaitKind
@@ -51,30 +65,53 @@ def _claimable(now_ms: Any) -> Any:
     )
 
 
-# One statement: pick the oldest due items (skipping rows other servers hold locked on
-# PostgreSQL; SQLite holds the write lock) and lease them.
-_CLAIM = Hot(
-    update(queue)
-    .where(tuple_(queue.c.run_id, queue.c.step_id).in_(
-        select(queue.c.run_id, queue.c.step_id)
-        .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
-               _claimable(bindparam("now")))
-        .order_by(queue.c.due_at_ms)
-        .limit(bindparam("limit"))
-        .with_for_update(skip_locked=True)))
-    .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
-            lease_until_ms=bindparam("until"),
-            # Taking over an expired lease: the worker that held it was lost mid-attempt.
-            attempt=case((queue.c.lease_owner.is_not(None), queue.c.attempt + 1),
-                         else_=queue.c.attempt),
-            # The first dispatch ends the start timeout and arms the finish timeout.
-            deadline_ms=case((queue.c.deadline_kind == "start",
-                              bindparam("now") + queue.c.finish_timeout_ms),
-                             else_=queue.c.deadline_ms),
-            deadline_kind=case((queue.c.deadline_kind == "start", "finish"),
-                               else_=queue.c.deadline_kind))
-    .returning(*_ITEM_COLUMNS)
+def _claim(picked: Any) -> Hot:
+    """Lease the items `picked` selects (their run_id, step_id)."""
+    return Hot(
+        update(queue)
+        .where(tuple_(queue.c.run_id, queue.c.step_id).in_(picked))
+        .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
+                lease_until_ms=bindparam("until"),
+                # Taking over an expired lease: the worker that held it was lost mid-attempt.
+                attempt=case((queue.c.lease_owner.is_not(None), queue.c.attempt + 1),
+                             else_=queue.c.attempt),
+                # The first dispatch ends the start timeout and arms the finish timeout.
+                deadline_ms=case((queue.c.deadline_kind == "start",
+                                  bindparam("now") + queue.c.finish_timeout_ms),
+                                 else_=queue.c.deadline_ms),
+                deadline_kind=case((queue.c.deadline_kind == "start", "finish"),
+                                   else_=queue.c.deadline_kind))
+        .returning(*_ITEM_COLUMNS))
+
+
+# One statement: pick the oldest due items and lease them. SQLite holds the write lock: one
+# ordered pass over ix_queue_claim.
+_CLAIM_SQLITE = _claim(
+    select(queue.c.run_id, queue.c.step_id)
+    .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
+           _claimable(bindparam("now")))
+    .order_by(queue.c.due_at_ms)
+    .limit(bindparam("limit")))
+# PostgreSQL: the oldest due items of each function, read in ix_queue_claim's order and
+# stopping at `limit` (skipping rows other servers hold locked), then the oldest of those. The
+# plan stays a short ordered index scan whatever the statistics say; planned as one scan for
+# all functions, a stale estimate of many due rows chose a bitmap scan that read every dead
+# index entry of the functions' recent items (3-4 ms a claim after 10,000 runs went to wait).
+_FUNCTION_IDS = (func.unnest(cast(bindparam("function_ids"), postgresql.ARRAY(String)))
+                 .table_valued("id").render_derived())
+_DUE = (
+    select(queue.c.run_id, queue.c.step_id, queue.c.due_at_ms)
+    .where(queue.c.function_id == _FUNCTION_IDS.c.id, _claimable(bindparam("now")))
+    .order_by(queue.c.due_at_ms)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .lateral()
 )
+_CLAIM_POSTGRESQL = _claim(
+    select(_DUE.c.run_id, _DUE.c.step_id)
+    .select_from(_FUNCTION_IDS.join(_DUE, true()))
+    .order_by(_DUE.c.due_at_ms)
+    .limit(bindparam("limit")))
 
 
 def claim(
@@ -83,7 +120,8 @@ def claim(
     """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
     if limit <= 0 or not function_ids:
         return []
-    rows = _CLAIM.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
+    claim_ = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
+    rows = claim_.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
                               "owner": owner, "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
