@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -65,11 +66,11 @@ def _claimable(now_ms: Any) -> Any:
     )
 
 
-def _claim(picked: Any) -> Hot:
-    """Lease the items `picked` selects (their run_id, step_id)."""
+def _claim(where: Any) -> Hot:
+    """Lease the items `where` picks."""
     return Hot(
         update(queue)
-        .where(tuple_(queue.c.run_id, queue.c.step_id).in_(picked))
+        .where(where)
         .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
                 lease_until_ms=bindparam("until"),
                 # Taking over an expired lease: the worker that held it was lost mid-attempt.
@@ -86,12 +87,12 @@ def _claim(picked: Any) -> Hot:
 
 # One statement: pick the oldest due items and lease them. SQLite holds the write lock: one
 # ordered pass over ix_queue_claim.
-_CLAIM_SQLITE = _claim(
+_CLAIM_SQLITE = _claim(tuple_(queue.c.run_id, queue.c.step_id).in_(
     select(queue.c.run_id, queue.c.step_id)
     .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
            _claimable(bindparam("now")))
     .order_by(queue.c.due_at_ms)
-    .limit(bindparam("limit")))
+    .limit(bindparam("limit"))))
 # PostgreSQL: the oldest due items of each function, read in ix_queue_claim's order and
 # stopping at `limit` (skipping rows other servers hold locked), then the oldest of those. The
 # plan stays a short ordered index scan whatever the statistics say; planned as one scan for
@@ -107,11 +108,18 @@ _DUE = (
     .with_for_update(skip_locked=True)
     .lateral()
 )
-_CLAIM_POSTGRESQL = _claim(
+_PICKED = (
     select(_DUE.c.run_id, _DUE.c.step_id)
     .select_from(_FUNCTION_IDS.join(_DUE, true()))
     .order_by(_DUE.c.due_at_ms)
-    .limit(bindparam("limit")))
+    .limit(bindparam("limit"))
+    .cte("picked")
+)
+# The picked items are then found by primary key, the run ids given as an array: planned as a
+# join, an estimate of `limit` rows made PostgreSQL scan the whole queue to hash-join one row.
+_CLAIM_POSTGRESQL = _claim(and_(
+    queue.c.run_id == any_(func.array(select(_PICKED.c.run_id).scalar_subquery())),
+    tuple_(queue.c.run_id, queue.c.step_id).in_(select(_PICKED.c.run_id, _PICKED.c.step_id))))
 
 
 def claim(
