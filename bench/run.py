@@ -66,10 +66,11 @@ How each figure is measured (all durations use time.perf_counter() in this proce
 
 7. Sleepers (bench/_sleepers.py), last, since its runs stay: throughput as in 3 (1,000 runs, the
    best slot count of 3, best of 3 trials, since a 1.3 s trial is easily disturbed on two noisy
-   cores) before and after seeding N (100,000; 10,000 with --quick; or --sleepers N) runs of `bench-sleeper` (one `await ctx.step.sleep("nap", "2h")`),
-   on the same server. Seeding goes the real way: events sent with send_many, 1,000 a call, to
-   a worker process of `bench._worker_app` with 100 slots; rate = N / (first send -> the
-   database shows N more runs SLEEPING), polled every 0.25 s. Drop = 1 - after / before. Server
+   cores) before and after seeding N (100,000; 10,000 with --quick; or --sleepers N) runs of
+   `bench-sleeper` (one `await ctx.step.sleep("nap", "2h")`), on the same server. Seeding goes
+   the real way: events sent with send_many, 1,000 a call, to a worker process of
+   `bench._worker_app` with 100 slots; rate = N / (first send -> the database shows N more
+   runs SLEEPING), polled every 0.25 s. Drop = 1 - after / before. Server
    RSS (VmRSS in /proc/PID/status) before seeding, after seeding and after the second
    throughput measurement; the database's size before and after seeding. On a PostgreSQL with
    autovacuum off (the tables then never get statistics), once more after an ANALYZE, which
