@@ -39,3 +39,10 @@ class Conflict(SteplineServerError):
 
 class StaleLease(SteplineServerError):
     code = grpc.StatusCode.ABORTED
+
+
+class Unavailable(SteplineServerError):
+    """The database connection was lost (a restart, a failover): the request may be sent
+    again; the server reconnects."""
+
+    code = grpc.StatusCode.UNAVAILABLE

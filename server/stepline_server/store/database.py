@@ -22,7 +22,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from stepline_server.errors import Conflict
+from stepline_server.errors import Conflict, Unavailable
 from stepline_server.store import dialect
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,11 @@ def _translate(exc: Exception) -> Exception:
     """Driver errors become server errors here, in one place."""
     if isinstance(exc, IntegrityError):
         return Conflict(f"conflicts with stored data: {exc.orig}")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # The next transaction reconnects. Lost before or during COMMIT, the work may or may
+        # not be stored: a resend is safe for what is idempotent (events with an id, reports
+        # fenced by their lease).
+        return Unavailable("the database connection was lost; send the request again")
     return exc
 
 
@@ -208,9 +213,9 @@ class Database:
             callbacks: list[Callable[[], None]] = []
             try:
                 results = self._commit(batch, callbacks)
-            except Exception as exc:  # the commit itself failed: nothing in it is durable
+            except Exception as exc:  # the commit itself failed
                 log.exception("write transaction failed")
-                results = [exc] * len(batch)
+                results = [_translate(exc)] * len(batch)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_resolve, batch, results, callbacks)
         self._drop_connection()
