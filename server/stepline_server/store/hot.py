@@ -8,10 +8,9 @@ statements every step goes through are declared as `Hot` and skip that machinery
 
 A `Hot` statement is an ordinary SQLAlchemy construct. What it supports, checked when it is
 compiled: bound parameters by name (a missing one raises KeyError on SQLite, ProgrammingError
-on PostgreSQL), literal values,
-`IN (expanding)` lists (PostgreSQL: `= ANY(array)`, one prepared statement whatever the
-length; SQLite: one `?` per item), and columns that need no Python-side type conversion
-(strings and integers, as the hot tables use).
+on PostgreSQL), literal values, `IN (expanding)` lists (PostgreSQL: `= ANY(array)`, one
+prepared statement whatever the length; SQLite: one `?` per item), and columns that need no
+Python-side type conversion (strings and integers, as the hot tables use).
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class Hot:
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Execute once; the result rows as named tuples."""
         compiled = self._get(conn, params)
-        sql, args = self._expand(conn, compiled, params)
+        sql, args = _expand(compiled, params)
         cursor = _run(conn, sql, args, many=False)
         fetched = cursor.fetchall()
         return [compiled.row._make(row) for row in fetched] if compiled.row else fetched
@@ -67,7 +66,7 @@ class Hot:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Execute once; return the number of rows it changed."""
         compiled = self._get(conn, params)
-        sql, args = self._expand(conn, compiled, params)
+        sql, args = _expand(compiled, params)
         return int(_run(conn, sql, args, many=False).rowcount)
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -91,24 +90,24 @@ class Hot:
             compiled = self._compiled[key] = _compile(self.statement, conn, keys)
         return compiled
 
-    @staticmethod
-    def _expand(conn: Connection, compiled: _Compiled, params: Mapping[str, Any]
-                ) -> tuple[str, Any]:
-        if not compiled.expanding or compiled.order is None:
-            return compiled.sql, compiled.params(params)  # PostgreSQL passes lists as arrays
-        # SQLite: one placeholder per item, in the expanding parameter's place.
-        sql, args = compiled.sql, []
-        values = {**compiled.constants, **params} if compiled.constants else params
-        for name in compiled.order:
-            value = values[name]
-            if name in compiled.expanding:
-                items = list(value)
-                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)) or
-                                  "SELECT NULL WHERE 0", 1)
-                args += items
-            else:
-                args.append(value)
-        return sql, tuple(args)
+
+def _expand(compiled: _Compiled, params: Mapping[str, Any]) -> tuple[str, Any]:
+    """The SQL and driver arguments for one execution."""
+    if not compiled.expanding or compiled.order is None:
+        return compiled.sql, compiled.params(params)  # PostgreSQL passes lists as arrays
+    # SQLite: one placeholder per item, in the expanding parameter's place.
+    sql, args = compiled.sql, []
+    values = {**compiled.constants, **params} if compiled.constants else params
+    for name in compiled.order:
+        value = values[name]
+        if name in compiled.expanding:
+            items = list(value)
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)) or
+                              "SELECT NULL WHERE 0", 1)
+            args += items
+        else:
+            args.append(value)
+    return sql, tuple(args)
 
 
 def _compile(statement: ClauseElement, conn: Connection, keys: tuple[str, ...] | None
