@@ -128,9 +128,9 @@ def claim(
     """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
     if limit <= 0 or not function_ids:
         return []
-    claim_ = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
-    rows = claim_.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
-                              "owner": owner, "until": now_ms + lease_ms})
+    statement = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
+    rows = statement.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
+                                 "owner": owner, "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
 
