@@ -23,6 +23,7 @@ from stepline.v1 import run_service_pb2 as rs
 from stepline.v1.event_service_pb2_grpc import EventServiceStub
 from stepline_server.telemetry import traceparent
 from tests.harness import ServerThread, WorkerThread, wait_until
+from tests.integration.rawworker import RawWorker, function
 
 Spans = Sequence[ReadableSpan]
 
@@ -389,3 +390,29 @@ def test_tracing_off_registers_nothing_and_emits_no_server_span(
     finished = wait_spans(spans, "stepline.execute one")
     assert [s.name for s in finished if s.name.startswith(("stepline.run", "stepline.step"))
             ] == []
+
+
+def test_an_attempt_whose_worker_is_lost_ends_with_a_lost_span(
+        traced_server: ServerThread, spans: InMemorySpanExporter) -> None:
+    raw = RawWorker(traced_server.address, [function("fragile", "test/fragile", retries=2)])
+    raw.expect("welcome")
+    response = EventServiceStub(grpc.insecure_channel(traced_server.address)).SendEvent(
+        es.SendEventRequest(events=[common_pb2.Event(name="test/fragile", data=b"{}")]))
+    (run_id,) = response.run_ids
+    dispatch = raw.expect("dispatch")
+    raw.close()  # the worker dies holding the run
+    lost = one(wait_spans(spans, "stepline.body fragile"), "stepline.body fragile")
+
+    assert lost.status.status_code is StatusCode.ERROR
+    assert lost.status.description is not None
+    assert lost.status.description.startswith("WorkerLost: ")
+    attributes = dict(lost.attributes or {})
+    assert attributes["stepline.step.outcome"] == "lost"
+    assert attributes["stepline.run.id"] == run_id
+    assert attributes["stepline.lease"] == dispatch.lease
+    assert attributes["stepline.worker.id"] == "raw"
+    assert parent_id(lost) == traceparent.run_span_id(run_id)
+    assert span_id(lost) == traceparent.step_span_id(run_id, "", dispatch.lease)
+    # The attempt was used up; the run goes on with its next one.
+    run = traced_server.get_run(run_id)
+    assert run.attempt == 1 and run.status == rs.RUN_STATUS_RUNNING

@@ -265,6 +265,9 @@ class Engine:
             # A run whose last allowed attempt was just lost ends here, not at the next claim.
             remaining = _give_up_lost(self._context(tx, now_ms()), items)
             tx.notify = bool(remaining)
+            if lost and items and self.observers:
+                dispatches = [(item.run_id, item.step_id, item.lease) for item in items]
+                tx.after_commit(lambda: self.observers.attempts_lost(dispatches, now_ms()))
             return len(remaining)
 
         count = await self.db.write(job)

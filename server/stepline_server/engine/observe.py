@@ -49,6 +49,11 @@ class Observer:
     def runs_ended(self, ends: Sequence[RunEnd]) -> None:
         """Runs ended: completed, failed (after their retries), cancelled or timed out."""
 
+    def attempts_lost(self, dispatches: Sequence[tuple[str, str, int]], lost_at_ms: int
+                      ) -> None:
+        """Dispatches, as (run_id, target_step_id, lease), whose worker was lost (its stream
+        broke) before it reported how they ended."""
+
 
 class Observers(Observer):
     """Fans out to the registered observers, isolating their failures."""
@@ -78,6 +83,11 @@ class Observers(Observer):
     def runs_ended(self, ends: Sequence[RunEnd]) -> None:
         for o in self._all:
             _guard(o.runs_ended, ends)
+
+    def attempts_lost(self, dispatches: Sequence[tuple[str, str, int]], lost_at_ms: int
+                      ) -> None:
+        for o in self._all:
+            _guard(o.attempts_lost, dispatches, lost_at_ms)
 
 
 def _guard(method: object, *args: object) -> None:

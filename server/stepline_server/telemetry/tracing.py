@@ -16,7 +16,10 @@ with explicit start and end times and with identities derived from ids (telemetr
   the commit. Its id is derived from (run, step, lease), which is what the worker parents its
   own step span to (the worker's span measures the step's code alone);
 - a body attempt span ("stepline.body {function}") for a RunFailed op: the function failed
-  outside any step.
+  outside any step;
+- for a dispatch whose worker was lost before reporting (attempts_lost), an error span with
+  the outcome "lost", from the dispatch (or its last report) to the loss: the body span, or
+  for a parallel step's dispatch that step's span.
 
 Spans go through the TracerProvider's own pipeline (sampler, limits, processors, exporters).
 The ids are chosen through the SDK's IdGenerator hook: our tracer (and only ours) gets
@@ -181,6 +184,16 @@ class Tracing(Observer):
             if len(self._ended) > MAX_OPEN_DISPATCHES:
                 self._ended.popitem(last=False)
 
+    def attempts_lost(self, dispatches: Sequence[tuple[str, str, int]], lost_at_ms: int
+                      ) -> None:
+        for run_id, target_step_id, lease in dispatches:
+            dispatch = self._open.pop((run_id, target_step_id, lease), None)
+            if dispatch is None:
+                continue  # dispatched by another server (or forgotten)
+            end_ms = min(lost_at_ms, self._ended.get(run_id, lost_at_ms))
+            self._emit_step(run_id, dispatch.trigger,
+                            _lost_span(run_id, target_step_id, lease, dispatch, end_ms))
+
     # -- spans ----------------------------------------------------------------------------------
     def _emit_run(self, end: RunEnd) -> None:
         trace_id, _ = tp.run_trace(end.run_id, end.traceparent)
@@ -298,6 +311,27 @@ def _rejected_span(batch: OpsBatch, op: Op, dispatch: _Open, result: AckAction |
                       "rejected")
     reason = str(result) if isinstance(result, BaseException) else "the report was rejected"
     span.error = ErrorInfo("Rejected", reason)
+    return span
+
+
+def _lost_span(run_id: str, target_step_id: str, lease: int, dispatch: _Open, end_ms: int
+               ) -> _Span:
+    """A dispatch whose worker was lost before reporting: from its dispatch (or last report)
+    to the loss. For a parallel step's dispatch it is that step's attempt (the worker's spans
+    of the step hang under it); otherwise the function's body, the step being unknown."""
+    attributes: Attributes = {
+        FUNCTION_ID: dispatch.function_id, RUN_ID: run_id, STEP_ATTEMPT: dispatch.attempt,
+        WORKER_ID: dispatch.worker_id, LEASE: lease, STEP_OUTCOME: "lost"}
+    if target_step_id:
+        attributes |= {STEP_ID: target_step_id, STEP_NAME: target_step_id, STEP_KIND: "run"}
+        name = f"stepline.step {target_step_id}"
+    else:
+        attributes |= {STEP_NAME: dispatch.function_id, STEP_KIND: "body"}
+        name = f"stepline.body {dispatch.function_id}"
+    span = _Span(name, tp.step_span_id(run_id, target_step_id, lease), dispatch.mark_ms,
+                 end_ms, attributes)
+    span.error = ErrorInfo("WorkerLost", "the worker was lost (crash, kill or broken "
+                           "connection) before it reported")
     return span
 
 
