@@ -36,6 +36,8 @@ from stepline_server.settings import (
 )
 
 CALL_TIMEOUT_SECONDS = 10.0
+# `stepline functions` and `stepline workers` list everything, fetched this many a call.
+LIST_ALL_PAGE = 1000
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 1000
 DEV_DATABASE_FILE = "stepline-dev.db"
@@ -257,17 +259,32 @@ def cmd_events(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 def cmd_functions(channel: grpc.Channel, args: argparse.Namespace) -> int:
     stub = run_service_pb2_grpc.RunServiceStub(channel)
-    response = stub.ListFunctions(run_service_pb2.ListFunctionsRequest(
-        app_id=args.app or "", include_archived=args.archived), timeout=CALL_TIMEOUT_SECONDS)
-    print(cli_format.functions_table(response.functions))
+    functions: list[Any] = []
+    token = ""
+    while True:  # every page
+        response = stub.ListFunctions(run_service_pb2.ListFunctionsRequest(
+            app_id=args.app or "", include_archived=args.archived, page_size=LIST_ALL_PAGE,
+            page_token=token), timeout=CALL_TIMEOUT_SECONDS)
+        functions += response.functions
+        token = response.next_page_token
+        if not token:
+            break
+    print(cli_format.functions_table(functions))
     return 0
 
 
 def cmd_workers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     stub = run_service_pb2_grpc.RunServiceStub(channel)
-    response = stub.ListWorkers(run_service_pb2.ListWorkersRequest(),
-                                timeout=CALL_TIMEOUT_SECONDS)
-    print(cli_format.workers_table(response.workers))
+    workers: list[Any] = []
+    token = ""
+    while True:  # every page
+        response = stub.ListWorkers(run_service_pb2.ListWorkersRequest(
+            page_size=LIST_ALL_PAGE, page_token=token), timeout=CALL_TIMEOUT_SECONDS)
+        workers += response.workers
+        token = response.next_page_token
+        if not token:
+            break
+    print(cli_format.workers_table(workers))
     return 0
 
 

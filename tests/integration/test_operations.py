@@ -323,6 +323,22 @@ def test_list_functions_with_stats(api: Api, server: ServerThread, start_worker:
                                                                 include_archived=True))
     assert [(f.config.id, f.archived) for f in everything.functions] == [
         ("ticker", True), ("waiting", False)]
+    assert everything.next_page_token == ""
+
+    # Pages, by id, each with its functions' own stats.
+    first = api.runs.ListFunctions(rs.ListFunctionsRequest(include_archived=True, page_size=2))
+    assert [f.config.id for f in first.functions] == ["judge", "ticker"]
+    assert first.functions[0].stats.runs == 3 and first.next_page_token
+    second = api.runs.ListFunctions(rs.ListFunctionsRequest(
+        include_archived=True, page_size=2, page_token=first.next_page_token))
+    assert [f.config.id for f in second.functions] == ["waiting"]
+    assert second.functions[0].stats.active == 2 and second.next_page_token == ""
+    for request, field in ((rs.ListFunctionsRequest(page_token="garbage"), "page_token"),
+                           (rs.ListFunctionsRequest(page_size=1001), "page_size")):
+        with pytest.raises(grpc.RpcError) as caught:
+            api.runs.ListFunctions(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(f"{field}: ")
 
 
 def test_engine_listings_in_process(api: Api, server: ServerThread) -> None:
@@ -330,14 +346,14 @@ def test_engine_listings_in_process(api: Api, server: ServerThread) -> None:
     api.register("direct", function("d", "t/direct"))
     api.send("t/direct", event_id="direct-1")
     engine = server.server.engine
-    (info,) = server.call(engine.list_functions())
-    assert info.spec.id == "d" and info.stats.active == 1
+    (info,), token = server.call(engine.list_functions())
+    assert info.spec.id == "d" and info.stats.active == 1 and token == ""
     entries, token = server.call(engine.list_events(name=None, limit=10, page_token=""))
     assert [e.record.id for e in entries] == ["direct-1"] and token == ""
     runs, _ = server.call(engine.list_runs(function_id=None, status=None, limit=10,
                                            page_token="", event_name="t/direct"))
     assert [r.id for r in runs] == list(entries[0].run_ids)
-    assert server.call(engine.list_workers()) == []
+    assert server.call(engine.list_workers()) == ([], "")
 
 
 def test_list_workers_shows_slots_in_use(make_server: Any) -> None:
@@ -374,6 +390,32 @@ def test_list_workers_shows_slots_in_use(make_server: Any) -> None:
         worker.stop()
     wait_until(lambda: api.workers() == [], what="the stopped worker gone")
     api.channel.close()
+
+
+def test_list_workers_in_pages(api: Api, server: ServerThread) -> None:
+    raws = [RawWorker(server.address, [function("paged", "t/paged")]) for _ in range(3)]
+    try:
+        for raw in raws:
+            raw.expect("welcome")
+        wait_until(lambda: len(api.workers()) == 3, what="three workers listed")
+        everyone = [w.connection_id for w in api.workers()]
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            page = api.runs.ListWorkers(rs.ListWorkersRequest(page_size=2, page_token=token))
+            pages.append([w.connection_id for w in page.workers])
+            token = page.next_page_token
+            if not token:
+                break
+        assert [len(p) for p in pages] == [2, 1]
+        assert pages[0] + pages[1] == everyone  # oldest connection first, none twice
+        with pytest.raises(grpc.RpcError) as caught:
+            api.runs.ListWorkers(rs.ListWorkersRequest(page_token="nope"))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith("page_token: ")
+    finally:
+        for raw in raws:
+            raw.close()
 
 
 def test_draining_and_stale_workers(api: Api, server: ServerThread, database_url: str) -> None:

@@ -344,15 +344,20 @@ class Engine:
         """Events newest first, each with the runs it triggered; and the next page's token."""
         return await operations.list_events(self, name=name, limit=limit, page_token=page_token)
 
-    async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False
-                             ) -> list[FunctionInfo]:
-        """Registered functions by id, with their runs of the last 24 hours."""
+    async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False,
+                             limit: int | None = None, page_token: str = ""
+                             ) -> tuple[list[FunctionInfo], str]:
+        """Registered functions by id, with their runs of the last 24 hours; at most `limit`
+        (None: all), and the next page's token ('' at the end)."""
         return await operations.list_functions(self, app_id=app_id,
-                                               include_archived=include_archived)
+                                               include_archived=include_archived, limit=limit,
+                                               page_token=page_token)
 
-    async def list_workers(self) -> list[WorkerInfo]:
-        """Workers connected to any server on this database, with their slots in use."""
-        return await operations.list_workers(self)
+    async def list_workers(self, *, limit: int | None = None, page_token: str = ""
+                           ) -> tuple[list[WorkerInfo], str]:
+        """Workers connected to any server on this database, with their slots in use; at most
+        `limit` (None: all), and the next page's token ('' at the end)."""
+        return await operations.list_workers(self, limit=limit, page_token=page_token)
 
     # -- timeouts ----------------------------------------------------------------------------
     async def expire_deadlines(self, limit: int = 500) -> int:

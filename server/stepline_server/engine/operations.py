@@ -27,7 +27,7 @@ from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import workers as worker_store
-from stepline_server.store.paging import decode_cursor
+from stepline_server.store.paging import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from stepline_server.engine.core import Engine, Starter
@@ -137,26 +137,44 @@ async def list_events(engine: Engine, *, name: str | None, limit: int, page_toke
     return await engine.db.read(query)
 
 
-async def list_functions(engine: Engine, *, app_id: str | None, include_archived: bool
-                         ) -> list[FunctionInfo]:
+async def list_functions(engine: Engine, *, app_id: str | None, include_archived: bool,
+                         limit: int | None = None, page_token: str = ""
+                         ) -> tuple[list[FunctionInfo], str]:
+    """By id, at most `limit` (None: all); and the next page's token ('' at the end)."""
     since = now_ms() - STATS_WINDOW_MS
+    cursor = _cursor(page_token)
+    after_id = None if cursor is None else cursor[1]
 
     def query(conn: Connection) -> list[FunctionInfo]:
-        rows = function_store.list_(conn, app_id=app_id, include_archived=include_archived)
-        stats = run_store.function_stats(conn, since) if rows else {}
+        rows = function_store.list_(conn, app_id=app_id, include_archived=include_archived,
+                                    after_id=after_id, limit=None if limit is None else limit + 1)
+        page = rows if limit is None else rows[:limit]
+        stats = run_store.function_stats(
+            conn, since, None if limit is None else [row.id for row in page]) if page else {}
         return [FunctionInfo(function_spec_from_config(row.id, row.config), row.app_id,
                              row.version, bool(row.archived), row.created_at_ms,
                              row.updated_at_ms, stats.get(row.id, _NO_STATS))
                 for row in rows]
 
-    return await engine.db.read(query)
+    infos = await engine.db.read(query)
+    if limit is None or len(infos) <= limit:
+        return infos, ""
+    return infos[:limit], encode_cursor(0, infos[limit - 1].spec.id)
 
 
-async def list_workers(engine: Engine) -> list[WorkerInfo]:
-    """Rows refreshed recently; stale ones are left out here and deleted."""
+async def list_workers(engine: Engine, *, limit: int | None = None, page_token: str = ""
+                       ) -> tuple[list[WorkerInfo], str]:
+    """Rows refreshed recently, oldest connection first, at most `limit` (None: all); and the
+    next page's token ('' at the end). Stale rows are left out here and deleted."""
     cutoff = now_ms() - int(STALE_WORKER_LEASES * engine.settings.lease_seconds * 1000)
-    rows = await engine.db.read(worker_store.list_)
+    after = _cursor(page_token)
+    rows = await engine.db.read(lambda conn: worker_store.list_(
+        conn, after=after, limit=None if limit is None else limit + 1))
+    more = limit is not None and len(rows) > limit
+    if limit is not None:
+        rows = rows[:limit]
     live = [w for w in rows if w.last_heartbeat_ms >= cutoff]
     if len(live) < len(rows):
         await engine.db.write(lambda tx: worker_store.delete_stale(tx.conn, cutoff))
-    return live
+    token = encode_cursor(rows[-1].connected_at_ms, rows[-1].connection_id) if more else ""
+    return live, token

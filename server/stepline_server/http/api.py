@@ -20,7 +20,7 @@ RECENT_RUNS = 20
 
 
 async def find_function(engine: Engine, function_id: str) -> FunctionInfo:
-    for info in await engine.list_functions(include_archived=True):
+    for info in (await engine.list_functions(include_archived=True))[0]:
         if info.spec.id == function_id:
             return info
     raise NotFound(f"function_id: no function {function_id!r}")
@@ -75,7 +75,7 @@ async def run_rerun(request: Request) -> Response:
 # -- functions, events, workers ---------------------------------------------------------------
 async def functions_index(request: Request) -> Response:
     archived = request.query_params.get("archived") in ("1", "true")
-    infos = await services(request).engine.list_functions(include_archived=archived)
+    infos, _ = await services(request).engine.list_functions(include_archived=archived)
     return JSONResponse({"functions": [views.function_json(i) for i in infos]})
 
 
@@ -107,7 +107,7 @@ async def events_send(request: Request) -> Response:
 
 
 async def workers_index(request: Request) -> Response:
-    workers = await services(request).engine.list_workers()
+    workers, _ = await services(request).engine.list_workers()
     return JSONResponse({"workers": [views.worker_json(w) for w in workers]})
 
 

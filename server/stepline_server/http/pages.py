@@ -43,7 +43,7 @@ async def home(request: Request) -> Response:
 async def runs_page(request: Request) -> Response:
     engine = services(request).engine
     runs, token = await api.list_runs(engine, request)
-    functions = await engine.list_functions()
+    functions, _ = await engine.list_functions()
     query = request.query_params
     return render(request, "runs.html", {
         "page": "runs", "runs": runs, "filters": {k: query.get(k, "") for k in FILTER_KEYS},
@@ -87,7 +87,7 @@ async def run_rerun(request: Request) -> Response:
 # -- functions ------------------------------------------------------------------------------
 async def functions_page(request: Request) -> Response:
     archived = request.query_params.get("archived") in ("1", "true")
-    infos = await services(request).engine.list_functions(include_archived=archived)
+    infos, _ = await services(request).engine.list_functions(include_archived=archived)
     return render(request, "functions.html", {
         "page": "functions", "functions": infos, "archived": archived,
         "poll_url": "/api/functions" + ("?archived=1" if archived else ""),
@@ -142,7 +142,7 @@ async def events_send(request: Request) -> Response:
 
 # -- workers, health, metrics ---------------------------------------------------------------
 async def workers_page(request: Request) -> Response:
-    workers = await services(request).engine.list_workers()
+    workers, _ = await services(request).engine.list_workers()
     return render(request, "workers.html", {
         "page": "workers", "workers": workers, "poll_url": "/api/workers",
     })

@@ -119,17 +119,21 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def ListFunctions(
         self, request: run_service_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListFunctionsResponse:
-        functions = await self.engine.list_functions(
-            app_id=request.app_id or None, include_archived=request.include_archived)
+        functions, token = await self.engine.list_functions(
+            app_id=request.app_id or None, include_archived=request.include_archived,
+            limit=_page_size(request.page_size), page_token=request.page_token)
         return run_service_pb2.ListFunctionsResponse(
-            functions=[convert_listings.function_info_to_proto(f) for f in functions])
+            functions=[convert_listings.function_info_to_proto(f) for f in functions],
+            next_page_token=token)
 
     async def ListWorkers(
         self, request: run_service_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListWorkersResponse:
-        workers = await self.engine.list_workers()
+        workers, token = await self.engine.list_workers(
+            limit=_page_size(request.page_size), page_token=request.page_token)
         return run_service_pb2.ListWorkersResponse(
-            workers=[convert_listings.worker_to_proto(w) for w in workers])
+            workers=[convert_listings.worker_to_proto(w) for w in workers],
+            next_page_token=token)
 
 
 def _page_size(requested: int) -> int:

@@ -131,15 +131,19 @@ def exists(conn: Connection, function_id: str) -> bool:
     ).first() is not None
 
 
-def list_(conn: Connection, *, app_id: str | None, include_archived: bool) -> list[Any]:
-    """Function rows (id, app_id, config, version, archived, created/updated), by id."""
+def list_(conn: Connection, *, app_id: str | None, include_archived: bool,
+          after_id: str | None = None, limit: int | None = None) -> list[Any]:
+    """Function rows (id, app_id, config, version, archived, created/updated), by id; those
+    after `after_id` (the last of the page before), at most `limit`."""
     query = select(functions.c.id, functions.c.app_id, functions.c.config, functions.c.version,
                    functions.c.archived, functions.c.created_at_ms, functions.c.updated_at_ms)
     if app_id:
         query = query.where(functions.c.app_id == app_id)
     if not include_archived:
         query = query.where(functions.c.archived.is_(False))
-    return list(conn.execute(query.order_by(functions.c.id)))
+    if after_id is not None:
+        query = query.where(functions.c.id > after_id)
+    return list(conn.execute(query.order_by(functions.c.id).limit(limit)))
 
 
 def state_of(conn: Connection, function_id: str) -> tuple[RunPolicy, bool] | None:

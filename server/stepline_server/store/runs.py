@@ -293,10 +293,14 @@ _STATS = (
 )
 
 
-def function_stats(conn: Connection, since_ms: int) -> dict[str, FunctionStats]:
-    """Runs created since `since_ms`, per function, by outcome (one grouped query)."""
+def function_stats(conn: Connection, since_ms: int, function_ids: list[str] | None = None
+                   ) -> dict[str, FunctionStats]:
+    """Runs created since `since_ms`, per function (all, or these), by outcome (one grouped
+    query)."""
     found: dict[str, FunctionStats] = {}
-    for row in conn.execute(_STATS, {"since": since_ms}):
+    query = _STATS if function_ids is None else _STATS.where(runs.c.function_id.in_(
+        function_ids))
+    for row in conn.execute(query, {"since": since_ms}):
         ended = int(row.completed) + int(row.failed) + int(row.cancelled)
         found[row.function_id] = FunctionStats(row.runs, int(row.completed), int(row.failed),
                                                int(row.cancelled), row.runs - ended)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import WorkerInfo
@@ -58,11 +58,18 @@ def delete_stale(conn: Connection, before_ms: int) -> None:
     conn.execute(delete(workers).where(workers.c.last_heartbeat_ms < before_ms))
 
 
-def list_(conn: Connection) -> list[WorkerInfo]:
-    """Every row, oldest connection first, with the queue items leased to each counted in one
-    grouped query (on ix_queue_owner)."""
-    rows = list(conn.execute(select(workers).order_by(workers.c.connected_at_ms,
-                                                      workers.c.connection_id)))
+def list_(conn: Connection, *, after: tuple[int, str] | None = None, limit: int | None = None
+          ) -> list[WorkerInfo]:
+    """Rows oldest connection first (those after `after`, the (connected_at_ms, connection_id)
+    of the last of the page before; at most `limit`), with the queue items leased to each
+    counted in one grouped query (on ix_queue_owner)."""
+    query = select(workers)
+    if after is not None:
+        connected, connection_id = after
+        query = query.where(or_(workers.c.connected_at_ms > connected, and_(
+            workers.c.connected_at_ms == connected, workers.c.connection_id > connection_id)))
+    rows = list(conn.execute(query.order_by(workers.c.connected_at_ms, workers.c.connection_id)
+                             .limit(limit)))
     leased: dict[str, int] = {}
     if rows:
         owners = [row.connection_id for row in rows]
