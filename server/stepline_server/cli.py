@@ -257,33 +257,31 @@ def cmd_events(channel: grpc.Channel, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_functions(channel: grpc.Channel, args: argparse.Namespace) -> int:
-    stub = run_service_pb2_grpc.RunServiceStub(channel)
-    functions: list[Any] = []
+def _every_page(fetch: Callable[[str], Any], field: str) -> list[Any]:
+    """The `field` items of every page: `fetch(page_token)` makes one call."""
+    items: list[Any] = []
     token = ""
-    while True:  # every page
-        response = stub.ListFunctions(run_service_pb2.ListFunctionsRequest(
-            app_id=args.app or "", include_archived=args.archived, page_size=LIST_ALL_PAGE,
-            page_token=token), timeout=CALL_TIMEOUT_SECONDS)
-        functions += response.functions
+    while True:
+        response = fetch(token)
+        items += getattr(response, field)
         token = response.next_page_token
         if not token:
-            break
+            return items
+
+
+def cmd_functions(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    functions = _every_page(lambda token: stub.ListFunctions(run_service_pb2.ListFunctionsRequest(
+        app_id=args.app or "", include_archived=args.archived, page_size=LIST_ALL_PAGE,
+        page_token=token), timeout=CALL_TIMEOUT_SECONDS), "functions")
     print(cli_format.functions_table(functions))
     return 0
 
 
 def cmd_workers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     stub = run_service_pb2_grpc.RunServiceStub(channel)
-    workers: list[Any] = []
-    token = ""
-    while True:  # every page
-        response = stub.ListWorkers(run_service_pb2.ListWorkersRequest(
-            page_size=LIST_ALL_PAGE, page_token=token), timeout=CALL_TIMEOUT_SECONDS)
-        workers += response.workers
-        token = response.next_page_token
-        if not token:
-            break
+    workers = _every_page(lambda token: stub.ListWorkers(run_service_pb2.ListWorkersRequest(
+        page_size=LIST_ALL_PAGE, page_token=token), timeout=CALL_TIMEOUT_SECONDS), "workers")
     print(cli_format.workers_table(workers))
     return 0
 

@@ -3,7 +3,7 @@ and listing runs, events, functions and workers. Engine delegates here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -29,6 +29,8 @@ from stepline_server.store import runs as run_store
 from stepline_server.store import workers as worker_store
 from stepline_server.store.paging import decode_cursor, encode_cursor
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from stepline_server.engine.core import Engine, Starter
 
@@ -37,6 +39,13 @@ STATS_WINDOW_MS = 24 * 3600 * 1000
 # server) that went away without closing its stream.
 STALE_WORKER_LEASES = 3
 _NO_STATS = FunctionStats(0, 0, 0, 0, 0)
+
+
+def _cut(rows: list[T], limit: int | None) -> tuple[list[T], bool]:
+    """A page of rows read `limit` + 1 at a time, and whether more follow."""
+    if limit is None or len(rows) <= limit:
+        return rows, False
+    return rows[:limit], True
 
 
 def _cursor(page_token: str) -> tuple[int, str] | None:
@@ -145,21 +154,19 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
     cursor = _cursor(page_token)
     after_id = None if cursor is None else cursor[1]
 
-    def query(conn: Connection) -> list[FunctionInfo]:
-        rows = function_store.list_(conn, app_id=app_id, include_archived=include_archived,
-                                    after_id=after_id, limit=None if limit is None else limit + 1)
-        page = rows if limit is None else rows[:limit]
+    def query(conn: Connection) -> tuple[list[FunctionInfo], bool]:
+        rows, more = _cut(function_store.list_(
+            conn, app_id=app_id, include_archived=include_archived, after_id=after_id,
+            limit=None if limit is None else limit + 1), limit)
         stats = run_store.function_stats(
-            conn, since, None if limit is None else [row.id for row in page]) if page else {}
+            conn, since, None if limit is None else [row.id for row in rows]) if rows else {}
         return [FunctionInfo(function_spec_from_config(row.id, row.config), row.app_id,
                              row.version, bool(row.archived), row.created_at_ms,
                              row.updated_at_ms, stats.get(row.id, _NO_STATS))
-                for row in rows]
+                for row in rows], more
 
-    infos = await engine.db.read(query)
-    if limit is None or len(infos) <= limit:
-        return infos, ""
-    return infos[:limit], encode_cursor(0, infos[limit - 1].spec.id)
+    infos, more = await engine.db.read(query)
+    return infos, encode_cursor(0, infos[-1].spec.id) if more else ""
 
 
 async def list_workers(engine: Engine, *, limit: int | None = None, page_token: str = ""
@@ -168,11 +175,8 @@ async def list_workers(engine: Engine, *, limit: int | None = None, page_token: 
     next page's token ('' at the end). Stale rows are left out here and deleted."""
     cutoff = now_ms() - int(STALE_WORKER_LEASES * engine.settings.lease_seconds * 1000)
     after = _cursor(page_token)
-    rows = await engine.db.read(lambda conn: worker_store.list_(
-        conn, after=after, limit=None if limit is None else limit + 1))
-    more = limit is not None and len(rows) > limit
-    if limit is not None:
-        rows = rows[:limit]
+    rows, more = _cut(await engine.db.read(lambda conn: worker_store.list_(
+        conn, after=after, limit=None if limit is None else limit + 1)), limit)
     live = [w for w in rows if w.last_heartbeat_ms >= cutoff]
     if len(live) < len(rows):
         await engine.db.write(lambda tx: worker_store.delete_stale(tx.conn, cutoff))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import EventRecord
 from stepline_server.store import dialect
 from stepline_server.store.hot import Hot
-from stepline_server.store.paging import encode_cursor
+from stepline_server.store.paging import encode_cursor, past
 from stepline_server.store.schema import events
 
 # One statement per batch: a new id is inserted; a known id is replaced only when it was
@@ -69,11 +69,8 @@ def list_(conn: Connection, *, name: str | None, limit: int, cursor: tuple[int, 
     if name:
         query = query.where(events.c.name == name)
     if cursor is not None:
-        received, event_id = cursor
-        query = query.where(or_(
-            events.c.received_at_ms < received,
-            and_(events.c.received_at_ms == received, events.c.id < event_id),
-        ))
+        query = query.where(past(cursor, events.c.received_at_ms, events.c.id,
+                                 newest_first=True))
     query = query.order_by(events.c.received_at_ms.desc(), events.c.id.desc()).limit(limit + 1)
     rows = conn.execute(query).all()
     page = [(row_to_event(row), int(row.received_at_ms)) for row in rows[:limit]]

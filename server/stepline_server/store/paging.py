@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
+
+from sqlalchemy import and_, or_
 
 
 def encode_cursor(time_ms: int, row_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([time_ms, row_id]).encode()).decode()
+
+
+def past(cursor: tuple[int, str], time_column: Any, id_column: Any, *, newest_first: bool
+         ) -> Any:
+    """The rows after the cursor's row in (time, id) order, or before it when newest first."""
+    time_ms, row_id = cursor
+    if newest_first:
+        return or_(time_column < time_ms, and_(time_column == time_ms, id_column < row_id))
+    return or_(time_column > time_ms, and_(time_column == time_ms, id_column > row_id))
 
 
 def decode_cursor(token: str) -> tuple[int, str]:

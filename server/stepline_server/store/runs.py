@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import (
@@ -19,7 +19,7 @@ from stepline_server.model import (
 )
 from stepline_server.store.events import row_to_event
 from stepline_server.store.hot import Hot
-from stepline_server.store.paging import encode_cursor
+from stepline_server.store.paging import encode_cursor, past
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
 
 _INSERT_RUNS = Hot(runs.insert())
@@ -217,11 +217,7 @@ def list_(
         query = query.join(events, events.c.id == runs.c.event_id).where(
             events.c.name == event_name)
     if cursor is not None:
-        created, run_id = cursor
-        query = query.where(or_(
-            runs.c.created_at_ms < created,
-            and_(runs.c.created_at_ms == created, runs.c.id < run_id),
-        ))
+        query = query.where(past(cursor, runs.c.created_at_ms, runs.c.id, newest_first=True))
     query = query.order_by(runs.c.created_at_ms.desc(), runs.c.id.desc()).limit(limit + 1)
     rows = conn.execute(query).all()
     page = [_record(row) for row in rows[:limit]]

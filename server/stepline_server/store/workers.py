@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import WorkerInfo
+from stepline_server.store.paging import past
 from stepline_server.store.schema import queue, workers
 
 _HEARTBEAT = (update(workers).where(workers.c.connection_id == bindparam("b_id"))
@@ -65,9 +66,8 @@ def list_(conn: Connection, *, after: tuple[int, str] | None = None, limit: int 
     counted in one grouped query (on ix_queue_owner)."""
     query = select(workers)
     if after is not None:
-        connected, connection_id = after
-        query = query.where(or_(workers.c.connected_at_ms > connected, and_(
-            workers.c.connected_at_ms == connected, workers.c.connection_id > connection_id)))
+        query = query.where(past(after, workers.c.connected_at_ms, workers.c.connection_id,
+                                 newest_first=False))
     rows = list(conn.execute(query.order_by(workers.c.connected_at_ms, workers.c.connection_id)
                              .limit(limit)))
     leased: dict[str, int] = {}
