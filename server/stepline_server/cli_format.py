@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, run_service_pb2
+from stepline_server import formatting
 
 TABLE_CELL_CHARS = 60
 DETAIL_VALUE_CHARS = 300
@@ -67,24 +68,8 @@ def local_time(ms: int | None, *, millis: bool = False) -> str:
     return text[:-3] if millis else text[:-7]
 
 
-def iso_time(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-
-
 def duration(ms: int | None) -> str:
-    """123 ms, 4.56 s, 3m 07s, 2h 05m."""
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    seconds = ms // 1000
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return formatting.duration(ms) or "-"
 
 
 def _span_ms(message: Any, *, start_field: str) -> tuple[int | None, bool]:
@@ -233,8 +218,8 @@ def _step_dict(step: run_service_pb2.Step) -> dict[str, Any]:
         "name": step.name,
         "status": step_status_name(step.status),
         "attempts": step.attempts,
-        "started_at": iso_time(_ms(step, "started_at")),
-        "ended_at": iso_time(_ms(step, "ended_at")),
+        "started_at": formatting.iso(_ms(step, "started_at")),
+        "ended_at": formatting.iso(_ms(step, "ended_at")),
         "output": payload_value(step.output),
         "error": _error_dict(step.error) if step.HasField("error") else None,
         "attempt_errors": [_error_dict(e) for e in step.attempt_errors],
@@ -247,7 +232,7 @@ def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
     if run.HasField("event"):
         event = {"id": run.event.id, "name": run.event.name,
                  "data": payload_value(run.event.data) or {},
-                 "ts": iso_time(_ms(run.event, "ts"))}
+                 "ts": formatting.iso(_ms(run.event, "ts"))}
     return {
         "id": run.id,
         "function_id": run.function_id,
@@ -255,9 +240,9 @@ def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
         "attempt": run.attempt,
         "source_run_id": run.source_run_id or None,
         "event": event,
-        "created_at": iso_time(_ms(run, "created_at")),
-        "started_at": iso_time(_ms(run, "started_at")),
-        "ended_at": iso_time(_ms(run, "ended_at")),
+        "created_at": formatting.iso(_ms(run, "created_at")),
+        "started_at": formatting.iso(_ms(run, "started_at")),
+        "ended_at": formatting.iso(_ms(run, "ended_at")),
         "output": payload_value(run.output),
         "error": _error_dict(run.error) if run.HasField("error") else None,
         "steps": [_step_dict(s) for s in run.steps],

@@ -1,7 +1,9 @@
-"""Time-sortable unique ids (ULID layout: 48-bit milliseconds + 80 random bits, base32)."""
+"""Ids: new ones, time-sortable (ULID layout: 48-bit milliseconds + 80 random bits, base32), and
+the ones derived from a run's steps. Trace and span ids are derived in telemetry/traceparent.py."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -19,3 +21,16 @@ def new_id() -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- ids derived from a run and a step: the same on every replay, so what a step does happens
+# once. The SDKs derive sent events' ids the same way (tests/unit/test_derived_ids.py).
+def sent_event_id(run_id: str, step_id: str, index: int) -> str:
+    """The id of the `index`th event sent by step.send_event when the code gave it none."""
+    return hashlib.sha256(f"{run_id}\0{step_id}\0{index}".encode()).hexdigest()[:32]
+
+
+def invoke_event_id(run_id: str, step_id: str) -> str:
+    """The id of the event that starts the run step.invoke asks for."""
+    digest = hashlib.sha256(f"{run_id}\0{step_id}".encode()).hexdigest()[:32]
+    return f"invoke-{digest}"

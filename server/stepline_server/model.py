@@ -1,4 +1,7 @@
-"""The server's own records, shared by engine and store (never protobuf, never SQL)."""
+"""The server's own records, shared by engine and store (never protobuf, never SQL).
+
+Records with more than three fields are keyword-only: a call site names what it sets.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Due time of a suspension without a timeout (an invoke): far beyond any real date.
-NEVER_MS = 2**62
+NEVER_MS = 2**62  # also in formatting.py
 
 
 class RunStatus(enum.StrEnum):
@@ -39,13 +42,36 @@ class StepStatus(enum.StrEnum):
         return self in (StepStatus.COMPLETED, StepStatus.FAILED)
 
 
+class StepKind(enum.StrEnum):
+    """What a step is, as the SDKs' step tools name it (steps.kind, the API, traces)."""
+
+    RUN = "run"
+    SLEEP = "sleep"
+    WAIT_FOR_EVENT = "wait_for_event"
+    INVOKE = "invoke"
+    SEND_EVENT = "send_event"
+
+
 class WaitKind(enum.StrEnum):
-    """What a suspended run waits for (queue.wait_kind)."""
+    """What a suspended run waits for (queue.wait_kind): one of its steps, or its parallel
+    steps."""
 
     SLEEP = "sleep"
-    EVENT = "event"
+    WAIT_FOR_EVENT = "wait_for_event"
     INVOKE = "invoke"
     PARALLEL = "parallel"  # the run's parallel steps execute as queue items of their own
+
+    @property
+    def step_kind(self) -> StepKind:
+        """The kind of the pending step (not for PARALLEL, which has none of its own)."""
+        return StepKind(self.value)
+
+
+class MatchKind(enum.StrEnum):
+    """What a pending match of incoming events does when it matches (waits.kind)."""
+
+    WAIT_FOR_EVENT = "wait_for_event"  # resumes the run's step.wait_for_event
+    CANCEL = "cancel"  # cancels the run (the function's cancel_on)
 
 
 class AckAction(enum.Enum):
@@ -71,7 +97,7 @@ class ErrorInfo:
         return cls(raw.get("name", ""), raw.get("message", ""), raw.get("stack", ""))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EventRecord:
     id: str
     name: str
@@ -103,7 +129,7 @@ class CancelOn:
     timeout_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunPolicy:
     """What starting a run of a function needs to know beyond its id."""
 
@@ -113,7 +139,7 @@ class RunPolicy:
     finish_timeout_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionSpec:
     id: str
     name: str
@@ -129,8 +155,9 @@ class FunctionSpec:
 
     @property
     def policy(self) -> RunPolicy:
-        return RunPolicy(self.max_attempts, self.cancel_on, self.start_timeout_ms,
-                         self.finish_timeout_ms)
+        return RunPolicy(max_attempts=self.max_attempts, cancel_on=self.cancel_on,
+                         start_timeout_ms=self.start_timeout_ms,
+                         finish_timeout_ms=self.finish_timeout_ms)
 
     def config_json(self) -> str:
         triggers = [
@@ -173,9 +200,10 @@ def function_spec_from_config(function_id: str, config_json: str) -> FunctionSpe
         for t in config.get("triggers") or ()
     ]
     policy = policy_from_config(config_json)
-    return FunctionSpec(function_id, config.get("name") or function_id, tuple(triggers),
-                        int(config["retries"]), policy.cancel_on, policy.start_timeout_ms,
-                        policy.finish_timeout_ms)
+    return FunctionSpec(id=function_id, name=config.get("name") or function_id,
+                        triggers=tuple(triggers), retries=int(config["retries"]),
+                        cancel_on=policy.cancel_on, start_timeout_ms=policy.start_timeout_ms,
+                        finish_timeout_ms=policy.finish_timeout_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +214,7 @@ class FunctionChanges:
     archived: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepFailure:
     attempt: int
     error: ErrorInfo
@@ -194,7 +222,7 @@ class StepFailure:
     ended_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
     step_id: str
     name: str
@@ -205,11 +233,10 @@ class StepRecord:
     started_at_ms: int | None
     ended_at_ms: int
     failures: tuple[StepFailure, ...] = ()
-    # None for step.run; "sleep", "event" (wait_for_event), "invoke" or "send" (send_event).
-    kind: str | None = None
+    kind: StepKind = StepKind.RUN
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunRecord:
     id: str
     function_id: str
@@ -238,7 +265,7 @@ class EventEntry:
     run_ids: tuple[str, ...]  # runs it triggered (replays included), oldest first
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionStats:
     """Runs created in the last 24 hours, by outcome so far (active: not ended yet)."""
 
@@ -249,7 +276,7 @@ class FunctionStats:
     active: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionInfo:
     spec: FunctionSpec
     app_id: str
@@ -260,7 +287,7 @@ class FunctionInfo:
     stats: FunctionStats
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerInfo:
     """A connected worker stream (one row of the workers table, with its leases counted)."""
 
@@ -284,7 +311,7 @@ class MemoStep:
     error: ErrorInfo | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueItem:
     run_id: str
     function_id: str
@@ -298,15 +325,15 @@ class QueueItem:
     parent_run_id: str | None = None
     parent_step_id: str | None = None
     # "" for the run itself; a step id for one of its parallel steps.
-    step_id: str = ""
+    target_step_id: str = ""
     traceparent: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.run_id, self.step_id
+        return self.run_id, self.target_step_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Dispatch:
     """Work handed to one worker: a leased run with everything needed to replay it."""
 
@@ -326,7 +353,7 @@ class Dispatch:
 
 
 # -- ops a worker reports ---------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepCompleted:
     step_id: str
     name: str
@@ -334,7 +361,7 @@ class StepCompleted:
     started_at_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepFailed:
     step_id: str
     name: str
@@ -356,7 +383,7 @@ class RunFailed:
     retry_after_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Sleep:
     step_id: str
     name: str
@@ -364,7 +391,7 @@ class Sleep:
     duration_ms: int | None = None  # measured by the server's clock
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WaitForEvent:
     step_id: str
     name: str
@@ -373,7 +400,7 @@ class WaitForEvent:
     timeout_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Invoke:
     step_id: str
     name: str
@@ -400,7 +427,7 @@ Op = (StepCompleted | StepFailed | RunCompleted | RunFailed | Sleep | WaitForEve
       | SendEvents | Planned)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OpsBatch:
     run_id: str
     lease: int

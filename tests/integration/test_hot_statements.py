@@ -25,16 +25,16 @@ from stepline_server.store.dialect import make_engines
 from stepline_server.store.hot import Hot
 from stepline_server.store.schema import queue
 
-ITEM = {"run_id": "r1", "step_id": "", "function_id": "f", "due_at_ms": 5, "attempt": 0,
+ITEM = {"run_id": "r1", "target_step_id": "", "function_id": "f", "due_at_ms": 5, "attempt": 0,
         "max_attempts": 4, "lease": 0, "lease_owner": None, "lease_until_ms": None,
         "step_count": 0, "deadline_kind": None, "deadline_ms": None}
 INSERT = Hot(queue.insert())
-BY_RUNS = Hot(select(queue.c.run_id, queue.c.step_id, queue.c.due_at_ms)
+BY_RUNS = Hot(select(queue.c.run_id, queue.c.target_step_id, queue.c.due_at_ms)
               .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
-              .order_by(queue.c.run_id, queue.c.step_id))
-# A literal (`step_id == ""`) and a literal list beside named parameters.
+              .order_by(queue.c.run_id, queue.c.target_step_id))
+# A literal (`target_step_id == ""`) and a literal list beside named parameters.
 SET_DUE = Hot(update(queue)
-              .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == "",
+              .where(queue.c.run_id == bindparam("b_run_id"), queue.c.target_step_id == "",
                      queue.c.function_id.in_(["f", "g"]))
               .values(due_at_ms=bindparam("due")))
 NOT_IN = Hot(select(queue.c.run_id)
@@ -54,20 +54,20 @@ def writer(database_url: str) -> Iterator[Engine]:
 def test_rows_counts_and_lists(writer: Engine) -> None:
     with writer.connect() as conn, conn.begin():
         INSERT.execute_many(conn, [ITEM | {"run_id": f"r{i}"} for i in range(1, 4)]
-                            + [ITEM | {"step_id": "s"}])
+                            + [ITEM | {"target_step_id": "s"}])
         rows = BY_RUNS.rows(conn, {"run_ids": ["r1", "r3", "nope"]})
-        assert [(r.run_id, r.step_id, r.due_at_ms) for r in rows] == [
+        assert [(r.run_id, r.target_step_id, r.due_at_ms) for r in rows] == [
             ("r1", "", 5), ("r1", "s", 5), ("r3", "", 5)]
         assert BY_RUNS.rows(conn, {"run_ids": []}) == []
         # Another length of the same list: SQLite renders a statement per length.
         assert [r.run_id for r in BY_RUNS.rows(conn, {"run_ids": ["r2"]})] == ["r2"]
-        assert SET_DUE.execute(conn, {"b_run_id": "r1", "due": 9}) == 1  # only step_id ""
+        assert SET_DUE.execute(conn, {"b_run_id": "r1", "due": 9}) == 1  # only target_step_id ""
         assert SET_DUE.execute(conn, {"b_run_id": "missing", "due": 9}) == 0
         assert [r.run_id for r in NOT_IN.rows(conn, {"run_ids": ["r1", "r2"]})] == ["r3"]
         assert [r.run_id for r in NOT_IN.rows(conn, {"run_ids": []})] == ["r1", "r1", "r2", "r3"]
         # What SQLAlchemy itself reads back agrees.
-        due = conn.execute(select(queue.c.step_id, queue.c.due_at_ms)
-                           .where(queue.c.run_id == "r1").order_by(queue.c.step_id)).all()
+        due = conn.execute(select(queue.c.target_step_id, queue.c.due_at_ms)
+                           .where(queue.c.run_id == "r1").order_by(queue.c.target_step_id)).all()
         assert [tuple(row) for row in due] == [("", 9), ("s", 5)]
 
 
@@ -101,6 +101,6 @@ def test_statements_needing_type_processing_are_refused(writer: Engine) -> None:
     with writer.connect() as conn, pytest.raises(TypeError, match="not a hot statement"):
         statement.execute(conn, {"body": {"a": 1}})
     pairs = Hot(select(queue.c.run_id).where(
-        tuple_(queue.c.run_id, queue.c.step_id).in_(bindparam("keys", expanding=True))))
+        tuple_(queue.c.run_id, queue.c.target_step_id).in_(bindparam("keys", expanding=True))))
     with writer.connect() as conn, pytest.raises(TypeError, match="not a hot statement"):
         pairs.rows(conn, {"keys": [("r1", "")]})

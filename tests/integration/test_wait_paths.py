@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from stepline_server.model import MatchKind
 from stepline_server.store import waits as wait_store
 from stepline_server.store.database import migrate
 from stepline_server.store.dialect import make_engines
+from stepline_server.store.records import NewWait
 from stepline_server.store.schema import waits
 
 
-def _wait(run: int, name: str, path: str | None) -> dict[str, object]:
-    return {"run_id": f"r{run}", "step_id": "w", "kind": "event", "event_name": name,
-            "expression": None, "match_path": path,
-            "match_key": None if path is None else f"{path}={run}",
-            "trigger_event_id": "e", "expires_at_ms": None, "created_at_ms": run}
+def _wait(run: int, name: str, path: str | None) -> NewWait:
+    return NewWait(run_id=f"r{run}", step_id="w", kind=MatchKind.WAIT_FOR_EVENT,
+                   event_name=name, expression=None, match_path=path,
+                   match_key=None if path is None else f"{path}={run}",
+                   trigger_event_id="e", expires_at_ms=None, created_at_ms=run)
 
 
 def test_paths_are_the_distinct_paths_of_each_name(database_url: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import QueryParams
 
+from stepline_server import cli_format, formatting
 from stepline_server.errors import InvalidArgument
-from stepline_server.http import params, timeline, views
+from stepline_server.http import params, timeline
 from stepline_server.model import (
     NEVER_MS,
     ErrorInfo,
@@ -23,8 +24,28 @@ from stepline_server.settings import DEFAULT_HTTP_ADDRESS, Settings
     (0, "0 ms"), (850, "850 ms"), (1250, "1.25 s"), (12_500, "12.5 s"),
     (184_000, "3 min 04 s"), (7_500_000, "2 h 05 min"), (273_600_000, "3 d 4 h"),
 ])
-def test_durations_read_naturally(ms: int, text: str) -> None:
-    assert views.duration(ms) == text
+def test_durations_read_naturally_and_alike_in_the_cli(ms: int, text: str) -> None:
+    assert formatting.duration(ms) == text
+    assert cli_format.duration(ms) == text
+
+
+def test_no_duration_is_blank_on_a_page_and_a_dash_in_a_table() -> None:
+    assert formatting.duration(None) == ""
+    assert cli_format.duration(None) == "-"
+
+
+def _step(step_id: str, status: StepStatus, output: str | None, error: ErrorInfo | None,
+          attempts: int, started_at_ms: int | None, ended_at_ms: int,
+          failures: tuple[StepFailure, ...] = ()) -> StepRecord:
+    return StepRecord(step_id=step_id, name=step_id, status=status, output=output, error=error,
+                      attempts=attempts, started_at_ms=started_at_ms, ended_at_ms=ended_at_ms,
+                      failures=failures)
+
+
+def _failure(attempt: int, error: ErrorInfo, started_at_ms: int, ended_at_ms: int
+             ) -> StepFailure:
+    return StepFailure(attempt=attempt, error=error, started_at_ms=started_at_ms,
+                       ended_at_ms=ended_at_ms)
 
 
 def _run(steps: tuple[StepRecord, ...], *, ended_at: int | None) -> RunRecord:
@@ -37,10 +58,10 @@ def _run(steps: tuple[StepRecord, ...], *, ended_at: int | None) -> RunRecord:
 def test_waterfall_places_attempts_and_a_pending_sleep() -> None:
     error = ErrorInfo("ConnectionError", "reset")
     steps = (
-        StepRecord("fetch", "fetch", StepStatus.COMPLETED, "1", None, 1, 1100, 1300),
-        StepRecord("send", "send", StepStatus.COMPLETED, '"ok"', None, 2, 1600, 1700,
-                   failures=(StepFailure(0, error, 1300, 1400),)),
-        StepRecord("nap", "nap", StepStatus.SLEEPING, None, None, 1, 1700, 1000 + 3_600_000),
+        _step("fetch", StepStatus.COMPLETED, "1", None, 1, 1100, 1300),
+        _step("send", StepStatus.COMPLETED, '"ok"', None, 2, 1600, 1700,
+              failures=(_failure(0, error, 1300, 1400),)),
+        _step("nap", StepStatus.SLEEPING, None, None, 1, 1700, 1000 + 3_600_000),
     )
     built = timeline.build(_run(steps, ended_at=None), now_ms=2000)
     assert [r.label for r in built.rows] == ["run", "fetch", "send", "nap"]
@@ -59,8 +80,8 @@ def test_waterfall_places_attempts_and_a_pending_sleep() -> None:
 
 def test_waterfall_keeps_instant_steps_visible_and_an_invoke_without_timeout() -> None:
     steps = (
-        StepRecord("quick", "quick", StepStatus.COMPLETED, "1", None, 1, None, 1100),
-        StepRecord("child", "child", StepStatus.INVOKING, None, None, 1, 1100, NEVER_MS),
+        _step("quick", StepStatus.COMPLETED, "1", None, 1, None, 1100),
+        _step("child", StepStatus.INVOKING, None, None, 1, 1100, NEVER_MS),
     )
     built = timeline.build(_run(steps, ended_at=None), now_ms=1200)
     quick, child = built.rows[1:]
@@ -70,9 +91,8 @@ def test_waterfall_keeps_instant_steps_visible_and_an_invoke_without_timeout() -
 
 def test_failed_step_draws_its_last_attempt_once() -> None:
     error = ErrorInfo("RuntimeError", "no")
-    step = StepRecord("charge", "charge", StepStatus.FAILED, None, error, 2, 1500, 1600,
-                      failures=(StepFailure(0, error, 1100, 1200), StepFailure(1, error, 1500,
-                                                                               1600)))
+    step = _step("charge", StepStatus.FAILED, None, error, 2, 1500, 1600,
+                 failures=(_failure(0, error, 1100, 1200), _failure(1, error, 1500, 1600)))
     built = timeline.build(_run((step,), ended_at=2000), now_ms=5000)
     assert [b.kind for b in built.rows[1].bars] == ["attempt-failed", "failed"]
 

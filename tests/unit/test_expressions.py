@@ -57,11 +57,12 @@ def test_runtime_errors_and_non_bool_results_are_false() -> None:
 
 
 def test_event_variables_parse_json() -> None:
-    record = EventRecord("e1", "app/signup", '{"userId": "u1", "n": 2}', 1234, '{"ip": "x"}')
+    record = EventRecord(id="e1", name="app/signup", data='{"userId": "u1", "n": 2}', ts_ms=1234,
+                         user='{"ip": "x"}')
     assert event_variables(record) == {"id": "e1", "name": "app/signup",
                                        "data": {"userId": "u1", "n": 2}, "ts": 1234,
                                        "user": {"ip": "x"}}
-    assert event_variables(EventRecord("e2", "a", "null", 1))["user"] == {}
+    assert event_variables(EventRecord(id="e2", name="a", data="null", ts_ms=1))["user"] == {}
     expr = trigger('event.name == "app/signup" && event.user.ip == "x" && event.ts == 1234')
     assert expr.matches({"event": event_variables(record)})
 

@@ -6,9 +6,9 @@ import pytest
 
 from stepline._step import StepIds
 from stepline.v1 import common_pb2
-from stepline_server.engine.retry import backoff_ms
+from stepline_server.engine.attempts import backoff_ms
 from stepline_server.errors import InvalidArgument
-from stepline_server.ingress.convert import events_from_proto, functions_from_proto
+from stepline_server.wire import events_from_proto, functions_from_proto
 
 
 def test_step_ids_are_name_then_occurrence() -> None:

@@ -53,10 +53,12 @@ def test_a_run_without_a_traced_trigger_has_a_trace_named_by_its_id() -> None:
 
 def test_the_dispatch_carries_the_run_span_or_the_parallel_steps_attempt_span() -> None:
     run_id = new_id()
-    event = EventRecord("e1", "test/e", "{}", 0, traceparent=SENDER)
-    work = Dispatch(run_id, "f", 4, 0, 1, event, ())
+    event = EventRecord(id="e1", name="test/e", data="{}", ts_ms=0, traceparent=SENDER)
+    work = Dispatch(run_id=run_id, function_id="f", lease=4, attempt=0, max_attempts=1,
+                    event=event, steps=())
     assert tp.for_dispatch(work) == tp.run_traceparent(run_id, SENDER).header()
-    parallel = Dispatch(run_id, "f", 2, 0, 1, event, (), target_step_id="left")
+    parallel = Dispatch(run_id=run_id, function_id="f", lease=2, attempt=0, max_attempts=1,
+                        event=event, steps=(), target_step_id="left")
     header = tp.for_dispatch(parallel)
     span_id = tp.step_span_id(run_id, "left", 2)
     assert header == f"00-0af7651916cd43dd8448eb211c80319c-{span_id:016x}-01"

@@ -7,16 +7,15 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from stepline.v1 import worker_service_pb2
+from stepline_server.background import Background
+from stepline_server.dispatch import convert
 from stepline_server.engine import Engine
 from stepline_server.ids import now_ms
-from stepline_server.ingress import convert
 from stepline_server.model import Dispatch
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(eq=False)
@@ -67,7 +66,7 @@ class Dispatcher:
         # The earliest due time seen among drained functions (a timer, a retry): when it comes,
         # they are claimed again, whatever woke the pump in between.
         self._due_ms: int | None = None
-        self._background: set[asyncio.Task[object]] = set()
+        self._background = Background("dispatcher")
         engine.on_ready_work(self.wake)
         engine.set_placement(self)
         engine.on_cancel(self._cancel)
@@ -124,7 +123,7 @@ class Dispatcher:
                     self._observe(work, conn)
                     return
         # The worker left between commit and delivery: give the run to someone else.
-        self._spawn(self.engine.release(owner, [work.run_id]))
+        self._background.spawn(self.engine.release(owner, [work.run_id]))
 
     def _observe(self, work: Dispatch, conn: WorkerConnection) -> None:
         if self.engine.observers:
@@ -137,11 +136,6 @@ class Dispatcher:
                 if conn is not None:
                     conn.reserved -= 1
         self.wake()
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[object] = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- runs leaving workers --------------------------------------------------------------
     def _cancel(self, run_id: str, owner: str) -> None:
@@ -187,12 +181,9 @@ class Dispatcher:
                 self._drained.clear()
 
     async def _pump(self) -> float:
-        with self._lock:
-            hungry = [(c, c.free, [f for f in c.function_ids if f not in self._drained])
-                      for c in self.connections.values() if c.free > 0]
-            hungry = [(c, n, fids) for c, n, fids in hungry if fids]
-            for conn, wanted, _ in hungry:
-                conn.reserved += wanted
+        """One round: claim for every connection with free slots, hand the work out; return
+        how long to sleep."""
+        hungry = self._reserve_hungry()
         if not hungry:
             return self.poll_seconds
         try:
@@ -205,17 +196,35 @@ class Dispatcher:
                     conn.reserved -= wanted
         starved: set[str] = set()
         for (conn, wanted, fids), works in zip(hungry, claims, strict=True):
-            if conn.closed:
-                if works:
-                    await self.engine.release(conn.id, [w.run_id for w in works])
-                continue
-            with self._lock:
-                conn.inflight.update(w.key for w in works)
-            for work in works:
-                conn.send(convert.dispatch_to_proto(work))
-                self._observe(work, conn)
+            await self._hand_out(conn, works)
             if len(works) < wanted:
                 starved.update(fids)
+        return await self._sleep_after(starved)
+
+    def _reserve_hungry(self) -> list[tuple[WorkerConnection, int, list[str]]]:
+        """Connections with free slots and functions that may have work: (connection, free
+        slots, function ids), the slots reserved for the claim."""
+        with self._lock:
+            hungry = [(c, c.free, [f for f in c.function_ids if f not in self._drained])
+                      for c in self.connections.values() if c.free > 0]
+            hungry = [(c, n, fids) for c, n, fids in hungry if fids]
+            for conn, wanted, _ in hungry:
+                conn.reserved += wanted
+        return hungry
+
+    async def _hand_out(self, conn: WorkerConnection, works: list[Dispatch]) -> None:
+        if conn.closed:  # it left during the claim: the work goes back
+            if works:
+                await self.engine.release(conn.id, [w.run_id for w in works])
+            return
+        with self._lock:
+            conn.inflight.update(w.key for w in works)
+        for work in works:
+            conn.send(convert.dispatch_to_proto(work))
+            self._observe(work, conn)
+
+    async def _sleep_after(self, starved: set[str]) -> float:
+        """Functions whose ready work ran out sleep until their earliest due item."""
         if not starved:
             return 0.0
         self._drained |= starved

@@ -11,11 +11,13 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
+from stepline_server import wire
+from stepline_server.background import Background
+from stepline_server.dispatch import convert
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
-from stepline_server.engine import Engine
-from stepline_server.errors import Conflict, InvalidArgument, StaleLease, SteplineServerError
+from stepline_server.engine import Engine, attempts
+from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError
 from stepline_server.ids import now_ms
-from stepline_server.ingress import convert
 from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -38,18 +40,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.engine = engine
         self.dispatcher = dispatcher
         self.settings = engine.settings
-        self._background: set[asyncio.Task[object]] = set()
-
-    def _spawn(self, coro: Any) -> None:
-        """Run a side job; keep a reference until it ends and log its failure."""
-        task: asyncio.Task[object] = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._reap)
-
-    def _reap(self, task: asyncio.Task[object]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background job failed: %s", task.exception())
+        self._background = Background("worker stream")
 
     async def Connect(
         self,
@@ -91,7 +82,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                      conn.worker_id, conn.id, released)
 
     async def _open(self, hello: worker_service_pb2.Hello) -> WorkerConnection:
-        specs = convert.functions_from_proto(hello.app_id, hello.functions, "hello.functions")
+        specs = wire.functions_from_proto(hello.app_id, hello.functions, "hello.functions")
         if not 1 <= hello.slots <= MAX_SLOTS:
             raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "
                                                  f"got {hello.slots}")
@@ -108,8 +99,11 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
     def _worker_row(self, conn: WorkerConnection, hello: worker_service_pb2.Hello) -> WorkerInfo:
         now = now_ms()
         sdk = "/".join(part for part in (hello.language, hello.sdk_version) if part)
-        return WorkerInfo(conn.id, self.dispatcher.server_id, conn.worker_id, conn.app_id,
-                          tuple(conn.function_ids), conn.slots, 0, sdk, now, now, False)
+        return WorkerInfo(connection_id=conn.id, server_id=self.dispatcher.server_id,
+                          worker_id=conn.worker_id, app_id=conn.app_id,
+                          function_ids=tuple(conn.function_ids), slots=conn.slots,
+                          slots_in_use=0, sdk=sdk, connected_at_ms=now, last_heartbeat_ms=now,
+                          draining=False)
 
     async def _read(
         self, request_iterator: AsyncIterator[worker_service_pb2.WorkerMessage],
@@ -121,10 +115,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 if kind == "ops":
                     self._on_ops(conn, message.ops)
                 elif kind == "heartbeat":
-                    self._spawn(self.engine.heartbeat(conn.id))
+                    self._background.spawn(self.engine.heartbeat(conn.id))
                 elif kind == "drain":
                     conn.draining = True
-                    self._spawn(self.engine.worker_draining(conn.id))
+                    self._background.spawn(self.engine.worker_draining(conn.id))
                     log.info("worker %s (%s) is draining", conn.worker_id, conn.id)
         except asyncio.CancelledError:
             raise
@@ -184,9 +178,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if key not in conn.inflight:
             return
         self.dispatcher.finished(conn, key, requeued=True)
-        if not isinstance(exc, StaleLease):
-            # Unusable ops from the holder of the lease count as a failed attempt.
-            self._spawn(self._fail_attempt(conn, message, str(exc)))
+        if attempts.charges_attempt(exc):  # unusable ops from the lease's holder
+            self._background.spawn(self._fail_attempt(conn, message, str(exc)))
 
     async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
         try:

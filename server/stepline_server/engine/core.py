@@ -7,16 +7,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import cron, lifecycle, operations
+from stepline_server.engine import attempts, cron, lifecycle, listings, replays
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
-from stepline_server.engine.retry import backoff_ms
 from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
 from stepline_server.errors import FailedPrecondition, NotFound
 from stepline_server.ids import new_id, now_ms
@@ -29,9 +27,7 @@ from stepline_server.model import (
     FunctionChanges,
     FunctionInfo,
     FunctionSpec,
-    Op,
     OpsBatch,
-    QueueItem,
     RunCompleted,
     RunFailed,
     RunRecord,
@@ -69,10 +65,7 @@ class Engine:
         self._listeners: tuple[float, frozenset[str]] | None = None
         # Telemetry (traces, metrics) hooks; see engine/observe.py.
         self.observers = Observers()
-        backoff = functools.partial(
-            backoff_ms, base_seconds=settings.retry_base_seconds,
-            max_seconds=settings.retry_max_seconds,
-        )
+        backoff = attempts.Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
         # One object, so the writer can group adjacent reports into one set-based apply.
         self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff,
                                             context=self._context)
@@ -184,9 +177,8 @@ class Engine:
 
         def job(tx: Tx) -> list[Dispatch]:
             now = now_ms()
-            items = queue_store.claim(tx.conn, owner, function_ids, limit, now, self._lease_ms)
             ctx = self._context(tx, now)
-            items = _give_up_lost(ctx, items)
+            items = attempts.claim(ctx, owner, function_ids, limit, self._lease_ms)
             if not items:
                 return []
             lifecycle.expire_waits(ctx, items)
@@ -196,9 +188,10 @@ class Engine:
             # step_count counts the run's step rows: a run without any needs no memo query.
             memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
             return [
-                Dispatch(item.run_id, item.function_id, item.lease, item.attempt,
-                         item.max_attempts, events[item.run_id],
-                         tuple(memo.get(item.run_id, ())), item.step_id)
+                Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
+                         attempt=item.attempt, max_attempts=item.max_attempts,
+                         event=events[item.run_id], steps=tuple(memo.get(item.run_id, ())),
+                         target_step_id=item.target_step_id)
                 for item in items
             ]
 
@@ -219,7 +212,8 @@ class Engine:
 
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
-        request = ops_logic.OpsRequest(owner, batch, ops_logic.Timing(now_ms(), self._lease_ms))
+        request = ops_logic.OpsRequest(owner=owner, batch=batch,
+                                       timing=ops_logic.Timing(now_ms(), self._lease_ms))
         future: asyncio.Future[AckAction] = self.db.submit_batched(self._apply_ops, request)
         if activity.isEnabledFor(logging.INFO):
             future.add_done_callback(lambda f: _log_ops(batch, f))
@@ -228,13 +222,10 @@ class Engine:
     async def fail_attempt(self, owner: str, run_id: str, lease: int, error: ErrorInfo,
                            target_step_id: str = "") -> None:
         """Count a worker's unusable report (bad ops) as a failed attempt of the run (or of the
-        parallel step dispatched), so a worker that keeps sending bad ops makes the run retry
-        with backoff and then fail, readably."""
-        op: Op = (StepFailed(target_step_id, target_step_id, error) if target_step_id
-                  else RunFailed(error))
+        parallel step dispatched); see attempts.py (5)."""
         request = ops_logic.OpsRequest(
-            owner, OpsBatch(run_id, lease, "", (op,), target_step_id),
-            ops_logic.Timing(now_ms(), self._lease_ms), check_function=False)
+            owner=owner, batch=attempts.unusable_report(run_id, lease, target_step_id, error),
+            timing=ops_logic.Timing(now_ms(), self._lease_ms), check_function=False)
         await self.db.submit_batched(self._apply_ops, request)
         self._ready()
 
@@ -259,14 +250,14 @@ class Engine:
 
     async def release(self, owner: str, run_ids: list[str] | None = None, *,
                       lost: bool = False) -> int:
-        """Give runs back to the queue; `lost`: their worker died, using up the attempt."""
+        """Give runs back to the queue; `lost`: their worker died (see attempts.py, 3)."""
         def job(tx: Tx) -> int:
-            items = queue_store.release(tx.conn, owner, run_ids, lost=lost)
             # A run whose last allowed attempt was just lost ends here, not at the next claim.
-            remaining = _give_up_lost(self._context(tx, now_ms()), items)
+            items, remaining = attempts.release(self._context(tx, now_ms()), owner, run_ids,
+                                                lost=lost)
             tx.notify = bool(remaining)
             if lost and items and self.observers:
-                dispatches = [(item.run_id, item.step_id, item.lease) for item in items]
+                dispatches = [(item.run_id, item.target_step_id, item.lease) for item in items]
                 tx.after_commit(lambda: self.observers.attempts_lost(dispatches, now_ms()))
             return len(remaining)
 
@@ -309,7 +300,7 @@ class Engine:
     ) -> tuple[list[RunRecord], str]:
         """Newest first, without their steps; with the token of the next page ('' at the
         end). created_after_ms is inclusive, created_before_ms exclusive."""
-        return await operations.list_runs(
+        return await listings.list_runs(
             self, function_id=function_id, status=status, limit=limit, page_token=page_token,
             created_after_ms=created_after_ms, created_before_ms=created_before_ms,
             event_name=event_name)
@@ -323,33 +314,33 @@ class Engine:
                     raise NotFound(f"run_id: no run {run_id!r}")
                 raise FailedPrecondition(f"run_id: run {run_id} already ended ({status})")
             lifecycle.end_runs(self._context(tx, now_ms()), [lifecycle.Ending(
-                items[run_id, ""][0], RunStatus.CANCELLED,
+                item=items[run_id, ""][0], status=RunStatus.CANCELLED,
                 error=ErrorInfo("Cancelled", reason or "cancelled by request"),
                 holders=lifecycle.holders(items))])
 
         await self.db.write(job)
         return await self.get_run(run_id)
 
-    # -- run operations (engine/operations.py) -----------------------------------------------
+    # -- replays and listings (engine/replays.py, engine/listings.py) ------------------------
     async def replay_run(self, run_id: str) -> RunRecord:
         """A new run of the same function for the same trigger event (source_run_id set)."""
-        return await operations.replay_run(self, run_id)
+        return await replays.replay_run(self, run_id)
 
     async def rerun_from_step(self, run_id: str, step_id: str) -> RunRecord:
         """A new run that keeps the source's step results recorded before `step_id`."""
-        return await operations.rerun_from_step(self, run_id, step_id)
+        return await replays.rerun_from_step(self, run_id, step_id)
 
     async def list_events(self, *, name: str | None, limit: int, page_token: str
                           ) -> tuple[list[EventEntry], str]:
         """Events newest first, each with the runs it triggered; and the next page's token."""
-        return await operations.list_events(self, name=name, limit=limit, page_token=page_token)
+        return await listings.list_events(self, name=name, limit=limit, page_token=page_token)
 
     async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False,
                              limit: int | None = None, page_token: str = ""
                              ) -> tuple[list[FunctionInfo], str]:
         """Registered functions by id, with their runs of the last 24 hours; at most `limit`
         (None: all), and the next page's token ('' at the end)."""
-        return await operations.list_functions(self, app_id=app_id,
+        return await listings.list_functions(self, app_id=app_id,
                                                include_archived=include_archived, limit=limit,
                                                page_token=page_token)
 
@@ -357,7 +348,7 @@ class Engine:
                            ) -> tuple[list[WorkerInfo], str]:
         """Workers connected to any server on this database, with their slots in use; at most
         `limit` (None: all), and the next page's token ('' at the end)."""
-        return await operations.list_workers(self, limit=limit, page_token=page_token)
+        return await listings.list_workers(self, limit=limit, page_token=page_token)
 
     # -- timeouts ----------------------------------------------------------------------------
     async def expire_deadlines(self, limit: int = 500) -> int:
@@ -366,7 +357,7 @@ class Engine:
             now = now_ms()
             expired = queue_store.expired(tx.conn, now, limit)
             lifecycle.end_runs(self._context(tx, now), [
-                lifecycle.Ending(item, RunStatus.FAILED, error=ErrorInfo(
+                lifecycle.Ending(item=item, status=RunStatus.FAILED, error=ErrorInfo(
                     "Timeout", "the run did not start in time" if kind == "start"
                     else "the run did not finish in time"))
                 for item, kind in expired])
@@ -396,23 +387,3 @@ def _log_ops(batch: OpsBatch, future: asyncio.Future[AckAction]) -> None:
 
 def _took(started_at_ms: int | None) -> str:
     return "" if started_at_ms is None else f" ({now_ms() - started_at_ms} ms)"
-
-
-def _give_up_lost(ctx: TxContext, items: list[QueueItem]) -> list[QueueItem]:
-    """Fail the runs whose workers were lost on every allowed attempt (a step that crashes its
-    process must not be dispatched forever); return the others."""
-    lost = [item for item in items if item.attempt >= item.max_attempts]
-    if not lost:
-        return items
-    error = ErrorInfo("WorkerLost", "the worker executing this run was lost (crash, kill or "
-                      "broken connection) on every allowed attempt")
-    run_store.insert_failures(ctx.tx.conn, [
-        {"run_id": item.run_id, "step_id": "", "attempt": item.attempt, "error": error.to_json(),
-         "started_at_ms": None, "ended_at_ms": ctx.now} for item in lost])
-    # Not the holder's fault to be told: the lease was taken over or released.
-    lifecycle.end_runs(ctx, [lifecycle.Ending(replace(item, lease_owner=None), RunStatus.FAILED,
-                                              error=error) for item in lost])
-    for item in lost:
-        log.warning("run %s failed: its worker was lost on all %d attempts", item.run_id,
-                    item.max_attempts)
-    return [item for item in items if item.attempt < item.max_attempts]

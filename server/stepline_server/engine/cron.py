@@ -20,6 +20,7 @@ from stepline_server.engine.starts import RunStart
 from stepline_server.engine.timed import TimedLoop
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import now_ms
+from stepline_server.limits import MAX_ID_LENGTH
 from stepline_server.model import CronTrigger, EventRecord, FunctionSpec, policy_from_config
 from stepline_server.store import Tx
 from stepline_server.store import cron as cron_store
@@ -37,7 +38,6 @@ TICK_EVENT = "stepline/cron.tick"
 DEFAULT_TIMEZONE = "UTC"
 MAX_SCHEDULE_LENGTH = 256  # the columns of cron_schedules
 MAX_TIMEZONE_LENGTH = 64
-MAX_EVENT_ID_LENGTH = 128
 BATCH = 500  # due schedules fired per transaction
 CONTENDED_SECONDS = 0.1  # due rows another server is firing: look again this soon
 BROKEN_RETRY_MS = 3600_000  # a row whose ticks cannot be computed is retried hourly
@@ -200,13 +200,13 @@ def tick_event(function_id: str, position: int, trigger: CronTrigger, tick_ms: i
                ) -> EventRecord:
     """The event a tick starts its run with; its id makes a second firing of the tick a repeat."""
     event_id = f"cron:{function_id}:{position}:{tick_ms}"
-    if len(event_id) > MAX_EVENT_ID_LENGTH:
+    if len(event_id) > MAX_ID_LENGTH:
         digest = hashlib.sha256(function_id.encode()).hexdigest()[:40]
         event_id = f"cron:{digest}:{position}:{tick_ms}"
     tick = (_EPOCH + timedelta(milliseconds=tick_ms)).isoformat(timespec="seconds")
     data = {"cron": trigger.schedule, "timezone": trigger.timezone,
             "tick": tick.replace("+00:00", "Z"), "tick_ms": tick_ms}
-    return EventRecord(event_id, TICK_EVENT, json.dumps(data), tick_ms)
+    return EventRecord(id=event_id, name=TICK_EVENT, data=json.dumps(data), ts_ms=tick_ms)
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -305,7 +305,8 @@ class CronScheduler(TimedLoop):
         cron_store.advance(tx.conn, next_ticks)
         events = [event for _, event in ticks]
         fresh = event_store.insert(tx.conn, events, now, self._dedup_ms) if events else []
-        starts = [RunStart(row.function_id, policy_from_config(row.config), event)
+        starts = [RunStart(function_id=row.function_id, policy=policy_from_config(row.config),
+                           event=event)
                   for (row, event), new in zip(ticks, fresh, strict=True) if new]
         run_ids = iter(start(starts) if starts else [])
         result = _Round(full=len(rows) >= BATCH)

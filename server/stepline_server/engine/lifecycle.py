@@ -20,6 +20,7 @@ from stepline_server.engine.starts import RunStart
 from stepline_server.model import (
     ErrorInfo,
     EventRecord,
+    MatchKind,
     QueueItem,
     RunStatus,
     StepStatus,
@@ -30,6 +31,7 @@ from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import waits as wait_store
+from stepline_server.store.records import PendingStepEnd, RunFinish
 
 log = logging.getLogger(__name__)
 activity = logging.getLogger("stepline.runs")
@@ -61,7 +63,7 @@ def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
                     sub.expression, "expression", expressions.TRIGGER_VARIABLES)
                 if not expression.matches(variables):
                     continue
-            starts.append(RunStart(sub.function_id, sub.policy, record))
+            starts.append(RunStart(function_id=sub.function_id, policy=sub.policy, event=record))
     run_ids = ctx.start(starts) if starts else []
     _settle_waits(ctx, new)
     if ctx.observers:
@@ -74,11 +76,11 @@ def _settle_waits(ctx: TxContext, records: list[EventRecord]) -> None:
     matches = matching.match(ctx.tx.conn, records, ctx.now)
     if not matches:
         return
-    waiting = [m for m in matches if m.kind == matching.EVENT]
-    cancels = {m.run_id: m for m in matches if m.kind == matching.CANCEL}
+    waiting = [m for m in matches if m.kind is MatchKind.WAIT_FOR_EVENT]
+    cancels = {m.run_id: m for m in matches if m.kind is MatchKind.CANCEL}
     resume(ctx, [
-        Resumption(m.run_id, m.step_id, WaitKind.EVENT, StepStatus.COMPLETED,
-                   output=event_json(m.event))
+        Resumption(run_id=m.run_id, step_id=m.step_id, kind=WaitKind.WAIT_FOR_EVENT,
+                   status=StepStatus.COMPLETED, output=event_json(m.event))
         for m in waiting if m.run_id not in cancels
     ])
     if cancels:
@@ -87,7 +89,7 @@ def _settle_waits(ctx: TxContext, records: list[EventRecord]) -> None:
         for key, entry in locked.items():
             by_run.setdefault(key[0], {})[key] = entry
         end_runs(ctx, [
-            Ending(items[run_id, ""][0], RunStatus.CANCELLED, error=ErrorInfo(
+            Ending(item=items[run_id, ""][0], status=RunStatus.CANCELLED, error=ErrorInfo(
                 "Cancelled", f"cancelled by event {cancels[run_id].event.name} "
                              f"({cancels[run_id].event.id})"), holders=holders(items))
             for run_id, items in by_run.items() if (run_id, "") in items
@@ -103,7 +105,7 @@ def event_json(record: EventRecord) -> str:
 
 
 # -- resuming -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Resumption:
     run_id: str
     step_id: str
@@ -131,15 +133,13 @@ def resume(ctx: TxContext, resumptions: list[Resumption]) -> int:
     if not due:
         return 0
     run_store.end_pending_steps(conn, [
-        {"b_run_id": r.run_id, "b_step_id": r.step_id, "status": r.status.value,
-         "output": r.output, "error": None if r.error is None else r.error.to_json(),
-         "ended_at_ms": ctx.now} for r in due])
+        PendingStepEnd(run_id=r.run_id, step_id=r.step_id, status=r.status, output=r.output,
+                       error=r.error, ended_at_ms=ctx.now) for r in due])
     run_ids = [r.run_id for r in due]
     queue_store.resume_many(conn, run_ids, ctx.now)
-    run_store.set_status_many(conn, [{"b_id": r, "status": RunStatus.QUEUED.value}
-                                     for r in run_ids])
+    run_store.set_status_many(conn, [(r, RunStatus.QUEUED) for r in run_ids])
     wait_store.delete_many(conn, [(r.run_id, r.step_id) for r in due
-                                  if r.kind is WaitKind.EVENT])
+                                  if r.kind is WaitKind.WAIT_FOR_EVENT])
     ctx.tx.notify = True
     for r in due:
         activity.info("run %s resumed (%s %s)", r.run_id, r.kind.value, r.step_id)
@@ -149,29 +149,30 @@ def resume(ctx: TxContext, resumptions: list[Resumption]) -> int:
 def expire_waits(ctx: TxContext, items: list[QueueItem]) -> None:
     """Claimed runs whose suspension is due: a sleep is over; a wait or an invoke timed out.
     Their steps get results before the memo is read, in the claim's transaction."""
-    rows = []
+    ends = []
     for item in items:
         if item.wait_kind is None or item.wait_step is None:
             continue
-        status, output, error = StepStatus.COMPLETED, "null", None
         if item.wait_kind is WaitKind.INVOKE:
-            status, output = StepStatus.FAILED, ""
-            error = ErrorInfo("InvokeTimeout", "the invoked run did not finish in time")
-        rows.append({"b_run_id": item.run_id, "b_step_id": item.wait_step,
-                     "status": status.value, "output": output or None,
-                     "error": None if error is None else error.to_json(),
-                     "ended_at_ms": ctx.now})
-    if not rows:
+            ends.append(PendingStepEnd(
+                run_id=item.run_id, step_id=item.wait_step, status=StepStatus.FAILED,
+                ended_at_ms=ctx.now,
+                error=ErrorInfo("InvokeTimeout", "the invoked run did not finish in time")))
+        else:
+            ends.append(PendingStepEnd(run_id=item.run_id, step_id=item.wait_step,
+                                       status=StepStatus.COMPLETED, ended_at_ms=ctx.now,
+                                       output="null"))
+    if not ends:
         return
     conn = ctx.tx.conn
-    run_store.end_pending_steps(conn, rows)
-    queue_store.clear_waits(conn, [str(row["b_run_id"]) for row in rows])
+    run_store.end_pending_steps(conn, ends)
+    queue_store.clear_waits(conn, [end.run_id for end in ends])
     wait_store.delete_many(conn, [(i.run_id, i.wait_step) for i in items
-                                  if i.wait_kind is WaitKind.EVENT and i.wait_step])
+                                  if i.wait_kind is WaitKind.WAIT_FOR_EVENT and i.wait_step])
 
 
 # -- ending -------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ending:
     item: QueueItem  # the run's own queue item
     status: RunStatus
@@ -193,9 +194,8 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
         return
     conn = ctx.tx.conn
     run_store.finish_many(conn, [
-        {"b_id": e.item.run_id, "status": e.status.value, "output": e.output,
-         "error": None if e.error is None else e.error.to_json(), "ended_at_ms": ctx.now}
-        for e in endings])
+        RunFinish(run_id=e.item.run_id, status=e.status, ended_at_ms=ctx.now, output=e.output,
+                  error=e.error) for e in endings])
     queue_store.delete_many(conn, [e.item.run_id for e in endings])
     for e in endings:
         for owner in e.holders if e.holders is not None else (e.item.lease_owner,):
@@ -213,12 +213,15 @@ def after_end(ctx: TxContext, endings: list[Ending], *, waits_deleted: bool = Fa
         wait_store.delete_for_runs(conn, [e.item.run_id for e in endings])
     if ctx.observers:
         observers = ctx.observers
-        ends = [RunEnd(e.item.run_id, e.item.function_id, e.status, e.error, ctx.now,
-                       e.item.traceparent) for e in endings]
+        ends = [RunEnd(run_id=e.item.run_id, function_id=e.item.function_id, status=e.status,
+                       error=e.error, ended_at_ms=ctx.now, traceparent=e.item.traceparent)
+                for e in endings]
         ctx.tx.after_commit(lambda: observers.runs_ended(ends))
     resume(ctx, [
-        Resumption(e.item.parent_run_id, e.item.parent_step_id, WaitKind.INVOKE,
-                   StepStatus.COMPLETED if e.status is RunStatus.COMPLETED else StepStatus.FAILED,
+        Resumption(run_id=e.item.parent_run_id, step_id=e.item.parent_step_id,
+                   kind=WaitKind.INVOKE,
+                   status=StepStatus.COMPLETED if e.status is RunStatus.COMPLETED
+                   else StepStatus.FAILED,
                    output=e.output if e.status is RunStatus.COMPLETED else None,
                    error=None if e.status is RunStatus.COMPLETED else (
                        e.error or ErrorInfo("Error", f"invoked run {e.status.value}")))
@@ -248,10 +251,10 @@ def _system_events(ctx: TxContext, endings: list[Ending], listened: frozenset[st
         }
         text = json.dumps(data, separators=(",", ":"))
         if FUNCTION_FINISHED in listened:
-            records.append(EventRecord(f"{e.item.run_id}:finished", FUNCTION_FINISHED, text,
-                                       ctx.now))
+            records.append(EventRecord(id=f"{e.item.run_id}:finished", name=FUNCTION_FINISHED,
+                                       data=text, ts_ms=ctx.now))
         if FUNCTION_FAILED in listened and e.status is RunStatus.FAILED:
-            records.append(EventRecord(f"{e.item.run_id}:failed", FUNCTION_FAILED, text,
-                                       ctx.now))
+            records.append(EventRecord(id=f"{e.item.run_id}:failed", name=FUNCTION_FAILED,
+                                       data=text, ts_ms=ctx.now))
     if records:
         ingest(ctx, records)

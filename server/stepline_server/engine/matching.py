@@ -13,20 +13,19 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from stepline_server.engine import expressions
-from stepline_server.model import CancelOn, EventRecord
+from stepline_server.model import CancelOn, EventRecord, MatchKind
 from stepline_server.store import events as event_store
 from stepline_server.store import waits as wait_store
+from stepline_server.store.records import NewWait
 
 MAX_KEY_LENGTH = 600
-CANCEL = "cancel"
-EVENT = "event"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Match:
     run_id: str
     step_id: str
-    kind: str  # EVENT or CANCEL
+    kind: MatchKind
     event: EventRecord
 
 
@@ -43,22 +42,23 @@ def _key(expression: str, field: str, trigger: EventRecord) -> tuple[str | None,
     return ".".join(key.async_path), value
 
 
-def wait_row(run_id: str, step_id: str, kind: str, event_name: str, expression: str,
+def new_wait(run_id: str, step_id: str, kind: MatchKind, event_name: str, expression: str,
              field: str, trigger: EventRecord, expires_at_ms: int | None, now_ms: int
-             ) -> dict[str, Any]:
-    """The waits row for a new wait; raises InvalidArgument (naming `field`) for bad CEL."""
+             ) -> NewWait:
+    """A new pending match; raises InvalidArgument (naming `field`) for bad CEL."""
     path, key = _key(expression, field, trigger)
-    return {"run_id": run_id, "step_id": step_id, "kind": kind, "event_name": event_name,
-            "expression": expression or None, "match_path": path, "match_key": key,
-            "trigger_event_id": trigger.id, "expires_at_ms": expires_at_ms,
-            "created_at_ms": now_ms}
+    return NewWait(run_id=run_id, step_id=step_id, kind=kind, event_name=event_name,
+                   expression=expression or None, match_path=path, match_key=key,
+                   trigger_event_id=trigger.id, expires_at_ms=expires_at_ms,
+                   created_at_ms=now_ms)
 
 
-def cancel_row(run_id: str, index: int, cancel: CancelOn, trigger: EventRecord, now_ms: int
-               ) -> dict[str, Any]:
+def cancel_wait(run_id: str, index: int, cancel: CancelOn, trigger: EventRecord, now_ms: int
+                ) -> NewWait:
     expires = None if cancel.timeout_ms is None else now_ms + cancel.timeout_ms
-    return wait_row(run_id, f"cancel:{index}", CANCEL, cancel.event, cancel.expression,
-                    f"cancel_on[{index}].expression", trigger, expires, now_ms)
+    return new_wait(run_id, f"cancel:{index}", MatchKind.CANCEL, cancel.event,
+                    cancel.expression, f"cancel_on[{index}].expression", trigger, expires,
+                    now_ms)
 
 
 def match(conn: Connection, records: list[EventRecord], now_ms: int) -> list[Match]:
@@ -71,27 +71,34 @@ def match(conn: Connection, records: list[EventRecord], now_ms: int) -> list[Mat
         return []
     matches: list[Match] = []
     for name, path_set in pending_paths.items():
-        named = by_name[name]
-        variables = [expressions.event_variables(r) for r in named]
-        keys: set[str] = set()
-        for path in path_set:
-            if path is None:
-                continue
-            split = tuple(path.split("."))
-            for v in variables:
-                key = expressions.key_for_event(split, v)
-                if key is not None:
-                    keys.add(key)
-        rows = wait_store.candidates(conn, name, sorted(keys), None in path_set, now_ms)
-        if not rows:
-            continue
-        triggers = _trigger_variables(conn, rows)
-        for row in rows:
-            for record, candidate in zip(named, variables, strict=True):
-                if _fits(row, candidate, triggers):
-                    matches.append(Match(row.run_id, row.step_id, row.kind, record))
-                    break
+        matches += _match_name(conn, by_name[name], path_set, now_ms)
     return matches
+
+
+def _match_name(conn: Connection, named: list[EventRecord], path_set: set[str | None],
+                now_ms: int) -> list[Match]:
+    """The waits that events of one name satisfy, given the key paths their waits use."""
+    variables = [expressions.event_variables(r) for r in named]
+    keys = {key for path in path_set if path is not None
+            for key in _keys(tuple(path.split(".")), variables)}
+    rows = wait_store.candidates(conn, named[0].name, sorted(keys), None in path_set, now_ms)
+    if not rows:
+        return []
+    triggers = _trigger_variables(conn, rows)
+    matches = []
+    for row in rows:
+        for record, candidate in zip(named, variables, strict=True):
+            if _fits(row, candidate, triggers):
+                matches.append(Match(run_id=row.run_id, step_id=row.step_id,
+                                     kind=MatchKind(row.kind), event=record))
+                break
+    return matches
+
+
+def _keys(path: tuple[str, ...], variables: list[dict[str, Any]]) -> list[str]:
+    """The match keys of these events under one key path."""
+    found = (expressions.key_for_event(path, v) for v in variables)
+    return [key for key in found if key is not None]
 
 
 def _fits(row: Any, candidate: dict[str, Any], triggers: dict[str, dict[str, Any]]) -> bool:

@@ -23,7 +23,7 @@ from stepline_server.model import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunEnd:
     run_id: str
     function_id: str

@@ -1,30 +1,30 @@
 """What the ops a worker reports do to its run.
 
 Ops from many workers arrive together; `apply_many` decides each report in memory against the
-locked queue rows, then writes the whole set with a handful of set-based statements. A report is
-all-or-nothing: when it does not fit (stale lease, an op after the run ended), none of its ops
-are written, and the others in the batch still are.
+locked queue rows (`apply_report`, no I/O), then writes the whole set with a handful of
+set-based statements. A report is all-or-nothing: when it does not fit (stale lease, an op after
+the run ended), none of its ops are written, and the others in the batch still are. The lease
+is checked here and only here; what a failed attempt leads to is attempts.py's decision.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
 
-from stepline_server.engine import lifecycle, matching
+from stepline_server.engine import attempts, lifecycle, matching
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.starts import RunStart
 from stepline_server.errors import InvalidArgument, NotFound, StaleLease, SteplineServerError
-from stepline_server.ids import now_ms
+from stepline_server.ids import invoke_event_id, now_ms
 from stepline_server.model import (
     NEVER_MS,
     AckAction,
     ErrorInfo,
     EventRecord,
     Invoke,
+    MatchKind,
     Op,
     OpsBatch,
     Planned,
@@ -37,6 +37,7 @@ from stepline_server.model import (
     Sleep,
     StepCompleted,
     StepFailed,
+    StepKind,
     StepStatus,
     WaitForEvent,
     WaitKind,
@@ -47,10 +48,19 @@ from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import waits as wait_store
+from stepline_server.store.records import (
+    FailedAttempt,
+    NewQueueItem,
+    NewStep,
+    NewWait,
+    QueueUpdate,
+    RunFinish,
+)
 from stepline_server.telemetry import traceparent
 
 Backoff = Callable[[int], int]
 ContextFactory = Callable[[Tx, int], TxContext]
+Key = tuple[str, str]  # (run_id, target_step_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,7 @@ class Timing:
     lease_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OpsRequest:
     """One Ops message to apply, from the worker connection `owner`."""
 
@@ -69,9 +79,9 @@ class OpsRequest:
     check_function: bool = True
 
 
-@dataclass(slots=True)
-class _RunState:
-    """A run's queue row as the batch changes it."""
+@dataclass(slots=True, kw_only=True)
+class RunState:
+    """A run's queue item (or a parallel step's) as a batch of reports changes it."""
 
     item: QueueItem
     attempt: int
@@ -83,41 +93,64 @@ class _RunState:
     wait_kind: WaitKind | None = None
     wait_step: str | None = None
 
-    def final_attempt(self, non_retriable: bool) -> bool:
-        return non_retriable or self.attempt + 1 >= self.item.max_attempts
+    @classmethod
+    def of(cls, item: QueueItem, due_at_ms: int) -> RunState:
+        return cls(item=item, attempt=item.attempt, step_count=item.step_count,
+                   due_at_ms=due_at_ms, lease_owner=item.lease_owner,
+                   wait_kind=item.wait_kind, wait_step=item.wait_step)
 
-    def copy(self) -> _RunState:
-        return _RunState(self.item, self.attempt, self.step_count, self.due_at_ms,
-                         self.lease_owner, self.lease_until_ms, self.deleted, self.wait_kind,
-                         self.wait_step)
+    def next_position(self) -> int:
+        """A step got its row: the position it takes; the next step starts at attempt 0."""
+        position = self.step_count
+        self.step_count += 1
+        self.attempt = 0
+        return position
+
+    def requeue(self, due_at_ms: int) -> None:
+        """Back to the queue, due then, leased to no one."""
+        self.due_at_ms = due_at_ms
+        self.lease_owner = None
+        self.lease_until_ms = None
+
+    def update(self) -> QueueUpdate:
+        return QueueUpdate(
+            run_id=self.item.run_id, target_step_id=self.item.target_step_id,
+            attempt=self.attempt, step_count=self.step_count, due_at_ms=self.due_at_ms,
+            lease_owner=self.lease_owner, lease_until_ms=self.lease_until_ms,
+            wait_kind=self.wait_kind, wait_step=self.wait_step)
 
 
 @dataclass(slots=True)
-class _Writes:
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    finishes: list[dict[str, Any]] = field(default_factory=list)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
-    waits: list[dict[str, Any]] = field(default_factory=list)
+class Writes:
+    """Rows a batch of reports writes, in the order `_write` sends them."""
+
+    steps: list[NewStep] = field(default_factory=list)
+    failures: list[FailedAttempt] = field(default_factory=list)
+    finishes: list[RunFinish] = field(default_factory=list)
+    statuses: list[tuple[str, RunStatus]] = field(default_factory=list)
+    waits: list[NewWait] = field(default_factory=list)
     endings: list[lifecycle.Ending] = field(default_factory=list)
     invokes: list[RunStart] = field(default_factory=list)
     sent: list[EventRecord] = field(default_factory=list)
-    new_items: list[dict[str, Any]] = field(default_factory=list)  # parallel steps
+    new_items: list[NewQueueItem] = field(default_factory=list)  # parallel steps
 
-    def extend(self, other: _Writes) -> None:
-        for name in self.__slots__:
+    def extend(self, other: Writes) -> None:
+        for name in _WRITES:
             getattr(self, name).extend(getattr(other, name))
 
 
+_WRITES = tuple(f.name for f in fields(Writes))
+
+
 @dataclass(frozen=True, slots=True)
-class _Lookups:
+class Lookups:
     """What some ops need from outside the run, loaded once per batch."""
 
-    functions: dict[str, RunPolicy]
-    triggers: dict[str, EventRecord]
+    functions: dict[str, RunPolicy] = field(default_factory=dict)
+    triggers: dict[str, EventRecord] = field(default_factory=dict)
 
 
-def _lookups(tx: Tx, requests: list[OpsRequest]) -> _Lookups:
+def _lookups(tx: Tx, requests: list[OpsRequest]) -> Lookups:
     invoked = sorted({op.function_id for r in requests for op in r.batch.ops
                       if isinstance(op, Invoke)})
     waiting = sorted({r.batch.run_id for r in requests
@@ -130,19 +163,18 @@ def _lookups(tx: Tx, requests: list[OpsRequest]) -> _Lookups:
             event_ids.values())))}
         triggers = {run_id: records[event_id] for run_id, event_id in event_ids.items()
                     if event_id in records}
-    return _Lookups(functions, triggers)
+    return Lookups(functions, triggers)
 
 
+# -- a batch of reports -------------------------------------------------------------------------
 def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: ContextFactory
                ) -> list[AckAction | SteplineServerError]:
     conn = tx.conn
     locked = queue_store.lock_many(conn, sorted({r.batch.run_id for r in requests}))
-    states = {key: _RunState(item, item.attempt, item.step_count, due, item.lease_owner,
-                             wait_kind=item.wait_kind, wait_step=item.wait_step)
-              for key, (item, due) in locked.items()}
+    states = {key: RunState.of(item, due) for key, (item, due) in locked.items()}
     lookups = _lookups(tx, requests)
-    touched: dict[tuple[str, str], _RunState] = {}
-    writes = _Writes()
+    touched: dict[Key, RunState] = {}
+    writes = Writes()
     results: list[AckAction | SteplineServerError] = []
     missing: list[int] = []
     for index, request in enumerate(requests):
@@ -153,7 +185,7 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
             results.append(AckAction.REJECTED)  # replaced below with the precise error
             continue
         try:
-            new_state, action, own = _apply_request(request, state.copy(), backoff, lookups)
+            new_state, action, own = apply_report(request, replace(state), backoff, lookups)
         except SteplineServerError as exc:
             results.append(exc)
             continue
@@ -161,18 +193,11 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
         writes.extend(own)
         results.append(action)
         if key[1] and new_state.deleted:
-            _parallel_step_done(key[0], states, touched, writes, request.timing.now_ms)
+            _parallel_step_done(key[0], states, touched, request.timing.now_ms)
     if missing:
-        ended = run_store.statuses(conn, [requests[i].batch.run_id for i in missing])
-        for i in missing:
-            run_id, step_id = requests[i].batch.key
-            status = ended.get(run_id)
-            results[i] = (
-                NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
-                else StaleLease(f"ops.target_step_id: step {step_id!r} of run {run_id} is no "
-                                "longer dispatched") if step_id and not status.ended
-                else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no more ops"))
-    _flush(tx, touched, writes)
+        _explain_missing(tx, requests, missing, results)
+    with tx.pipelined():  # nothing below reads a result: one round trip on PostgreSQL
+        _write(tx, touched, writes)
     # Wake other servers only for work back in the queue (retries, suspensions, parallel
     # steps); an ended run frees a slot only on this server, whose dispatcher already knows.
     if writes.new_items or any(not s.deleted and s.lease_owner is None
@@ -183,20 +208,33 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
     return results
 
 
-def _parallel_step_done(run_id: str, states: dict[tuple[str, str], _RunState],
-                        touched: dict[tuple[str, str], _RunState], writes: _Writes,
-                        now: int) -> None:
+def _explain_missing(tx: Tx, requests: list[OpsRequest], missing: list[int],
+                     results: list[AckAction | SteplineServerError]) -> None:
+    """The precise error for reports on items that are gone."""
+    ended = run_store.statuses(tx.conn, [requests[i].batch.run_id for i in missing])
+    for i in missing:
+        run_id, step_id = requests[i].batch.key
+        status = ended.get(run_id)
+        results[i] = (
+            NotFound(f"ops.run_id: unknown run {run_id!r}") if status is None
+            else StaleLease(f"ops.target_step_id: step {step_id!r} of run {run_id} is no "
+                            "longer dispatched") if step_id and not status.ended
+            else StaleLease(f"ops.run_id: run {run_id} is {status} and takes no more ops"))
+
+
+def _parallel_step_done(run_id: str, states: dict[Key, RunState],
+                        touched: dict[Key, RunState], now: int) -> None:
     """A parallel step has its result: once none of its siblings is left, the run resumes."""
     if any(k[0] == run_id and k[1] and not s.deleted for k, s in states.items()):
         return
     run = states.get((run_id, ""))
     if run is None or run.deleted or run.wait_kind is not WaitKind.PARALLEL:
         return
-    run = run.copy()
-    run.wait_kind = None
-    run.due_at_ms = now
+    run = replace(run, wait_kind=None, due_at_ms=now)
     states[run_id, ""] = touched[run_id, ""] = run
-def _follow_up(ctx: TxContext, writes: _Writes) -> None:
+
+
+def _follow_up(ctx: TxContext, writes: Writes) -> None:
     """Effects on other runs, once this batch's own rows are written."""
     if writes.invokes:
         fresh = event_store.insert(ctx.tx.conn, [s.event for s in writes.invokes], ctx.now,
@@ -208,12 +246,8 @@ def _follow_up(ctx: TxContext, writes: _Writes) -> None:
         lifecycle.after_end(ctx, writes.endings, waits_deleted=True)
 
 
-def _flush(tx: Tx, touched: dict[tuple[str, str], _RunState], writes: _Writes) -> None:
-    with tx.pipelined():  # nothing below reads a result: one round trip on PostgreSQL
-        _write(tx.conn, touched, writes)
-
-
-def _write(conn: Any, touched: dict[tuple[str, str], _RunState], writes: _Writes) -> None:
+def _write(tx: Tx, touched: dict[Key, RunState], writes: Writes) -> None:
+    conn = tx.conn
     run_store.insert_failures(conn, writes.failures)
     run_store.insert_steps(conn, writes.steps)
     run_store.finish_many(conn, writes.finishes)
@@ -224,19 +258,14 @@ def _write(conn: Any, touched: dict[tuple[str, str], _RunState], writes: _Writes
     queue_store.delete_many(conn, [run_id for (run_id, step_id), s in touched.items()
                                    if s.deleted and not step_id])
     queue_store.delete_items(conn, [key for key, s in touched.items() if s.deleted and key[1]])
-    queue_store.update_many(conn, [
-        {"b_run_id": run_id, "b_step_id": step_id, "attempt": s.attempt,
-         "step_count": s.step_count,
-         "due_at_ms": s.due_at_ms, "lease_owner": s.lease_owner,
-         "lease_until_ms": s.lease_until_ms,
-         "wait_kind": None if s.wait_kind is None else s.wait_kind.value,
-         "wait_step": s.wait_step}
-        for (run_id, step_id), s in touched.items() if not s.deleted
-    ])
+    queue_store.update_many(conn, [s.update() for s in touched.values() if not s.deleted])
 
 
-def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff, lookups: _Lookups
-                   ) -> tuple[_RunState, AckAction, _Writes]:
+# -- one report ---------------------------------------------------------------------------------
+def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups: Lookups
+                 ) -> tuple[RunState, AckAction, Writes]:
+    """Decide what one report does to its run, in memory: the new state, the ack, the rows to
+    write. Raises the error to answer when the report is refused."""
     batch = request.batch
     item = state.item
     if request.check_function and item.function_id != batch.function_id:
@@ -248,236 +277,213 @@ def _apply_request(request: OpsRequest, state: _RunState, backoff: Backoff, look
         raise StaleLease(
             f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
             "worker; its ops were not applied")
-    writes = _Writes()
+    report = _Report(batch.run_id, state, request.timing.now_ms, backoff, lookups)
     if batch.target_step_id:
-        return _apply_parallel_step(request, state, backoff, lookups, writes)
+        return state, report.parallel_step(batch), report.writes
     action = AckAction.CONTINUE
-    seen_steps: set[str] = set()
     for index, op in enumerate(batch.ops):
         if action is not AckAction.CONTINUE:
             raise InvalidArgument(f"ops.ops[{index}]", "no op may follow one that ends the run")
-        action = _apply_op(batch.run_id, index, op, state, request.timing, backoff, writes,
-                           seen_steps, lookups)
+        action = report.apply(index, op)
     if action is AckAction.CONTINUE:
         state.lease_until_ms = request.timing.now_ms + request.timing.lease_ms
-    return state, action, writes
+    return state, action, report.writes
 
 
-def _apply_parallel_step(request: OpsRequest, state: _RunState, backoff: Backoff,
-                         lookups: _Lookups, writes: _Writes
-                         ) -> tuple[_RunState, AckAction, _Writes]:
-    """The report of one parallel step: its result, and nothing else. Done (completed, or
-    failed for good), its queue item goes; a failure to retry keeps it, due later."""
-    batch = request.batch
-    ops = batch.ops
-    if len(ops) != 1 or not isinstance(ops[0], StepCompleted | StepFailed) or (
-            ops[0].step_id != batch.target_step_id):
-        raise InvalidArgument("ops.ops", f"the dispatch of parallel step "
-                              f"{batch.target_step_id!r} takes exactly one op: that step's "
-                              "step_completed or step_failed")
-    action = _apply_op(batch.run_id, 0, ops[0], state, request.timing, backoff, writes, set(),
-                       lookups)
-    if action is AckAction.CONTINUE:
-        state.deleted = True
-    return state, AckAction.RELEASE, writes
+@dataclass(slots=True)
+class _Report:
+    """Applies the ops of one report to its run's state, collecting the rows to write."""
 
+    run_id: str
+    state: RunState
+    now: int
+    backoff: Backoff
+    lookups: Lookups
+    writes: Writes = field(default_factory=Writes)
+    seen_steps: set[str] = field(default_factory=set)
 
-def _apply_op(run_id: str, index: int, op: Op, state: _RunState, timing: Timing,
-              backoff: Backoff, writes: _Writes, seen_steps: set[str], lookups: _Lookups
-              ) -> AckAction:
-    now = timing.now_ms
-    if isinstance(op, Planned):
-        return _plan(run_id, index, op, state, now, writes, seen_steps)
-    if not isinstance(op, RunCompleted | RunFailed):
-        if op.step_id in seen_steps:
+    def parallel_step(self, batch: OpsBatch) -> AckAction:
+        """The report of one parallel step: its result, and nothing else. Done (completed, or
+        failed for good), its queue item goes; a failure to retry keeps it, due later."""
+        ops = batch.ops
+        if len(ops) != 1 or not isinstance(ops[0], StepCompleted | StepFailed) or (
+                ops[0].step_id != batch.target_step_id):
+            raise InvalidArgument("ops.ops", f"the dispatch of parallel step "
+                                  f"{batch.target_step_id!r} takes exactly one op: that step's "
+                                  "step_completed or step_failed")
+        if self.apply(0, ops[0]) is AckAction.CONTINUE:
+            self.state.deleted = True
+        return AckAction.RELEASE
+
+    def apply(self, index: int, op: Op) -> AckAction:
+        if isinstance(op, Planned):
+            return self._plan(index, op)
+        if isinstance(op, RunCompleted | RunFailed):
+            return self._end(op)
+        if op.step_id in self.seen_steps:
             raise InvalidArgument(f"ops.ops[{index}]",
                                   f"step {op.step_id!r} appears twice in one report")
-        if state.wait_kind is not None:
+        if self.state.wait_kind is not None:
             raise InvalidArgument(f"ops.ops[{index}]", "the run is suspended")
-    if isinstance(op, Sleep | WaitForEvent | Invoke | SendEvents):
-        seen_steps.add(op.step_id)
-        return _apply_step_kind(run_id, index, op, state, now, writes, lookups)
-    if isinstance(op, StepCompleted):
-        seen_steps.add(op.step_id)
-        _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
-                     op.started_at_ms, output=op.output)
-        return AckAction.CONTINUE
-    if isinstance(op, StepFailed):
-        seen_steps.add(op.step_id)
-        _record_failure(writes, run_id, op.step_id, state.attempt, op.error, now,
-                        op.started_at_ms)
-        if state.final_attempt(op.non_retriable):
-            _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.FAILED, now,
-                         op.started_at_ms, error=op.error)
-            return AckAction.CONTINUE  # the worker raises the error at the step's call site
-        _schedule_retry(state, now, op.retry_after_ms, backoff)
+        self.seen_steps.add(op.step_id)
+        if isinstance(op, StepCompleted):
+            self._step(op.step_id, op.name, StepStatus.COMPLETED, op.started_at_ms,
+                       output=op.output)
+            return AckAction.CONTINUE
+        if isinstance(op, StepFailed):
+            return self._step_failed(op)
+        if isinstance(op, SendEvents):
+            return self._send(op)
+        return self._suspension(index, op)
+
+    # -- results and failures ----------------------------------------------------------------
+    def _step(self, step_id: str, name: str, status: StepStatus, started_at_ms: int | None, *,
+              output: str | None = None, error: ErrorInfo | None = None,
+              kind: StepKind = StepKind.RUN) -> None:
+        attempts_made = self.state.attempt + 1
+        self.writes.steps.append(NewStep(
+            run_id=self.run_id, step_id=step_id, position=self.state.next_position(),
+            name=name, kind=kind, status=status, attempts=attempts_made,
+            started_at_ms=started_at_ms, ended_at_ms=self.now, output=output, error=error))
+
+    def _failed_attempt(self, step_id: str, error: ErrorInfo, started_at_ms: int | None,
+                        *, non_retriable: bool, retry_after_ms: int | None) -> bool:
+        """Record a failed attempt; return whether another one is scheduled."""
+        state = self.state
+        self.writes.failures.append(FailedAttempt(
+            run_id=self.run_id, step_id=step_id, attempt=state.attempt, error=error,
+            started_at_ms=started_at_ms, ended_at_ms=self.now))
+        due = attempts.retry_due(attempt=state.attempt, max_attempts=state.item.max_attempts,
+                                 non_retriable=non_retriable, retry_after_ms=retry_after_ms,
+                                 now_ms=self.now, backoff=self.backoff)
+        if due is None:
+            return False
+        state.attempt += 1
+        state.requeue(due)
+        return True
+
+    def _step_failed(self, op: StepFailed) -> AckAction:
+        if self._failed_attempt(op.step_id, op.error, op.started_at_ms,
+                                non_retriable=op.non_retriable, retry_after_ms=op.retry_after_ms):
+            return AckAction.RELEASE
+        self._step(op.step_id, op.name, StepStatus.FAILED, op.started_at_ms, error=op.error)
+        return AckAction.CONTINUE  # the worker raises the error at the step's call site
+
+    def _end(self, op: RunCompleted | RunFailed) -> AckAction:
+        if isinstance(op, RunCompleted):
+            self._finish(RunStatus.COMPLETED, output=op.output)
+        elif not self._failed_attempt("", op.error, None, non_retriable=op.non_retriable,
+                                      retry_after_ms=op.retry_after_ms):
+            self._finish(RunStatus.FAILED, error=op.error)
         return AckAction.RELEASE
-    if isinstance(op, RunCompleted):
-        _finish(writes, run_id, state, RunStatus.COMPLETED, now, output=op.output)
-        return AckAction.RELEASE
-    if isinstance(op, RunFailed):
-        _record_failure(writes, run_id, "", state.attempt, op.error, now, None)
-        if state.final_attempt(op.non_retriable):
-            _finish(writes, run_id, state, RunStatus.FAILED, now, error=op.error)
-        else:
-            _schedule_retry(state, now, op.retry_after_ms, backoff)
-        return AckAction.RELEASE
-    raise InvalidArgument(f"ops.ops[{index}]", f"unsupported op {type(op).__name__}")
 
+    def _finish(self, status: RunStatus, *, output: str | None = None,
+                error: ErrorInfo | None = None) -> None:
+        self.writes.finishes.append(RunFinish(run_id=self.run_id, status=status,
+                                              ended_at_ms=self.now, output=output, error=error))
+        self.writes.endings.append(lifecycle.Ending(item=self.state.item, status=status,
+                                                    output=output, error=error))
+        self.state.deleted = True
 
-def _record_step(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
-                 status: StepStatus, now_ms: int, started_at_ms: int | None, *,
-                 output: str | None = None, error: ErrorInfo | None = None,
-                 kind: str | None = None) -> None:
-    writes.steps.append({
-        "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
-        "status": status.value, "output": output,
-        "error": None if error is None else error.to_json(), "attempts": state.attempt + 1,
-        "started_at_ms": started_at_ms, "ended_at_ms": now_ms, "kind": kind,
-    })
-    state.step_count += 1
-    state.attempt = 0
-
-
-def _record_failure(writes: _Writes, run_id: str, step_id: str, attempt: int, error: ErrorInfo,
-                    now_ms: int, started_at_ms: int | None) -> None:
-    writes.failures.append({
-        "run_id": run_id, "step_id": step_id, "attempt": attempt, "error": error.to_json(),
-        "started_at_ms": started_at_ms, "ended_at_ms": now_ms,
-    })
-
-
-def _finish(writes: _Writes, run_id: str, state: _RunState, status: RunStatus, now_ms: int, *,
-            output: str | None = None, error: ErrorInfo | None = None) -> None:
-    writes.finishes.append({
-        "b_id": run_id, "status": status.value, "output": output,
-        "error": None if error is None else error.to_json(), "ended_at_ms": now_ms,
-    })
-    writes.endings.append(lifecycle.Ending(state.item, status, output, error))
-    state.deleted = True
-
-
-SEND_KIND = "send"
-
-
-def _apply_step_kind(run_id: str, index: int, op: Sleep | WaitForEvent | Invoke | SendEvents,
-                     state: _RunState, now: int, writes: _Writes, lookups: _Lookups
-                     ) -> AckAction:
-    if isinstance(op, SendEvents):
+    # -- steps that are not run by the worker -------------------------------------------------
+    def _send(self, op: SendEvents) -> AckAction:
         # The events and the step's record commit together: a replay finds the step memoized
         # and sends nothing; a retried report is refused whole (the step exists).
-        _record_step(writes, run_id, state, op.step_id, op.name, StepStatus.COMPLETED, now,
-                     None, output=json.dumps({"ids": [e.id for e in op.events]}),
-                     kind=SEND_KIND)
-        writes.sent.extend(op.events)
+        self._step(op.step_id, op.name, StepStatus.COMPLETED, None,
+                   output=json.dumps({"ids": [e.id for e in op.events]}),
+                   kind=StepKind.SEND_EVENT)
+        self.writes.sent.extend(op.events)
         return AckAction.CONTINUE
-    if isinstance(op, Sleep):
-        due = op.until_ms if op.until_ms is not None else now + (op.duration_ms or 0)
-        _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.SLEEP, due, now)
+
+    def _suspension(self, index: int, op: Sleep | WaitForEvent | Invoke) -> AckAction:
+        if isinstance(op, Sleep):
+            due = op.until_ms if op.until_ms is not None else self.now + (op.duration_ms or 0)
+            self._suspend(op.step_id, op.name, WaitKind.SLEEP, due)
+        elif isinstance(op, WaitForEvent):
+            self._wait(index, op)
+        else:
+            self._invoke(op)
         return AckAction.RELEASE
-    if isinstance(op, WaitForEvent):
-        due = now + op.timeout_ms
-        trigger = lookups.triggers.get(run_id)
+
+    def _wait(self, index: int, op: WaitForEvent) -> None:
+        due = self.now + op.timeout_ms
+        trigger = self.lookups.triggers.get(self.run_id)
         try:
             if trigger is None:
-                raise InvalidArgument("trigger", f"run {run_id} has no trigger event")
-            row = matching.wait_row(run_id, op.step_id, matching.EVENT, op.event, op.expression,
-                                    f"ops.ops[{index}].wait_for_event.expression", trigger,
-                                    due, now)
+                raise InvalidArgument("trigger", f"run {self.run_id} has no trigger event")
+            wait = matching.new_wait(self.run_id, op.step_id, MatchKind.WAIT_FOR_EVENT,
+                                     op.event, op.expression,
+                                     f"ops.ops[{index}].wait_for_event.expression", trigger,
+                                     due, self.now)
         except InvalidArgument as exc:
-            _fail_step_now(writes, run_id, state, op.step_id, op.name, now,
-                           ErrorInfo("InvalidExpression", str(exc)), WaitKind.EVENT)
-            return AckAction.RELEASE
-        writes.waits.append(row)
-        _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.EVENT, due, now)
+            self._fail_step_now(op.step_id, op.name, ErrorInfo("InvalidExpression", str(exc)),
+                                StepKind.WAIT_FOR_EVENT)
+            return
+        self.writes.waits.append(wait)
+        self._suspend(op.step_id, op.name, WaitKind.WAIT_FOR_EVENT, due)
+
+    def _invoke(self, op: Invoke) -> None:
+        policy = self.lookups.functions.get(op.function_id)
+        if policy is None:
+            self._fail_step_now(op.step_id, op.name, ErrorInfo(
+                "FunctionNotFound", f"cannot invoke {op.function_id!r}: no such function is "
+                                    "registered"), StepKind.INVOKE)
+            return
+        item = self.state.item
+        # The invoked run's trace continues from this step's attempt span (telemetry/tracing.py).
+        trace = traceparent.step_traceparent(self.run_id, item.traceparent, op.step_id,
+                                             item.lease)
+        event = EventRecord(id=invoke_event_id(self.run_id, op.step_id),
+                            name=lifecycle.FUNCTION_INVOKED, data=op.data, ts_ms=self.now,
+                            traceparent=trace.header())
+        self.writes.invokes.append(RunStart(function_id=op.function_id, policy=policy,
+                                            event=event, parent_run_id=self.run_id,
+                                            parent_step_id=op.step_id))
+        due = NEVER_MS if op.timeout_ms is None else self.now + op.timeout_ms
+        self._suspend(op.step_id, op.name, WaitKind.INVOKE, due)
+
+    def _suspend(self, step_id: str, name: str, kind: WaitKind, due_ms: int) -> None:
+        """The run waits, holding no worker: its step is written as pending until it resumes."""
+        step_status, run_status = _PENDING[kind]
+        state = self.state
+        self.writes.steps.append(NewStep(
+            run_id=self.run_id, step_id=step_id, position=state.next_position(), name=name,
+            kind=kind.step_kind, status=step_status, attempts=1, started_at_ms=self.now,
+            ended_at_ms=min(due_ms, NEVER_MS)))
+        self.writes.statuses.append((self.run_id, run_status))
+        state.requeue(due_ms)
+        state.wait_kind = kind
+        state.wait_step = step_id
+
+    def _fail_step_now(self, step_id: str, name: str, error: ErrorInfo, kind: StepKind) -> None:
+        """A step that cannot begin (bad expression, unknown function) fails for good; the run
+        is dispatched again at once and the step raises its error where it was called."""
+        self._step(step_id, name, StepStatus.FAILED, self.now, error=error, kind=kind)
+        self.state.requeue(self.now)
+
+    def _plan(self, index: int, op: Planned) -> AckAction:
+        """Parallel steps: one queue item each, with its position reserved; the run waits."""
+        ids = [step_id for step_id, _ in op.steps]
+        if not ids:
+            raise InvalidArgument(f"ops.ops[{index}].planned.steps",
+                                  "at least one step is required")
+        if len(set(ids)) != len(ids) or self.seen_steps & set(ids):
+            raise InvalidArgument(f"ops.ops[{index}].planned.steps", "step ids must be distinct")
+        state = self.state
+        item = state.item
+        for step_id in ids:
+            self.writes.new_items.append(NewQueueItem(
+                run_id=self.run_id, target_step_id=step_id, function_id=item.function_id,
+                due_at_ms=self.now, max_attempts=item.max_attempts,
+                step_count=state.next_position(), parent_run_id=item.parent_run_id,
+                parent_step_id=item.parent_step_id, traceparent=item.traceparent))
+        self.seen_steps.update(ids)
+        state.requeue(NEVER_MS)
+        state.wait_kind = WaitKind.PARALLEL
+        state.wait_step = None
         return AckAction.RELEASE
-    policy = lookups.functions.get(op.function_id)
-    if policy is None:
-        _fail_step_now(writes, run_id, state, op.step_id, op.name, now, ErrorInfo(
-            "FunctionNotFound", f"cannot invoke {op.function_id!r}: no such function is "
-                                "registered"), WaitKind.INVOKE)
-        return AckAction.RELEASE
-    # The invoked run's trace continues from this step's attempt span (telemetry/tracing.py).
-    trace = traceparent.step_traceparent(run_id, state.item.traceparent, op.step_id,
-                                         state.item.lease)
-    event = EventRecord(invoke_event_id(run_id, op.step_id), lifecycle.FUNCTION_INVOKED,
-                        op.data, now, traceparent=trace.header())
-    writes.invokes.append(RunStart(op.function_id, policy, event, run_id, op.step_id))
-    due = NEVER_MS if op.timeout_ms is None else now + op.timeout_ms
-    _suspend(writes, run_id, state, op.step_id, op.name, WaitKind.INVOKE, due, now)
-    return AckAction.RELEASE
-
-
-def _plan(run_id: str, index: int, op: Planned, state: _RunState, now: int, writes: _Writes,
-          seen_steps: set[str]) -> AckAction:
-    """Parallel steps: one queue item each, with its position reserved; the run waits."""
-    ids = [step_id for step_id, _ in op.steps]
-    if not ids:
-        raise InvalidArgument(f"ops.ops[{index}].planned.steps", "at least one step is required")
-    if len(set(ids)) != len(ids) or seen_steps & set(ids):
-        raise InvalidArgument(f"ops.ops[{index}].planned.steps", "step ids must be distinct")
-    item = state.item
-    for offset, (step_id, _) in enumerate(op.steps):
-        writes.new_items.append({
-            "run_id": run_id, "step_id": step_id, "function_id": item.function_id,
-            "due_at_ms": now, "max_attempts": item.max_attempts,
-            "step_count": state.step_count + offset, "parent_run_id": item.parent_run_id,
-            "parent_step_id": item.parent_step_id, "traceparent": item.traceparent})
-    seen_steps.update(ids)
-    state.step_count += len(ids)
-    state.attempt = 0
-    state.due_at_ms = NEVER_MS
-    state.lease_owner = None
-    state.lease_until_ms = None
-    state.wait_kind = WaitKind.PARALLEL
-    state.wait_step = None
-    return AckAction.RELEASE
-
-
-def invoke_event_id(run_id: str, step_id: str) -> str:
-    digest = hashlib.sha256(f"{run_id}\0{step_id}".encode()).hexdigest()[:32]
-    return f"invoke-{digest}"
 
 
 _PENDING = {WaitKind.SLEEP: (StepStatus.SLEEPING, RunStatus.SLEEPING),
-            WaitKind.EVENT: (StepStatus.WAITING, RunStatus.WAITING),
+            WaitKind.WAIT_FOR_EVENT: (StepStatus.WAITING, RunStatus.WAITING),
             WaitKind.INVOKE: (StepStatus.INVOKING, RunStatus.WAITING)}
-
-
-def _suspend(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
-             kind: WaitKind, due_ms: int, now_ms: int) -> None:
-    """The run waits, holding no worker: its step is written as pending until it resumes."""
-    step_status, run_status = _PENDING[kind]
-    writes.steps.append({
-        "run_id": run_id, "step_id": step_id, "position": state.step_count, "name": name,
-        "status": step_status.value, "output": None, "error": None, "attempts": 1,
-        "started_at_ms": now_ms, "ended_at_ms": min(due_ms, NEVER_MS), "kind": kind.value,
-    })
-    writes.statuses.append({"b_id": run_id, "status": run_status.value})
-    state.step_count += 1
-    state.attempt = 0
-    state.due_at_ms = due_ms
-    state.lease_owner = None
-    state.lease_until_ms = None
-    state.wait_kind = kind
-    state.wait_step = step_id
-
-
-def _fail_step_now(writes: _Writes, run_id: str, state: _RunState, step_id: str, name: str,
-                   now_ms: int, error: ErrorInfo, kind: WaitKind) -> None:
-    """A step that cannot begin (bad expression, unknown function) fails for good; the run is
-    dispatched again at once and the step raises its error where it was called."""
-    _record_step(writes, run_id, state, step_id, name, StepStatus.FAILED, now_ms, now_ms,
-                 error=error, kind=kind.value)
-    state.due_at_ms = now_ms
-    state.lease_owner = None
-    state.lease_until_ms = None
-
-
-def _schedule_retry(state: _RunState, now_ms: int, retry_after_ms: int | None,
-                    backoff: Backoff) -> None:
-    state.attempt += 1
-    delay = retry_after_ms if retry_after_ms is not None else backoff(state.attempt)
-    state.due_at_ms = now_ms + max(0, delay)
-    state.lease_owner = None
-    state.lease_until_ms = None

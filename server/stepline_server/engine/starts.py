@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from stepline_server.engine import matching
 from stepline_server.model import Dispatch, EventRecord, RunPolicy, RunStatus
@@ -12,6 +13,7 @@ from stepline_server.store import Tx
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import waits as wait_store
+from stepline_server.store.records import NewQueueItem, NewRun, NewWait
 
 
 class Placement(Protocol):
@@ -28,7 +30,7 @@ class Placement(Protocol):
         """The commit failed: give the slots back."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunStart:
     function_id: str
     policy: RunPolicy
@@ -56,51 +58,65 @@ class Started:
         self.queued += other.queued
 
 
-def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Any,
+def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Callable[[], str],
                placement: Placement | None, lease_ms: int) -> Started:
     """Create the runs (and their queue items and cancel_on waits). A run whose function has a
     local worker with a free slot is leased to it at once (`placement`); others are queued and
     other servers are woken."""
     started = Started()
-    run_rows: list[dict[str, Any]] = []
-    queue_rows: list[dict[str, Any]] = []
-    cancel_waits: list[dict[str, Any]] = []
+    new_runs: list[NewRun] = []
+    items: list[NewQueueItem] = []
+    cancel_waits: list[NewWait] = []
     for start in starts:
         run_id = new_id()
-        policy = start.policy
         started.run_ids.append(run_id)
         owner = placement.reserve(start.function_id) if placement else None
-        run = {"id": run_id, "function_id": start.function_id, "event_id": start.event.id,
-               "status": RunStatus.QUEUED.value, "max_attempts": policy.max_attempts,
-               "created_at_ms": now, "started_at_ms": None,
-               "parent_run_id": start.parent_run_id, "parent_step_id": start.parent_step_id,
-               "source_run_id": start.source_run_id}
-        item = {"run_id": run_id, "function_id": start.function_id, "due_at_ms": now,
-                "max_attempts": policy.max_attempts, "parent_run_id": start.parent_run_id,
-                "parent_step_id": start.parent_step_id,
-                "finish_timeout_ms": policy.finish_timeout_ms,
-                "traceparent": start.event.traceparent}
-        if policy.start_timeout_ms is not None or policy.finish_timeout_ms is not None:
-            # "start" until the first dispatch arms the finish timeout (see queue.claim).
-            item |= {"deadline_kind": "start", "deadline_ms": None if policy.start_timeout_ms
-                     is None else now + policy.start_timeout_ms}
+        new_runs.append(_new_run(run_id, start, now, placed=owner is not None))
+        items.append(_new_item(run_id, start, now, owner, lease_ms))
         if owner is not None:
             started.reserved.append(owner)
-            run |= {"status": RunStatus.RUNNING.value, "started_at_ms": now}
-            item |= {"lease": 1, "lease_owner": owner, "lease_until_ms": now + lease_ms}
-            item |= queue_store.armed_deadline(item, now)
-            started.placed.append((owner, Dispatch(run_id, start.function_id, 1, 0,
-                                                   policy.max_attempts, start.event, ())))
+            started.placed.append((owner, Dispatch(
+                run_id=run_id, function_id=start.function_id, lease=1, attempt=0,
+                max_attempts=start.policy.max_attempts, event=start.event, steps=())))
         else:
             started.queued += 1
             tx.notify = True
-        for index, cancel in enumerate(policy.cancel_on):
-            cancel_waits.append(matching.cancel_row(
-                run_id, index, cancel, start.event, now))
-        run_rows.append(run)
-        queue_rows.append(item)
+        for index, cancel in enumerate(start.policy.cancel_on):
+            cancel_waits.append(matching.cancel_wait(run_id, index, cancel, start.event, now))
     with tx.pipelined():
-        run_store.create(tx.conn, run_rows)
-        queue_store.enqueue(tx.conn, queue_rows)
+        run_store.create(tx.conn, new_runs)
+        queue_store.enqueue(tx.conn, items)
         wait_store.insert(tx.conn, cancel_waits)
     return started
+
+
+def _new_run(run_id: str, start: RunStart, now: int, *, placed: bool) -> NewRun:
+    return NewRun(id=run_id, function_id=start.function_id, event_id=start.event.id,
+                  max_attempts=start.policy.max_attempts, created_at_ms=now,
+                  status=RunStatus.RUNNING if placed else RunStatus.QUEUED,
+                  started_at_ms=now if placed else None, parent_run_id=start.parent_run_id,
+                  parent_step_id=start.parent_step_id, source_run_id=start.source_run_id)
+
+
+def _new_item(run_id: str, start: RunStart, now: int, owner: str | None, lease_ms: int
+              ) -> NewQueueItem:
+    """The run's queue item: queued, or leased to `owner` (placed on a local worker)."""
+    policy = start.policy
+    deadline_kind, deadline_ms = None, None
+    if owner is not None and (policy.start_timeout_ms is not None
+                              or policy.finish_timeout_ms is not None):
+        # Dispatched as it starts: the finish timeout is armed at once, as a claim arms it.
+        deadline_kind = "finish"
+        deadline_ms = (None if policy.finish_timeout_ms is None
+                       else now + policy.finish_timeout_ms)
+    elif policy.start_timeout_ms is not None or policy.finish_timeout_ms is not None:
+        # "start" until the first dispatch arms the finish timeout (see queue.claim).
+        deadline_kind = "start"
+        deadline_ms = None if policy.start_timeout_ms is None else now + policy.start_timeout_ms
+    return NewQueueItem(
+        run_id=run_id, function_id=start.function_id, due_at_ms=now,
+        max_attempts=policy.max_attempts, parent_run_id=start.parent_run_id,
+        parent_step_id=start.parent_step_id, finish_timeout_ms=policy.finish_timeout_ms,
+        traceparent=start.event.traceparent, deadline_kind=deadline_kind,
+        deadline_ms=deadline_ms, lease=1 if owner is not None else 0, lease_owner=owner,
+        lease_until_ms=None if owner is None else now + lease_ms)

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stepline_server import formatting
 from stepline_server.errors import (
     Conflict,
     FailedPrecondition,
@@ -42,7 +43,7 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics) -> Starlette:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(
-        duration=views.duration, timestamp=views.timestamp, iso=views.iso,
+        duration=formatting.duration, timestamp=views.timestamp, iso=views.iso,
         pretty_json=views.pretty_json, compact_json=views.compact_json, percent=views.percent,
         json_value=views.json_value)
     templates.env.globals["success_rate"] = views.success_rate

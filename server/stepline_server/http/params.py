@@ -13,7 +13,13 @@ from starlette.requests import Request
 
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
-from stepline_server.ingress.convert import MAX_ID_LENGTH, MAX_NAME_LENGTH, json_text
+from stepline_server.limits import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    check_event_id,
+    check_name,
+    json_text,
+)
 from stepline_server.model import EventRecord, RunStatus
 
 DEFAULT_PAGE_SIZE = 50
@@ -135,12 +141,8 @@ def string_field(body: dict[str, Any] | FormData, field: str, *, required: bool,
 def event_record(name: str, data: Any, event_id: str, limit_bytes: int) -> EventRecord:
     """One event to send, checked like EventService.SendEvent checks it. `data` is JSON text
     (a form) or an already parsed value (a JSON body)."""
-    if not name:
-        raise InvalidArgument("name", "event name is required")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidArgument("name", f"longer than {MAX_NAME_LENGTH} characters")
-    if len(event_id) > MAX_ID_LENGTH:
-        raise InvalidArgument("id", f"longer than {MAX_ID_LENGTH} characters")
+    check_name(name, "name")
+    check_event_id(event_id, "id")
     if data is None or data == "":
         text = "{}"
     elif isinstance(data, str):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stepline_server.http.views import duration, timestamp
-from stepline_server.model import NEVER_MS, RunRecord, StepFailure, StepRecord, StepStatus
+from stepline_server.formatting import duration
+from stepline_server.http.views import timestamp
+from stepline_server.model import NEVER_MS, RunRecord, StepFailure, StepKind, StepRecord, StepStatus
 
 # Narrowest bar, in percent of the span, so an instant step stays visible.
 MIN_WIDTH = 0.6
@@ -105,8 +106,9 @@ def _failures_row(label: str, kind: str, failures: tuple[StepFailure, ...],
 
 
 # Step kind -> (bar style, what a finished one did).
-_SUSPENSION_LOOKS = {"sleep": ("sleeping", "slept"), "event": ("waiting", "waited"),
-                     "invoke": ("invoking", "invoked a run for")}
+_SUSPENSION_LOOKS = {StepKind.SLEEP: ("sleeping", "slept"),
+                     StepKind.WAIT_FOR_EVENT: ("waiting", "waited"),
+                     StepKind.INVOKE: ("invoking", "invoked a run for")}
 
 
 def _step_row(step: StepRecord, scale: _Scale, now_ms: int) -> Row:
@@ -123,8 +125,7 @@ def _step_row(step: StepRecord, scale: _Scale, now_ms: int) -> Row:
         if step.error is not None:
             title += f": {step.error.name}: {step.error.message}"
         # A finished sleep, wait or invoke keeps its own look: time spent waiting, not working.
-        look = _SUSPENSION_LOOKS.get(step.kind or "") if step.status is StepStatus.COMPLETED \
-            else None
+        look = _SUSPENSION_LOOKS.get(step.kind) if step.status is StepStatus.COMPLETED else None
         if look is not None:
             title = f"{look[1]} {row.took}" if row.took else look[1]
         row.bars.append(scale.bar(step.started_at_ms, step.ended_at_ms,

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from stepline_server import formatting
 from stepline_server.model import (
     NEVER_MS,
     CronTrigger,
@@ -127,25 +128,6 @@ def worker_json(worker: WorkerInfo) -> dict[str, Any]:
 
 
 # -- formatting (Jinja filters) -----------------------------------------------------------------
-def duration(ms: int | float | None) -> str:
-    """850 ms, 1.25 s, 12.5 s, 3 min 04 s, 2 h 05 min, 3 d 4 h."""
-    if ms is None:
-        return ""
-    ms = max(0, int(ms))
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 10_000:
-        return f"{ms / 1000:.2f} s"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    seconds = ms // 1000
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-
-
 def timestamp(ms: int | None) -> str:
     """UTC, to the second; the page script shows it in the reader's time zone."""
     if ms is None:
@@ -156,9 +138,7 @@ def timestamp(ms: int | None) -> str:
 
 
 def iso(ms: int | None) -> str:
-    if ms is None or ms >= NEVER_MS:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return formatting.iso(ms) or ""
 
 
 def pretty_json(value: Any) -> str:

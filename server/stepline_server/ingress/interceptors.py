@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,6 +22,32 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
                         f"internal error ({type(exc).__name__}); see the server log")
 
 
+def _unary(inner: Any, method: str) -> Callable[..., Awaitable[Any]]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return unary
+
+
+def _stream(inner: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def stream(request_iterator: Any, context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[Any]:
+        try:
+            async for response in inner(request_iterator, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return stream
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -31,32 +57,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner(request, context)
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await _abort(context, exc, method)
-
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer)
+                _unary(handler.unary_unary, details.method), handler.request_deserializer,
+                handler.response_serializer)
         if handler.stream_stream is not None:
-            inner_stream = handler.stream_stream
-
-            async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    async for response in inner_stream(request_iterator, context):
-                        yield response
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await _abort(context, exc, method)
-
             return grpc.stream_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer)
+                _stream(handler.stream_stream, details.method), handler.request_deserializer,
+                handler.response_serializer)
         return handler

@@ -13,9 +13,10 @@ from stepline.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
 )
+from stepline_server import wire
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
-from stepline_server.ingress import convert, convert_listings
+from stepline_server.ingress import convert
 from stepline_server.telemetry import traceparent
 
 MAX_PAGE_SIZE = 1000
@@ -29,7 +30,7 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
     async def SendEvent(
         self, request: event_service_pb2.SendEventRequest, context: grpc.aio.ServicerContext
     ) -> event_service_pb2.SendEventResponse:
-        records = convert.events_from_proto(
+        records = wire.events_from_proto(
             request.events, self.engine.settings.max_payload_bytes)
         # A caller traced by gRPC instrumentation: its events continue the caller's trace.
         records = traceparent.with_default(
@@ -47,7 +48,7 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
         request: function_service_pb2.RegisterFunctionsRequest,
         context: grpc.aio.ServicerContext,
     ) -> function_service_pb2.RegisterFunctionsResponse:
-        specs = convert.functions_from_proto(request.app_id, request.functions, "functions")
+        specs = wire.functions_from_proto(request.app_id, request.functions, "functions")
         changes = await self.engine.register_functions(
             request.app_id, specs, archive_missing=True)
         return function_service_pb2.RegisterFunctionsResponse(
@@ -74,9 +75,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             function_id=request.function_id or None,
             status=convert.run_status_from_proto(request.status),
             limit=_page_size(request.page_size), page_token=request.page_token,
-            created_after_ms=convert_listings.optional_ms(request, "created_after"),
-            created_before_ms=convert_listings.optional_ms(request, "created_before"),
-            event_name=convert_listings.optional_name(request.event_name, "event_name"))
+            created_after_ms=wire.optional_ms(request, "created_after"),
+            created_before_ms=wire.optional_ms(request, "created_before"),
+            event_name=convert.optional_name(request.event_name, "event_name"))
         return run_service_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
 
@@ -110,10 +111,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: run_service_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListEventsResponse:
         entries, token = await self.engine.list_events(
-            name=convert_listings.optional_name(request.name, "name"),
+            name=convert.optional_name(request.name, "name"),
             limit=_page_size(request.page_size), page_token=request.page_token)
         return run_service_pb2.ListEventsResponse(
-            events=[convert_listings.event_entry_to_proto(e) for e in entries],
+            events=[convert.event_entry_to_proto(e) for e in entries],
             next_page_token=token)
 
     async def ListFunctions(
@@ -123,7 +124,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             app_id=request.app_id or None, include_archived=request.include_archived,
             limit=_page_size(request.page_size), page_token=request.page_token)
         return run_service_pb2.ListFunctionsResponse(
-            functions=[convert_listings.function_info_to_proto(f) for f in functions],
+            functions=[convert.function_info_to_proto(f) for f in functions],
             next_page_token=token)
 
     async def ListWorkers(
@@ -132,7 +133,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         workers, token = await self.engine.list_workers(
             limit=_page_size(request.page_size), page_token=request.page_token)
         return run_service_pb2.ListWorkersResponse(
-            workers=[convert_listings.worker_to_proto(w) for w in workers],
+            workers=[convert.worker_to_proto(w) for w in workers],
             next_page_token=token)
 
 

@@ -112,4 +112,3 @@ def next_tick(conn: Connection) -> int | None:
     """The earliest next tick of all schedules (one index lookup)."""
     value = conn.execute(_NEXT_TICK).scalar()
     return None if value is None else int(value)
-

@@ -111,13 +111,17 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
-def migrate(url: str) -> None:
-    """Bring the schema up to date (Alembic `upgrade head`)."""
+def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    return config
+
+
+def migrate(url: str) -> None:
+    """Bring the schema up to date (Alembic `upgrade head`)."""
+    command.upgrade(alembic_config(url), "head")
 
 
 def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any],

@@ -24,39 +24,42 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.model import QueueItem, WaitKind
 from stepline_server.store.hot import Hot
+from stepline_server.store.records import NewQueueItem, QueueUpdate
 from stepline_server.store.schema import queue
 
 _ITEM_COLUMNS = (
     queue.c.run_id, queue.c.function_id, queue.c.attempt, queue.c.max_attempts,
     queue.c.lease, queue.c.lease_owner, queue.c.step_count, queue.c.wait_kind,
-    queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id, queue.c.step_id,
+    queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id, queue.c.target_step_id,
     queue.c.traceparent,
 )
 
 
 def _item(row: Any) -> QueueItem:
-    return QueueItem(row.run_id, row.function_id, row.attempt, row.max_attempts, row.lease,
-                     row.lease_owner, row.step_count,
-                     None if row.wait_kind is None else WaitKind(row.wait_kind), row.wait_step,
-                     row.parent_run_id, row.parent_step_id, row.step_id, row.traceparent)
+    return QueueItem(
+        run_id=row.run_id, function_id=row.function_id, attempt=row.attempt,
+        max_attempts=row.max_attempts, lease=row.lease, lease_owner=row.lease_owner,
+        step_count=row.step_count,
+        wait_kind=None if row.wait_kind is None else WaitKind(row.wait_kind),
+        wait_step=row.wait_step, parent_run_id=row.parent_run_id,
+        parent_step_id=row.parent_step_id, target_step_id=row.target_step_id,
+        traceparent=row.traceparent)
 
 
 _INSERT = Hot(queue.insert())
-_DEFAULTS = {"step_id": "", "attempt": 0, "lease": 0, "lease_owner": None, "lease_until_ms": None,
-             "step_count": 0, "deadline_kind": None, "deadline_ms": None}
 
 
-def armed_deadline(item: dict[str, Any], now_ms: int) -> dict[str, Any]:
-    """Deadline columns of an item dispatched for the first time (as the claim sets them)."""
-    if item.get("deadline_kind") != "start":
-        return {}
-    finish = item.get("finish_timeout_ms")
-    return {"deadline_kind": "finish", "deadline_ms": None if finish is None else now_ms + finish}
-
-
-def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        _INSERT.execute_many(conn, [_DEFAULTS | row for row in rows])
+def enqueue(conn: Connection, items: list[NewQueueItem]) -> None:
+    if items:
+        _INSERT.execute_many(conn, [
+            {"run_id": i.run_id, "target_step_id": i.target_step_id,
+             "function_id": i.function_id, "due_at_ms": i.due_at_ms, "attempt": i.attempt,
+             "max_attempts": i.max_attempts, "lease": i.lease, "lease_owner": i.lease_owner,
+             "lease_until_ms": i.lease_until_ms, "step_count": i.step_count,
+             "deadline_kind": i.deadline_kind, "deadline_ms": i.deadline_ms,
+             "finish_timeout_ms": i.finish_timeout_ms, "parent_run_id": i.parent_run_id,
+             "parent_step_id": i.parent_step_id, "traceparent": i.traceparent}
+            for i in items])
 
 
 def _claimable(now_ms: Any) -> Any:
@@ -73,8 +76,9 @@ def _claim(where: Any) -> Hot:
         .where(where)
         .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
                 lease_until_ms=bindparam("until"),
-                # Taking over an expired lease: the worker that held it was lost mid-attempt.
-                attempt=case((queue.c.lease_owner.is_not(None), queue.c.attempt + 1),
+                # Taking over an expired lease: what that costs is engine/attempts.py's call.
+                attempt=case((queue.c.lease_owner.is_not(None),
+                              queue.c.attempt + bindparam("takeover_cost")),
                              else_=queue.c.attempt),
                 # The first dispatch ends the start timeout and arms the finish timeout.
                 deadline_ms=case((queue.c.deadline_kind == "start",
@@ -87,8 +91,8 @@ def _claim(where: Any) -> Hot:
 
 # One statement: pick the oldest due items and lease them. SQLite holds the write lock: one
 # ordered pass over ix_queue_claim.
-_CLAIM_SQLITE = _claim(tuple_(queue.c.run_id, queue.c.step_id).in_(
-    select(queue.c.run_id, queue.c.step_id)
+_CLAIM_SQLITE = _claim(tuple_(queue.c.run_id, queue.c.target_step_id).in_(
+    select(queue.c.run_id, queue.c.target_step_id)
     .where(queue.c.function_id.in_(bindparam("function_ids", expanding=True)),
            _claimable(bindparam("now")))
     .order_by(queue.c.due_at_ms)
@@ -101,7 +105,7 @@ _CLAIM_SQLITE = _claim(tuple_(queue.c.run_id, queue.c.step_id).in_(
 _FUNCTION_IDS = (func.unnest(cast(bindparam("function_ids"), postgresql.ARRAY(String)))
                  .table_valued("id").render_derived())
 _DUE = (
-    select(queue.c.run_id, queue.c.step_id, queue.c.due_at_ms)
+    select(queue.c.run_id, queue.c.target_step_id, queue.c.due_at_ms)
     .where(queue.c.function_id == _FUNCTION_IDS.c.id, _claimable(bindparam("now")))
     .order_by(queue.c.due_at_ms)
     .limit(bindparam("limit"))
@@ -109,7 +113,7 @@ _DUE = (
     .lateral()
 )
 _PICKED = (
-    select(_DUE.c.run_id, _DUE.c.step_id)
+    select(_DUE.c.run_id, _DUE.c.target_step_id)
     .select_from(_FUNCTION_IDS.join(_DUE, true()))
     .order_by(_DUE.c.due_at_ms)
     .limit(bindparam("limit"))
@@ -119,18 +123,20 @@ _PICKED = (
 # join, an estimate of `limit` rows made PostgreSQL scan the whole queue to hash-join one row.
 _CLAIM_POSTGRESQL = _claim(and_(
     queue.c.run_id == any_(func.array(select(_PICKED.c.run_id).scalar_subquery())),
-    tuple_(queue.c.run_id, queue.c.step_id).in_(select(_PICKED.c.run_id, _PICKED.c.step_id))))
+    tuple_(queue.c.run_id, queue.c.target_step_id).in_(
+        select(_PICKED.c.run_id, _PICKED.c.target_step_id))))
 
 
-def claim(
-    conn: Connection, owner: str, function_ids: list[str], limit: int, now_ms: int, lease_ms: int
-) -> list[QueueItem]:
-    """Lease up to `limit` due items of these functions to `owner`, oldest due first."""
+def claim(conn: Connection, owner: str, function_ids: list[str], limit: int, now_ms: int,
+          lease_ms: int, *, takeover_cost: int) -> list[QueueItem]:
+    """Lease up to `limit` due items of these functions to `owner`, oldest due first. An item
+    whose lease expired is taken over, its attempt advanced by `takeover_cost`."""
     if limit <= 0 or not function_ids:
         return []
     statement = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
     rows = statement.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
-                                 "owner": owner, "until": now_ms + lease_ms})
+                                 "owner": owner, "until": now_ms + lease_ms,
+                                 "takeover_cost": takeover_cost})
     return [_item(row) for row in rows]
 
 
@@ -138,12 +144,13 @@ def claim(
 _LOCK_MANY = Hot(
     select(*_ITEM_COLUMNS, queue.c.due_at_ms)
     .where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)))
-    .order_by(queue.c.run_id, queue.c.step_id)
+    .order_by(queue.c.run_id, queue.c.target_step_id)
     .with_for_update()
 )
 _UPDATE_MANY = Hot(
     update(queue)
-    .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == bindparam("b_step_id"))
+    .where(queue.c.run_id == bindparam("b_run_id"),
+           queue.c.target_step_id == bindparam("b_target_step_id"))
     .values(attempt=bindparam("attempt"), step_count=bindparam("step_count"),
             due_at_ms=bindparam("due_at_ms"), lease_owner=bindparam("lease_owner"),
             lease_until_ms=bindparam("lease_until_ms"), wait_kind=bindparam("wait_kind"),
@@ -156,16 +163,20 @@ _DELETE_MANY = Hot(
 def lock_many(conn: Connection, run_ids: list[str]
               ) -> dict[tuple[str, str], tuple[QueueItem, int]]:
     """Lock these runs' queue rows (the runs' own and their parallel steps', in a fixed order);
-    return each item, by (run_id, step_id), with its due time."""
+    return each item, by (run_id, target_step_id), with its due time."""
     rows = _LOCK_MANY.rows(conn, {"run_ids": run_ids})
-    return {(row.run_id, row.step_id): (_item(row), row.due_at_ms) for row in rows}
+    return {(row.run_id, row.target_step_id): (_item(row), row.due_at_ms) for row in rows}
 
 
-def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rows: b_run_id, b_step_id, attempt, step_count, due_at_ms, lease_owner, lease_until_ms,
-    wait_kind, wait_step."""
-    if rows:
-        _UPDATE_MANY.execute_many(conn, rows)
+def update_many(conn: Connection, updates: list[QueueUpdate]) -> None:
+    if updates:
+        _UPDATE_MANY.execute_many(conn, [
+            {"b_run_id": u.run_id, "b_target_step_id": u.target_step_id, "attempt": u.attempt,
+             "step_count": u.step_count, "due_at_ms": u.due_at_ms,
+             "lease_owner": u.lease_owner, "lease_until_ms": u.lease_until_ms,
+             "wait_kind": None if u.wait_kind is None else u.wait_kind.value,
+             "wait_step": u.wait_step}
+            for u in updates])
 
 
 def delete_many(conn: Connection, run_ids: list[str]) -> None:
@@ -174,18 +185,21 @@ def delete_many(conn: Connection, run_ids: list[str]) -> None:
         _DELETE_MANY.execute(conn, {"run_ids": run_ids})
 
 
-_DELETE_ITEM = Hot(queue.delete().where(queue.c.run_id == bindparam("b_run_id"),
-                                        queue.c.step_id == bindparam("b_step_id")))
+_DELETE_ITEM = Hot(queue.delete().where(
+    queue.c.run_id == bindparam("b_run_id"),
+    queue.c.target_step_id == bindparam("b_target_step_id")))
 
 
 def delete_items(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    """Drop items by (run_id, target_step_id)."""
     if keys:
-        _DELETE_ITEM.execute_many(conn, [{"b_run_id": r, "b_step_id": s} for r, s in keys])
+        _DELETE_ITEM.execute_many(conn, [{"b_run_id": r, "b_target_step_id": s}
+                                         for r, s in keys])
 
 
 _RESUME = Hot(
     update(queue)
-    .where(queue.c.run_id == bindparam("b_run_id"), queue.c.step_id == "")
+    .where(queue.c.run_id == bindparam("b_run_id"), queue.c.target_step_id == "")
     .values(due_at_ms=bindparam("due_at_ms"), wait_kind=None, wait_step=None)
 )
 
@@ -197,7 +211,7 @@ def resume_many(conn: Connection, run_ids: list[str], now_ms: int) -> None:
 
 
 _CLEAR_WAIT = Hot(update(queue).where(queue.c.run_id.in_(bindparam("run_ids", expanding=True)),
-                                      queue.c.step_id == "")
+                                      queue.c.target_step_id == "")
                   .values(wait_kind=None, wait_step=None))
 
 
@@ -234,16 +248,16 @@ def extend(conn: Connection, owner: str, until_ms: int) -> None:
     conn.execute(_EXTEND, {"owner": owner, "until": until_ms})
 
 
-def release(conn: Connection, owner: str, run_ids: list[str] | None = None, *,
-            lost: bool = False) -> list[QueueItem]:
-    """Give up leases so other workers can take the items at once. `lost`: the worker died
-    holding them, which uses up the attempt in progress."""
+def release(conn: Connection, owner: str, run_ids: list[str] | None, *, attempts_used: int
+            ) -> list[QueueItem]:
+    """Give up leases so other workers can take the items at once, advancing their attempt by
+    `attempts_used`."""
     condition = queue.c.lease_owner == owner
     if run_ids is not None:
         condition = and_(condition, queue.c.run_id.in_(run_ids))
     values: dict[str, Any] = {"lease_owner": None, "lease_until_ms": None}
-    if lost:
-        values["attempt"] = queue.c.attempt + 1
+    if attempts_used:
+        values["attempt"] = queue.c.attempt + attempts_used
     rows = conn.execute(update(queue).where(condition).values(**values)
                         .returning(*_ITEM_COLUMNS))
     return [_item(row) for row in rows]
@@ -291,5 +305,5 @@ def ready_count(conn: Connection, now_ms: int) -> int:
 
 def set_step_count(conn: Connection, run_id: str, step_count: int) -> None:
     """A new run that starts with recorded steps (a rerun from a step): the next position."""
-    conn.execute(update(queue).where(queue.c.run_id == run_id, queue.c.step_id == "")
+    conn.execute(update(queue).where(queue.c.run_id == run_id, queue.c.target_step_id == "")
                  .values(step_count=step_count))

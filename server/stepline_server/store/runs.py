@@ -14,12 +14,21 @@ from stepline_server.model import (
     RunRecord,
     RunStatus,
     StepFailure,
+    StepKind,
     StepRecord,
     StepStatus,
 )
 from stepline_server.store.events import row_to_event
 from stepline_server.store.hot import Hot
 from stepline_server.store.paging import encode_cursor, past
+from stepline_server.store.records import (
+    FailedAttempt,
+    NewRun,
+    NewStep,
+    PendingStepEnd,
+    RunFinish,
+    error_json,
+)
 from stepline_server.store.schema import events, queue, runs, step_failures, steps
 
 _INSERT_RUNS = Hot(runs.insert())
@@ -53,17 +62,22 @@ _END_PENDING_STEP = Hot(
 )
 
 
-def set_status_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rows: b_id, status; only runs that have not ended."""
-    if rows:
-        _SET_STATUS.execute_many(conn, rows)
+def set_status_many(conn: Connection, changes: list[tuple[str, RunStatus]]) -> None:
+    """(run id, status) of runs that have not ended."""
+    if changes:
+        _SET_STATUS.execute_many(conn, [{"b_id": run_id, "status": status.value}
+                                        for run_id, status in changes])
 
 
-def end_pending_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Complete (or fail) sleeps, waits and invokes. Rows: b_run_id, b_step_id, status, output,
-    error, ended_at_ms."""
-    if rows:
-        _END_PENDING_STEP.execute_many(conn, rows)
+def end_pending_steps(conn: Connection, ends: list[PendingStepEnd]) -> None:
+    """Complete (or fail) sleeps, waits and invokes in progress."""
+    if ends:
+        _END_PENDING_STEP.execute_many(conn, [
+            {"b_run_id": e.run_id, "b_step_id": e.step_id, "status": e.status.value,
+             "output": e.output, "error": error_json(e.error), "ended_at_ms": e.ended_at_ms}
+            for e in ends])
+
+
 _EVENTS_OF = Hot(
     select(runs.c.id.label("run_id"), events)
     .join(events, events.c.id == runs.c.event_id)
@@ -71,32 +85,19 @@ _EVENTS_OF = Hot(
 )
 
 
-def create(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        _INSERT_RUNS.execute_many(conn, rows)
+def create(conn: Connection, new: list[NewRun]) -> None:
+    if new:
+        _INSERT_RUNS.execute_many(conn, [
+            {"id": r.id, "function_id": r.function_id, "event_id": r.event_id,
+             "status": r.status.value, "max_attempts": r.max_attempts,
+             "created_at_ms": r.created_at_ms, "started_at_ms": r.started_at_ms,
+             "parent_run_id": r.parent_run_id, "parent_step_id": r.parent_step_id,
+             "source_run_id": r.source_run_id}
+            for r in new])
 
 
 def mark_started(conn: Connection, run_ids: list[str], now_ms: int) -> None:
     _MARK_STARTED.execute(conn, {"run_ids": run_ids, "now": now_ms})
-
-
-def finish(
-    conn: Connection,
-    run_id: str,
-    status: RunStatus,
-    now_ms: int,
-    *,
-    output: str | None = None,
-    error: ErrorInfo | None = None,
-) -> bool:
-    """End a run that has not ended yet; return False if it had."""
-    result = conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.ended_at_ms.is_(None))
-        .values(status=status.value, output=output,
-                error=None if error is None else error.to_json(), ended_at_ms=now_ms)
-    )
-    return bool(result.rowcount)
 
 
 _FINISH_MANY = Hot(
@@ -111,21 +112,31 @@ _STATUS_MANY = select(runs.c.id, runs.c.status).where(
     runs.c.id.in_(bindparam("run_ids", expanding=True)))
 
 
-def finish_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rows: b_id, status, output, error (JSON text or None), ended_at_ms."""
-    if rows:
-        _FINISH_MANY.execute_many(conn, rows)
+def finish_many(conn: Connection, finishes: list[RunFinish]) -> None:
+    """End runs that have not ended yet (the others are left as they are)."""
+    if finishes:
+        _FINISH_MANY.execute_many(conn, [
+            {"b_id": f.run_id, "status": f.status.value, "output": f.output,
+             "error": error_json(f.error), "ended_at_ms": f.ended_at_ms} for f in finishes])
 
 
-def insert_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Final step results; a step that already has one raises IntegrityError."""
-    if rows:
-        _INSERT_STEPS.execute_many(conn, rows)
+def insert_steps(conn: Connection, new: list[NewStep]) -> None:
+    """Step rows; a step that already has one raises IntegrityError."""
+    if new:
+        _INSERT_STEPS.execute_many(conn, [
+            {"run_id": s.run_id, "step_id": s.step_id, "position": s.position, "name": s.name,
+             "kind": s.kind.value, "status": s.status.value, "output": s.output,
+             "error": error_json(s.error), "attempts": s.attempts,
+             "started_at_ms": s.started_at_ms, "ended_at_ms": s.ended_at_ms}
+            for s in new])
 
 
-def insert_failures(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        _INSERT_FAILURES.execute_many(conn, rows)
+def insert_failures(conn: Connection, failures: list[FailedAttempt]) -> None:
+    if failures:
+        _INSERT_FAILURES.execute_many(conn, [
+            {"run_id": f.run_id, "step_id": f.step_id, "attempt": f.attempt,
+             "error": f.error.to_json(), "started_at_ms": f.started_at_ms,
+             "ended_at_ms": f.ended_at_ms} for f in failures])
 
 
 def statuses(conn: Connection, run_ids: list[str]) -> dict[str, RunStatus]:
@@ -138,7 +149,8 @@ def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
     if not run_ids:
         return found
     for row in _MEMO.rows(conn, {"run_ids": run_ids}):
-        found[row.run_id].append(MemoStep(row.step_id, row.output, ErrorInfo.from_json(row.error)))
+        found[row.run_id].append(MemoStep(row.step_id, row.output,
+                                          ErrorInfo.from_json(row.error)))
     return found
 
 
@@ -171,14 +183,14 @@ def get(conn: Connection, run_id: str) -> RunRecord | None:
         .order_by(step_failures.c.attempt)
     ):
         failures.setdefault(f.step_id, []).append(StepFailure(
-            f.attempt, ErrorInfo.from_json(f.error) or ErrorInfo("", ""),
-            f.started_at_ms, f.ended_at_ms))
+            attempt=f.attempt, error=ErrorInfo.from_json(f.error) or ErrorInfo("", ""),
+            started_at_ms=f.started_at_ms, ended_at_ms=f.ended_at_ms))
     step_records = tuple(
         StepRecord(
             step_id=s.step_id, name=s.name, status=StepStatus(s.status), output=s.output,
             error=ErrorInfo.from_json(s.error), attempts=s.attempts,
             started_at_ms=s.started_at_ms, ended_at_ms=s.ended_at_ms,
-            failures=tuple(failures.get(s.step_id, ())), kind=s.kind,
+            failures=tuple(failures.get(s.step_id, ())), kind=StepKind(s.kind),
         )
         for s in conn.execute(
             select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position))
@@ -230,8 +242,6 @@ def status_of(conn: Connection, run_id: str) -> RunStatus | None:
     return None if value is None else RunStatus(value)
 
 
-
-
 _EVENT_IDS = Hot(select(runs.c.id, runs.c.event_id).where(
     runs.c.id.in_(bindparam("run_ids", expanding=True))))
 
@@ -243,7 +253,7 @@ def event_ids(conn: Connection, run_ids: list[str]) -> dict[str, str]:
     return {row.id: row.event_id for row in _EVENT_IDS.rows(conn, {"run_ids": run_ids})}
 
 
-# -- run operations (engine/operations.py) ------------------------------------------------------
+# -- replays (engine/replays.py) -------------------------------------------------------------------
 _SOURCE = select(runs.c.function_id, runs.c.event_id).where(runs.c.id == bindparam("run_id"))
 
 
@@ -253,10 +263,15 @@ def source_of(conn: Connection, run_id: str) -> tuple[str, str] | None:
     return None if row is None else (row.function_id, row.event_id)
 
 
-def step_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+def steps_of(conn: Connection, run_id: str) -> list[NewStep]:
     """A run's step rows in order, as insert_steps takes them (to copy them into a rerun)."""
     query = select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
-    return [dict(row._mapping) for row in conn.execute(query)]
+    return [NewStep(run_id=row.run_id, step_id=row.step_id, position=row.position,
+                    name=row.name, kind=StepKind(row.kind), status=StepStatus(row.status),
+                    attempts=row.attempts, started_at_ms=row.started_at_ms,
+                    ended_at_ms=row.ended_at_ms, output=row.output,
+                    error=ErrorInfo.from_json(row.error))
+            for row in conn.execute(query)]
 
 
 _RUNS_OF_EVENTS = (
@@ -298,6 +313,7 @@ def function_stats(conn: Connection, since_ms: int, function_ids: list[str] | No
         function_ids))
     for row in conn.execute(query, {"since": since_ms}):
         ended = int(row.completed) + int(row.failed) + int(row.cancelled)
-        found[row.function_id] = FunctionStats(row.runs, int(row.completed), int(row.failed),
-                                               int(row.cancelled), row.runs - ended)
+        found[row.function_id] = FunctionStats(
+            runs=row.runs, completed=int(row.completed), failed=int(row.failed),
+            cancelled=int(row.cancelled), active=row.runs - ended)
     return found

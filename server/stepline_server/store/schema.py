@@ -101,8 +101,8 @@ steps = Table(
     Column("attempts", Integer, nullable=False),
     Column("started_at_ms", BigInteger, nullable=True),
     Column("ended_at_ms", BigInteger, nullable=False),
-    # What kind of step: null for step.run; sleep, event (wait_for_event), invoke, send.
-    Column("kind", String(8), nullable=True),
+    # What kind of step (model.StepKind): run, sleep, wait_for_event, invoke, send_event.
+    Column("kind", String(16), nullable=False),
 )
 
 # Failed attempts of steps (and of the function body, step_id ""), for history and timelines.
@@ -117,15 +117,16 @@ step_failures = Table(
     Column("ended_at_ms", BigInteger, nullable=False),
 )
 
-# One row per unfinished run (step_id ""): ready (lease_owner null, due), leased to a worker, or
-# waiting for its due time (retry backoff, sleep, the timeout of a wait). While a run's parallel
-# steps execute, each has a row of its own (step_id set) and the run's row waits for them.
+# One row per unfinished run (target_step_id ""): ready (lease_owner null, due), leased to a
+# worker, or waiting for its due time (retry backoff, sleep, the timeout of a wait). While a run's
+# parallel steps execute, each has a row of its own (target_step_id set) and the run's row waits
+# for them.
 # `lease` is the fencing token, bumped at every claim.
 queue = Table(
     "queue",
     metadata,
     Column("run_id", String(32), primary_key=True),
-    Column("step_id", String(300), primary_key=True),
+    Column("target_step_id", String(300), primary_key=True),
     Column("function_id", String(128), nullable=False),
     Column("due_at_ms", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False),
@@ -135,9 +136,9 @@ queue = Table(
     Column("lease_until_ms", BigInteger, nullable=True),
     # Steps recorded so far: the position of the next one, kept here to spare a query per step.
     Column("step_count", Integer, nullable=False),
-    # A suspended run: what it waits for (sleep, event, invoke) and the step that resumes. Claimed
-    # at due_at_ms, it resumes with the sleep done, or with the wait or invoke timed out.
-    Column("wait_kind", String(8), nullable=True),
+    # A suspended run: what it waits for (model.WaitKind) and the step that resumes. Claimed at
+    # due_at_ms, it resumes with the sleep done, or with the wait or invoke timed out.
+    Column("wait_kind", String(16), nullable=True),
     Column("wait_step", String(300), nullable=True),
     # Timeouts: `start` until the first dispatch, then `finish` (armed with finish_timeout_ms).
     Column("deadline_kind", String(8), nullable=True),
@@ -153,16 +154,16 @@ queue = Table(
     Index("ix_queue_deadline", "deadline_ms"),
 )
 
-# Pending matches of incoming events: step.wait_for_event (kind "event") and a function's
-# cancel_on (kind "cancel", step_id "cancel:N"). Looked up by event name, and by match_key when the
-# expression pins an equality (async.data.userId == event.data.userId), so an event costs the
-# waits that can match it, not every pending wait.
+# Pending matches of incoming events (model.MatchKind): step.wait_for_event (kind
+# "wait_for_event") and a function's cancel_on (kind "cancel", step_id "cancel:N"). Looked up by
+# event name, and by match_key when the expression pins an equality (async.data.userId ==
+# event.data.userId), so an event costs the waits that can match it, not every pending wait.
 waits = Table(
     "waits",
     metadata,
     Column("run_id", String(32), primary_key=True),
     Column("step_id", String(300), primary_key=True),
-    Column("kind", String(8), nullable=False),
+    Column("kind", String(16), nullable=False),
     Column("event_name", String(256), nullable=False),
     Column("expression", Text, nullable=True),
     # Dotted path into the candidate event (e.g. "data.userId"), and "path=json value" to match.

@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, delete, or_, select, text
 from sqlalchemy.engine import Connection
 
 from stepline_server.store.hot import Hot
+from stepline_server.store.records import NewWait
 from stepline_server.store.schema import waits
 
 _INSERT = Hot(waits.insert())
@@ -30,9 +31,15 @@ _DELETE_FOR_RUNS = Hot(
     delete(waits).where(waits.c.run_id.in_(bindparam("run_ids", expanding=True))))
 
 
-def insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        _INSERT.execute_many(conn, rows)
+def insert(conn: Connection, new: list[NewWait]) -> None:
+    if new:
+        _INSERT.execute_many(conn, [
+            {"run_id": w.run_id, "step_id": w.step_id, "kind": w.kind.value,
+             "event_name": w.event_name, "expression": w.expression,
+             "match_path": w.match_path, "match_key": w.match_key,
+             "trigger_event_id": w.trigger_event_id, "expires_at_ms": w.expires_at_ms,
+             "created_at_ms": w.created_at_ms}
+            for w in new])
 
 
 def paths(conn: Connection, names: list[str]) -> dict[str, set[str | None]]:

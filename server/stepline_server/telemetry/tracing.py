@@ -44,6 +44,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from opentelemetry.util.types import AttributeValue
 
 from stepline_server import __version__
+from stepline_server.engine import attempts
 from stepline_server.engine.observe import Observer, RunEnd
 from stepline_server.ids import now_ms
 from stepline_server.model import (
@@ -59,6 +60,7 @@ from stepline_server.model import (
     Sleep,
     StepCompleted,
     StepFailed,
+    StepKind,
     WaitForEvent,
 )
 from stepline_server.telemetry import traceparent as tp
@@ -77,6 +79,9 @@ RUN_OUTCOME = "stepline.run.outcome"
 STEP_ID = "stepline.step.id"
 STEP_NAME = "stepline.step.name"
 STEP_KIND = "stepline.step.kind"
+# The kind of a span of the function's body (not a step): its failures outside steps, or a
+# dispatch lost before it reported.
+BODY_KIND = "body"
 STEP_ATTEMPT = "stepline.step.attempt"  # 0 for the first attempt, as Dispatch.attempt
 STEP_OUTCOME = "stepline.step.outcome"
 WORKER_ID = "stepline.worker.id"
@@ -247,7 +252,7 @@ def _step_span(batch: OpsBatch, step_id: str, name: str, kind: str, dispatch: _O
                end_ms: int, outcome: str) -> _Span:
     attributes: Attributes = {
         FUNCTION_ID: batch.function_id, RUN_ID: batch.run_id, STEP_ID: step_id,
-        STEP_NAME: name, STEP_KIND: kind, STEP_ATTEMPT: dispatch.attempt,
+        STEP_NAME: name, STEP_KIND: str(kind), STEP_ATTEMPT: dispatch.attempt,
         WORKER_ID: dispatch.worker_id, LEASE: batch.lease, STEP_OUTCOME: outcome}
     return _Span(f"stepline.step {name}", tp.step_span_id(batch.run_id, step_id, batch.lease),
                  dispatch.mark_ms, end_ms, attributes)
@@ -257,16 +262,19 @@ def _op_span(batch: OpsBatch, op: Op, dispatch: _Open, end_ms: int) -> _Span | N
     """The span of one committed op (None for ops that are not attempts: plans, the run's
     completion, which its run span shows)."""
     if isinstance(op, StepCompleted):
-        span = _step_span(batch, op.step_id, op.name, "run", dispatch, end_ms, "completed")
+        span = _step_span(batch, op.step_id, op.name, StepKind.RUN, dispatch, end_ms,
+                          "completed")
         dispatch.attempt = 0
         return span
     if isinstance(op, StepFailed | RunFailed):
-        final = op.non_retriable or dispatch.attempt + 1 >= dispatch.max_attempts
+        final = attempts.is_last(dispatch.attempt, dispatch.max_attempts,
+                                 non_retriable=op.non_retriable)
         outcome = "failed" if final else "retry"
         if isinstance(op, StepFailed):
-            span = _step_span(batch, op.step_id, op.name, "run", dispatch, end_ms, outcome)
+            span = _step_span(batch, op.step_id, op.name, StepKind.RUN, dispatch, end_ms,
+                              outcome)
         else:
-            span = _step_span(batch, "", batch.function_id, "body", dispatch, end_ms, outcome)
+            span = _step_span(batch, "", batch.function_id, BODY_KIND, dispatch, end_ms, outcome)
             span.name = f"stepline.body {batch.function_id}"
             del span.attributes[STEP_ID]
         span.error = op.error
@@ -278,24 +286,27 @@ def _op_span(batch: OpsBatch, op: Op, dispatch: _Open, end_ms: int) -> _Span | N
         dispatch.attempt = 0
         return span
     if isinstance(op, Sleep):
-        span = _step_span(batch, op.step_id, op.name, "sleep", dispatch, end_ms, "sleeping")
+        span = _step_span(batch, op.step_id, op.name, StepKind.SLEEP, dispatch, end_ms,
+                          "sleeping")
         span.events.append(("stepline.sleep", {"stepline.sleep.until_ms": op.until_ms} if
                             op.until_ms is not None else
                             {"stepline.sleep.duration_ms": op.duration_ms or 0}))
         return span
     if isinstance(op, WaitForEvent):
-        span = _step_span(batch, op.step_id, op.name, "wait_for_event", dispatch, end_ms,
+        span = _step_span(batch, op.step_id, op.name, StepKind.WAIT_FOR_EVENT, dispatch, end_ms,
                           "waiting")
         span.events.append(("stepline.wait", {
             "stepline.wait.event": op.event, "stepline.wait.expression": op.expression,
             "stepline.wait.timeout_ms": op.timeout_ms}))
         return span
     if isinstance(op, Invoke):
-        span = _step_span(batch, op.step_id, op.name, "invoke", dispatch, end_ms, "invoking")
+        span = _step_span(batch, op.step_id, op.name, StepKind.INVOKE, dispatch, end_ms,
+                          "invoking")
         span.attributes["stepline.invoke.function.id"] = op.function_id
         return span
     if isinstance(op, SendEvents):
-        span = _step_span(batch, op.step_id, op.name, "send_event", dispatch, end_ms, "sent")
+        span = _step_span(batch, op.step_id, op.name, StepKind.SEND_EVENT, dispatch, end_ms,
+                          "sent")
         span.attributes["stepline.send_event.count"] = len(op.events)
         return span
     return None
@@ -323,10 +334,11 @@ def _lost_span(run_id: str, target_step_id: str, lease: int, dispatch: _Open, en
         FUNCTION_ID: dispatch.function_id, RUN_ID: run_id, STEP_ATTEMPT: dispatch.attempt,
         WORKER_ID: dispatch.worker_id, LEASE: lease, STEP_OUTCOME: "lost"}
     if target_step_id:
-        attributes |= {STEP_ID: target_step_id, STEP_NAME: target_step_id, STEP_KIND: "run"}
+        attributes |= {STEP_ID: target_step_id, STEP_NAME: target_step_id,
+                       STEP_KIND: StepKind.RUN.value}
         name = f"stepline.step {target_step_id}"
     else:
-        attributes |= {STEP_NAME: dispatch.function_id, STEP_KIND: "body"}
+        attributes |= {STEP_NAME: dispatch.function_id, STEP_KIND: BODY_KIND}
         name = f"stepline.body {dispatch.function_id}"
     span = _Span(name, tp.step_span_id(run_id, target_step_id, lease), dispatch.mark_ms,
                  end_ms, attributes)
@@ -335,6 +347,6 @@ def _lost_span(run_id: str, target_step_id: str, lease: int, dispatch: _Open, en
     return span
 
 
-_KINDS: dict[type, str] = {StepCompleted: "run", StepFailed: "run", Sleep: "sleep",
-                           WaitForEvent: "wait_for_event", Invoke: "invoke",
-                           SendEvents: "send_event"}
+_KINDS: dict[type, StepKind] = {StepCompleted: StepKind.RUN, StepFailed: StepKind.RUN,
+                                Sleep: StepKind.SLEEP, WaitForEvent: StepKind.WAIT_FOR_EVENT,
+                                Invoke: StepKind.INVOKE, SendEvents: StepKind.SEND_EVENT}

@@ -1,5 +1,5 @@
-"""Run operations behind RunService and the dashboard: replaying a run, rerunning it from a step,
-and listing runs, events, functions and workers. Engine delegates here."""
+"""Listings behind RunService, the CLI and the dashboard: runs, events, functions and workers,
+a page at a time. Engine delegates here."""
 
 from __future__ import annotations
 
@@ -7,24 +7,19 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine.starts import RunStart, start_runs
-from stepline_server.errors import FailedPrecondition, InvalidArgument, NotFound
-from stepline_server.ids import new_id, now_ms
+from stepline_server.errors import InvalidArgument
+from stepline_server.ids import now_ms
 from stepline_server.model import (
     EventEntry,
-    EventRecord,
     FunctionInfo,
     FunctionStats,
     RunRecord,
     RunStatus,
-    StepStatus,
     WorkerInfo,
     function_spec_from_config,
 )
-from stepline_server.store import Tx
 from stepline_server.store import events as event_store
 from stepline_server.store import functions as function_store
-from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import workers as worker_store
 from stepline_server.store.paging import decode_cursor, encode_cursor
@@ -32,13 +27,13 @@ from stepline_server.store.paging import decode_cursor, encode_cursor
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from stepline_server.engine.core import Engine, Starter
+    from stepline_server.engine.core import Engine
 
 STATS_WINDOW_MS = 24 * 3600 * 1000
 # A worker row not refreshed by a heartbeat for this many leases belongs to a worker (or a
 # server) that went away without closing its stream.
 STALE_WORKER_LEASES = 3
-_NO_STATS = FunctionStats(0, 0, 0, 0, 0)
+_NO_STATS = FunctionStats(runs=0, completed=0, failed=0, cancelled=0, active=0)
 
 
 def _cut(rows: list[T], limit: int | None) -> tuple[list[T], bool]:
@@ -75,63 +70,6 @@ async def list_runs(
         event_name=event_name))
 
 
-def _source(conn: Connection, run_id: str) -> RunStart:
-    """What starts a copy of the run: its function (still registered) and its trigger."""
-    source = run_store.source_of(conn, run_id)
-    if source is None:
-        raise NotFound(f"run_id: no run {run_id!r}")
-    function_id, event_id = source
-    state = function_store.state_of(conn, function_id)
-    if state is None or state[1]:
-        raise FailedPrecondition(
-            f"function_id: function {function_id!r} of run {run_id} is "
-            f"{'not registered' if state is None else 'archived'}; register it to run it again")
-    events: list[EventRecord] = event_store.get_many(conn, [event_id])
-    if not events:
-        raise FailedPrecondition(f"run_id: the trigger event {event_id!r} of run {run_id} is no "
-                                 "longer stored")
-    return RunStart(function_id, state[0], events[0], source_run_id=run_id)
-
-
-async def replay_run(engine: Engine, run_id: str) -> RunRecord:
-    """A new run of the same function for the same trigger event, from scratch (whatever the
-    source's status). It may go straight to a local worker, like any new run."""
-    def job(tx: Tx, start: Starter) -> str:
-        (new,) = start([_source(tx.conn, run_id)])
-        return new
-
-    return await engine.get_run(await engine.write_with_starts(job))
-
-
-async def rerun_from_step(engine: Engine, run_id: str, step_id: str) -> RunRecord:
-    """A new run whose memo holds copies of the source's recorded results (completed or failed
-    for good) positioned before `step_id`: that step and the ones after it execute again."""
-    lease_ms = int(engine.settings.lease_seconds * 1000)
-
-    def job(tx: Tx) -> str:
-        conn = tx.conn
-        start = _source(conn, run_id)
-        rows = run_store.step_rows(conn, run_id)
-        position = next((i for i, row in enumerate(rows) if row["step_id"] == step_id), None)
-        if position is None:
-            known = ", ".join(repr(row["step_id"]) for row in rows[:10]) or "none"
-            raise InvalidArgument("step_id", f"run {run_id} has no step {step_id!r} "
-                                             f"(its steps: {known})")
-        ended = (StepStatus.COMPLETED.value, StepStatus.FAILED.value)
-        kept = [row for row in rows[:position] if row["status"] in ended]
-        now = now_ms()
-        # Queued, not placed on a local worker: its first dispatch must carry the memo.
-        (new,) = start_runs(tx, [start], now, new_id=new_id, placement=None,
-                            lease_ms=lease_ms).run_ids
-        run_store.insert_steps(conn, [row | {"run_id": new, "position": i}
-                                      for i, row in enumerate(kept)])
-        if kept:
-            queue_store.set_step_count(conn, new, len(kept))
-        return new
-
-    return await engine.get_run(await engine.db.write(job))
-
-
 # -- events, functions, workers -----------------------------------------------------------------
 async def list_events(engine: Engine, *, name: str | None, limit: int, page_token: str
                       ) -> tuple[list[EventEntry], str]:
@@ -160,9 +98,11 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
             limit=None if limit is None else limit + 1), limit)
         stats = run_store.function_stats(
             conn, since, None if limit is None else [row.id for row in rows]) if rows else {}
-        return [FunctionInfo(function_spec_from_config(row.id, row.config), row.app_id,
-                             row.version, bool(row.archived), row.created_at_ms,
-                             row.updated_at_ms, stats.get(row.id, _NO_STATS))
+        return [FunctionInfo(spec=function_spec_from_config(row.id, row.config),
+                             app_id=row.app_id, version=row.version,
+                             archived=bool(row.archived), created_at_ms=row.created_at_ms,
+                             updated_at_ms=row.updated_at_ms,
+                             stats=stats.get(row.id, _NO_STATS))
                 for row in rows], more
 
     infos, more = await engine.db.read(query)

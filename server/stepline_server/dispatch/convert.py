@@ -1,0 +1,190 @@
+"""The worker stream's messages (worker_service.proto) to the engine's records and back: a
+dispatch out, a report's ops in, one reader per op kind. Errors name the field, e.g.
+`ops.ops[1].sleep.duration`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from stepline.v1 import common_pb2, worker_service_pb2
+from stepline_server.errors import InvalidArgument
+from stepline_server.ids import sent_event_id
+from stepline_server.limits import check_id, check_name, check_step_id, json_text
+from stepline_server.model import (
+    Dispatch,
+    Invoke,
+    Op,
+    OpsBatch,
+    Planned,
+    RunCompleted,
+    RunFailed,
+    SendEvents,
+    Sleep,
+    StepCompleted,
+    StepFailed,
+    WaitForEvent,
+)
+from stepline_server.telemetry import traceparent
+from stepline_server.wire import (
+    duration_ms,
+    error_from_proto,
+    error_to_proto,
+    event_to_proto,
+    events_from_proto,
+    optional_ms,
+)
+
+
+def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
+    steps = [
+        common_pb2.StepResult(step_id=s.step_id, error=error_to_proto(s.error))
+        if s.error is not None
+        else common_pb2.StepResult(step_id=s.step_id, output=(s.output or "null").encode())
+        for s in work.steps
+    ]
+    return worker_service_pb2.ServerMessage(dispatch=worker_service_pb2.Dispatch(
+        run_id=work.run_id, function_id=work.function_id, lease=work.lease,
+        attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
+        steps=steps, traceparent=traceparent.for_dispatch(work),
+        target_step_id=work.target_step_id,
+    ))
+
+
+def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
+    if not message.run_id:
+        raise InvalidArgument("ops.run_id", "run id is required")
+    if not message.ops:
+        raise InvalidArgument("ops.ops", "at least one op is required")
+    ops = [_op(message.run_id, op, f"ops.ops[{i}]", limit) for i, op in enumerate(message.ops)]
+    if message.target_step_id:
+        check_step_id(message.target_step_id, "ops.target_step_id")
+    return OpsBatch(run_id=message.run_id, lease=message.lease,
+                    function_id=message.function_id, ops=tuple(ops),
+                    target_step_id=message.target_step_id)
+
+
+def _op(run_id: str, op: worker_service_pb2.Op, path: str, limit: int) -> Op:
+    kind = op.WhichOneof("op")
+    if kind is None:
+        raise InvalidArgument(path, "unknown or empty op (a newer SDK than this server?)")
+    reader = _READERS.get(kind)
+    if reader is None:
+        raise InvalidArgument(path, f"op kind {kind!r} is not supported by this server yet")
+    return reader(_Field(run_id, getattr(op, kind), f"{path}.{kind}", limit))
+
+
+class _Field:
+    """One op's message, where it sits in the report, and the payload limit."""
+
+    __slots__ = ("limit", "message", "path", "run_id")
+
+    def __init__(self, run_id: str, message: Any, path: str, limit: int) -> None:
+        self.run_id = run_id
+        self.message = message
+        self.path = path
+        self.limit = limit
+
+    def step(self) -> tuple[str, str]:
+        """The op's step id (required) and name (the id when unnamed)."""
+        check_step_id(self.message.step_id, f"{self.path}.step_id")
+        return self.message.step_id, self.message.name or self.message.step_id
+
+    def json(self, name: str, *, default: str, object_only: bool = False) -> str:
+        return json_text(getattr(self.message, name), f"{self.path}.{name}", self.limit,
+                         default=default, object_only=object_only)
+
+    def duration(self, name: str, *, allow_zero: bool = False) -> int | None:
+        if not self.message.HasField(name):
+            return None
+        return duration_ms(getattr(self.message, name), f"{self.path}.{name}",
+                           allow_zero=allow_zero)
+
+    def retry_after_ms(self) -> int | None:
+        if not self.message.HasField("retry_after"):
+            return None
+        return max(0, int(self.message.retry_after.delay.ToMilliseconds()))
+
+
+def _step_completed(f: _Field) -> Op:
+    step_id, name = f.step()
+    return StepCompleted(step_id=step_id, name=name, output=f.json("output", default="null"),
+                         started_at_ms=optional_ms(f.message, "started_at"))
+
+
+def _step_failed(f: _Field) -> Op:
+    step_id, name = f.step()
+    m = f.message
+    return StepFailed(step_id=step_id, name=name, error=error_from_proto(m.error),
+                      non_retriable=m.non_retriable, retry_after_ms=f.retry_after_ms(),
+                      started_at_ms=optional_ms(m, "started_at"))
+
+
+def _run_completed(f: _Field) -> Op:
+    return RunCompleted(f.json("output", default="null"))
+
+
+def _run_failed(f: _Field) -> Op:
+    return RunFailed(error_from_proto(f.message.error), f.message.non_retriable,
+                     f.retry_after_ms())
+
+
+def _sleep(f: _Field) -> Op:
+    step_id, name = f.step()
+    if f.message.HasField("until") == f.message.HasField("duration"):
+        raise InvalidArgument(f.path, "exactly one of until and duration is required")
+    until = optional_ms(f.message, "until")
+    return Sleep(step_id=step_id, name=name, until_ms=until,
+                 duration_ms=None if until is not None else f.duration("duration",
+                                                                       allow_zero=True))
+
+
+def _wait_for_event(f: _Field) -> Op:
+    step_id, name = f.step()
+    check_name(f.message.event, f"{f.path}.event")
+    timeout = f.duration("timeout")
+    if timeout is None:
+        raise InvalidArgument(f"{f.path}.timeout", "a timeout is required")
+    return WaitForEvent(step_id=step_id, name=name, event=f.message.event,
+                        expression=f.message.expression, timeout_ms=timeout)
+
+
+def _invoke(f: _Field) -> Op:
+    step_id, name = f.step()
+    check_id(f.message.function_id, f"{f.path}.function_id", "function id")
+    return Invoke(step_id=step_id, name=name, function_id=f.message.function_id,
+                  data=f.json("data", default="{}", object_only=True),
+                  timeout_ms=f.duration("timeout"))
+
+
+def _send_events(f: _Field) -> Op:
+    step_id, name = f.step()
+    sent = f.message.events
+    records = events_from_proto(sent, f.limit, f"{f.path}.events")
+    # Events the code sent without an id get one derived from the step: sent once, however
+    # often the step is reported.
+    records = [r if sent[j].id else replace(r, id=sent_event_id(f.run_id, step_id, j))
+               for j, r in enumerate(records)]
+    return SendEvents(step_id, name, tuple(records))
+
+
+def _planned(f: _Field) -> Op:
+    steps = []
+    for j, ps in enumerate(f.message.steps):
+        check_step_id(ps.step_id, f"{f.path}.steps[{j}].step_id")
+        steps.append((ps.step_id, ps.name or ps.step_id))
+    return Planned(tuple(steps))
+
+
+_READERS: dict[str, Callable[[_Field], Op]] = {
+    "step_completed": _step_completed,
+    "step_failed": _step_failed,
+    "run_completed": _run_completed,
+    "run_failed": _run_failed,
+    "sleep": _sleep,
+    "wait_for_event": _wait_for_event,
+    "invoke": _invoke,
+    "send_events": _send_events,
+    "planned": _planned,
+}

@@ -1,0 +1,147 @@
+"""Attempts: every way an attempt ends, and what comes next. Where a retry is decided.
+
+An attempt is one dispatch's go at a run's next step, or at one of its parallel steps. Its
+number (`attempt`, from 0) lives on the queue item and starts again at 0 when a step gets its
+result. An attempt ends in one of five ways:
+
+1. **A reported failure.** The worker reports StepFailed or RunFailed (`retry_due`). Unless the
+   error is non-retriable or this was the last allowed attempt, the item is due again after an
+   exponential backoff (`backoff_ms`) or after the delay the code asked for (RetryAfterError).
+   Otherwise the step is recorded failed (the SDK raises StepError where it was called) or the
+   run fails.
+2. **A lease taken over.** A claim leases an item whose lease expired without a heartbeat: its
+   holder was lost mid-attempt, which uses the attempt up (`claim`; the store's claim statement
+   advances the attempt by TAKEOVER_COST in the same UPDATE).
+3. **A lost stream.** A worker's stream broke while the server runs: its items go back to the
+   queue at once, the attempt used up (`release` with lost=True). A server that shuts down
+   closes its streams without charging anyone, and so does a new run's hand-over to a worker
+   that left between the commit and the delivery (lost=False).
+4. **Exhausted by losses.** After 2 or 3, an item that has used every allowed attempt fails the
+   run with WorkerLost (`give_up_lost`): a step that crashes its worker is not dispatched
+   forever.
+5. **Unusable ops.** The lease holder reported ops the server cannot apply (malformed, or not
+   fitting the run): counted as a reported failure (1) with the error InvalidOps
+   (`charges_attempt`, `unusable_report`), so a worker that keeps sending bad ops makes the run
+   retry, then fail, readably. A report quoting a stale lease charges nothing: its sender no
+   longer holds the run.
+
+Not attempt endings: a cancellation or a timeout ends the whole run (`lifecycle.end_runs`).
+The SQL stays in the store (store/queue.py); the decisions are made here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from stepline_server.engine import lifecycle
+from stepline_server.engine.context import TxContext
+from stepline_server.errors import StaleLease
+from stepline_server.model import ErrorInfo, OpsBatch, QueueItem, RunFailed, RunStatus, StepFailed
+from stepline_server.store import queue as queue_store
+from stepline_server.store import runs as run_store
+from stepline_server.store.records import FailedAttempt
+
+log = logging.getLogger(__name__)
+
+# A worker lost mid-attempt (an expired lease taken over, a broken stream) uses that attempt up.
+TAKEOVER_COST = 1
+LOST_STREAM_COST = 1
+
+WORKER_LOST = ErrorInfo("WorkerLost", "the worker executing this run was lost (crash, kill or "
+                        "broken connection) on every allowed attempt")
+
+
+# -- 1. reported failures -----------------------------------------------------------------------
+def backoff_ms(retry: int, *, base_seconds: float, max_seconds: float) -> int:
+    """Delay before retry number `retry` (1 for the first retry).
+
+    Exponential, capped, with "equal jitter": half the delay is fixed, half random, so retries of
+    many runs that failed together spread out yet none comes back too soon.
+    """
+    delay = min(max_seconds, base_seconds * (2 ** (max(retry, 1) - 1)))
+    return int(1000 * (delay / 2 + random.uniform(0, delay / 2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """`backoff_ms` with the server's settings."""
+
+    base_seconds: float
+    max_seconds: float
+
+    def __call__(self, retry: int) -> int:
+        return backoff_ms(retry, base_seconds=self.base_seconds, max_seconds=self.max_seconds)
+
+
+def is_last(attempt: int, max_attempts: int, *, non_retriable: bool) -> bool:
+    """Whether a failure of attempt `attempt` (from 0) is final."""
+    return non_retriable or attempt + 1 >= max_attempts
+
+
+def retry_due(*, attempt: int, max_attempts: int, non_retriable: bool,
+              retry_after_ms: int | None, now_ms: int, backoff: Callable[[int], int]
+              ) -> int | None:
+    """After a reported failure of attempt `attempt`: when the next attempt is due, or None
+    when that failure was final."""
+    if is_last(attempt, max_attempts, non_retriable=non_retriable):
+        return None
+    delay = retry_after_ms if retry_after_ms is not None else backoff(attempt + 1)
+    return now_ms + max(0, delay)
+
+
+# -- 2, 3, 4. lost workers ----------------------------------------------------------------------
+def claim(ctx: TxContext, owner: str, function_ids: list[str], limit: int, lease_ms: int
+          ) -> list[QueueItem]:
+    """Lease due items to `owner`; expired leases are taken over at a cost (2), and items
+    that have no attempt left fail their run (4). Returns the items to dispatch."""
+    items = queue_store.claim(ctx.tx.conn, owner, function_ids, limit, ctx.now, lease_ms,
+                              takeover_cost=TAKEOVER_COST)
+    return give_up_lost(ctx, items)
+
+
+def release(ctx: TxContext, owner: str, run_ids: list[str] | None, *, lost: bool
+            ) -> tuple[list[QueueItem], list[QueueItem]]:
+    """Give `owner`'s leases back to the queue; `lost`: its stream broke (3). Returns the items
+    released and those of them still to run (the others failed their run, 4)."""
+    items = queue_store.release(ctx.tx.conn, owner, run_ids,
+                                attempts_used=LOST_STREAM_COST if lost else 0)
+    return items, give_up_lost(ctx, items)
+
+
+def give_up_lost(ctx: TxContext, items: list[QueueItem]) -> list[QueueItem]:
+    """Fail the runs of items whose workers were lost on every allowed attempt; return the
+    other items."""
+    lost = [item for item in items if item.attempt >= item.max_attempts]
+    if not lost:
+        return items
+    run_store.insert_failures(ctx.tx.conn, [
+        FailedAttempt(run_id=item.run_id, step_id="", attempt=item.attempt, error=WORKER_LOST,
+                      started_at_ms=None, ended_at_ms=ctx.now)
+        for item in lost])
+    # Not the holder's fault to be told: the lease was taken over or released.
+    lifecycle.end_runs(ctx, [lifecycle.Ending(item=replace(item, lease_owner=None),
+                                              status=RunStatus.FAILED, error=WORKER_LOST)
+                             for item in lost])
+    for item in lost:
+        log.warning("run %s failed: its worker was lost on all %d attempts", item.run_id,
+                    item.max_attempts)
+    return [item for item in items if item.attempt < item.max_attempts]
+
+
+# -- 5. unusable ops ----------------------------------------------------------------------------
+def charges_attempt(rejection: BaseException) -> bool:
+    """Whether refusing a lease holder's report counts as a failed attempt of its run."""
+    return not isinstance(rejection, StaleLease)
+
+
+def unusable_report(run_id: str, lease: int, target_step_id: str, error: ErrorInfo
+                    ) -> OpsBatch:
+    """The failure report that stands for a refused one: the dispatched step's, for a
+    parallel step; the run's body otherwise. Applied like a reported failure (1)."""
+    op = (StepFailed(step_id=target_step_id, name=target_step_id, error=error)
+          if target_step_id else RunFailed(error))
+    return OpsBatch(run_id=run_id, lease=lease, function_id="", ops=(op,),
+                    target_step_id=target_step_id)

@@ -1,0 +1,209 @@
+"""The messages of common.proto (events, function configs, errors, times) to the server's records
+and back, validating as it goes. Shared by the two gRPC edges: ingress/convert.py (the client
+services) and dispatch/convert.py (the worker stream).
+
+Every error names the offending field with its path in the request, e.g. `events[2].data`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from stepline.v1 import common_pb2
+from stepline_server.engine import cron, expressions
+from stepline_server.errors import InvalidArgument
+from stepline_server.ids import new_id, now_ms
+from stepline_server.limits import (
+    MAX_DURATION_MS,
+    check_event_id,
+    check_id,
+    check_length,
+    check_name,
+    json_text,
+)
+from stepline_server.model import (
+    NEVER_MS,
+    CancelOn,
+    ErrorInfo,
+    EventRecord,
+    EventTrigger,
+    FunctionSpec,
+    Trigger,
+)
+from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
+from stepline_server.telemetry import traceparent
+
+
+# -- times --------------------------------------------------------------------------------------
+def ms(ts: Timestamp) -> int:
+    return int(ts.ToMilliseconds())
+
+
+def optional_ms(message: Any, field: str) -> int | None:
+    """A Timestamp field in milliseconds; None when unset."""
+    return ms(getattr(message, field)) if message.HasField(field) else None
+
+
+def timestamp(value_ms: int | None) -> Timestamp | None:
+    if value_ms is None or value_ms >= NEVER_MS:  # "never": a suspension without a timeout
+        return None
+    ts = Timestamp()
+    ts.FromMilliseconds(value_ms)
+    return ts
+
+
+def duration(value_ms: int | None) -> Duration | None:
+    if value_ms is None:
+        return None
+    d = Duration()
+    d.FromMilliseconds(value_ms)
+    return d
+
+
+def duration_ms(value: Duration, field: str, *, allow_zero: bool = False) -> int:
+    result = int(value.ToMilliseconds())
+    if value.seconds < 0 or value.nanos < 0 or (result == 0 and not allow_zero):
+        raise InvalidArgument(field, f"must be {'at least 0' if allow_zero else 'positive'}, "
+                                     f"got {value.seconds}s {value.nanos}ns")
+    if result > MAX_DURATION_MS:
+        raise InvalidArgument(field, f"{result} ms is longer than the limit of one year")
+    return result
+
+
+def _positive_ms(message: Any, name: str, field: str) -> int | None:
+    if message is None or not message.HasField(name):
+        return None
+    return duration_ms(getattr(message, name), field)
+
+
+# -- events -------------------------------------------------------------------------------------
+def events_from_proto(messages: Any, limit: int, field: str = "events") -> list[EventRecord]:
+    if not messages:
+        raise InvalidArgument(field, "at least one event is required")
+    records = []
+    for i, event in enumerate(messages):
+        path = f"{field}[{i}]"
+        check_name(event.name, f"{path}.name")
+        check_event_id(event.id, f"{path}.id")
+        data = json_text(event.data, f"{path}.data", limit, default="{}", object_only=True)
+        user = json_text(event.user, f"{path}.user", limit, default="", object_only=True) or None
+        records.append(EventRecord(
+            id=event.id or new_id(), name=event.name, data=data,
+            ts_ms=ms(event.ts) if event.HasField("ts") else now_ms(), user=user,
+            traceparent=traceparent.normalize(event.traceparent),
+        ))
+    return records
+
+
+def event_to_proto(record: EventRecord) -> common_pb2.Event:
+    return common_pb2.Event(
+        id=record.id, name=record.name, data=record.data.encode(), ts=timestamp(record.ts_ms),
+        user=(record.user or "").encode(), traceparent=record.traceparent or "",
+    )
+
+
+# -- errors -------------------------------------------------------------------------------------
+def error_from_proto(message: common_pb2.ErrorInfo) -> ErrorInfo:
+    return ErrorInfo(message.name or "Error", message.message, message.stack)
+
+
+def error_to_proto(error: ErrorInfo | None) -> common_pb2.ErrorInfo | None:
+    if error is None:
+        return None
+    return common_pb2.ErrorInfo(name=error.name, message=error.message, stack=error.stack)
+
+
+# -- function configs ---------------------------------------------------------------------------
+def functions_from_proto(app_id: str, messages: Any, field: str) -> list[FunctionSpec]:
+    check_id(app_id, "app_id", "app id")
+    specs: list[FunctionSpec] = []
+    seen: dict[str, int] = {}
+    for i, fn in enumerate(messages):
+        path = f"{field}[{i}]"
+        check_id(fn.id, f"{path}.id", "function id")
+        if fn.id in seen:
+            raise InvalidArgument(
+                f"{path}.id", f"duplicate function id {fn.id!r} (also {field}[{seen[fn.id]}])")
+        seen[fn.id] = i
+        specs.append(_function(fn, path))
+    return specs
+
+
+def _function(fn: common_pb2.FunctionConfig, path: str) -> FunctionSpec:
+    retries = fn.retries if fn.HasField("retries") else DEFAULT_RETRIES
+    if not 0 <= retries <= MAX_RETRIES:
+        raise InvalidArgument(
+            f"{path}.retries", f"must be between 0 and {MAX_RETRIES}, got {retries}")
+    check_length(fn.name, f"{path}.name")
+    triggers = tuple(_trigger(t, f"{path}.triggers[{j}]") for j, t in enumerate(fn.triggers))
+    if not triggers:
+        raise InvalidArgument(f"{path}.triggers", "at least one trigger is required")
+    _no_duplicate_triggers(triggers, f"{path}.triggers")
+    return FunctionSpec(
+        id=fn.id, name=fn.name or fn.id, triggers=triggers, retries=retries,
+        cancel_on=tuple(_cancel_on(c, f"{path}.cancel_on[{j}]")
+                        for j, c in enumerate(fn.cancel_on)),
+        start_timeout_ms=_positive_ms(fn.timeouts, "start", f"{path}.timeouts.start"),
+        finish_timeout_ms=_positive_ms(fn.timeouts, "finish", f"{path}.timeouts.finish"))
+
+
+def _no_duplicate_triggers(triggers: tuple[Trigger, ...], field: str) -> None:
+    seen: set[Trigger | str] = set()
+    for j, t in enumerate(triggers):
+        if isinstance(t, EventTrigger):
+            if t.name in seen:
+                raise InvalidArgument(f"{field}[{j}].event.name",
+                                      f"event {t.name!r} appears in two triggers; combine their "
+                                      "filters with ||")
+            seen.add(t.name)
+        else:
+            if t in seen:
+                raise InvalidArgument(f"{field}[{j}].cron.schedule",
+                                      f"schedule {t.schedule!r} ({t.timezone}) appears twice")
+            seen.add(t)
+
+
+def _cancel_on(message: common_pb2.CancelOn, path: str) -> CancelOn:
+    check_name(message.event, f"{path}.event")
+    if message.expression:
+        expressions.compile_expression(message.expression, f"{path}.expression",
+                                       expressions.MATCH_VARIABLES)
+    timeout = _positive_ms(message, "timeout", f"{path}.timeout")
+    return CancelOn(message.event, message.expression, timeout)
+
+
+def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
+    kind = message.WhichOneof("kind")
+    if kind == "event":
+        check_name(message.event.name, f"{path}.event.name")
+        if message.event.expression:
+            expressions.compile_expression(message.event.expression, f"{path}.event.expression",
+                                           expressions.TRIGGER_VARIABLES)
+        return EventTrigger(message.event.name, message.event.expression)
+    if kind == "cron":
+        return cron.parse_cron(message.cron.schedule, message.cron.timezone, f"{path}.cron")
+    raise InvalidArgument(path, "a trigger needs an event or a cron schedule")
+
+
+def function_config_to_proto(spec: FunctionSpec) -> common_pb2.FunctionConfig:
+    """The inverse of functions_from_proto, for one function."""
+    triggers = [
+        common_pb2.Trigger(event=common_pb2.EventTrigger(name=t.name, expression=t.expression))
+        if isinstance(t, EventTrigger)
+        else common_pb2.Trigger(cron=common_pb2.CronTrigger(schedule=t.schedule,
+                                                            timezone=t.timezone))
+        for t in spec.triggers
+    ]
+    timeouts = None
+    if spec.start_timeout_ms is not None or spec.finish_timeout_ms is not None:
+        timeouts = common_pb2.Timeouts(start=duration(spec.start_timeout_ms),
+                                       finish=duration(spec.finish_timeout_ms))
+    return common_pb2.FunctionConfig(
+        id=spec.id, name=spec.name, triggers=triggers, retries=spec.retries,
+        cancel_on=[common_pb2.CancelOn(event=c.event, expression=c.expression,
+                                       timeout=duration(c.timeout_ms))
+                   for c in spec.cancel_on],
+        timeouts=timeouts)
