@@ -55,11 +55,12 @@ def _step_id(op: ws.Op) -> str:
 
 
 def execute(function: Function, steps: Sequence[common_pb2.StepResult] = (),
-            session: FakeSession | None = None) -> FakeSession:
+            session: FakeSession | None = None, target: str = "") -> FakeSession:
+    """Run one dispatch of `function` (of the parallel step `target`, if given)."""
     session = session or FakeSession()
     dispatch = ws.Dispatch(
         run_id=RUN_ID, function_id=function.id, lease=7, steps=list(steps),
-        event=common_pb2.Event(id="ev-1", name="t/go", data=b'{"n":1}'))
+        event=common_pb2.Event(id="ev-1", name="t/go", data=b'{"n":1}'), target_step_id=target)
 
     async def main() -> None:
         with ThreadPoolExecutor(2) as pool:
@@ -323,3 +324,33 @@ def test_sync_functions_report_the_same_ops() -> None:
     resumed = execute(declare(sync_fn), [done("one", 1), done("tell", {"ids": ["fixed"]}),
                                          done("nap", None)])
     assert output_of(resumed) == {"ids": ["fixed"]}
+
+
+# -- parallel steps -------------------------------------------------------------------------------
+def _fan_out(calls: list[str]) -> Function:
+    def call(step_id: str) -> str:
+        calls.append(step_id)
+        return step_id.upper()
+
+    async def fan(ctx: Any) -> Any:
+        return await asyncio.gather(*(ctx.step.run(s, call, s) for s in ("a", "b", "c")))
+
+    return declare(fan)
+
+
+def test_steps_awaited_together_are_planned_not_run() -> None:
+    calls: list[str] = []
+    session = execute(_fan_out(calls))
+    planned = session.last_op().planned
+    assert [(s.step_id, s.name) for s in planned.steps] == [("a", "a"), ("b", "b"), ("c", "c")]
+    assert calls == [] and session.kinds() == [[("planned", "")]]
+
+
+def test_a_parallel_steps_dispatch_runs_its_target_alone_and_ends() -> None:
+    # Siblings a and c wait for the dispatch to end; reporting b's result releases them at once.
+    calls: list[str] = []
+    session = execute(_fan_out(calls), target="b")
+    assert calls == ["b"]
+    assert session.kinds() == [[("step_completed", "b")]]
+    assert session.sent[0].target_step_id == "b"
+

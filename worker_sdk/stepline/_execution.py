@@ -74,7 +74,8 @@ class RunExecution:
         # the code changed between attempts.
         self.visited: set[str] = set()
         self.nondeterminism: NonDeterminismError | None = None
-        self.released = False
+        # Set once the run is no longer ours; siblings of a parallel step's target wait on it.
+        self._released = asyncio.Event()
         self._pending: asyncio.Future[worker_service_pb2.Ack] | None = None
         # A completed step's checkpoint waits for the next boundary (next step, or the run's
         # end) so that the last step and the run's result share one report and one commit.
@@ -86,6 +87,12 @@ class RunExecution:
         self._target_reached = asyncio.Event()
         self._arrivals: list[tuple[str, str]] = []
         self._planned: asyncio.Future[None] | None = None
+
+    @property
+    def released(self) -> bool:
+        """The run is no longer ours to execute (suspended, ended, rejected, cancelled, or its
+        stream is gone): user code unwinds at its next step."""
+        return self._released.is_set()
 
     # -- talking to the server -----------------------------------------------------------------
     def send(self, ops: list[worker_service_pb2.Op]) -> asyncio.Future[worker_service_pb2.Ack]:
@@ -139,12 +146,12 @@ class RunExecution:
 
     def release(self, ack: worker_service_pb2.Ack) -> None:
         """The server answered RELEASE or REJECTED: the run is no longer ours to execute."""
-        self.released = True
+        self._released.set()
         if ack.action == worker_service_pb2.ACK_ACTION_REJECTED:
             log.warning("run %s: server rejected ops: %s", self.run_id, ack.error_message)
 
     def cancel(self) -> None:
-        self.released = True
+        self._released.set()
 
     def check_size(self, text: str, what: str) -> None:
         size = len(text.encode())
@@ -209,18 +216,21 @@ class RunExecution:
 
     async def _wait_for_target(self) -> None:
         """A new step that is not this dispatch's target: it runs in another dispatch. Wait
-        for this one to finish; if the target is never reached, the code changed."""
+        until this dispatch ends (its target reported, or the run taken away), then unwind; if
+        the target is never reached, the code changed."""
         try:
             await asyncio.wait_for(self._target_reached.wait(), TARGET_WAIT_SECONDS)
         except TimeoutError:
             if not self.released:
-                await self._fail_target(NonDeterminismError(
-                    self.run_id, self.target_step_id, [],
-                    f"parallel step {self.target_step_id!r} was not reached on replay; the "
-                    "function's code may have changed since the steps were planned"))
-        while not self.released:
-            await asyncio.sleep(0.05)
+                await self._fail_target(self._target_not_reached())
+        await self._released.wait()
         raise Released()
+
+    def _target_not_reached(self) -> NonDeterminismError:
+        return NonDeterminismError(
+            self.run_id, self.target_step_id, [],
+            f"parallel step {self.target_step_id!r} was not reached on replay; the function's "
+            "code may have changed since the steps were planned")
 
     async def _fail_target(self, error: Exception) -> None:
         op = worker_service_pb2.Op(step_failed=worker_service_pb2.StepFailed(
@@ -268,10 +278,7 @@ class RunExecution:
         if self.released:
             return
         if self.target_step_id:  # the body ended without reaching the step to execute
-            await self._fail_target(NonDeterminismError(
-                self.run_id, self.target_step_id, [],
-                f"parallel step {self.target_step_id!r} was not reached on replay; the "
-                "function's code may have changed since the steps were planned"))
+            await self._fail_target(self._target_not_reached())
             return
         ack = await self.send([op])
         self.release(ack)
