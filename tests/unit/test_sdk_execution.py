@@ -354,3 +354,11 @@ def test_a_parallel_steps_dispatch_runs_its_target_alone_and_ends() -> None:
     assert session.kinds() == [[("step_completed", "b")]]
     assert session.sent[0].target_step_id == "b"
 
+
+def test_a_parallel_step_not_reached_on_replay_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stepline._execution.TARGET_WAIT_SECONDS", 0.01)
+    calls: list[str] = []
+    session = execute(_fan_out(calls), target="gone")
+    assert calls == [] and session.kinds() == [[("step_failed", "gone")]]
+    error = session.last_op().step_failed.error
+    assert error.name == "NonDeterminismError" and "'gone' was not reached" in error.message

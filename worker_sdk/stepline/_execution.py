@@ -85,6 +85,7 @@ class RunExecution:
         # same turn of the event loop (candidates for a plan); the outcome of reporting a plan.
         self.target_step_id = dispatch.target_step_id
         self._target_reached = asyncio.Event()
+        self._target_failed = False
         self._arrivals: list[tuple[str, str]] = []
         self._planned: asyncio.Future[None] | None = None
 
@@ -233,6 +234,11 @@ class RunExecution:
             "code may have changed since the steps were planned")
 
     async def _fail_target(self, error: Exception) -> None:
+        """Report the target step failed, once: siblings that give up on it together (or the
+        body's end) must not report it again: the server refuses a step reported twice."""
+        if self._target_failed:
+            return
+        self._target_failed = True
         op = worker_service_pb2.Op(step_failed=worker_service_pb2.StepFailed(
             step_id=self.target_step_id, name=self.target_step_id, **failure_fields(error)))
         self.release(await self.send([op]))
