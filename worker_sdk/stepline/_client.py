@@ -56,8 +56,8 @@ class Stepline:
     """
 
     def __init__(self, app_id: str, *, url: str | None = None) -> None:
-        if not app_id:
-            raise ValueError("app_id is required")
+        if not isinstance(app_id, str) or not app_id:
+            raise InvalidUsageError(f"app_id: expected a non-empty string; got {app_id!r}")
         self.app_id = app_id
         self.target = _config.server_target(url)
         self.functions: dict[str, Function] = {}
