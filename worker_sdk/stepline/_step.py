@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -119,10 +119,16 @@ class Step:
     def __init__(self, execution: RunExecution) -> None:
         self._ex = execution
 
-    async def run(
-        self, name: str, fn: Callable[..., Awaitable[T]] | Callable[..., T], *args: Any,
-        **kwargs: Any,
-    ) -> T:
+    # Two overloads, because one `Callable[..., Awaitable[T]] | Callable[..., T]` parameter
+    # leaves mypy unable to infer T for an async `fn`.
+    @overload
+    async def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                  **kwargs: Any) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run and return its (JSON) result.
 
         On replay the stored result is returned without calling `fn`. A failure is retried with
@@ -132,7 +138,7 @@ class Step:
         ex = self._ex
         step_id, memo = ex.claim(name)
         if memo is not None:
-            return _memoized(step_id, memo)  # type: ignore[no-any-return]
+            return _memoized(step_id, memo)
         await ex.check_new_step(step_id)
         await ex.gate(step_id, name)
         await ex.settle()
@@ -159,7 +165,7 @@ class Step:
             raise Released()
         # Reported at the next boundary: before the next step runs, or with the run's result.
         ex.defer(done)
-        return json.loads(output)  # type: ignore[no-any-return]
+        return json.loads(output)
 
     async def _execute(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> str:
@@ -295,8 +301,15 @@ class SyncStep:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """See Step.run."""
+    @overload
+    def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+            **kwargs: Any) -> T: ...
+
+    @overload
+    def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """See Step.run (an async `fn` runs on the worker's event loop, and is awaited)."""
         return self._call(self._step.run(name, fn, *args, **kwargs))
 
     def sleep(self, name: str, duration: DurationLike) -> None:
