@@ -14,7 +14,17 @@ from typing import Any, cast
 
 import pytest
 
-from stepline import Event, EventInput, Function, StepError, Stepline
+from stepline import (
+    Context,
+    Event,
+    EventInput,
+    Function,
+    Step,
+    StepError,
+    Stepline,
+    SyncContext,
+    SyncStep,
+)
 from stepline._execution import RunExecution
 from stepline._worker import Session
 from stepline.v1 import common_pb2
@@ -309,6 +319,20 @@ def test_steps_awaited_together_replay_without_false_alarms() -> None:
     session = execute(declare(together), [done("a1", 10), done("b1", 20), done("a2", 30)])
     assert calls == ["b2"]
     assert output_of(session) == [[10, 30], [20, 2]]
+
+
+def test_async_functions_get_a_step_and_sync_ones_a_sync_step() -> None:
+    seen: list[tuple[bool, type]] = []
+
+    async def async_fn(ctx: Context) -> None:
+        seen.append((isinstance(ctx, Context), type(ctx.step)))
+
+    def sync_fn(ctx: SyncContext) -> None:
+        seen.append((isinstance(ctx, Context), type(ctx.step)))
+
+    execute(declare(async_fn))
+    execute(declare(sync_fn))
+    assert seen == [(True, Step), (True, SyncStep)]
 
 
 def test_sync_functions_report_the_same_ops() -> None:

@@ -7,7 +7,7 @@ import contextvars
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeAlias
 
 from opentelemetry import context as otel_context
 
@@ -26,7 +26,18 @@ from stepline.errors import NonDeterminismError, NonRetriableError
 from stepline.v1 import common_pb2, worker_service_pb2
 
 if TYPE_CHECKING:
+    # A default lets a bare `Context` mean Context[Step]. typing.TypeVar takes one from Python
+    # 3.13 only; type checkers read typing_extensions' at any version, and the code does not
+    # need it at run time.
+    from typing_extensions import TypeVar
+
     from stepline._worker import Session
+
+    StepT = TypeVar("StepT", Step, SyncStep, default=Step)
+else:
+    from typing import TypeVar
+
+    StepT = TypeVar("StepT", Step, SyncStep)
 
 log = logging.getLogger("stepline.worker")
 DEFER_SECONDS = 0.02
@@ -36,14 +47,22 @@ TARGET_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class Context:
-    """What a function receives: its trigger event, its run, and the step tools."""
+class Context(Generic[StepT]):
+    """What a function receives: its trigger event, its run, and the step tools.
+
+    `ctx.step` is a Step (awaitable tools) for `async def` functions: annotate them
+    `ctx: Context`. Plain `def` functions get a SyncStep: annotate them `ctx: SyncContext`.
+    """
 
     event: Event
     run_id: str
     function_id: str
     attempt: int
-    step: Any  # Step for async functions, SyncStep for sync ones
+    step: StepT
+
+
+SyncContext: TypeAlias = Context[SyncStep]
+"""The Context of a plain (sync) function: the same, with `step` a SyncStep."""
 
 
 class RunExecution:
@@ -244,6 +263,10 @@ class RunExecution:
         self.release(await self.send([op]))
 
     # -- running the function ------------------------------------------------------------------
+    def _context(self, step: StepT) -> Context[StepT]:
+        return Context(event=event_from_proto(self.dispatch.event), run_id=self.run_id,
+                       function_id=self.function.id, attempt=self.dispatch.attempt, step=step)
+
     async def execute(self) -> None:
         body_context = self.trace.body_context()  # user spans outside steps nest under the run
         token = None if body_context is None else otel_context.attach(body_context)
@@ -256,13 +279,8 @@ class RunExecution:
     async def _execute(self) -> None:
         loop = asyncio.get_running_loop()
         step = Step(self)
-        ctx = Context(
-            event=event_from_proto(self.dispatch.event),
-            run_id=self.run_id,
-            function_id=self.function.id,
-            attempt=self.dispatch.attempt,
-            step=step if self.function.is_async else SyncStep(step, loop),
-        )
+        ctx = self._context(step) if self.function.is_async else self._context(
+            SyncStep(step, loop))
         try:
             if self.function.is_async:
                 output = await self.function.handler(ctx)
