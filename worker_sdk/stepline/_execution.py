@@ -180,8 +180,9 @@ class RunExecution:
                 f"{what} is {size} bytes, over the server's limit of {self.max_payload_bytes}")
 
     # -- replay ----------------------------------------------------------------------------------
-    def claim(self, name: str) -> tuple[str, common_pb2.StepResult | None]:
-        """The id of the next step called `name`, and its memoized result if it has one."""
+    def next_step(self, name: str) -> tuple[str, common_pb2.StepResult | None]:
+        """Take the id of the next step called `name` (marking it reached by this replay), with
+        its memoized result if it has one."""
         if self.nondeterminism is not None:
             raise self.nondeterminism
         step_id = self.ids.next(name)

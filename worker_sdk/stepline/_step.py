@@ -136,7 +136,7 @@ class Step:
         """
         _check_name(name)
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
             return _memoized(step_id, memo)
         await ex.check_new_step(step_id)
@@ -258,7 +258,7 @@ class Step:
         gets one derived from the run and the step, so a replay cannot send it twice."""
         _check_name(name)
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
             return _memoized(step_id, memo)  # type: ignore[no-any-return]
         messages = step_events(events, ex.run_id, step_id, f"step {name!r}: events")
@@ -279,7 +279,7 @@ class Step:
         """A step the server completes later (sleep, wait, invoke): on replay its result; else
         report `op(step_id)` and drop the run, which the server dispatches again when done."""
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
             return _memoized(step_id, memo)
         await ex.check_new_step(step_id)
