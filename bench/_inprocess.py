@@ -14,16 +14,20 @@ CONNECT_TIMEOUT = 15.0
 STOP_TIMEOUT = 35.0
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+async def wait_for(predicate: Callable[[], bool], within: float, what: str,
                    task: asyncio.Task[Any] | None = None) -> None:
-    """Poll `predicate` every 10 ms; raise when `task` ends first or after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` every 10 ms; raise when `task` ends first or after `within` seconds.
+
+    A poll, because the state it reads has no event to wait on: the worker's connection is
+    that of whichever session it is on, and it starts a new one on each reconnect.
+    """
+    deadline = time.monotonic() + within
     while not predicate():
         if task is not None and task.done():
             task.result()
             raise RuntimeError(f"stopped while waiting for {what}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 

@@ -15,17 +15,18 @@ WARMUP_TIMEOUT = 60.0
 SEND_BATCH = 100
 
 
-async def wait_completed(backend: Backend, count: int, timeout: float,
+async def wait_completed(backend: Backend, count: int, within: float,
                          worker: _proc.Child) -> int | None:
-    """Poll the database until `count` throughput runs completed; return max(ended_at_ms)."""
-    deadline = time.monotonic() + timeout
+    """Poll the database until `count` throughput runs completed (within `within` seconds);
+    return max(ended_at_ms)."""
+    deadline = time.monotonic() + within
     while True:
         done, last_ms = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
         if done >= count:
             return last_ms
         worker.check_alive()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {done}/{count} throughput runs completed after {timeout}s")
+            raise TimeoutError(f"only {done}/{count} throughput runs completed after {within}s")
         await asyncio.sleep(0.02)
 
 

@@ -14,7 +14,17 @@ from typing import Any, cast
 
 import pytest
 
-from stepline import Event, EventInput, Function, StepError, Stepline
+from stepline import (
+    Context,
+    Event,
+    EventInput,
+    Function,
+    Step,
+    StepError,
+    Stepline,
+    SyncContext,
+    SyncStep,
+)
 from stepline._execution import RunExecution
 from stepline._worker import Session
 from stepline.v1 import common_pb2
@@ -55,11 +65,12 @@ def _step_id(op: ws.Op) -> str:
 
 
 def execute(function: Function, steps: Sequence[common_pb2.StepResult] = (),
-            session: FakeSession | None = None) -> FakeSession:
+            session: FakeSession | None = None, target: str = "") -> FakeSession:
+    """Run one dispatch of `function` (of the parallel step `target`, if given)."""
     session = session or FakeSession()
     dispatch = ws.Dispatch(
         run_id=RUN_ID, function_id=function.id, lease=7, steps=list(steps),
-        event=common_pb2.Event(id="ev-1", name="t/go", data=b'{"n":1}'))
+        event=common_pb2.Event(id="ev-1", name="t/go", data=b'{"n":1}'), target_step_id=target)
 
     async def main() -> None:
         with ThreadPoolExecutor(2) as pool:
@@ -310,6 +321,20 @@ def test_steps_awaited_together_replay_without_false_alarms() -> None:
     assert output_of(session) == [[10, 30], [20, 2]]
 
 
+def test_async_functions_get_a_step_and_sync_ones_a_sync_step() -> None:
+    seen: list[tuple[bool, type]] = []
+
+    async def async_fn(ctx: Context) -> None:
+        seen.append((isinstance(ctx, Context), type(ctx.step)))
+
+    def sync_fn(ctx: SyncContext) -> None:
+        seen.append((isinstance(ctx, Context), type(ctx.step)))
+
+    execute(declare(async_fn))
+    execute(declare(sync_fn))
+    assert seen == [(True, Step), (True, SyncStep)]
+
+
 def test_sync_functions_report_the_same_ops() -> None:
     def sync_fn(ctx: Any) -> Any:
         value = ctx.step.run("one", lambda: 1)
@@ -323,3 +348,41 @@ def test_sync_functions_report_the_same_ops() -> None:
     resumed = execute(declare(sync_fn), [done("one", 1), done("tell", {"ids": ["fixed"]}),
                                          done("nap", None)])
     assert output_of(resumed) == {"ids": ["fixed"]}
+
+
+# -- parallel steps -------------------------------------------------------------------------------
+def _fan_out(calls: list[str]) -> Function:
+    def call(step_id: str) -> str:
+        calls.append(step_id)
+        return step_id.upper()
+
+    async def fan(ctx: Any) -> Any:
+        return await asyncio.gather(*(ctx.step.run(s, call, s) for s in ("a", "b", "c")))
+
+    return declare(fan)
+
+
+def test_steps_awaited_together_are_planned_not_run() -> None:
+    calls: list[str] = []
+    session = execute(_fan_out(calls))
+    planned = session.last_op().planned
+    assert [(s.step_id, s.name) for s in planned.steps] == [("a", "a"), ("b", "b"), ("c", "c")]
+    assert calls == [] and session.kinds() == [[("planned", "")]]
+
+
+def test_a_parallel_steps_dispatch_runs_its_target_alone_and_ends() -> None:
+    # Siblings a and c wait for the dispatch to end; reporting b's result releases them at once.
+    calls: list[str] = []
+    session = execute(_fan_out(calls), target="b")
+    assert calls == ["b"]
+    assert session.kinds() == [[("step_completed", "b")]]
+    assert session.sent[0].target_step_id == "b"
+
+
+def test_a_parallel_step_not_reached_on_replay_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stepline._execution.TARGET_WAIT_SECONDS", 0.01)
+    calls: list[str] = []
+    session = execute(_fan_out(calls), target="gone")
+    assert calls == [] and session.kinds() == [[("step_failed", "gone")]]
+    error = session.last_op().step_failed.error
+    assert error.name == "NonDeterminismError" and "'gone' was not reached" in error.message

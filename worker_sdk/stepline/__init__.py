@@ -3,7 +3,7 @@
 from stepline._client import RegisterResult, Stepline
 from stepline._durations import DurationLike
 from stepline._events import Event, EventInput
-from stepline._execution import Context
+from stepline._execution import Context, SyncContext
 from stepline._function import (
     CancelOn,
     CronTrigger,
@@ -13,6 +13,7 @@ from stepline._function import (
     on_cron,
     on_event,
 )
+from stepline._step import Step, SyncStep
 from stepline._worker import Worker
 from stepline.errors import (
     ClientError,
@@ -41,9 +42,12 @@ __all__ = [
     "NonRetriableError",
     "RegisterResult",
     "RetryAfterError",
+    "Step",
     "StepError",
     "Stepline",
     "SteplineError",
+    "SyncContext",
+    "SyncStep",
     "Timeouts",
     "Worker",
     "on_cron",

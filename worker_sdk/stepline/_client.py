@@ -23,6 +23,7 @@ from stepline._function import (
     parse_timeouts,
     parse_triggers,
 )
+from stepline._worker import Worker
 from stepline.errors import ClientError, InvalidUsageError
 from stepline.v1 import (
     event_service_pb2,
@@ -56,8 +57,8 @@ class Stepline:
     """
 
     def __init__(self, app_id: str, *, url: str | None = None) -> None:
-        if not app_id:
-            raise ValueError("app_id is required")
+        if not isinstance(app_id, str) or not app_id:
+            raise InvalidUsageError(f"app_id: expected a non-empty string; got {app_id!r}")
         self.app_id = app_id
         self.target = _config.server_target(url)
         self.functions: dict[str, Function] = {}
@@ -209,8 +210,6 @@ class Stepline:
 
     # -- workers -------------------------------------------------------------------------------
     def worker(self, *, slots: int = _config.DEFAULT_SLOTS, worker_id: str | None = None,
-               drain_timeout: float = _config.DRAIN_TIMEOUT_SECONDS) -> Any:
+               drain_timeout: float = _config.DRAIN_TIMEOUT_SECONDS) -> Worker:
         """A worker for this app's functions; `.run()` it, or `await .serve(stop_event)`."""
-        from stepline._worker import Worker
-
         return Worker(self, slots=slots, worker_id=worker_id, drain_timeout=drain_timeout)

@@ -7,7 +7,7 @@ import contextvars
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeAlias
 
 from opentelemetry import context as otel_context
 
@@ -26,7 +26,18 @@ from stepline.errors import NonDeterminismError, NonRetriableError
 from stepline.v1 import common_pb2, worker_service_pb2
 
 if TYPE_CHECKING:
+    # A default lets a bare `Context` mean Context[Step]. typing.TypeVar takes one from Python
+    # 3.13 only; type checkers read typing_extensions' at any version, and the code does not
+    # need it at run time.
+    from typing_extensions import TypeVar
+
     from stepline._worker import Session
+
+    StepT = TypeVar("StepT", Step, SyncStep, default=Step)
+else:
+    from typing import TypeVar
+
+    StepT = TypeVar("StepT", Step, SyncStep)
 
 log = logging.getLogger("stepline.worker")
 DEFER_SECONDS = 0.02
@@ -36,14 +47,22 @@ TARGET_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class Context:
-    """What a function receives: its trigger event, its run, and the step tools."""
+class Context(Generic[StepT]):
+    """What a function receives: its trigger event, its run, and the step tools.
+
+    `ctx.step` is a Step (awaitable tools) for `async def` functions: annotate them
+    `ctx: Context`. Plain `def` functions get a SyncStep: annotate them `ctx: SyncContext`.
+    """
 
     event: Event
     run_id: str
     function_id: str
     attempt: int
-    step: Any  # Step for async functions, SyncStep for sync ones
+    step: StepT
+
+
+SyncContext: TypeAlias = Context[SyncStep]
+"""The Context of a plain (sync) function: the same, with `step` a SyncStep."""
 
 
 class RunExecution:
@@ -74,7 +93,8 @@ class RunExecution:
         # the code changed between attempts.
         self.visited: set[str] = set()
         self.nondeterminism: NonDeterminismError | None = None
-        self.released = False
+        # Set once the run is no longer ours; siblings of a parallel step's target wait on it.
+        self._released = asyncio.Event()
         self._pending: asyncio.Future[worker_service_pb2.Ack] | None = None
         # A completed step's checkpoint waits for the next boundary (next step, or the run's
         # end) so that the last step and the run's result share one report and one commit.
@@ -84,8 +104,15 @@ class RunExecution:
         # same turn of the event loop (candidates for a plan); the outcome of reporting a plan.
         self.target_step_id = dispatch.target_step_id
         self._target_reached = asyncio.Event()
+        self._target_failed = False
         self._arrivals: list[tuple[str, str]] = []
         self._planned: asyncio.Future[None] | None = None
+
+    @property
+    def released(self) -> bool:
+        """The run is no longer ours to execute (suspended, ended, rejected, cancelled, or its
+        stream is gone): user code unwinds at its next step."""
+        return self._released.is_set()
 
     # -- talking to the server -----------------------------------------------------------------
     def send(self, ops: list[worker_service_pb2.Op]) -> asyncio.Future[worker_service_pb2.Ack]:
@@ -139,12 +166,12 @@ class RunExecution:
 
     def release(self, ack: worker_service_pb2.Ack) -> None:
         """The server answered RELEASE or REJECTED: the run is no longer ours to execute."""
-        self.released = True
+        self._released.set()
         if ack.action == worker_service_pb2.ACK_ACTION_REJECTED:
             log.warning("run %s: server rejected ops: %s", self.run_id, ack.error_message)
 
     def cancel(self) -> None:
-        self.released = True
+        self._released.set()
 
     def check_size(self, text: str, what: str) -> None:
         size = len(text.encode())
@@ -153,8 +180,9 @@ class RunExecution:
                 f"{what} is {size} bytes, over the server's limit of {self.max_payload_bytes}")
 
     # -- replay ----------------------------------------------------------------------------------
-    def claim(self, name: str) -> tuple[str, common_pb2.StepResult | None]:
-        """The id of the next step called `name`, and its memoized result if it has one."""
+    def next_step(self, name: str) -> tuple[str, common_pb2.StepResult | None]:
+        """Take the id of the next step called `name` (marking it reached by this replay), with
+        its memoized result if it has one."""
         if self.nondeterminism is not None:
             raise self.nondeterminism
         step_id = self.ids.next(name)
@@ -209,25 +237,37 @@ class RunExecution:
 
     async def _wait_for_target(self) -> None:
         """A new step that is not this dispatch's target: it runs in another dispatch. Wait
-        for this one to finish; if the target is never reached, the code changed."""
+        until this dispatch ends (its target reported, or the run taken away), then unwind; if
+        the target is never reached, the code changed."""
         try:
             await asyncio.wait_for(self._target_reached.wait(), TARGET_WAIT_SECONDS)
         except TimeoutError:
             if not self.released:
-                await self._fail_target(NonDeterminismError(
-                    self.run_id, self.target_step_id, [],
-                    f"parallel step {self.target_step_id!r} was not reached on replay; the "
-                    "function's code may have changed since the steps were planned"))
-        while not self.released:
-            await asyncio.sleep(0.05)
+                await self._fail_target(self._target_not_reached())
+        await self._released.wait()
         raise Released()
 
+    def _target_not_reached(self) -> NonDeterminismError:
+        return NonDeterminismError(
+            self.run_id, self.target_step_id, [],
+            f"parallel step {self.target_step_id!r} was not reached on replay; the function's "
+            "code may have changed since the steps were planned")
+
     async def _fail_target(self, error: Exception) -> None:
+        """Report the target step failed, once: siblings that give up on it together (or the
+        body's end) must not report it again: the server refuses a step reported twice."""
+        if self._target_failed:
+            return
+        self._target_failed = True
         op = worker_service_pb2.Op(step_failed=worker_service_pb2.StepFailed(
             step_id=self.target_step_id, name=self.target_step_id, **failure_fields(error)))
         self.release(await self.send([op]))
 
     # -- running the function ------------------------------------------------------------------
+    def _context(self, step: StepT) -> Context[StepT]:
+        return Context(event=event_from_proto(self.dispatch.event), run_id=self.run_id,
+                       function_id=self.function.id, attempt=self.dispatch.attempt, step=step)
+
     async def execute(self) -> None:
         body_context = self.trace.body_context()  # user spans outside steps nest under the run
         token = None if body_context is None else otel_context.attach(body_context)
@@ -240,13 +280,8 @@ class RunExecution:
     async def _execute(self) -> None:
         loop = asyncio.get_running_loop()
         step = Step(self)
-        ctx = Context(
-            event=event_from_proto(self.dispatch.event),
-            run_id=self.run_id,
-            function_id=self.function.id,
-            attempt=self.dispatch.attempt,
-            step=step if self.function.is_async else SyncStep(step, loop),
-        )
+        ctx = self._context(step) if self.function.is_async else self._context(
+            SyncStep(step, loop))
         try:
             if self.function.is_async:
                 output = await self.function.handler(ctx)
@@ -268,10 +303,7 @@ class RunExecution:
         if self.released:
             return
         if self.target_step_id:  # the body ended without reaching the step to execute
-            await self._fail_target(NonDeterminismError(
-                self.run_id, self.target_step_id, [],
-                f"parallel step {self.target_step_id!r} was not reached on replay; the "
-                "function's code may have changed since the steps were planned"))
+            await self._fail_target(self._target_not_reached())
             return
         ack = await self.send([op])
         self.release(ack)

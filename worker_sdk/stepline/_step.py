@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -119,10 +119,16 @@ class Step:
     def __init__(self, execution: RunExecution) -> None:
         self._ex = execution
 
-    async def run(
-        self, name: str, fn: Callable[..., Awaitable[T]] | Callable[..., T], *args: Any,
-        **kwargs: Any,
-    ) -> T:
+    # Two overloads, because one `Callable[..., Awaitable[T]] | Callable[..., T]` parameter
+    # leaves mypy unable to infer T for an async `fn`.
+    @overload
+    async def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                  **kwargs: Any) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run and return its (JSON) result.
 
         On replay the stored result is returned without calling `fn`. A failure is retried with
@@ -130,9 +136,9 @@ class Step:
         """
         _check_name(name)
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
-            return _memoized(step_id, memo)  # type: ignore[no-any-return]
+            return _memoized(step_id, memo)
         await ex.check_new_step(step_id)
         await ex.gate(step_id, name)
         await ex.settle()
@@ -159,7 +165,7 @@ class Step:
             raise Released()
         # Reported at the next boundary: before the next step runs, or with the run's result.
         ex.defer(done)
-        return json.loads(output)  # type: ignore[no-any-return]
+        return json.loads(output)
 
     async def _execute(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> str:
@@ -193,7 +199,11 @@ class Step:
         await self._suspend(name, lambda step_id: ws.Op(sleep=ws.Sleep(
             step_id=step_id, name=name, until=timestamp_proto(until))))
 
-    async def wait_for_event(self, name: str, *, event: str, timeout: DurationLike,
+    # ASYNC109 wants asyncio.timeout instead of a `timeout` parameter, but this `timeout` is a
+    # durable step option (how long the server waits, holding no worker), not a cancel scope on
+    # this call. (RUF100 in the noqa: until ASYNC rules are selected, the ASYNC109 is "unused".)
+    async def wait_for_event(self, name: str, *, event: str,
+                             timeout: DurationLike,  # noqa: ASYNC109, RUF100
                              if_: str | None = None) -> Event | None:
         """Wait for the next event called `event`, sent after this step began, for which the CEL
         filter `if_` is true (`event` is the run's trigger, `async` the candidate, e.g.
@@ -208,9 +218,11 @@ class Step:
             timeout=duration_proto(limit))))
         return event_from_json(result)
 
+    # `timeout`: how long the server lets the child run take; durable, as in wait_for_event.
     async def invoke(self, name: str, *, function: Function | str,
                      data: Mapping[str, Any] | None = None,
-                     timeout: DurationLike | None = None) -> Any:
+                     timeout: DurationLike | None = None,  # noqa: ASYNC109, RUF100
+                     ) -> Any:
         """Start a run of `function` (a Function or its id) with `data` as its event's data, and
         return that run's output. Its failure, a missing function, or `timeout` (error
         "InvokeTimeout") raise StepError here."""
@@ -246,7 +258,7 @@ class Step:
         gets one derived from the run and the step, so a replay cannot send it twice."""
         _check_name(name)
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
             return _memoized(step_id, memo)  # type: ignore[no-any-return]
         messages = step_events(events, ex.run_id, step_id, f"step {name!r}: events")
@@ -267,7 +279,7 @@ class Step:
         """A step the server completes later (sleep, wait, invoke): on replay its result; else
         report `op(step_id)` and drop the run, which the server dispatches again when done."""
         ex = self._ex
-        step_id, memo = ex.claim(name)
+        step_id, memo = ex.next_step(name)
         if memo is not None:
             return _memoized(step_id, memo)
         await ex.check_new_step(step_id)
@@ -289,8 +301,15 @@ class SyncStep:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """See Step.run."""
+    @overload
+    def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+            **kwargs: Any) -> T: ...
+
+    @overload
+    def run(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """See Step.run (an async `fn` runs on the worker's event loop, and is awaited)."""
         return self._call(self._step.run(name, fn, *args, **kwargs))
 
     def sleep(self, name: str, duration: DurationLike) -> None:

@@ -18,7 +18,7 @@ import grpc
 
 from stepline import _config
 from stepline._execution import RunExecution
-from stepline.errors import ClientError
+from stepline.errors import ClientError, InvalidUsageError
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -165,10 +165,11 @@ class Worker:
     def __init__(self, app: Stepline, *, slots: int = _config.DEFAULT_SLOTS,
                  worker_id: str | None = None,
                  drain_timeout: float = _config.DRAIN_TIMEOUT_SECONDS) -> None:
-        if slots < 1:
-            raise ValueError("slots must be at least 1")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise InvalidUsageError(f"slots: expected an integer of at least 1; got {slots!r}")
         if not app.functions:
-            raise ValueError(f"app {app.app_id!r} has no functions to serve")
+            raise InvalidUsageError(f"app {app.app_id!r} has no functions to serve; declare "
+                                    "them with @app.function(...) before making a worker")
         self.app = app
         self.slots = slots
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"

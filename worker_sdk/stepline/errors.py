@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -57,13 +58,22 @@ class NonDeterminismError(NonRetriableError):
 
 
 class RetryAfterError(SteplineError):
-    """Retry, but not before `delay` (seconds or a timedelta)."""
+    """Retry, but not before `delay` (seconds or a timedelta).
+
+    A negative or non-finite `delay` raises InvalidUsageError instead, which fails the step
+    without retries: clamp a computed delay, e.g. `max(0.0, reset_at - time.time())`.
+    """
 
     def __init__(self, message: str, delay: float | timedelta) -> None:
         super().__init__(message)
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError("delay must not be negative")
+        try:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        except (TypeError, ValueError, OverflowError):
+            seconds = math.nan  # refused below, with the value as given
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidUsageError(
+                f"delay: expected a non-negative number of seconds or a timedelta; "
+                f"got {delay!r}")
         self.delay_seconds = seconds
 
 
