@@ -1,6 +1,7 @@
 """`stepline`: run a server (`serve`, `dev`) and send events and operate runs (`send`, `runs`,
 `run`, `cancel`, `replay`, `events`, `functions`, `workers`) from a shell. Client commands talk
-to the server over gRPC."""
+to the server over gRPC and need only the SDK's dependencies; `serve` and `dev` need the
+`server` extra, imported only when they run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -35,6 +36,9 @@ from stepline_server.settings import (
     sqlite_url,
 )
 
+if TYPE_CHECKING:
+    from stepline_server.server import SteplineServer
+
 CALL_TIMEOUT_SECONDS = 10.0
 # `stepline functions` and `stepline workers` list everything, fetched this many a call.
 LIST_ALL_PAGE = 1000
@@ -47,6 +51,8 @@ DASHBOARD_PREFIX = "stepline: dashboard on "
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# An app's install (`pip install stepline`) leaves out what only `serve` and `dev` need.
+SERVER_INSTALL_HINT = "pip install 'stepline[server]'"
 
 Handler = Callable[[argparse.Namespace], int]
 ClientHandler = Callable[[grpc.Channel, argparse.Namespace], int]
@@ -62,6 +68,7 @@ class CommandError(Exception):
 
 # -- server commands ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
@@ -70,10 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
-    return _run_server(settings, announce=_announce, verbose=args.verbose)
+    return _run_server(server_class, settings, announce=_announce, verbose=args.verbose)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=sqlite_url(DEV_DATABASE_FILE))
     handler = logging.StreamHandler(sys.stderr)
@@ -88,7 +96,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
               f"stepline dev: run a worker with `python -m stepline worker MODULE:app "
               f"--url {address}`; Ctrl-C stops", flush=True)
 
-    return _run_server(settings, announce=announce, verbose=True)
+    return _run_server(server_class, settings, announce=announce, verbose=True)
 
 
 class _DevFormatter(logging.Formatter):
@@ -102,6 +110,21 @@ class _DevFormatter(logging.Formatter):
         return text
 
 
+def _server_class() -> type[SteplineServer]:
+    """The server class, imported only by `serve` and `dev`: the client commands need none of its
+    dependencies. An app's install (`pip install stepline`) has none of them; then this fails
+    with one line that names the extra to install, not with a traceback."""
+    try:
+        from stepline_server.server import SteplineServer
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing.partition(".")[0] in ("stepline", "stepline_server"):
+            raise  # a module of our own is missing: a bug, keep its traceback
+        raise CommandError(f"needs the server's dependencies (no module {missing!r}): "
+                           f"{SERVER_INSTALL_HINT}") from None
+    return SteplineServer
+
+
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings.from_env(None, **overrides)
@@ -113,16 +136,15 @@ def _announce(address: str) -> None:
     print(f"{LISTENING_PREFIX}{address}", flush=True)
 
 
-def _run_server(settings: Settings, *, announce: Callable[[str], None], verbose: bool) -> int:
-    asyncio.run(_serve(settings, announce, verbose=verbose))
+def _run_server(server_class: type[SteplineServer], settings: Settings, *,
+                announce: Callable[[str], None], verbose: bool) -> int:
+    asyncio.run(_serve(server_class, settings, announce, verbose=verbose))
     return 0
 
 
-async def _serve(settings: Settings, announce: Callable[[str], None], *, verbose: bool) -> None:
-    # Imported here: the client commands need none of the server's machinery.
-    from stepline_server.server import SteplineServer
-
-    server = SteplineServer(settings)
+async def _serve(server_class: type[SteplineServer], settings: Settings,
+                 announce: Callable[[str], None], *, verbose: bool) -> None:
+    server = server_class(settings)
     try:
         await server.start()
     except Exception as exc:
