@@ -391,7 +391,13 @@ def stop_to_the_end(processes: Processes) -> None:
     clean-up short (it is bounded: STOP_SECONDS a process) and leave a process behind."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    say("stopping the worker and the server")
+    try:
+        say("stopping the worker and the server")
+    except OSError:
+        # stdout is gone: a pipe (`make dev | tee log`) whose reader the same Ctrl-C ended.
+        # Stop the processes all the same, and point stdout at /dev/null so that exiting does
+        # not fail on its unflushed buffer (the recipe of the signal module's "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     stop(processes)
 
 

@@ -8,14 +8,16 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -132,6 +134,45 @@ def test_make_dev_stays_up_with_the_dashboard_until_stopped(sig: int, tmp_path: 
         assert demo.wait(STOP_TIMEOUT) == 0, log.read_text()
         stopping = log.read_text().partition("==> stopping the worker and the server")[2]
         assert 0 <= stopping.find("draining") < stopping.find("shutting down"), stopping
+        assert not [pid for pid in children if alive(pid)], children
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=HTTP_TIMEOUT)
+    finally:
+        for pid in [demo.pid, *children]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        demo.wait(STOP_TIMEOUT)
+
+
+def read_until(stream: IO[bytes], pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+    """Read a pipe until `pattern` matches what came so far; bounded by `timeout`."""
+    deadline, text = time.monotonic() + timeout, ""
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([stream], [], [], left)[0]:
+            chunk = os.read(stream.fileno(), 65536).decode()
+            if not chunk:
+                raise AssertionError(f"the demo closed its output:\n{text}")
+            text += chunk
+            if match := pattern.search(text):
+                return match
+    raise AssertionError(f"no {pattern.pattern!r} within {timeout:g} s:\n{text}")
+
+
+def test_make_dev_stops_everything_even_when_its_output_pipe_is_gone() -> None:
+    # `make dev 2>&1 | tee log`: the same Ctrl-C ends tee, so the demo's "stopping" line meets
+    # a closed pipe. The clean-up must not depend on being able to say so.
+    demo = subprocess.Popen(
+        [sys.executable, str(DEMO)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
+        env=demo_env(STEPLINE_ADDRESS="127.0.0.1:0", STEPLINE_HTTP_ADDRESS="127.0.0.1:0"))
+    assert demo.stdout is not None
+    children: dict[int, str] = {}
+    try:
+        url = read_until(demo.stdout, DASHBOARD_LINE, DEMO_TIMEOUT).group(1)
+        children = children_of(demo.pid)
+        assert len(children) == 2, children
+        demo.stdout.close()  # the reader is gone
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(STOP_TIMEOUT) == 0
         assert not [pid for pid in children if alive(pid)], children
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, timeout=HTTP_TIMEOUT)
