@@ -18,6 +18,8 @@ setup: $(STAMP)
 chromium:
 	-@.ci/install-chromium
 
+# The signup demo: checks its runs, then keeps the server, the worker and the dashboard up until
+# Ctrl-C. The tests run its one-shot form, `examples/signup/demo.py --check`.
 dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 

@@ -30,7 +30,8 @@ DB_PATH = Path(os.environ.get("SIGNUP_DB", "signup-example.db"))
 # How long a new user has to upgrade before the follow-up email: "24h", "3s", "1h30m"…
 ONBOARDING_DELAY = os.environ.get("ONBOARDING_DELAY", "24h")
 # Five fields (or six, seconds first), with an optional "TZ=Zone " prefix.
-DIGEST_CRON = os.environ.get("DIGEST_CRON", "TZ=Europe/Paris 0 9 * * MON")
+DEFAULT_DIGEST_CRON = "TZ=Europe/Paris 0 9 * * MON"
+DIGEST_CRON = os.environ.get("DIGEST_CRON", DEFAULT_DIGEST_CRON)
 SEED_USERS = [
     ("usr_123", "ada@example.com", "Ada"),
     ("usr_456", "grace@example.com", "Grace"),
