@@ -23,7 +23,8 @@ chromium:
 dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 
-test: $(STAMP) chromium proto-check
+# Lint first: a style slip fails CI like a failing test.
+test: $(STAMP) chromium proto-check lint
 	$(BIN)/python -m pytest -q tests
 
 test-sqlite: $(STAMP) chromium

@@ -128,7 +128,6 @@ RUN_TIMEOUT = 15.0  # one sequential run
 POLL_SLEEP = 0.0005
 
 
-
 # -- the in-process app and its probes ---------------------------------------------------------
 @dataclass
 class Marks:

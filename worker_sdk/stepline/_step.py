@@ -201,9 +201,9 @@ class Step:
 
     # ASYNC109 wants asyncio.timeout instead of a `timeout` parameter, but this `timeout` is a
     # durable step option (how long the server waits, holding no worker), not a cancel scope on
-    # this call. (RUF100 in the noqa: until ASYNC rules are selected, the ASYNC109 is "unused".)
+    # this call.
     async def wait_for_event(self, name: str, *, event: str,
-                             timeout: DurationLike,  # noqa: ASYNC109, RUF100
+                             timeout: DurationLike,  # noqa: ASYNC109
                              if_: str | None = None) -> Event | None:
         """Wait for the next event called `event`, sent after this step began, for which the CEL
         filter `if_` is true (`event` is the run's trigger, `async` the candidate, e.g.
@@ -221,7 +221,7 @@ class Step:
     # `timeout`: how long the server lets the child run take; durable, as in wait_for_event.
     async def invoke(self, name: str, *, function: Function | str,
                      data: Mapping[str, Any] | None = None,
-                     timeout: DurationLike | None = None,  # noqa: ASYNC109, RUF100
+                     timeout: DurationLike | None = None,  # noqa: ASYNC109
                      ) -> Any:
         """Start a run of `function` (a Function or its id) with `data` as its event's data, and
         return that run's output. Its failure, a missing function, or `timeout` (error

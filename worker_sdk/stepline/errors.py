@@ -60,8 +60,8 @@ class NonDeterminismError(NonRetriableError):
 class RetryAfterError(SteplineError):
     """Retry, but not before `delay` (seconds or a timedelta).
 
-    A negative or non-finite `delay` raises InvalidUsageError instead, which fails the step
-    without retries: clamp a computed delay, e.g. `max(0.0, reset_at - time.time())`.
+    A negative delay (a reset time already past) retries at once. A delay that is not a
+    finite number raises InvalidUsageError instead, which fails the step without retries.
     """
 
     def __init__(self, message: str, delay: float | timedelta) -> None:
@@ -70,11 +70,10 @@ class RetryAfterError(SteplineError):
             seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         except (TypeError, ValueError, OverflowError):
             seconds = math.nan  # refused below, with the value as given
-        if not math.isfinite(seconds) or seconds < 0:
+        if not math.isfinite(seconds):
             raise InvalidUsageError(
-                f"delay: expected a non-negative number of seconds or a timedelta; "
-                f"got {delay!r}")
-        self.delay_seconds = seconds
+                f"delay: expected a finite number of seconds or a timedelta; got {delay!r}")
+        self.delay_seconds = max(0.0, seconds)
 
 
 class ClientError(SteplineError):
