@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import IO, Any
@@ -138,10 +139,15 @@ def test_make_dev_stays_up_with_the_dashboard_until_stopped(sig: int, tmp_path: 
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, timeout=HTTP_TIMEOUT)
     finally:
-        for pid in [demo.pid, *children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait(STOP_TIMEOUT)
+        kill_all(demo, children)
+
+
+def kill_all(demo: subprocess.Popen[bytes], children: Iterable[int]) -> None:
+    """What a failed test leaves running: the demo and its children, killed."""
+    for pid in [demo.pid, *children]:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    demo.wait(STOP_TIMEOUT)
 
 
 def read_until(stream: IO[bytes], pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
@@ -177,10 +183,7 @@ def test_make_dev_stops_everything_even_when_its_output_pipe_is_gone() -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, timeout=HTTP_TIMEOUT)
     finally:
-        for pid in [demo.pid, *children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait(STOP_TIMEOUT)
+        kill_all(demo, children)
 
 
 def test_make_dev_says_which_port_is_taken_and_how_to_choose_another() -> None:

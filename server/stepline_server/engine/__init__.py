@@ -1,4 +1,28 @@
-"""The engine decides: which functions an event starts, what each op does to a run."""
+"""The engine decides: which functions an event starts, what each op does to a run.
+
+Where things happen:
+
+    a run is started             starts.start_runs, called by lifecycle.ingest (events), ops
+                                 (step.invoke), cron.CronScheduler (ticks), replays
+    a run is leased to a worker  attempts.claim (Engine.claim), or start_runs's placement
+    a lease is fenced            ops.apply_report: the one check of owner and lease
+    a step result is committed   ops.apply_many, then _write: one set-based write per batch
+    a retry is decided           attempts.py: retry_due, and the four other attempt endings
+    a suspension begins          ops._Report._suspend (sleep, wait, invoke), ._plan (parallel)
+    a suspension ends            lifecycle.resume (event, invoked run), .expire_waits (timer),
+                                 ops._parallel_step_done (the last parallel step's result)
+    an event matches a wait      matching.match, indexed by event name and equality key
+    a deadline is armed          starts._new_item (start), the claim statement (finish)
+    a deadline fires             timeouts.DeadlineWatch -> Engine.expire_deadlines
+    a run ends                   ops._Report._finish (its worker's report), lifecycle.end_runs
+                                 (cancel, timeout, lost workers); then lifecycle.after_end
+    telemetry is told            observe.Observers, after the commit (Tx.after_commit)
+
+Everything that takes a transaction runs on the store's writer thread: `Database.write` and
+`submit_batched` jobs, and every function here that takes a `Tx` or a `TxContext`. Those never
+await and never touch the event loop; what must follow the commit (telling a worker, waking
+dispatch, telemetry) is queued with `Tx.after_commit`. Reads go through `Database.read`.
+"""
 
 from stepline_server.engine.core import Engine
 
