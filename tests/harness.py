@@ -52,7 +52,9 @@ class LoopThread:
 
 class ServerThread:
     def __init__(self, database_url: str, *, tracer_provider: Any = None,
-                 **settings: Any) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, **settings: Any) -> None:
+        """`credentials`: the TLS of the harness's own RunService channel, for a server whose
+        settings turn TLS on."""
         defaults: dict[str, Any] = {"retry_base_seconds": 0.02, "poll_seconds": 0.2,
                                     "shutdown_grace_seconds": 0.5}
         defaults["address"] = "127.0.0.1:0"
@@ -66,7 +68,8 @@ class ServerThread:
         self.address = f"127.0.0.1:{self.port}"
         self.http_port = self.server.http_port
         self.http_url = self.server.http_url  # "" when the dashboard is off
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = (grpc.insecure_channel(self.address) if credentials is None
+                         else grpc.secure_channel(self.address, credentials))
         self.runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self.stopped = False
 

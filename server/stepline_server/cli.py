@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from stepline._channel import ServerAddress
+from stepline.errors import InvalidUsageError
 from stepline.v1 import (
     common_pb2,
     event_service_pb2,
@@ -72,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
-                         lease_seconds=args.lease_seconds)
+                         lease_seconds=args.lease_seconds, **_tls_flags(args))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
-                         database_url=sqlite_url(DEV_DATABASE_FILE))
+                         database_url=sqlite_url(DEV_DATABASE_FILE), **_tls_flags(args))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -154,7 +155,7 @@ async def _serve(server_class: type[SteplineServer], settings: Settings,
         raise CommandError(f"cannot start the server: {first_line}") from None
     if server.http_url:
         print(f"{DASHBOARD_PREFIX}{server.http_url}", flush=True)
-    announce(server.address)
+    announce(server.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,11 +168,16 @@ async def _serve(server_class: type[SteplineServer], settings: Settings,
 
 # -- client calls (also used by examples/signup/demo.py) ----------------------------------------
 def client_target(url: str | None) -> str:
-    """gRPC target from --url, then STEPLINE_URL, then the local default."""
-    value = url or os.environ.get("STEPLINE_URL") or DEFAULT_GRPC_ADDRESS
-    for scheme in ("grpc://", "http://"):
-        value = value.removeprefix(scheme)
-    return value.rstrip("/")
+    """gRPC target (host:port) from --url, then STEPLINE_URL, then the local default."""
+    return _server(url).target
+
+
+def _server(url: str | None) -> ServerAddress:
+    """The server and how to reach it (TLS: an https:// URL or STEPLINE_TLS_* files)."""
+    try:
+        return ServerAddress.resolve(url)
+    except InvalidUsageError as exc:
+        raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
 
 
 def send_event(channel: grpc.Channel, *, name: str, data: Any,
@@ -195,6 +201,11 @@ def rpc_problem(exc: grpc.RpcError, target: str) -> str:
     """One readable line for a failed call."""
     code = exc.code()
     details = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in details.lower():
+        reason = details.rsplit("OPENSSL_internal:", 1)[-1].removesuffix(": OK")
+        return (f"cannot reach a Stepline server at {target}: the TLS handshake failed "
+                f"({reason}); check --url (https:// for TLS) and STEPLINE_TLS_CA, the CA that "
+                "signed the server's certificate")
     if code == grpc.StatusCode.UNAVAILABLE:
         cause = details.rsplit(": ", 1)[-1] or "unavailable"
         return (f"cannot reach a Stepline server at {target} ({cause}); start one with "
@@ -312,12 +323,16 @@ def _client(command: ClientHandler) -> Handler:
     """Opens a channel to --url for a client command; a failed call becomes a CommandError."""
 
     def handler(args: argparse.Namespace) -> int:
-        target = client_target(args.url)
-        with grpc.insecure_channel(target) as channel:
+        server = _server(args.url)
+        try:
+            channel = server.channel()
+        except InvalidUsageError as exc:  # a TLS file that cannot be read
+            raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
+        with channel:
             try:
                 return command(channel, args)
             except grpc.RpcError as exc:
-                raise CommandError(rpc_problem(exc, target)) from None
+                raise CommandError(rpc_problem(exc, server.target)) from None
 
     return handler
 
@@ -371,6 +386,22 @@ def _add_http_address(parser: argparse.ArgumentParser) -> None:
                              "off)")
 
 
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", metavar="PEM",
+                        help="serve gRPC and the dashboard over TLS with this certificate chain "
+                             "(STEPLINE_TLS_CERT)")
+    parser.add_argument("--tls-key", metavar="PEM",
+                        help="the certificate's private key (STEPLINE_TLS_KEY)")
+    parser.add_argument("--tls-client-ca", metavar="PEM",
+                        help="mutual TLS: gRPC clients must present a certificate this CA "
+                             "signed (STEPLINE_TLS_CLIENT_CA)")
+
+
+def _tls_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+            "tls_client_ca_file": args.tls_client_ca}
+
+
 def _add_server_commands(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the server (flags override STEPLINE_* variables)")
@@ -382,19 +413,23 @@ def _add_server_commands(commands: Any) -> None:
     serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
     _add_http_address(serve)
+    _add_tls(serve)
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
     serve.set_defaults(handler=cmd_serve)
     dev = commands.add_parser("dev", help=f"run a local server on ./{DEV_DATABASE_FILE} "
                                           "with readable run activity logs")
     dev.add_argument("--address", help=f"host:port to listen on (default {DEFAULT_GRPC_ADDRESS})")
     _add_http_address(dev)
+    _add_tls(dev)
     dev.set_defaults(handler=cmd_dev)
 
 
 def _add_client_commands(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="server address (default: STEPLINE_URL, then "
-                                      f"{DEFAULT_GRPC_ADDRESS})")
+                                      f"{DEFAULT_GRPC_ADDRESS}); https://HOST:PORT for TLS, "
+                                      "with STEPLINE_TLS_CA (and STEPLINE_TLS_CLIENT_CERT, "
+                                      "STEPLINE_TLS_CLIENT_KEY for mutual TLS)")
     send = commands.add_parser("send", parents=[common], help="send one event")
     send.add_argument("name", metavar="NAME", help='event name, e.g. "user/signup.completed"')
     send.add_argument("data", metavar="JSON", type=_json_object, help="event data, a JSON object")

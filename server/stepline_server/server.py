@@ -34,6 +34,7 @@ from stepline_server.ingress.services import EventService, FunctionService, RunS
 from stepline_server.settings import Settings
 from stepline_server.store import Database, dialect
 from stepline_server.telemetry import tracing_from_env
+from stepline_server.tls import server_credentials, tls_files
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -73,7 +74,7 @@ class SteplineServer:
             self.metrics = Metrics(self.engine, self.dispatcher)
             self.engine.observers.add(self.metrics)
             self._http = HttpListener(create_app(self.engine, self.dispatcher, self.metrics),
-                                      settings.http_address)
+                                      settings.http_address, tls=tls_files(settings))
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,7 +108,11 @@ class SteplineServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(self.settings.address)
+        if self.settings.tls:
+            self.port = server.add_secure_port(self.settings.address,
+                                               server_credentials(self.settings))
+        else:
+            self.port = server.add_insecure_port(self.settings.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.address}")
         await server.start()
@@ -141,6 +146,11 @@ class SteplineServer:
     def address(self) -> str:
         host = self.settings.address.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The gRPC address as clients name it: https://HOST:PORT with TLS, else HOST:PORT."""
+        return f"https://{self.address}" if self.settings.tls else self.address
 
     @property
     def http_url(self) -> str:

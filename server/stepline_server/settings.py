@@ -49,6 +49,11 @@ class Settings:
     # Backoff before retry n (1-based): base * 2**(n-1), capped, with jitter.
     retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+    # TLS for gRPC and the dashboard (PEM files): the server's certificate chain and key; with
+    # a client CA, gRPC clients must present a certificate it signed (mutual TLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,6 +72,9 @@ class Settings:
             "sqlite_synchronous": ("STEPLINE_SQLITE_SYNCHRONOUS", str),
             "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
             "retry_max_seconds": ("STEPLINE_RETRY_MAX_SECONDS", float),
+            "tls_cert_file": ("STEPLINE_TLS_CERT", str),
+            "tls_key_file": ("STEPLINE_TLS_KEY", str),
+            "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -97,6 +105,16 @@ class Settings:
                                  f"got {self.http_address!r}")
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (STEPLINE_TLS_CERT, "
+                             "STEPLINE_TLS_KEY): TLS needs the certificate and its key")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs the server's own certificate "
+                             "and key too (STEPLINE_TLS_CERT, STEPLINE_TLS_KEY)")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def grpc_max_message_bytes(self) -> int:

@@ -101,10 +101,17 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def stepline(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    return stepline_env({}, *args, url=url)
+
+
+def stepline_env(env: dict[str, str], *args: str, url: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    """`stepline ARGS [--url URL]` with these STEPLINE_* variables (and no others)."""
     command = [sys.executable, "-m", "stepline_server", *args]
     if url is not None:
         command += ["--url", url]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=_env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=30,
+                          env=_env(**env))
 
 
 def sent_run_id(result: subprocess.CompletedProcess[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepline._config import server_target
+from stepline._channel import ServerAddress
 from stepline_server.settings import Settings
 
 
@@ -24,9 +24,9 @@ def test_bad_values_name_the_variable() -> None:
         Settings.from_env({"STEPLINE_LEASE_SECONDS": "1", "STEPLINE_HEARTBEAT_SECONDS": "2"})
 
 
-def test_sdk_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("STEPLINE_URL", raising=False)
-    assert server_target(None) == "127.0.0.1:7288"
-    assert server_target("http://example.test:1/") == "example.test:1"
-    monkeypatch.setenv("STEPLINE_URL", "grpc://10.0.0.1:5")
-    assert server_target(None) == "10.0.0.1:5"
+def test_sdk_target() -> None:
+    assert ServerAddress.resolve(None, env={}).target == "127.0.0.1:7288"
+    assert ServerAddress.resolve("http://example.test:1/", env={}) == ServerAddress(
+        target="example.test:1")
+    assert ServerAddress.resolve(None, env={"STEPLINE_URL": "grpc://10.0.0.1:5"}).target == (
+        "10.0.0.1:5")

@@ -30,12 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("app")
     worker.add_argument("--slots", type=int, default=_config.DEFAULT_SLOTS)
     worker.add_argument("--worker-id")
-    worker.add_argument("--url", help="server address (default: STEPLINE_URL or local)")
+    worker.add_argument("--url", help="server address (default: STEPLINE_URL or local); "
+                                      "https://HOST:PORT for TLS (STEPLINE_TLS_CA, "
+                                      "STEPLINE_TLS_CLIENT_CERT, STEPLINE_TLS_CLIENT_KEY)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = load_app(args.app)
     if args.url:
-        app.target = _config.server_target(args.url)
+        app.target = args.url
     app.worker(slots=args.slots, worker_id=args.worker_id).run()
 
 

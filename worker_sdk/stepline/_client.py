@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from stepline import _config, _tracing
+from stepline._channel import ServerAddress
 from stepline._durations import DurationLike
 from stepline._events import EventInput
 from stepline._function import (
@@ -53,14 +54,20 @@ def _register_result(response: function_service_pb2.RegisterFunctionsResponse) -
 class Stepline:
     """An app's handle on Stepline.
 
-    `url` defaults to STEPLINE_URL, then 127.0.0.1:7288.
+    `url` defaults to STEPLINE_URL, then 127.0.0.1:7288. An https:// (or grpcs://) URL, or any
+    of the TLS files, turns TLS on: `tls_ca` (PEM of the CAs that may sign the server's
+    certificate; default: the system's trusted roots), and for mutual TLS `tls_cert` with
+    `tls_key`. They default to STEPLINE_TLS_CA, STEPLINE_TLS_CLIENT_CERT and
+    STEPLINE_TLS_CLIENT_KEY.
     """
 
-    def __init__(self, app_id: str, *, url: str | None = None) -> None:
+    def __init__(self, app_id: str, *, url: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
         if not isinstance(app_id, str) or not app_id:
             raise InvalidUsageError(f"app_id: expected a non-empty string; got {app_id!r}")
         self.app_id = app_id
-        self.target = _config.server_target(url)
+        self.server = ServerAddress.resolve(url, ca_file=tls_ca, cert_file=tls_cert,
+                                            key_file=tls_key)
         self.functions: dict[str, Function] = {}
         self._channels: dict[asyncio.AbstractEventLoop, grpc.aio.Channel] = {}
         self._sync_channel: grpc.Channel | None = None
@@ -120,18 +127,28 @@ class Stepline:
         return decorate
 
     # -- channels ------------------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        """The server's host:port."""
+        return self.server.target
+
+    @target.setter
+    def target(self, url: str) -> None:
+        """Point the app at another server (a URL as `url` takes it), keeping its TLS files."""
+        server = self.server
+        self.server = ServerAddress.resolve(url, ca_file=server.ca_file,
+                                            cert_file=server.cert_file, key_file=server.key_file)
+
     def _channel(self) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.target, options=_config.CHANNEL_OPTIONS)
-            self._channels[loop] = channel
+            channel = self._channels[loop] = self.server.aio_channel()
         return channel
 
     def _sync_stub_channel(self) -> grpc.Channel:
         if self._sync_channel is None:
-            self._sync_channel = grpc.insecure_channel(self.target,
-                                                       options=_config.CHANNEL_OPTIONS)
+            self._sync_channel = self.server.channel()
         return self._sync_channel
 
     async def close(self) -> None:

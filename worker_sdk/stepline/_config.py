@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 DEFAULT_URL = "127.0.0.1:7288"
@@ -14,15 +13,6 @@ DRAIN_TIMEOUT_SECONDS = 30.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Longest sleep, wait or timeout the server accepts.
 MAX_DURATION = timedelta(days=366)
-
-
-def server_target(url: str | None) -> str:
-    """gRPC target from an explicit url, STEPLINE_URL, or the local default."""
-    value = url or os.environ.get("STEPLINE_URL") or DEFAULT_URL
-    for scheme in ("grpc://", "http://"):
-        if value.startswith(scheme):
-            value = value[len(scheme):]
-    return value.rstrip("/")
 
 
 CHANNEL_OPTIONS = [

@@ -198,8 +198,7 @@ class Worker:
             while not stop.is_set():
                 session = Session(self)
                 self.session = session
-                async with grpc.aio.insecure_channel(
-                        self.app.target, options=_config.CHANNEL_OPTIONS) as channel:
+                async with self.app.server.aio_channel() as channel:
                     task = asyncio.ensure_future(session.run(channel))
                     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
                     if stop.is_set() and not task.done():

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from stepline_server.tls import TlsFiles
+
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 10.0
 # In-flight requests get this long at shutdown; the live pages' polls take milliseconds.
@@ -33,16 +35,17 @@ def split_address(address: str) -> tuple[str, int]:
 class HttpListener:
     """`await start()` binds (port 0 picks a free port) and serves; `await stop()` ends it."""
 
-    def __init__(self, app: ASGIApp, address: str) -> None:
+    def __init__(self, app: ASGIApp, address: str, *, tls: TlsFiles | None = None) -> None:
         self.host, self.port = split_address(address)
         self._app = app
+        self._tls = tls
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     async def start(self) -> int:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -54,9 +57,12 @@ class HttpListener:
                           "to '' to turn HTTP off") from None
         self.port = sock.getsockname()[1]
         # log_config=None: uvicorn logs through the server's logging set-up, untouched.
+        tls = self._tls
         config = uvicorn.Config(self._app, log_config=None, log_level="warning",
                                 lifespan="off", access_log=False, server_header=False,
-                                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS))
+                                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+                                ssl_certfile=tls.cert_file if tls else None,
+                                ssl_keyfile=tls.key_file if tls else None)
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]),
                                          name="stepline-http")
