@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +25,11 @@ MAX_RETRIES = 100
 
 # Settings where an empty value is meaningful (it turns the feature off), not "unset".
 _EMPTY_MEANS_OFF = frozenset({"http_address"})
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of host names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -49,6 +55,8 @@ class Settings:
     # Backoff before retry n (1-based): base * 2**(n-1), capped, with jitter.
     retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+    # Host names the dashboard answers to besides IP addresses and localhost (DNS rebinding).
+    http_hosts: tuple[str, ...] = ()
     # TLS for gRPC and the dashboard (PEM files): the server's certificate chain and key; with
     # a client CA, gRPC clients must present a certificate it signed (mutual TLS).
     tls_cert_file: str = ""
@@ -59,7 +67,7 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
-        readers: dict[str, tuple[str, type]] = {
+        readers: dict[str, tuple[str, Callable[[str], object]]] = {
             "address": ("STEPLINE_ADDRESS", str),
             "http_address": ("STEPLINE_HTTP_ADDRESS", str),
             "database_url": ("STEPLINE_DATABASE_URL", str),
@@ -72,6 +80,7 @@ class Settings:
             "sqlite_synchronous": ("STEPLINE_SQLITE_SYNCHRONOUS", str),
             "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
             "retry_max_seconds": ("STEPLINE_RETRY_MAX_SECONDS", float),
+            "http_hosts": ("STEPLINE_HTTP_HOSTS", _names),
             "tls_cert_file": ("STEPLINE_TLS_CERT", str),
             "tls_key_file": ("STEPLINE_TLS_KEY", str),
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
@@ -82,7 +91,8 @@ class Settings:
                 try:
                     values[attr] = kind(raw)
                 except ValueError as exc:
-                    raise ValueError(f"{var}={raw!r}: expected {kind.__name__}") from exc
+                    raise ValueError(f"{var}={raw!r}: expected {getattr(kind, '__name__', kind)}"
+                                     ) from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()

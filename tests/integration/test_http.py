@@ -323,3 +323,31 @@ def test_http_off_and_busy_port(database_url: str) -> None:
                             http_address=f"127.0.0.1:{port}", shutdown_grace_seconds=0.1)
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port} for the dashboard"):
             asyncio.run(SteplineServer(settings).start())
+
+
+def test_the_dashboard_answers_only_to_known_names(
+        make_server: Callable[..., ServerThread]) -> None:
+    """DNS rebinding: a page on a name re-pointed at the server must not read /api or write."""
+    server = make_server(http_address="127.0.0.1:0", http_hosts=("stepline.internal",))
+    port = server.http_port
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"stepline.internal:{port}",
+                     f"STEPLINE.internal:{port}", f"[::1]:{port}", "10.1.2.3"):
+            assert http.get("/api/runs", headers={"Host": host}).status_code == 200, host
+        for path in ("/api/runs", "/runs", "/static/live.js"):
+            refused = http.get(path, headers={"Host": f"rebound.evil.test:{port}"})
+            assert refused.status_code == 403, path
+            assert refused.json()["error"]["field"] == "host"
+            assert "STEPLINE_HTTP_HOSTS" in refused.json()["error"]["message"]
+        write = http.post("/api/events", json={"name": "t/add", "data": {"x": 1}},
+                          headers={"Host": f"rebound.evil.test:{port}"})
+        assert write.status_code == 403
+        assert http.get("/api/events").json()["events"] == []  # nothing was sent
+        # Scrapers and probes use names of their own.
+        for path in ("/metrics", "/healthz"):
+            assert http.get(path, headers={"Host": "scraper.svc"}).status_code == 200
+
+
+def test_http_hosts_come_from_the_environment() -> None:
+    settings = Settings.from_env({"STEPLINE_HTTP_HOSTS": " a.example , b.example,,"})
+    assert settings.http_hosts == ("a.example", "b.example")

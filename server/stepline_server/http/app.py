@@ -5,6 +5,7 @@ Errors from the engine become 4xx answers naming the field: JSON under /api, a p
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,8 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics) -> Star
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SameOriginMiddleware)],
+        middleware=[Middleware(KnownHostMiddleware, names=engine.settings.http_hosts),
+                    Middleware(SameOriginMiddleware)],
         exception_handlers={SteplineServerError: _engine_error, HTTPException: _http_error,
                             Exception: _unexpected},
     )
@@ -104,6 +106,43 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Starlette raises it again after this answer, and uvicorn logs it with its traceback.
     return error_response(request, 500, "internal", f"internal error: {type(exc).__name__}")
+
+
+class KnownHostMiddleware:
+    """Answers the dashboard and its API only under names the operator gave (and IP literals
+    and localhost). A page on a name that an attacker re-points to this address (DNS rebinding)
+    would otherwise be same-origin with the dashboard, and could read /api and cancel runs.
+    /metrics and /healthz answer under any name: scrapers and probes use their own."""
+
+    OPEN = ("/metrics", "/healthz")
+
+    def __init__(self, app: ASGIApp, names: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.names = frozenset(name.lower() for name in ("localhost", *names))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not self.known(host):
+                response = JSONResponse(
+                    {"error": {"code": "forbidden", "field": "host", "message":
+                               f"host: the dashboard does not answer to {host!r}; open it by "
+                               "IP address, localhost, or a name listed in "
+                               "STEPLINE_HTTP_HOSTS"}}, status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def known(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)  # a literal address cannot be re-pointed
+        except ValueError:
+            return False
+        return True
 
 
 class SameOriginMiddleware:
