@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from stepline import Stepline
+from stepline._channel import with_key
 from stepline.v1 import run_service_pb2, run_service_pb2_grpc
 from stepline_server.server import SteplineServer
 from stepline_server.settings import Settings
@@ -52,9 +53,10 @@ class LoopThread:
 
 class ServerThread:
     def __init__(self, database_url: str, *, tracer_provider: Any = None,
-                 credentials: grpc.ChannelCredentials | None = None, **settings: Any) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, key: str | None = None,
+                 **settings: Any) -> None:
         """`credentials`: the TLS of the harness's own RunService channel, for a server whose
-        settings turn TLS on."""
+        settings turn TLS on; `key`: the admin key it sends, for a server with keys."""
         defaults: dict[str, Any] = {"retry_base_seconds": 0.02, "poll_seconds": 0.2,
                                     "shutdown_grace_seconds": 0.5}
         defaults["address"] = "127.0.0.1:0"
@@ -68,8 +70,8 @@ class ServerThread:
         self.address = f"127.0.0.1:{self.port}"
         self.http_port = self.server.http_port
         self.http_url = self.server.http_url  # "" when the dashboard is off
-        self._channel = (grpc.insecure_channel(self.address) if credentials is None
-                         else grpc.secure_channel(self.address, credentials))
+        self._channel = with_key(grpc.insecure_channel(self.address) if credentials is None
+                                 else grpc.secure_channel(self.address, credentials), key)
         self.runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self.stopped = False
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline._channel import ServerAddress
+from stepline._channel import ServerAddress, with_key
 from stepline.errors import InvalidUsageError
 from stepline.v1 import (
     common_pb2,
@@ -30,6 +32,7 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import cli_format
+from stepline_server.auth import Keyring, keyring_from
 from stepline_server.settings import (
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_HTTP_ADDRESS,
@@ -73,11 +76,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
-                         lease_seconds=args.lease_seconds, **_tls_flags(args))
+                         lease_seconds=args.lease_seconds, insecure=args.insecure or None,
+                         **_tls_flags(args))
+    open_to = _open_to_the_network(settings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
+    if open_to:
+        print(f"stepline: WARNING: no keys are configured and {open_to} is reachable from the "
+              "network (--insecure): anyone who reaches it can register functions, receive "
+              "runs and run operations", file=sys.stderr, flush=True)
     return _run_server(server_class, settings, announce=_announce, verbose=args.verbose)
 
 
@@ -85,6 +94,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=sqlite_url(DEV_DATABASE_FILE), **_tls_flags(args))
+    keyring_of(settings)  # keys in the environment are honoured; a bad one stops here
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -109,6 +119,38 @@ class _DevFormatter(logging.Formatter):
             time_part, _, message = text.partition("  ")
             return f"{time_part}  {record.levelname}: {message}"
         return text
+
+
+def _open_to_the_network(settings: Settings) -> str:
+    """Without keys, `serve` listens on loopback only, unless --insecure; then it returns the
+    address that is open to the network (for a warning), else ""."""
+    if keyring_of(settings).enabled:
+        return ""
+    exposed = [a for a in (settings.address, settings.http_address) if a and not _loopback(a)]
+    if exposed and not settings.insecure:
+        raise CommandError(
+            f"no keys are configured, and {exposed[0]} is not a loopback address: anyone who "
+            "reaches it could register functions, receive runs and run operations. Configure "
+            "keys (STEPLINE_ADMIN_KEYS, STEPLINE_SIGNING_KEYS, STEPLINE_EVENT_KEYS or "
+            "STEPLINE_KEYS_FILE), listen on 127.0.0.1, or pass --insecure", exit_code=EXIT_USAGE)
+    return exposed[0] if exposed else ""
+
+
+def keyring_of(settings: Settings) -> Keyring:
+    try:
+        return keyring_from(settings)
+    except ValueError as exc:
+        raise CommandError(f"bad configuration: {exc}", exit_code=EXIT_USAGE) from None
+
+
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface)
 
 
 def _server_class() -> type[SteplineServer]:
@@ -172,6 +214,15 @@ def client_target(url: str | None) -> str:
     return _server(url).target
 
 
+def cli_key() -> str | None:
+    """The key the client commands send: STEPLINE_ADMIN_KEY, else STEPLINE_EVENT_KEY (enough for
+    `send`), else STEPLINE_SIGNING_KEY."""
+    for name in ("STEPLINE_ADMIN_KEY", "STEPLINE_EVENT_KEY", "STEPLINE_SIGNING_KEY"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
 def _server(url: str | None) -> ServerAddress:
     """The server and how to reach it (TLS: an https:// URL or STEPLINE_TLS_* files)."""
     try:
@@ -210,6 +261,9 @@ def rpc_problem(exc: grpc.RpcError, target: str) -> str:
         cause = details.rsplit(": ", 1)[-1] or "unavailable"
         return (f"cannot reach a Stepline server at {target} ({cause}); start one with "
                 "`stepline serve` or `stepline dev`, or set --url / STEPLINE_URL")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return (f"{details} ({code.name}); the client commands send STEPLINE_ADMIN_KEY (or "
+                "STEPLINE_EVENT_KEY, enough for `stepline send`)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from the server at {target} within {CALL_TIMEOUT_SECONDS:g} s"
     return f"{details} ({code.name})"
@@ -325,7 +379,7 @@ def _client(command: ClientHandler) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         server = _server(args.url)
         try:
-            channel = server.channel()
+            channel = with_key(server.channel(), cli_key())
         except InvalidUsageError as exc:  # a TLS file that cannot be read
             raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
         with channel:
@@ -414,6 +468,8 @@ def _add_server_commands(commands: Any) -> None:
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
     _add_http_address(serve)
     _add_tls(serve)
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow listening on a non-loopback address without keys")
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
     serve.set_defaults(handler=cmd_serve)
     dev = commands.add_parser("dev", help=f"run a local server on ./{DEV_DATABASE_FILE} "

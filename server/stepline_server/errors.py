@@ -5,7 +5,10 @@
     ├── NotFound             an unknown run, function or event
     ├── FailedPrecondition   the request does not fit the current state (e.g. run already ended)
     ├── Conflict             a write collides with stored data (e.g. a step result written twice)
-    └── StaleLease           ops quoting a lease the worker no longer holds (fencing)
+    ├── StaleLease           ops quoting a lease the worker no longer holds (fencing)
+    ├── Unauthenticated      no key, or a key the server does not know
+    ├── PermissionDenied     a known key that may not make this call (its kind, its apps)
+    └── Unavailable          the database is unreachable: send the request again
 """
 
 from __future__ import annotations
@@ -46,3 +49,11 @@ class Unavailable(SteplineServerError):
     again; the server reconnects."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(SteplineServerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SteplineServerError):
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -22,11 +22,13 @@ from stepline.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from stepline_server.auth import keyring_from
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
 from stepline_server.engine.cron import CronScheduler
 from stepline_server.engine.timeouts import DeadlineWatch
+from stepline_server.grpc_keys import AuthInterceptor
 from stepline_server.http import HttpListener, Metrics, create_app
 from stepline_server.ids import new_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
@@ -57,6 +59,7 @@ class SteplineServer:
         """`tracer_provider`: an opentelemetry-sdk TracerProvider to trace runs with (the caller
         shuts it down); without one, tracing follows OTEL_TRACES_EXPORTER (off by default)."""
         self.settings = settings
+        self.keyring = keyring_from(settings)
         self.server_id = new_id()
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.engine = Engine(self.db, settings)
@@ -98,7 +101,9 @@ class SteplineServer:
             # A second server on a busy port must fail, not share it (one server per SQLite file).
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        # Errors outermost: it turns the key checks' refusals into statuses too.
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(), AuthInterceptor(self.keyring)],
+                                 options=options)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(self.engine), server)
         function_service_pb2_grpc.add_FunctionServiceServicer_to_server(
             FunctionService(self.engine), server)

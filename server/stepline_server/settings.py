@@ -57,6 +57,13 @@ class Settings:
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
     # Host names the dashboard answers to besides IP addresses and localhost (DNS rebinding).
     http_hosts: tuple[str, ...] = ()
+    # Keys (see auth.py): a TOML file of [[keys]], and keys from the environment. With none,
+    # every call is allowed, which `serve` accepts only on loopback unless `insecure`.
+    keys_file: str = ""
+    event_keys: str = ""
+    signing_keys: str = ""
+    admin_keys: str = ""
+    insecure: bool = False
     # TLS for gRPC and the dashboard (PEM files): the server's certificate chain and key; with
     # a client CA, gRPC clients must present a certificate it signed (mutual TLS).
     tls_cert_file: str = ""
@@ -81,6 +88,10 @@ class Settings:
             "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
             "retry_max_seconds": ("STEPLINE_RETRY_MAX_SECONDS", float),
             "http_hosts": ("STEPLINE_HTTP_HOSTS", _names),
+            "keys_file": ("STEPLINE_KEYS_FILE", str),
+            "event_keys": ("STEPLINE_EVENT_KEYS", str),
+            "signing_keys": ("STEPLINE_SIGNING_KEYS", str),
+            "admin_keys": ("STEPLINE_ADMIN_KEYS", str),
             "tls_cert_file": ("STEPLINE_TLS_CERT", str),
             "tls_key_file": ("STEPLINE_TLS_KEY", str),
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),

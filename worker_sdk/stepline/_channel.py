@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -79,3 +80,30 @@ def _read(path: str | None, what: str) -> bytes | None:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InvalidUsageError(f"{what}: cannot read {path!r} ({exc.strerror or exc})") from None
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer KEY` to every unary call of a (sync) channel."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return continuation(_CallDetails(details.method, details.timeout, metadata,
+                                         details.credentials, details.wait_for_ready,
+                                         details.compression), request)
+
+
+def with_key(channel: grpc.Channel, key: str | None) -> grpc.Channel:
+    """`channel`, its calls sending `key` (unchanged without one)."""
+    return grpc.intercept_channel(channel, _Bearer(key)) if key else channel

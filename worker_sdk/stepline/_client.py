@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,15 +60,22 @@ class Stepline:
     certificate; default: the system's trusted roots), and for mutual TLS `tls_cert` with
     `tls_key`. They default to STEPLINE_TLS_CA, STEPLINE_TLS_CLIENT_CERT and
     STEPLINE_TLS_CLIENT_KEY.
+
+    Keys, for a server that requires them: `signing_key` (this app's; registers its functions,
+    connects its workers, sends events) and `event_key` (sends events only, preferred for
+    sending when given). They default to STEPLINE_SIGNING_KEY and STEPLINE_EVENT_KEY.
     """
 
     def __init__(self, app_id: str, *, url: str | None = None, tls_ca: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 signing_key: str | None = None, event_key: str | None = None) -> None:
         if not isinstance(app_id, str) or not app_id:
             raise InvalidUsageError(f"app_id: expected a non-empty string; got {app_id!r}")
         self.app_id = app_id
         self.server = ServerAddress.resolve(url, ca_file=tls_ca, cert_file=tls_cert,
                                             key_file=tls_key)
+        self.signing_key = signing_key or os.environ.get("STEPLINE_SIGNING_KEY") or None
+        self.event_key = event_key or os.environ.get("STEPLINE_EVENT_KEY") or None
         self.functions: dict[str, Function] = {}
         self._channels: dict[asyncio.AbstractEventLoop, grpc.aio.Channel] = {}
         self._sync_channel: grpc.Channel | None = None
@@ -139,6 +147,12 @@ class Stepline:
         self.server = ServerAddress.resolve(url, ca_file=server.ca_file,
                                             cert_file=server.cert_file, key_file=server.key_file)
 
+    def call_metadata(self, *, sending: bool = False) -> tuple[tuple[str, str], ...]:
+        """The `authorization` to send: the event key for sending events when there is one,
+        else the signing key; nothing without keys."""
+        key = (self.event_key or self.signing_key) if sending else self.signing_key
+        return (("authorization", f"Bearer {key}"),) if key else ()
+
     def _channel(self) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
         channel = self._channels.get(loop)
@@ -179,7 +193,7 @@ class Stepline:
         request = event_service_pb2.SendEventRequest(events=[e.to_proto() for e in events])
         _tracing.stamp(request.events)
         try:
-            response = await stub.SendEvent(request)
+            response = await stub.SendEvent(request, metadata=self.call_metadata(sending=True))
         except grpc.aio.AioRpcError as exc:
             raise _client_error(exc) from None
         return list(response.ids)
@@ -199,7 +213,7 @@ class Stepline:
             events=[EventInput(name, data or {}, id=id, ts=ts, user=user).to_proto()])
         _tracing.stamp(request.events)
         try:
-            return str(stub.SendEvent(request).ids[0])
+            return str(stub.SendEvent(request, metadata=self.call_metadata(sending=True)).ids[0])
         except grpc.RpcError as exc:
             raise _client_error(exc) from None
 
@@ -212,7 +226,8 @@ class Stepline:
         """Declare this app's whole function set; the server archives functions left out."""
         stub = function_service_pb2_grpc.FunctionServiceStub(self._channel())
         try:
-            response = await stub.RegisterFunctions(self._register_request())
+            response = await stub.RegisterFunctions(self._register_request(),
+                                                    metadata=self.call_metadata())
         except grpc.aio.AioRpcError as exc:
             raise _client_error(exc) from None
         return _register_result(response)
@@ -221,7 +236,8 @@ class Stepline:
         """`register` for code without an event loop."""
         stub = function_service_pb2_grpc.FunctionServiceStub(self._sync_stub_channel())
         try:
-            return _register_result(stub.RegisterFunctions(self._register_request()))
+            return _register_result(stub.RegisterFunctions(self._register_request(),
+                                                           metadata=self.call_metadata()))
         except grpc.RpcError as exc:
             raise _client_error(exc) from None
 

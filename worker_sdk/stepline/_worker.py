@@ -28,12 +28,17 @@ log = logging.getLogger("stepline.worker")
 SDK_VERSION = "0.1.0"
 
 
+# A wrong Hello, an unknown or unfit key: the same worker would be refused again.
+_REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
+             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
 async def _refused_or_closed(task: asyncio.Future[None]) -> None:
     """Wait for a session; raise if the server refused the worker (retrying cannot help)."""
     try:
         await task
     except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+        if exc.code() in _REFUSALS:
             raise ClientError(exc.code().name, exc.details() or "") from None
         log.debug("stream ended: %s", exc.details())
 
@@ -77,7 +82,7 @@ class Session:
             functions=[f.to_proto() for f in worker.app.functions.values()],
             slots=worker.slots, language="python", sdk_version=SDK_VERSION,
         )))
-        call = stub.Connect(self._requests())
+        call = stub.Connect(self._requests(), metadata=worker.app.call_metadata())
         heartbeat: asyncio.Task[None] | None = None
         try:
             async for message in call:

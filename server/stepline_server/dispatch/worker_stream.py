@@ -17,6 +17,7 @@ from stepline_server.dispatch import convert
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine, attempts
 from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError
+from stepline_server.grpc_keys import require_app
 from stepline_server.ids import now_ms
 from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 
@@ -82,6 +83,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                      conn.worker_id, conn.id, released)
 
     async def _open(self, hello: worker_service_pb2.Hello) -> WorkerConnection:
+        require_app(hello.app_id)
         specs = wire.functions_from_proto(hello.app_id, hello.functions, "hello.functions")
         if not 1 <= hello.slots <= MAX_SLOTS:
             raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "

@@ -16,6 +16,7 @@ from stepline.v1 import (
 from stepline_server import wire
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
+from stepline_server.grpc_keys import require_app
 from stepline_server.ingress import convert
 from stepline_server.telemetry import traceparent
 
@@ -48,6 +49,7 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
         request: function_service_pb2.RegisterFunctionsRequest,
         context: grpc.aio.ServicerContext,
     ) -> function_service_pb2.RegisterFunctionsResponse:
+        require_app(request.app_id)
         specs = wire.functions_from_proto(request.app_id, request.functions, "functions")
         changes = await self.engine.register_functions(
             request.app_id, specs, archive_missing=True)
