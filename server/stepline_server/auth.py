@@ -74,6 +74,10 @@ class Keyring:
             for form in _forms(key):
                 self._by_digest[_digest(form)] = key
 
+    def configured(self) -> list[Key]:
+        """Each configured key once."""
+        return list({id(k): k for k in self._by_digest.values()}.values())
+
     @property
     def enabled(self) -> bool:
         """With no key configured, every call is allowed (`stepline dev`, loopback)."""

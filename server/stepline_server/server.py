@@ -76,8 +76,9 @@ class SteplineServer:
         if settings.http_address:
             self.metrics = Metrics(self.engine, self.dispatcher)
             self.engine.observers.add(self.metrics)
-            self._http = HttpListener(create_app(self.engine, self.dispatcher, self.metrics),
-                                      settings.http_address, tls=tls_files(settings))
+            self._http = HttpListener(
+                create_app(self.engine, self.dispatcher, self.metrics, self.keyring),
+                settings.http_address, tls=tls_files(settings))
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

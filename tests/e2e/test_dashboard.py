@@ -98,8 +98,19 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(UI_TIMEOUT_MS)
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    yield context.new_page()
+    page = context.new_page()
+    blocked = csp_violations(page)
+    yield page
     context.close()
+    assert not blocked, f"the Content-Security-Policy blocked: {blocked}"
+
+
+def csp_violations(page: Page) -> list[str]:
+    """What the browser reports blocking under the pages' Content-Security-Policy."""
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    return blocked
 
 
 @pytest.fixture(scope="module")

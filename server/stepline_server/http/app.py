@@ -18,9 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepline_server import formatting
+from stepline_server.auth import Keyring
 from stepline_server.errors import (
     Conflict,
     FailedPrecondition,
@@ -29,7 +30,7 @@ from stepline_server.errors import (
     StaleLease,
     SteplineServerError,
 )
-from stepline_server.http import api, pages, views
+from stepline_server.http import api, login, pages, views
 from stepline_server.http.metrics import Metrics
 from stepline_server.http.state import Services, services
 
@@ -41,7 +42,9 @@ HERE = Path(__file__).parent
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 
 
-def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics) -> Starlette:
+def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
+               keyring: Keyring | None = None) -> Starlette:
+    keyring = keyring or Keyring()
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(
         duration=formatting.duration, timestamp=views.timestamp, iso=views.iso,
@@ -49,17 +52,19 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics) -> Star
         json_value=views.json_value)
     templates.env.globals["success_rate"] = views.success_rate
     routes: list[BaseRoute] = [
-        *pages.routes, *api.routes,
+        *login.routes, *pages.routes, *api.routes,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(KnownHostMiddleware, names=engine.settings.http_hosts),
-                    Middleware(SameOriginMiddleware)],
+        middleware=[Middleware(SecurityHeadersMiddleware),
+                    Middleware(KnownHostMiddleware, names=engine.settings.http_hosts),
+                    Middleware(SameOriginMiddleware),
+                    Middleware(login.KeysMiddleware, keyring=keyring)],
         exception_handlers={SteplineServerError: _engine_error, HTTPException: _http_error,
                             Exception: _unexpected},
     )
-    app.state.services = Services(engine, dispatcher, metrics, templates)
+    app.state.services = Services(engine, dispatcher, metrics, templates, keyring)
     return app
 
 
@@ -106,6 +111,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Starlette raises it again after this answer, and uvicorn logs it with its traceback.
     return error_response(request, 500, "internal", f"internal error: {type(exc).__name__}")
+
+
+class SecurityHeadersMiddleware:
+    """Every answer forbids framing, MIME sniffing and inline script (the pages' only script
+    is static/live.js; the waterfall's bars are placed with inline style attributes)."""
+
+    HEADERS = [
+        (b"content-security-policy",
+         b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+         b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+         b"form-action 'self'; object-src 'none'"),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    ]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class KnownHostMiddleware:

@@ -26,7 +26,8 @@ FILTER_KEYS = ("function", "status", "event", "since", "created_after", "created
 def render(request: Request, template: str, context: dict[str, Any],
            status_code: int = 200) -> Response:
     return services(request).templates.TemplateResponse(
-        request, template, {"now_ms": now_ms(), **context}, status_code=status_code)
+        request, template, {"now_ms": now_ms(), "signed_in": services(request).keyring.enabled,
+                            **context}, status_code=status_code)
 
 
 def _query(request: Request, keys: tuple[str, ...], **extra: str) -> str:

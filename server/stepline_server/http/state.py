@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from stepline_server.auth import Keyring
 from stepline_server.http.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ class Services:
     dispatcher: Dispatcher
     metrics: Metrics
     templates: Jinja2Templates
+    keyring: Keyring
 
 
 def services(request: Request) -> Services:
