@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+from sqlalchemy import text as sql
 
 from stepline import Context, Stepline
 from stepline_server.server import SteplineServer
@@ -351,3 +353,24 @@ def test_the_dashboard_answers_only_to_known_names(
 def test_http_hosts_come_from_the_environment() -> None:
     settings = Settings.from_env({"STEPLINE_HTTP_HOSTS": " a.example , b.example,,"})
     assert settings.http_hosts == ("a.example", "b.example")
+
+
+def test_readyz_says_whether_the_database_and_its_schema_fit(
+        make_server: Callable[..., ServerThread], database_url: str) -> None:
+    server = make_server(http_address="127.0.0.1:0")
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        assert http.get("/readyz").json() == {"status": "ready"}
+        engine = create_engine(database_url)
+        try:
+            with engine.begin() as conn:  # as if a newer server had migrated the database
+                head = conn.execute(sql("SELECT version_num FROM alembic_version")).scalar()
+                conn.execute(sql("UPDATE alembic_version SET version_num = '9999'"))
+            unready = http.get("/readyz")
+            assert unready.status_code == 503
+            assert "schema is at 9999" in unready.json()["reason"]
+            assert http.get("/healthz").status_code == 200  # alive all the same
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sql("UPDATE alembic_version SET version_num = :v"), {"v": head})
+            engine.dispose()
+        assert http.get("/readyz").status_code == 200

@@ -42,6 +42,7 @@ from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import workers as worker_store
+from stepline_server.store.database import head_revision, schema_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -201,6 +202,17 @@ class Engine:
                 activity.info("run %s %s dispatched (attempt %d)", work.run_id, work.function_id,
                               work.attempt + 1)
         return works
+
+    async def unready(self) -> str | None:
+        """Why this server cannot do its work now (the database unreachable, or its schema not
+        the one this code expects); None when it can."""
+        try:
+            revision = await self.db.read(schema_revision)
+        except Exception as exc:  # any failure to read is the answer
+            return f"the database is unreachable ({type(exc).__name__})"
+        if revision != head_revision():
+            return f"the database schema is at {revision}, this server expects {head_revision()}"
+        return None
 
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
         return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))

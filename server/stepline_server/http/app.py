@@ -149,7 +149,7 @@ class KnownHostMiddleware:
     would otherwise be same-origin with the dashboard, and could read /api and cancel runs.
     /metrics and /healthz answer under any name: scrapers and probes use their own."""
 
-    OPEN = ("/metrics", "/healthz")
+    OPEN = ("/metrics", "/healthz", "/readyz")
 
     def __init__(self, app: ASGIApp, names: tuple[str, ...] = ()) -> None:
         self.app = app

@@ -26,7 +26,7 @@ from stepline_server.http.state import services
 
 COOKIE = "stepline_session"
 SESSION_SECONDS = 12 * 3600
-OPEN_PATHS = ("/metrics", "/healthz", "/login", "/logout")
+OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/login", "/logout")
 
 
 def key_id(key: Key) -> str:

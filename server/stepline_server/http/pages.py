@@ -150,7 +150,17 @@ async def workers_page(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """Alive: the process answers (restart it when this fails)."""
     return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: the database answers and its schema is the one this server expects (send it no
+    traffic while this fails)."""
+    problem = await services(request).engine.unready()
+    if problem is not None:
+        return JSONResponse({"status": "unready", "reason": problem}, status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
@@ -171,5 +181,6 @@ routes = [
     Route("/events", events_send, methods=["POST"]),
     Route("/workers", workers_page),
     Route("/healthz", healthz),
+    Route("/readyz", readyz),
     Route("/metrics", metrics),
 ]
