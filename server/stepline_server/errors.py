@@ -5,7 +5,8 @@
     ├── NotFound             an unknown run, function or event
     ├── FailedPrecondition   the request does not fit the current state (e.g. run already ended)
     ├── Conflict             a write collides with stored data (e.g. a step result written twice)
-    └── StaleLease           ops quoting a lease the worker no longer holds (fencing)
+    ├── StaleLease           ops quoting a lease the worker no longer holds (fencing)
+    └── Unavailable          the database is unreachable for now; send the request again
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class StaleLease(SteplineServerError):
 
 
 class Unavailable(SteplineServerError):
-    """The database connection was lost (a restart, a failover): the request may be sent
-    again; the server reconnects."""
+    """The database is unreachable (a restart, a failover, a network outage): the request may
+    be sent again; the server reconnects by itself. HTTP answers it with 503."""
 
     code = grpc.StatusCode.UNAVAILABLE
