@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
-                         lease_seconds=args.lease_seconds)
+                         lease_seconds=args.lease_seconds, server_id=args.server_id)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -381,6 +381,9 @@ def _add_server_commands(commands: Any) -> None:
                             "(default sqlite file ./stepline.db)")
     serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
+    serve.add_argument("--server-id", help="this server's stable id among the servers on the "
+                                           "database (default: HOSTNAME:ADDRESS); started "
+                                           "again under it, it releases its old leases at once")
     _add_http_address(serve)
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
     serve.set_defaults(handler=cmd_serve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +22,10 @@ DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
+
+# A server id names the server in worker connection ids (`ID/N`) and the servers table.
+MAX_SERVER_ID_LENGTH = 32
+SERVER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@\[\]-]+")
 
 # Settings where an empty value is meaningful (it turns the feature off), not "unset".
 _EMPTY_MEANS_OFF = frozenset({"http_address"})
@@ -49,6 +54,11 @@ class Settings:
     # Backoff before retry n (1-based): base * 2**(n-1), capped, with jitter.
     retry_base_seconds: float = DEFAULT_RETRY_BASE_SECONDS
     retry_max_seconds: float = DEFAULT_RETRY_MAX_SECONDS
+    # This server's stable identity among those sharing the database; "" derives it from the
+    # host name and the listen address (ids.derived_server_id). Started again under its id, a
+    # server releases at once what its previous process held. Two live servers must not share
+    # one.
+    server_id: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,6 +77,7 @@ class Settings:
             "sqlite_synchronous": ("STEPLINE_SQLITE_SYNCHRONOUS", str),
             "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
             "retry_max_seconds": ("STEPLINE_RETRY_MAX_SECONDS", float),
+            "server_id": ("STEPLINE_SERVER_ID", str),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -97,6 +108,24 @@ class Settings:
                                  f"got {self.http_address!r}")
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
+        if self.server_id and (len(self.server_id) > MAX_SERVER_ID_LENGTH
+                               or not SERVER_ID_PATTERN.fullmatch(self.server_id)):
+            raise ValueError(f"server_id must be 1 to {MAX_SERVER_ID_LENGTH} letters, digits or "
+                             f"'.', '_', ':', '@', '[', ']', '-', got {self.server_id!r}")
+
+    @property
+    def silence_seconds(self) -> float:
+        """How long a worker may stay silent (no heartbeat, no report) before its server
+        counts it lost and gives its runs back: halfway between a heartbeat and the lease, so
+        a worker is not lost between two heartbeats, and its server acts before the leases
+        expire (an expired lease is taken over without charging an attempt)."""
+        return (self.heartbeat_seconds + self.lease_seconds) / 2
+
+    @property
+    def silence_check_seconds(self) -> float:
+        """How often a server looks for silent workers: often enough to act before the lease
+        runs out (silence + check < lease)."""
+        return (self.lease_seconds - self.heartbeat_seconds) / 4
 
     @property
     def grpc_max_message_bytes(self) -> int:

@@ -4,6 +4,7 @@ the server reconnects and nothing accepted is lost."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.engine import make_url
 from stepline import Stepline
 from stepline.errors import ClientError
 from stepline.v1 import run_service_pb2 as rs
-from tests.harness import ServerThread
+from tests.harness import ServerThread, wait_until
 from tests.tcpproxy import TcpProxy
 
 
@@ -147,3 +148,78 @@ def test_an_unreachable_database_answers_unavailable_and_the_server_recovers(
     outputs = sorted(json.loads(server.wait_run(r).output) for r in run_ids)
     assert outputs == [1, 4, 9, 16]
     http.close()
+
+
+# -- reports refused because of the database: the lease goes back, nothing is charged ------------
+class Gate:
+    """A step that blocks until the test opens the gate; counts its executions."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.open = threading.Event()
+        self.executions = 0
+
+    def step(self) -> int:
+        self.executions += 1
+        self.started.set()
+        assert self.open.wait(30), "the test never opened the gate"
+        return self.executions
+
+
+def _gated_app(address: str, gate: Gate) -> Stepline:
+    app = Stepline("gated", url=address)
+
+    # retries=0: a charged attempt would fail the run.
+    @app.function(id="gated", trigger="t/gated", retries=0)
+    def gated(ctx: Any) -> int:
+        result: int = ctx.step.run("one", gate.step)
+        return result
+
+    return app
+
+
+def _start(app: Stepline, server: ServerThread) -> list[str]:
+    app.send_sync("t/gated", {})
+    return server.run_ids_for("gated")
+
+
+def _assert_completed_uncharged(server: ServerThread, run_id: str) -> None:
+    run = server.wait_run(run_id, timeout=30)
+    assert run.status == rs.RUN_STATUS_COMPLETED, run.error
+    assert json.loads(run.output) == 2  # the refused execution, then the one that counted
+    (step,) = run.steps
+    assert step.attempts == 1 and not step.attempt_errors, step
+
+
+def test_a_report_lost_to_a_dropped_connection_is_not_charged(
+        backend: str, database_url: str, server: ServerThread, start_worker: Any) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite is a file in the server's process: there is no connection to drop")
+    gate = Gate()
+    app = _gated_app(server.address, gate)
+    start_worker(app, slots=1)
+    (run_id,) = _start(app, server)
+    assert gate.started.wait(10)
+    assert _drop_connections(database_url) >= 1  # the step's report meets a dead connection
+    gate.open.set()
+    _assert_completed_uncharged(server, run_id)
+
+
+def test_a_report_refused_during_an_outage_does_not_leave_its_run_stuck(
+        proxy: TcpProxy, database_url: str, start_worker: Any) -> None:
+    # Short leases: a run left leased to the live connection would be renewed by its heartbeats.
+    server = ServerThread(proxy.url(database_url), lease_seconds=1.0, heartbeat_seconds=0.2)
+    try:
+        gate = Gate()
+        app = _gated_app(server.address, gate)
+        worker = start_worker(app, slots=1)
+        (run_id,) = _start(app, server)
+        assert gate.started.wait(10)
+        proxy.cut()
+        gate.open.set()  # the report is refused (UNAVAILABLE) and the worker drops the run
+        wait_until(lambda: not worker.worker.session.runs, what="the worker dropped the run")
+        proxy.restore()
+        _assert_completed_uncharged(server, run_id)
+    finally:
+        proxy.restore()
+        server.stop()
