@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
                          lease_seconds=args.lease_seconds, insecure=args.insecure or None,
-                         **_tls_flags(args))
+                         server_id=args.server_id, **_tls_flags(args))
     open_to = _open_to_the_network(settings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
@@ -466,6 +466,9 @@ def _add_server_commands(commands: Any) -> None:
                             "(default sqlite file ./stepline.db)")
     serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
+    serve.add_argument("--server-id", help="this server's stable id among the servers on the "
+                                           "database (default: HOSTNAME:ADDRESS); started "
+                                           "again under it, it releases its old leases at once")
     _add_http_address(serve)
     _add_tls(serve)
     serve.add_argument("--insecure", action="store_true",

@@ -8,7 +8,7 @@
     ├── StaleLease           ops quoting a lease the worker no longer holds (fencing)
     ├── Unauthenticated      no key, or a key the server does not know
     ├── PermissionDenied     a known key that may not make this call (its kind, its apps)
-    └── Unavailable          the database is unreachable: send the request again
+    └── Unavailable          the database is unreachable for now; send the request again
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class StaleLease(SteplineServerError):
 
 
 class Unavailable(SteplineServerError):
-    """The database connection was lost (a restart, a failover): the request may be sent
-    again; the server reconnects."""
+    """The database is unreachable (a restart, a failover, a network outage): the request may
+    be sent again; the server reconnects by itself. HTTP answers it with 503."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -21,6 +22,19 @@ def new_id() -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def derived_server_id(hostname: str, address: str, max_length: int = 32) -> str:
+    """A server's id when none is configured: its host's name and the address it listens on
+    (with the port it got). Started again on the same host and address, a server gets the same
+    id; no two live servers share one, since a host gives an address to one listener."""
+    text = f"{hostname or 'server'}:{address}"
+    safe = re.sub(r"[^A-Za-z0-9._:@\[\]-]", "-", text)
+    if len(safe) <= max_length:
+        return safe
+    # Too long for the id columns: a readable head and a digest of the whole, still unique.
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{safe[:max_length - 11]}-{digest}"
 
 
 # -- ids derived from a run and a step: the same on every replay, so what a step does happens

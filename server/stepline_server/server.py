@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,10 +28,12 @@ from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
 from stepline_server.engine.cron import CronScheduler
+from stepline_server.engine.timed import TimedLoop
 from stepline_server.engine.timeouts import DeadlineWatch
+from stepline_server.errors import Unavailable
 from stepline_server.grpc_keys import AuthInterceptor
 from stepline_server.http import HttpListener, Metrics, create_app
-from stepline_server.ids import new_id
+from stepline_server.ids import derived_server_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
 from stepline_server.ingress.services import EventService, FunctionService, RunService
 from stepline_server.settings import Settings
@@ -60,12 +63,14 @@ class SteplineServer:
         shuts it down); without one, tracing follows OTEL_TRACES_EXPORTER (off by default)."""
         self.settings = settings
         self.keyring = keyring_from(settings)
-        self.server_id = new_id()
+        # Derived from the listen address once bound (start) unless configured.
+        self.server_id = settings.server_id
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.engine = Engine(self.db, settings)
         self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
+        self.heartbeat: _Heartbeat | None = None
         self.port = 0
         self.tracing = tracing_from_env(tracer_provider)
         if self.tracing is not None:
@@ -121,10 +126,12 @@ class SteplineServer:
             self.port = server.add_insecure_port(self.settings.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.address}")
+        await self._register()
         await server.start()
         self._grpc = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.heartbeat is not None
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
             asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
@@ -135,6 +142,7 @@ class SteplineServer:
             asyncio.create_task(
                 dialect.keep_statistics(self.settings.database_url, self._stop_listening),
                 name="stepline-statistics"),
+            asyncio.create_task(self.heartbeat.run(), name="stepline-server-heartbeat"),
         ]
         if self._http is not None:
             try:
@@ -147,6 +155,17 @@ class SteplineServer:
         if self._http is not None:
             log.info("dashboard and /metrics on %s", self.http_url)
         return self.port
+
+    async def _register(self) -> None:
+        """Take this server's id, before any worker connects: what a previous process left
+        under it (leases, worker rows) is released at once, uncharged; it died."""
+        if not self.server_id:
+            self.server_id = derived_server_id(socket.gethostname(), self.address)
+        self.dispatcher.server_id = self.server_id
+        released = await self.engine.server_started(self.server_id)
+        if released:
+            log.info("released %d lease(s) held by this server's previous process", released)
+        self.heartbeat = _Heartbeat(self.engine, self.server_id, self.settings.heartbeat_seconds)
 
     @property
     def address(self) -> str:
@@ -172,6 +191,8 @@ class SteplineServer:
         self.dispatcher.stop()
         self.deadlines.stop()
         self.cron.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
@@ -181,7 +202,11 @@ class SteplineServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.engine.release_owners_like(self.server_id + "/")
+        if self.heartbeat is not None:  # registered
+            try:
+                await self.engine.server_stopped(self.server_id)
+            except Unavailable as exc:  # the next start under this id releases them
+                log.warning("could not release this server's leases: %s", exc)
         await self.db.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # flushes the exporters
@@ -196,6 +221,21 @@ class SteplineServer:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.stop()
+
+
+class _Heartbeat(TimedLoop):
+    """Refreshes this server's row every heartbeat interval: other servers know it is alive."""
+
+    what = "server heartbeat"
+
+    def __init__(self, engine: Engine, server_id: str, interval_seconds: float) -> None:
+        super().__init__(interval_seconds)
+        self.engine = engine
+        self.server_id = server_id
+
+    async def _round(self) -> float:
+        await self.engine.server_heartbeat(self.server_id)
+        return self.poll_seconds
 
 
 def _safe_url(url: str) -> str:

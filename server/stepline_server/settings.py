@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,10 @@ DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
+
+# A server id names the server in worker connection ids (`ID/N`) and the servers table.
+MAX_SERVER_ID_LENGTH = 32
+SERVER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@\[\]-]+")
 
 # Settings where an empty value is meaningful (it turns the feature off), not "unset".
 _EMPTY_MEANS_OFF = frozenset({"http_address"})
@@ -69,6 +74,11 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # This server's stable identity among those sharing the database; "" derives it from the
+    # host name and the listen address (ids.derived_server_id). Started again under its id, a
+    # server releases at once what its previous process held. Two live servers must not share
+    # one.
+    server_id: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -95,6 +105,7 @@ class Settings:
             "tls_cert_file": ("STEPLINE_TLS_CERT", str),
             "tls_key_file": ("STEPLINE_TLS_KEY", str),
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
+            "server_id": ("STEPLINE_SERVER_ID", str),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -133,9 +144,28 @@ class Settings:
             raise ValueError("tls_client_ca_file (mutual TLS) needs the server's own certificate "
                              "and key too (STEPLINE_TLS_CERT, STEPLINE_TLS_KEY)")
 
+        if self.server_id and (len(self.server_id) > MAX_SERVER_ID_LENGTH
+                               or not SERVER_ID_PATTERN.fullmatch(self.server_id)):
+            raise ValueError(f"server_id must be 1 to {MAX_SERVER_ID_LENGTH} letters, digits or "
+                             f"'.', '_', ':', '@', '[', ']', '-', got {self.server_id!r}")
+
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
+
+    @property
+    def silence_seconds(self) -> float:
+        """How long a worker may stay silent (no heartbeat, no report) before its server
+        counts it lost and gives its runs back: halfway between a heartbeat and the lease, so
+        a worker is not lost between two heartbeats, and its server acts before the leases
+        expire (an expired lease is taken over without charging an attempt)."""
+        return (self.heartbeat_seconds + self.lease_seconds) / 2
+
+    @property
+    def silence_check_seconds(self) -> float:
+        """How often a server looks for silent workers: often enough to act before the lease
+        runs out (silence + check < lease)."""
+        return (self.lease_seconds - self.heartbeat_seconds) / 4
 
     @property
     def grpc_max_message_bytes(self) -> int:

@@ -84,6 +84,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
         time.sleep(interval)
 
 
+def listed_workers(port: int) -> list[rs.Worker]:
+    """ListWorkers of the server on `port`."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        return list(stub.ListWorkers(rs.ListWorkersRequest(), timeout=5).workers)
+
+
 class Runs:
     def __init__(self, port: int) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import create_engine, select
 
 from stepline import Stepline
+from stepline.v1 import run_service_pb2 as rs
 from stepline_server.store.schema import steps
-from tests.e2e.procs import Runs, free_port, start_server, start_worker, stop, wait_for
+from tests.e2e.procs import (
+    ENDED,
+    Runs,
+    free_port,
+    listed_workers,
+    start_server,
+    start_worker,
+    stop,
+    wait_for,
+)
 
 APP = "tests.e2e.apps.crash_app:app"
 
@@ -108,6 +119,44 @@ def test_server_killed_and_restarted_loses_nothing(database_url: str, tmp_path: 
         assert len(committed_steps(database_url)) == 90  # 30 runs x 3 steps, each written once
         sender.send_sync("e2e/crash", {"n": 99}, id=event_ids[0])  # dedup survived the crash
         assert len(runs.list("crashy")) == 30
+    finally:
+        runs.close()
+        for proc in reversed(procs):
+            stop(proc, signal.SIGKILL)
+
+
+def test_a_run_caught_by_server_crashes_loses_no_attempt(database_url: str,
+                                                         tmp_path: Path) -> None:
+    """The server killed four times, each time in the middle of the same run's step, and
+    started again at the same address: under the same (derived) id, it releases its dead
+    process's leases and worker rows at once, charging nothing. crashy allows four attempts:
+    four charges would fail the run with WorkerLost."""
+    port, log = free_port(), tmp_path / "steps.log"
+    # A lease far longer than the test: only the release at start explains a prompt dispatch.
+    server_env = {"STEPLINE_LEASE_SECONDS": "300"}
+    server = start_server(database_url, port, tmp_path / "server.log", env=server_env)
+    worker = start_worker(APP, port, tmp_path / "worker.log", slots=1,
+                          env={"E2E_LOG": str(log), "E2E_STEP_SECONDS": "1"})
+    procs = [server, worker]
+    runs = Runs(port)
+    try:
+        (run_id,) = wait_for(lambda: _send(port), 20, "event accepted with a run")
+        for crash in range(4):
+            wait_for(lambda n=crash: len(executions(log)) > n, 30,
+                     f"attempt {crash + 1} under way")
+            server.send_signal(signal.SIGKILL)
+            server.wait(10)
+            restarted_ms = time.time() * 1000
+            server = procs[0] = start_server(database_url, port, tmp_path / "server.log",
+                                             env=server_env)
+            # Only the new process's connections are listed; the dead one's rows are gone.
+            listed = listed_workers(port)
+            assert all(w.connected_at.ToMilliseconds() >= restarted_ms for w in listed), listed
+        run = wait_for(lambda: (r := runs.get(run_id)).status in ENDED and r, 60, "run ended")
+        assert run.status == rs.RUN_STATUS_COMPLETED, run.error
+        assert [(s.step_id, s.attempts, len(s.attempt_errors)) for s in run.steps] == [
+            ("one", 1, 0), ("two", 1, 0), ("three", 1, 0)]
+        assert len(executions(log)) >= 5  # four killed attempts of a step, then the rest
     finally:
         runs.close()
         for proc in reversed(procs):

@@ -63,14 +63,20 @@ class RawWorker:
 
     def ops(self, dispatch: ws.Dispatch, *ops: ws.Op, lease: int | None = None,
             function_id: str | None = None) -> ws.Ack:
+        seq = self.send_ops(dispatch, *ops, lease=lease, function_id=function_id)
+        ack = self.expect("ack")
+        assert ack.seq == seq
+        return ack
+
+    def send_ops(self, dispatch: ws.Dispatch, *ops: ws.Op, lease: int | None = None,
+                 function_id: str | None = None) -> int:
+        """Report without waiting for the ack; return the report's seq."""
         self._seq += 1
         self.send(ws.WorkerMessage(ops=ws.Ops(
             run_id=dispatch.run_id, lease=dispatch.lease if lease is None else lease,
             seq=self._seq, function_id=dispatch.function_id if function_id is None
             else function_id, ops=list(ops), target_step_id=dispatch.target_step_id)))
-        ack = self.expect("ack")
-        assert ack.seq == self._seq
-        return ack
+        return self._seq
 
     def close(self) -> None:
         self._out.put(None)

@@ -42,17 +42,17 @@ def test_claim_takes_the_oldest_due_items_across_functions(writer: Engine) -> No
             # A lease that ran out: its holder was lost mid-attempt.
             _item("b4", "fb", NOW - 30, lease=3, lease_owner="gone", lease_until_ms=NOW - 1),
         ])
-        claimed = queue_store.claim(conn, "me", ["fa", "fb", "nobody"], 4, NOW, 60_000,
-                                    takeover_cost=1)
+        claimed = queue_store.claim(conn, "me", ["fa", "fb", "nobody"], 4, NOW, 60_000)
         assert sorted(item.run_id for item in claimed) == ["a1", "b1", "b2", "b4"]
         by_run = {item.run_id: item for item in claimed}
         assert by_run["a1"].lease == 1 and by_run["a1"].attempt == 0
-        assert by_run["b4"].lease == 4 and by_run["b4"].attempt == 1
+        # Taken over, its attempt unchanged: what a lost worker costs is charged by its server.
+        assert by_run["b4"].lease == 4 and by_run["b4"].attempt == 0
         assert all(item.lease_owner == "me" for item in claimed)
         # The next claim goes on from there; the live lease is never taken.
-        again = queue_store.claim(conn, "me", ["fa", "fb"], 10, NOW, 60_000, takeover_cost=1)
+        again = queue_store.claim(conn, "me", ["fa", "fb"], 10, NOW, 60_000)
         assert sorted(item.run_id for item in again) == ["a2", "a3"]
-        assert queue_store.claim(conn, "me", ["fa", "fb"], 10, NOW, 60_000, takeover_cost=1) == []
+        assert queue_store.claim(conn, "me", ["fa", "fb"], 10, NOW, 60_000) == []
         owners = dict(conn.execute(select(queue.c.run_id, queue.c.lease_owner)).all())
     assert owners == {"a1": "me", "a2": "me", "a3": "me", "a4": None, "b1": "me", "b2": "me",
                       "b3": "live", "b4": "me", "c1": None}

@@ -428,15 +428,25 @@ def test_draining_and_stale_workers(api: Api, server: ServerThread, database_url
     engine = create_engine(database_url)
     old = int(time.time() * 1000) - int(3 * server.settings.lease_seconds * 1000) - 1000
     with engine.begin() as conn:
+        conn.execute(schema.servers.insert().values(id="gone", started_at_ms=old,
+                                                    last_heartbeat_ms=old))
         conn.execute(schema.workers.insert().values(
             connection_id="gone/1", server_id="gone", worker_id="ghost", app_id="raw-app",
             function_ids='["r"]', slots=1, sdk="python/0", connected_at_ms=old,
             last_heartbeat_ms=old, draining=False))
-    assert [w.worker_id for w in api.workers()] == ["raw"]
-    with engine.connect() as conn:  # deleted on the way
-        ids = [row.connection_id for row in conn.execute(schema.workers.select())]
+    assert [w.worker_id for w in api.workers()] == ["raw"]  # its server is known dead
+
+    def rows() -> tuple[list[str], list[str]]:
+        with engine.connect() as conn:
+            return ([row.id for row in conn.execute(schema.servers.select())],
+                    [row.connection_id for row in conn.execute(schema.workers.select())])
+
+    # Deleted by the next heartbeat of the live server.
+    server.call(server.server.engine.server_heartbeat(server.server.server_id))
+    servers, workers = rows()
     engine.dispose()
-    assert "gone/1" not in ids and len(ids) == 1
+    assert servers == [server.server.server_id]
+    assert "gone/1" not in workers and len(workers) == 1
     raw.close()
     wait_until(lambda: api.workers() == [], what="the raw worker gone")
 

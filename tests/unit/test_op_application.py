@@ -10,7 +10,7 @@ import pytest
 
 from stepline_server.engine import attempts
 from stepline_server.engine.ops import Lookups, OpsRequest, RunState, Timing, apply_report
-from stepline_server.errors import InvalidArgument, StaleLease
+from stepline_server.errors import Conflict, InvalidArgument, NotFound, StaleLease, Unavailable
 from stepline_server.model import (
     NEVER_MS,
     AckAction,
@@ -284,9 +284,20 @@ def test_retry_due(attempt: int, max_attempts: int, non_retriable: bool,
                               now_ms=NOW, backoff=backoff) == due
 
 
-def test_only_a_stale_lease_spares_the_attempt_of_a_refused_report() -> None:
-    assert not attempts.charges_attempt(StaleLease("ops.lease: gone"))
-    assert attempts.charges_attempt(InvalidArgument("ops.ops[0]", "bad"))
+@pytest.mark.parametrize(("rejection", "refusal"), [
+    # The worker's own mistakes: bad ops, or a step rewritten (the code changed).
+    (InvalidArgument("ops.ops[0]", "bad"), attempts.Refusal.CHARGE),
+    (Conflict("ops: a step in this report already has a result"), attempts.Refusal.CHARGE),
+    # Its sender no longer holds the run.
+    (StaleLease("ops.lease: gone"), attempts.Refusal.NOTHING),
+    (NotFound("ops.run_id: unknown run"), attempts.Refusal.NOTHING),
+    # The server's failures: the database unreachable, anything unexpected.
+    (Unavailable("the database is unreachable"), attempts.Refusal.GIVE_BACK),
+    (RuntimeError("a bug"), attempts.Refusal.GIVE_BACK),
+])
+def test_only_the_workers_own_mistakes_charge_a_refused_report(
+        rejection: Exception, refusal: attempts.Refusal) -> None:
+    assert attempts.after_refusal(rejection) is refusal
 
 
 def test_an_unusable_report_stands_as_the_dispatched_step_failing() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stepline._channel import ServerAddress
+from stepline_server.ids import derived_server_id
 from stepline_server.settings import Settings
 
 
@@ -30,3 +31,28 @@ def test_sdk_target() -> None:
         target="example.test:1")
     assert ServerAddress.resolve(None, env={"STEPLINE_URL": "grpc://10.0.0.1:5"}).target == (
         "10.0.0.1:5")
+
+
+def test_server_id_from_env_and_checked() -> None:
+    assert Settings.from_env({"STEPLINE_SERVER_ID": "replica-a"}).server_id == "replica-a"
+    assert Settings.from_env({}).server_id == ""  # derived from host and address at start
+    for bad in ("a/b", "x" * 33, "with space", "50%"):
+        with pytest.raises(ValueError, match="server_id"):
+            Settings.from_env({"STEPLINE_SERVER_ID": bad})
+
+
+def test_derived_server_ids_are_stable_and_fit() -> None:
+    assert derived_server_id("build-7", "127.0.0.1:7288") == "build-7:127.0.0.1:7288"
+    assert derived_server_id("build-7", "127.0.0.1:7288") != derived_server_id(
+        "build-7", "127.0.0.1:7289")
+    long_a = derived_server_id("ip-10-0-12-34.eu-west-1.compute.internal", "0.0.0.0:7288")
+    long_b = derived_server_id("ip-10-0-12-35.eu-west-1.compute.internal", "0.0.0.0:7288")
+    assert len(long_a) == len(long_b) == 32 and long_a != long_b
+    assert Settings.from_env({}, server_id=long_a).server_id == long_a  # valid if configured
+
+
+def test_a_silent_worker_is_lost_before_its_leases_expire() -> None:
+    for lease, heartbeat in ((30.0, 5.0), (1.0, 0.2), (6.0, 5.0)):
+        settings = Settings(lease_seconds=lease, heartbeat_seconds=heartbeat)
+        assert heartbeat < settings.silence_seconds
+        assert settings.silence_seconds + settings.silence_check_seconds < lease

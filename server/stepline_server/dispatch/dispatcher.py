@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from stepline.v1 import worker_service_pb2
 from stepline_server.background import Background
 from stepline_server.dispatch import convert
 from stepline_server.engine import Engine
+from stepline_server.errors import Unavailable
 from stepline_server.ids import now_ms
 from stepline_server.model import Dispatch
 
@@ -33,18 +35,35 @@ class WorkerConnection:
     reserved: int = 0
     draining: bool = False
     closed: bool = False
+    # When the worker last sent anything, and when it last went from holding nothing to
+    # holding work (monotonic seconds); whether it was silent so long that its server counted
+    # it lost (worker_stream.WorkerService._watch).
+    last_seen: float = field(default_factory=time.monotonic)
+    busy_since: float = 0.0
+    silent: bool = False
     outbox: asyncio.Queue[worker_service_pb2.ServerMessage | None] = field(
         default_factory=asyncio.Queue)
 
     @property
     def free(self) -> int:
-        if self.draining or self.closed:
+        if self.draining or self.closed or self.silent:
             return 0
         return max(0, self.slots - len(self.inflight) - self.reserved)
 
     def send(self, message: worker_service_pb2.ServerMessage) -> None:
         if not self.closed:
             self.outbox.put_nowait(message)
+
+    def take(self, keys: list[tuple[str, str]]) -> None:
+        """Work handed to the worker (under the dispatcher's lock)."""
+        if not self.inflight:
+            self.busy_since = time.monotonic()
+        self.inflight.update(keys)
+
+    def silence(self) -> float:
+        """How long the worker has held work without a word: an idle worker owes no message,
+        so its silence starts no earlier than the work it was handed."""
+        return time.monotonic() - max(self.last_seen, self.busy_since)
 
 
 class Dispatcher:
@@ -118,12 +137,12 @@ class Dispatcher:
             if conn is not None:
                 conn.reserved -= 1
                 if not conn.closed:
-                    conn.inflight.add(work.key)
+                    conn.take([work.key])
                     conn.send(convert.dispatch_to_proto(work))
                     self._observe(work, conn)
                     return
         # The worker left between commit and delivery: give the run to someone else.
-        self._background.spawn(self.engine.release(owner, [work.run_id]))
+        self._background.spawn(self.engine.release(owner, [work.key]))
 
     def _observe(self, work: Dispatch, conn: WorkerConnection) -> None:
         if self.engine.observers:
@@ -163,14 +182,19 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Pump until stopped; sleeps until woken, the next due item, or the poll interval."""
+        looked = time.monotonic()  # when every function was last claimed for
         while not self._stopped:
             self._wake.clear()
-            if self._due_ms is not None and now_ms() >= self._due_ms:
-                self._due_ms = None
+            if self._look_again(looked):
                 self._drained.clear()
+            if not self._drained:
+                looked = time.monotonic()
             try:
                 timeout = await self._pump()
-            except Exception:  # the database may be briefly unavailable: keep serving
+            except Unavailable as exc:  # the database is unreachable: keep serving
+                log.warning("dispatch pump failed (%s); retrying", exc)
+                timeout = self.poll_seconds
+            except Exception:
                 log.exception("dispatch pump failed; retrying")
                 timeout = self.poll_seconds
             if self._due_ms is not None:
@@ -179,6 +203,17 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:  # a due time or the poll interval: look again everywhere
                 self._drained.clear()
+
+    def _look_again(self, looked: float) -> bool:
+        """Whether drained functions are to be claimed for again: a due time seen among them
+        has come, or a poll interval went by since every function was. However often finished
+        runs wake the pump, an expired lease (a dead server's, a lost worker's) is claimed
+        within a poll interval of its expiry: it becomes claimable without any wakeup, and
+        next_due does not see leased items."""
+        if self._due_ms is not None and now_ms() >= self._due_ms:
+            self._due_ms = None
+            return True
+        return time.monotonic() - looked >= self.poll_seconds
 
     async def _pump(self) -> float:
         """One round: claim for every connection with free slots, hand the work out; return
@@ -215,10 +250,10 @@ class Dispatcher:
     async def _hand_out(self, conn: WorkerConnection, works: list[Dispatch]) -> None:
         if conn.closed:  # it left during the claim: the work goes back
             if works:
-                await self.engine.release(conn.id, [w.run_id for w in works])
+                await self.engine.release(conn.id, [w.key for w in works])
             return
         with self._lock:
-            conn.inflight.update(w.key for w in works)
+            conn.take([w.key for w in works])
         for work in works:
             conn.send(convert.dispatch_to_proto(work))
             self._observe(work, conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from stepline_server.background import Background
 from stepline_server.dispatch import convert
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
 from stepline_server.engine import Engine, attempts
-from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError
+from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError, Unavailable
 from stepline_server.grpc_keys import require_app
 from stepline_server.ids import now_ms
 from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
@@ -24,6 +25,10 @@ from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 log = logging.getLogger(__name__)
 
 MAX_SLOTS = 10_000
+# Giving back the lease of a report refused while the database is unreachable: first and
+# longest pause between tries (until the lease would have expired anyway).
+GIVE_BACK_FIRST_PAUSE_SECONDS = 0.1
+GIVE_BACK_MAX_PAUSE_SECONDS = 1.0
 _ACTIONS = {
     AckAction.CONTINUE: worker_service_pb2.ACK_ACTION_CONTINUE,
     AckAction.RELEASE: worker_service_pb2.ACK_ACTION_RELEASE,
@@ -55,6 +60,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         # Listed (ListWorkers) from now until the stream closes, whichever way it closes.
         await self.engine.worker_connected(self._worker_row(conn, first.hello))
         reader: asyncio.Task[None] | None = None
+        watch: asyncio.Task[None] | None = None
         try:
             yield worker_service_pb2.ServerMessage(welcome=worker_service_pb2.Welcome(
                 connection_id=conn.id,
@@ -64,6 +70,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             ))
             self.dispatcher.add(conn)
             reader = asyncio.create_task(self._read(request_iterator, conn))
+            watch = asyncio.create_task(self._watch(conn))
             while True:
                 message = await conn.outbox.get()
                 if message is None:
@@ -71,13 +78,16 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 yield message
         finally:
             self.dispatcher.remove(conn)
-            if reader is not None:
-                reader.cancel()
+            for task in (reader, watch):
+                if task is not None:
+                    task.cancel()
             # A broken or finished stream gives its runs back at once, for other workers.
             # A worker gone while the server runs was lost mid-attempt; a stream closed by our
-            # own shutdown was not.
+            # own shutdown was not, nor one closed by a worker that said it was leaving (a
+            # drain cut short, as when a SIGTERM is followed by a SIGKILL).
+            lost = not self.dispatcher.stopping and not conn.draining
             released, _ = await asyncio.shield(asyncio.gather(
-                self.engine.release(conn.id, lost=not self.dispatcher.stopping),
+                self.engine.release(conn.id, lost=lost),
                 self.engine.worker_disconnected(conn.id)))
             log.info("worker %s (%s) disconnected; released %d run(s)",
                      conn.worker_id, conn.id, released)
@@ -113,11 +123,13 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         try:
             async for message in request_iterator:
+                conn.last_seen = time.monotonic()
+                conn.silent = False
                 kind = message.WhichOneof("message")
                 if kind == "ops":
                     self._on_ops(conn, message.ops)
                 elif kind == "heartbeat":
-                    self._background.spawn(self.engine.heartbeat(conn.id))
+                    self._background.spawn(self.engine.heartbeat(conn.id, sorted(conn.inflight)))
                 elif kind == "drain":
                     conn.draining = True
                     self._background.spawn(self.engine.worker_draining(conn.id))
@@ -180,8 +192,11 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if key not in conn.inflight:
             return
         self.dispatcher.finished(conn, key, requeued=True)
-        if attempts.charges_attempt(exc):  # unusable ops from the lease's holder
+        refusal = attempts.after_refusal(exc)
+        if refusal is attempts.Refusal.CHARGE:  # unusable ops from the lease's holder
             self._background.spawn(self._fail_attempt(conn, message, str(exc)))
+        elif refusal is attempts.Refusal.GIVE_BACK:  # the server's failure, not the worker's
+            self._background.spawn(self._give_back(conn, key, message.lease))
 
     async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
         try:
@@ -190,3 +205,45 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 message.target_step_id)
         except SteplineServerError as exc:
             log.info("could not record bad ops of run %s: %s", message.run_id, exc)
+
+    async def _give_back(self, conn: WorkerConnection, key: tuple[str, str], lease: int
+                         ) -> None:
+        """Give the lease of a report refused for the server's reasons back to the queue. While
+        the database is unreachable, try again until the lease would have expired anyway: its
+        heartbeats no longer renew it (the worker dropped the run), and an expired lease is
+        taken over without charge."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        pause = GIVE_BACK_FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                await self.engine.give_back(conn.id, key, lease)
+                return
+            except Unavailable as exc:
+                if time.monotonic() + pause > deadline or self.dispatcher.stopping:
+                    log.warning("could not give back the lease of run %s (%s); it will expire",
+                                key[0], exc)
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, GIVE_BACK_MAX_PAUSE_SECONDS)
+
+    async def _watch(self, conn: WorkerConnection) -> None:
+        """A worker that holds work and stays silent for longer than settings.silence_seconds
+        (no heartbeat, no report: hung, or behind a half-open connection) is lost: the runs it
+        holds go back to the queue, their attempts used up (attempts.py, 3), before their
+        leases expire. The stream stays open (gRPC keepalive closes a dead one): a worker that
+        was only slow hears StaleLease for what it reports late, and gets work again once it
+        speaks."""
+        limit = self.settings.silence_seconds
+        while not conn.closed:
+            await asyncio.sleep(self.settings.silence_check_seconds)
+            if conn.silent or not conn.inflight or conn.silence() < limit:
+                continue
+            conn.silent = True  # no new work until it speaks again
+            held = sorted(conn.inflight)
+            log.warning("worker %s (%s) silent for %.1fs: lost; releasing its %d run(s)",
+                        conn.worker_id, conn.id, conn.silence(), len(held))
+            try:
+                await self.engine.release(conn.id, held, lost=True)
+            except Exception as exc:  # the database unreachable, the server stopping
+                log.warning("could not release the runs of %s: %r", conn.id, exc)
+                conn.silent = False  # try again at the next check

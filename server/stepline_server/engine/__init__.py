@@ -5,9 +5,13 @@ Where things happen:
     a run is started             starts.start_runs, called by lifecycle.ingest (events), ops
                                  (step.invoke), cron.CronScheduler (ticks), replays
     a run is leased to a worker  attempts.claim (Engine.claim), or start_runs's placement
+    a lease is renewed           Engine.heartbeat: only the items the connection holds
     a lease is fenced            ops.apply_report: the one check of owner and lease
     a step result is committed   ops.apply_many, then _write: one set-based write per batch
-    a retry is decided           attempts.py: retry_due, and the four other attempt endings
+    a retry is decided           attempts.py: retry_due, and the five other attempt endings
+    an attempt is charged        attempts.py: lost workers (release), refused reports
+                                 (after_refusal, give_back), never a takeover or a server's
+                                 death (claim, release_server)
     a suspension begins          ops._Report._suspend (sleep, wait, invoke), ._plan (parallel)
     a suspension ends            lifecycle.resume (event, invoked run), .expire_waits (timer),
                                  ops._parallel_step_done (the last parallel step's result)

@@ -41,6 +41,7 @@ from stepline_server.store import Database, Tx
 from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
+from stepline_server.store import servers as server_store
 from stepline_server.store import workers as worker_store
 from stepline_server.store.database import head_revision, schema_revision
 
@@ -50,6 +51,9 @@ Starter = Callable[[list[RunStart]], list[str]]
 # How long this server trusts its view of who listens to system events: a listener registered
 # on another server starts receiving them within this delay.
 LISTENERS_TTL_SECONDS = 2.0
+# A server or worker row not refreshed for this many leases belongs to a process gone without a
+# word (killed, crashed); it is deleted. Listings hide it sooner (engine/listings.py).
+STALE_ROW_LEASES = 3
 # Run and step activity, one line each: quiet under `serve`, shown by `stepline dev`.
 activity = logging.getLogger("stepline.runs")
 
@@ -241,11 +245,23 @@ class Engine:
         await self.db.submit_batched(self._apply_ops, request)
         self._ready()
 
-    async def heartbeat(self, owner: str) -> None:
+    async def give_back(self, owner: str, key: tuple[str, str], lease: int) -> None:
+        """A report refused for the server's own reasons: its lease goes back to the queue,
+        nothing charged (attempts.py, 6)."""
+        def job(tx: Tx) -> bool:
+            tx.notify = attempts.give_back(self._context(tx, now_ms()), owner, key, lease)
+            return tx.notify
+
+        if await self.db.write(job):
+            self._ready()
+
+    async def heartbeat(self, owner: str, keys: list[tuple[str, str]]) -> None:
+        """Renew the leases of the items (run_id, target_step_id) the worker `owner` holds:
+        only those, so an item it dropped is not kept from others."""
         now = now_ms()
 
         def job(tx: Tx) -> None:
-            queue_store.extend(tx.conn, owner, now + self._lease_ms)
+            queue_store.extend(tx.conn, owner, keys, now + self._lease_ms)
             worker_store.heartbeat(tx.conn, owner, now)
 
         await self.db.write(job)
@@ -260,12 +276,13 @@ class Engine:
     async def worker_disconnected(self, connection_id: str) -> None:
         await self.db.write(lambda tx: worker_store.delete_one(tx.conn, connection_id))
 
-    async def release(self, owner: str, run_ids: list[str] | None = None, *,
+    async def release(self, owner: str, keys: list[tuple[str, str]] | None = None, *,
                       lost: bool = False) -> int:
-        """Give runs back to the queue; `lost`: their worker died (see attempts.py, 3)."""
+        """Give items (by (run_id, target_step_id); None: all of `owner`'s) back to the queue;
+        `lost`: their worker was lost (see attempts.py, 3)."""
         def job(tx: Tx) -> int:
             # A run whose last allowed attempt was just lost ends here, not at the next claim.
-            items, remaining = attempts.release(self._context(tx, now_ms()), owner, run_ids,
+            items, remaining = attempts.release(self._context(tx, now_ms()), owner, keys,
                                                 lost=lost)
             tx.notify = bool(remaining)
             if lost and items and self.observers:
@@ -278,16 +295,42 @@ class Engine:
             self._ready()
         return count
 
-    async def release_owners_like(self, prefix: str) -> int:
-        """Release the leases of one server's connections and forget those workers."""
+    # -- servers (see store/servers.py) --------------------------------------------------------
+    async def server_started(self, server_id: str) -> int:
+        """Register this server; what its previous process left under the same id (leases,
+        worker rows) is given back: that process is dead. Returns the leases released."""
         def job(tx: Tx) -> int:
-            worker_store.delete_like(tx.conn, prefix)
-            return queue_store.release_owners_like(tx.conn, prefix)
+            now = now_ms()
+            released = attempts.release_server(self._context(tx, now), server_id)
+            worker_store.delete_of_server(tx.conn, server_id)
+            server_store.register(tx.conn, server_id, now)
+            tx.notify = bool(released)
+            return released
 
-        count = await self.db.write(job)
-        if count:
-            self._ready()
-        return count
+        return await self.db.write(job)
+
+    async def server_heartbeat(self, server_id: str) -> None:
+        """This server is alive (ListWorkers shows the workers of live servers only); rows of
+        servers and workers gone without a word for a while are deleted on the way."""
+        def job(tx: Tx) -> None:
+            now = now_ms()
+            server_store.heartbeat(tx.conn, server_id, now)
+            stale = now - STALE_ROW_LEASES * self._lease_ms
+            server_store.delete_stale(tx.conn, stale)
+            worker_store.delete_stale(tx.conn, stale)
+
+        await self.db.write(job)
+
+    async def server_stopped(self, server_id: str) -> int:
+        """Release the leases of this server's connections and forget it and its workers."""
+        def job(tx: Tx) -> int:
+            released = attempts.release_server(self._context(tx, now_ms()), server_id)
+            worker_store.delete_of_server(tx.conn, server_id)
+            server_store.delete_one(tx.conn, server_id)
+            tx.notify = bool(released)
+            return released
+
+        return await self.db.write(job)
 
     async def release_all(self) -> int:
         """Only for a server that owns its database alone (SQLite): every lease is stale, and

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from stepline_server.engine.core import Engine
 
 STATS_WINDOW_MS = 24 * 3600 * 1000
-# A worker row not refreshed by a heartbeat for this many leases belongs to a worker (or a
-# server) that went away without closing its stream.
-STALE_WORKER_LEASES = 3
 _NO_STATS = FunctionStats(runs=0, completed=0, failed=0, cancelled=0, active=0)
 
 
@@ -111,14 +108,14 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
 
 async def list_workers(engine: Engine, *, limit: int | None = None, page_token: str = ""
                        ) -> tuple[list[WorkerInfo], str]:
-    """Rows refreshed recently, oldest connection first, at most `limit` (None: all); and the
-    next page's token ('' at the end). Stale rows are left out here and deleted."""
-    cutoff = now_ms() - int(STALE_WORKER_LEASES * engine.settings.lease_seconds * 1000)
+    """Workers of live servers, oldest connection first, at most `limit` (None: all); and the
+    next page's token ('' at the end). A server is known dead once its heartbeat is a lease
+    old (by then its workers' leases have run out too), or at once when it starts again; stale
+    rows are deleted by the servers' heartbeats (Engine.server_heartbeat)."""
+    live_since = now_ms() - int(engine.settings.lease_seconds * 1000)
     after = _cursor(page_token)
     rows, more = _cut(await engine.db.read(lambda conn: worker_store.list_(
-        conn, after=after, limit=None if limit is None else limit + 1)), limit)
-    live = [w for w in rows if w.last_heartbeat_ms >= cutoff]
-    if len(live) < len(rows):
-        await engine.db.write(lambda tx: worker_store.delete_stale(tx.conn, cutoff))
+        conn, live_since=live_since, after=after,
+        limit=None if limit is None else limit + 1)), limit)
     token = encode_cursor(rows[-1].connected_at_ms, rows[-1].connection_id) if more else ""
-    return live, token
+    return rows, token

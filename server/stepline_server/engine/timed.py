@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 
+from stepline_server.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,10 @@ class TimedLoop:
         while not self._stop.is_set():
             try:
                 delay = await self._round()
-            except Exception:  # the database may be briefly unavailable: keep going
+            except Unavailable as exc:  # an outage: one line per round, not a traceback
+                log.warning("%s failed (%s); retrying", self.what, exc)
+                delay = self.poll_seconds
+            except Exception:
                 log.exception("%s failed; retrying", self.what)
                 delay = self.poll_seconds
             if delay > 0:

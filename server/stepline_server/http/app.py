@@ -29,6 +29,7 @@ from stepline_server.errors import (
     NotFound,
     StaleLease,
     SteplineServerError,
+    Unavailable,
 )
 from stepline_server.http import api, login, pages, views
 from stepline_server.http.metrics import Metrics
@@ -76,6 +77,8 @@ def _status(exc: SteplineServerError) -> int:
         return 404
     if isinstance(exc, FailedPrecondition | Conflict | StaleLease):
         return 409
+    if isinstance(exc, Unavailable):  # the database is unreachable: try again shortly
+        return 503
     return 500
 
 

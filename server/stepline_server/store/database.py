@@ -106,11 +106,13 @@ def _translate(exc: Exception) -> Exception:
     """Driver errors become server errors here, in one place."""
     if isinstance(exc, IntegrityError):
         return Conflict(f"conflicts with stored data: {exc.orig}")
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if dialect.unreachable(exc):
         # The next transaction reconnects. Lost before or during COMMIT, the work may or may
         # not be stored: a resend is safe for what is idempotent (events with an id, reports
         # fenced by their lease).
-        return Unavailable("the database connection was lost; send the request again")
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return Unavailable("the database connection was lost; send the request again")
+        return Unavailable("the database is unreachable; send the request again")
     return exc
 
 
@@ -234,8 +236,12 @@ class Database:
             try:
                 results = self._commit(batch, callbacks)
             except Exception as exc:  # the commit itself failed
-                log.exception("write transaction failed")
-                results = [_translate(exc)] * len(batch)
+                translated = _translate(exc)
+                if isinstance(translated, Unavailable):  # an outage: no traceback per write
+                    log.warning("write transaction failed: %s", str(exc).splitlines()[0])
+                else:
+                    log.exception("write transaction failed")
+                results = [translated] * len(batch)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_resolve, batch, results, callbacks)
         self._drop_connection()
@@ -309,12 +315,19 @@ class Database:
 
     def _read(self, query: Callable[[Connection], T]) -> T:
         try:
-            with self.reader.connect() as conn:
-                return query(conn)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+            try:
+                with self.reader.connect() as conn:
+                    return query(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The pooled connection had died (database restart): the pool has dropped it
+                # and its siblings; a read has no side effects, so run it once more on a fresh
+                # one.
+                with self.reader.connect() as conn:
+                    return query(conn)
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
                 raise
-            # The pooled connection had died (database restart): the pool has dropped it and
-            # its siblings; a read has no side effects, so run it once more on a fresh one.
-            with self.reader.connect() as conn:
-                return query(conn)
+            raise translated from exc

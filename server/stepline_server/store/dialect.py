@@ -82,6 +82,32 @@ def pipelined(conn: Connection) -> Iterator[None]:
         raise exc.DBAPIError.instance(None, None, err, psycopg.Error) from err
 
 
+# SQLSTATEs that say the database cannot serve us now, though it may in a moment: connection
+# exceptions (class 08), a server shutting down or starting up (57P01-57P03), no free
+# connection slot (53300).
+_UNREACHABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether a driver error means "the database is unreachable": the request may succeed if
+    sent again once it is back. PostgreSQL only; a SQLite file is never unreachable."""
+    if isinstance(error, exc.PendingRollbackError):
+        # The transaction's connection died under it (SQLAlchemy invalidated it).
+        return True
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    import psycopg
+
+    orig = error.orig
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    # psycopg raises connection failures (refused, reset, closed) without a SQLSTATE.
+    state = orig.sqlstate
+    return state is None or state.startswith(_UNREACHABLE_STATES)
+
+
 def insert_or_replace(dialect_name: str, table: Table, *, replace_if: Any) -> Any:
     """INSERT … ON CONFLICT (primary key) DO UPDATE every other column WHERE `replace_if`,
     RETURNING the key: a row comes back exactly when it was inserted or replaced."""

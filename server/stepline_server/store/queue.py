@@ -76,10 +76,6 @@ def _claim(where: Any) -> Hot:
         .where(where)
         .values(lease=queue.c.lease + 1, lease_owner=bindparam("owner"),
                 lease_until_ms=bindparam("until"),
-                # Taking over an expired lease: what that costs is engine/attempts.py's call.
-                attempt=case((queue.c.lease_owner.is_not(None),
-                              queue.c.attempt + bindparam("takeover_cost")),
-                             else_=queue.c.attempt),
                 # The first dispatch ends the start timeout and arms the finish timeout.
                 deadline_ms=case((queue.c.deadline_kind == "start",
                                   bindparam("now") + queue.c.finish_timeout_ms),
@@ -128,15 +124,14 @@ _CLAIM_POSTGRESQL = _claim(and_(
 
 
 def claim(conn: Connection, owner: str, function_ids: list[str], limit: int, now_ms: int,
-          lease_ms: int, *, takeover_cost: int) -> list[QueueItem]:
-    """Lease up to `limit` due items of these functions to `owner`, oldest due first. An item
-    whose lease expired is taken over, its attempt advanced by `takeover_cost`."""
+          lease_ms: int) -> list[QueueItem]:
+    """Lease up to `limit` due items of these functions to `owner`, oldest due first; an item
+    whose lease expired is taken over, its attempt unchanged."""
     if limit <= 0 or not function_ids:
         return []
     statement = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
     rows = statement.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
-                                 "owner": owner, "until": now_ms + lease_ms,
-                                 "takeover_cost": takeover_cost})
+                                 "owner": owner, "until": now_ms + lease_ms})
     return [_item(row) for row in rows]
 
 
@@ -240,21 +235,28 @@ def next_deadline(conn: Connection) -> int | None:
     return None if value is None else int(value)
 
 
-_EXTEND = (update(queue).where(queue.c.lease_owner == bindparam("owner"))
-           .values(lease_until_ms=bindparam("until")))
+def _held(owner: str, keys: list[tuple[str, str]]) -> Any:
+    return and_(queue.c.lease_owner == owner,
+                tuple_(queue.c.run_id, queue.c.target_step_id).in_(keys))
 
 
-def extend(conn: Connection, owner: str, until_ms: int) -> None:
-    conn.execute(_EXTEND, {"owner": owner, "until": until_ms})
+def extend(conn: Connection, owner: str, keys: list[tuple[str, str]], until_ms: int) -> None:
+    """Renew `owner`'s leases of these items (by (run_id, target_step_id)); an item it no
+    longer holds is left alone."""
+    if keys:
+        conn.execute(update(queue).where(_held(owner, keys)).values(lease_until_ms=until_ms))
 
 
-def release(conn: Connection, owner: str, run_ids: list[str] | None, *, attempts_used: int
-            ) -> list[QueueItem]:
-    """Give up leases so other workers can take the items at once, advancing their attempt by
-    `attempts_used`."""
-    condition = queue.c.lease_owner == owner
-    if run_ids is not None:
-        condition = and_(condition, queue.c.run_id.in_(run_ids))
+def release(conn: Connection, owner: str, keys: list[tuple[str, str]] | None, *,
+            attempts_used: int, lease: int | None = None) -> list[QueueItem]:
+    """Give up `owner`'s leases of these items (None: of all its items) so other workers can
+    take them at once, advancing their attempt by `attempts_used`; with `lease`, only an item
+    still under that lease."""
+    if keys is not None and not keys:
+        return []
+    condition = queue.c.lease_owner == owner if keys is None else _held(owner, keys)
+    if lease is not None:
+        condition = and_(condition, queue.c.lease == lease)
     values: dict[str, Any] = {"lease_owner": None, "lease_until_ms": None}
     if attempts_used:
         values["attempt"] = queue.c.attempt + attempts_used
@@ -263,9 +265,11 @@ def release(conn: Connection, owner: str, run_ids: list[str] | None, *, attempts
     return [_item(row) for row in rows]
 
 
-def release_owners_like(conn: Connection, prefix: str) -> int:
+def release_owners(conn: Connection, prefix: str) -> int:
+    """Give up the leases of every owner whose id starts with `prefix` (one server's worker
+    connections), their attempts unchanged."""
     result = conn.execute(
-        update(queue).where(queue.c.lease_owner.like(f"{prefix}%"))
+        update(queue).where(queue.c.lease_owner.startswith(prefix, autoescape=True))
         .values(lease_owner=None, lease_until_ms=None)
     )
     return int(result.rowcount)

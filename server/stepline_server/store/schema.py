@@ -189,9 +189,20 @@ cron_schedules = Table(
     Index("ix_cron_next_tick", "next_tick_ms"),
 )
 
+# Server processes sharing this database, by their stable id (settings.server_id), each
+# refreshing its row every heartbeat interval: a server whose row went stale is dead. A server
+# that starts again under its id releases what its previous process left (leases, worker rows).
+servers = Table(
+    "servers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("started_at_ms", BigInteger, nullable=False),
+    Column("last_heartbeat_ms", BigInteger, nullable=False),
+)
+
 # Workers connected to any server sharing this database (one row per stream), so every server
-# can list them; removed when the stream closes, and stale rows of dead servers age out by
-# last_heartbeat_ms.
+# can list them; removed when the stream closes or when their server starts again, hidden once
+# their server is known dead, and stale rows age out by last_heartbeat_ms.
 workers = Table(
     "workers",
     metadata,

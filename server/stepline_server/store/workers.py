@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.model import WorkerInfo
 from stepline_server.store.paging import past
-from stepline_server.store.schema import queue, workers
+from stepline_server.store.schema import queue, servers, workers
 
 _HEARTBEAT = (update(workers).where(workers.c.connection_id == bindparam("b_id"))
               .values(last_heartbeat_ms=bindparam("now")))
@@ -45,9 +45,9 @@ def delete_one(conn: Connection, connection_id: str) -> None:
     conn.execute(_DELETE, {"b_id": connection_id})
 
 
-def delete_like(conn: Connection, prefix: str) -> None:
-    """Rows of one server's connections (their ids start with its server id)."""
-    conn.execute(delete(workers).where(workers.c.connection_id.like(f"{prefix}%")))
+def delete_of_server(conn: Connection, server_id: str) -> None:
+    """Rows of one server's connections."""
+    conn.execute(delete(workers).where(workers.c.server_id == server_id))
 
 
 def delete_all(conn: Connection) -> None:
@@ -59,12 +59,14 @@ def delete_stale(conn: Connection, before_ms: int) -> None:
     conn.execute(delete(workers).where(workers.c.last_heartbeat_ms < before_ms))
 
 
-def list_(conn: Connection, *, after: tuple[int, str] | None = None, limit: int | None = None
-          ) -> list[WorkerInfo]:
-    """Rows oldest connection first (those after `after`, the (connected_at_ms, connection_id)
-    of the last of the page before; at most `limit`), with the queue items leased to each
-    counted in one grouped query (on ix_queue_owner)."""
-    query = select(workers)
+def list_(conn: Connection, *, live_since: int, after: tuple[int, str] | None = None,
+          limit: int | None = None) -> list[WorkerInfo]:
+    """Rows of servers alive (their heartbeat at or after `live_since`) oldest connection first
+    (those after `after`, the (connected_at_ms, connection_id) of the last of the page before;
+    at most `limit`), with the queue items leased to each counted in one grouped query (on
+    ix_queue_owner)."""
+    query = (select(workers).join(servers, servers.c.id == workers.c.server_id)
+             .where(servers.c.last_heartbeat_ms >= live_since))
     if after is not None:
         query = query.where(past(after, workers.c.connected_at_ms, workers.c.connection_id,
                                  newest_first=False))
