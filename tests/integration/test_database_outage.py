@@ -62,13 +62,13 @@ def test_server_recovers_when_postgresql_drops_its_connections(
     start_worker(app)
     deadline = time.monotonic() + 30
     _send(app, 1, deadline)
-    (first,) = server.run_ids_for("square")
+    (first,) = server.run_ids_for("outage:square")
     assert server.wait_run(first).status == rs.RUN_STATUS_COMPLETED
 
     assert _drop_connections(database_url) >= 1  # the writer's, the readers', LISTEN's
     refusals = [_send(app, n, deadline) for n in range(2, 7)]
     assert sum(refusals) <= 1  # the first write on the writer's dead connection, at most
-    run_ids = server.run_ids_for("square")
+    run_ids = server.run_ids_for("outage:square")
     assert len(run_ids) == 6
     outputs = sorted(json.loads(server.wait_run(r).output) for r in run_ids)
     assert outputs == [n * n for n in range(1, 7)]
