@@ -47,7 +47,7 @@ def test_sigterm_drains_the_worker_and_stops_the_server(database_url: str,
         wait_for(lambda: _registered(runs, sender), 20, "the worker registered its function")
         wait_for(lambda: executions(log), 20, "a step started")
         assert stop(worker, signal.SIGTERM, timeout=20) == 0  # finished the run, then exited
-        (run,) = runs.list("crashy")
+        (run,) = runs.list("e2e-crash:crashy")
         assert run.status == 5, run  # completed while draining
         assert stop(server, signal.SIGTERM, timeout=20) == 0
     finally:
@@ -58,4 +58,4 @@ def test_sigterm_drains_the_worker_and_stops_the_server(database_url: str,
 
 def _registered(runs: Runs, sender: Stepline) -> bool:
     sender.send_sync("e2e/crash", {"n": 1})  # stored without runs until registered
-    return bool(runs.list("crashy"))
+    return bool(runs.list("e2e-crash:crashy"))

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stepline_server import formatting
+from stepline_server import formatting, names
 from stepline_server.errors import (
     Conflict,
     FailedPrecondition,
@@ -45,7 +45,7 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics) -> Star
     templates.env.filters.update(
         duration=formatting.duration, timestamp=views.timestamp, iso=views.iso,
         pretty_json=views.pretty_json, compact_json=views.compact_json, percent=views.percent,
-        json_value=views.json_value)
+        json_value=views.json_value, local_id=names.local_id)
     templates.env.globals["success_rate"] = views.success_rate
     routes: list[BaseRoute] = [
         *pages.routes, *api.routes,
