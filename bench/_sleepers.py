@@ -18,7 +18,7 @@ WARMUP_RUNS = 5
 
 
 async def _count_asleep(backend: Backend) -> int:
-    return await asyncio.to_thread(backend.count, _worker_app.SLEEPER_ID, "sleeping")
+    return await asyncio.to_thread(backend.count, _worker_app.sleeper.full_name, "sleeping")
 
 
 async def seed(backend: Backend, target: str, server_pid: int, n: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from stepline import EventInput
 THROUGHPUT_TIMEOUT = 120.0  # one throughput trial, from first send to all completed
 WARMUP_TIMEOUT = 60.0
 SEND_BATCH = 100
+THREE_STEPS = _worker_app.three_steps.full_name  # as the runs table names it
 
 
 async def wait_completed(backend: Backend, count: int, within: float,
@@ -21,7 +22,7 @@ async def wait_completed(backend: Backend, count: int, within: float,
     return max(ended_at_ms)."""
     deadline = time.monotonic() + within
     while True:
-        done, last_ms = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
+        done, last_ms = await asyncio.to_thread(backend.completed, THREE_STEPS)
         if done >= count:
             return last_ms
         worker.check_alive()
@@ -32,7 +33,7 @@ async def wait_completed(backend: Backend, count: int, within: float,
 
 async def warm_up(backend: Backend, worker: _proc.Child, runs: int) -> None:
     """A few throughput runs: proves the worker is connected and takes its start-up costs out."""
-    base, _ = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
+    base, _ = await asyncio.to_thread(backend.completed, THREE_STEPS)
     await _worker_app.app.send_many([EventInput(_worker_app.TRIGGER, {"warmup": i})
                                      for i in range(runs)])
     await wait_completed(backend, base + runs, WARMUP_TIMEOUT, worker)
@@ -50,7 +51,7 @@ async def throughput_trial(backend: Backend, target: str, server_pid: int, slots
                                      slots, log)
     try:
         await warm_up(backend, worker, warmup_runs)
-        base, _ = await asyncio.to_thread(backend.completed, _worker_app.FUNCTION_ID)
+        base, _ = await asyncio.to_thread(backend.completed, THREE_STEPS)
         batches = [[EventInput(_worker_app.TRIGGER, {"i": i})
                     for i in range(start, min(runs, start + SEND_BATCH))]
                    for start in range(0, runs, SEND_BATCH)]

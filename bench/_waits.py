@@ -89,6 +89,7 @@ def make_app(target: str, marks: Marks) -> Stepline:
 async def start_waits(app: Stepline, backend: Backend, function_id: str, event: str,
                       keys: list[str]) -> None:
     """Start one run per key and return once the database shows them all waiting."""
+    function_id = app.functions[function_id].full_name  # as the runs table names it
     base = await asyncio.to_thread(backend.count, function_id, "waiting")
     for start in range(0, len(keys), SEND_BATCH):
         await asyncio.wait_for(app.send_many(

@@ -294,7 +294,7 @@ async def measure_latency(ip: InProcess, sizes: Sizes) -> dict[str, Any]:
         done.append(marks.done - t0)
     polled = [await run_three_polled(ip) for _ in range(sizes.sequential_runs)]
     expected = 2 * (sizes.warmup_runs + sizes.sequential_runs)
-    completed = await ip.count_completed(THREE_ID)
+    completed = await ip.count_completed(ip.app.functions[THREE_ID].full_name)
     if completed != expected:
         raise RuntimeError(f"expected {expected} completed 3-step runs, ListRuns shows {completed}")
     return {

@@ -70,7 +70,10 @@ from stepline_server.settings import DEFAULT_GRPC_ADDRESS, DEFAULT_HTTP_ADDRESS 
 
 SIGNUP_EVENT = "user/signup.completed"
 UPGRADE_EVENT = "billing/upgraded"
-SIGNUP_FUNCTIONS = ("send-welcome-email", "onboarding")  # both triggered by SIGNUP_EVENT
+# Functions by full name, "<app_id>:<function id>", as runs and filters name them.
+WELCOME, ONBOARDING, DIGEST = (f"{signup.app.app_id}:{function_id}" for function_id in (
+    "send-welcome-email", "onboarding", "weekly-digest"))
+SIGNUP_FUNCTIONS = (WELCOME, ONBOARDING)  # both triggered by SIGNUP_EVENT
 USERS = ["usr_123", "usr_456"]
 UPGRADING_USER = "usr_456"
 NEXT_USER = "usr_789"  # a seeded user the demo leaves for you to sign up
@@ -275,7 +278,7 @@ def send_signups(channel: grpc.Channel) -> dict[tuple[str, str], str]:
 def play(channel: grpc.Channel, processes: Processes) -> tuple[SignupRuns, list[Run]]:
     """Sign the users up, upgrade one of them, wait for every run; return the ended runs."""
     run_ids = send_signups(channel)
-    waiting = run_ids["onboarding", UPGRADING_USER]
+    waiting = run_ids[ONBOARDING, UPGRADING_USER]
     # A wait sees only the events sent after it began: upgrade once the run is waiting.
     wait_for(f"the onboarding of {UPGRADING_USER} to wait for {UPGRADE_EVENT}",
              lambda: run_in(channel, waiting, {"waiting", *cli_format.ENDED_STATUSES}),
@@ -286,7 +289,7 @@ def play(channel: grpc.Channel, processes: Processes) -> tuple[SignupRuns, list[
         f"a weekly digest (cron {DEMO_SETTINGS['DIGEST_CRON']!r})")
     ended = {key: wait_until_ended(channel, run_id, processes)
              for key, run_id in run_ids.items()}
-    digests = wait_for("a weekly-digest run", lambda: completed_runs(channel, "weekly-digest"),
+    digests = wait_for("a weekly-digest run", lambda: completed_runs(channel, DIGEST),
                        timeout=RUN_TIMEOUT_SECONDS, processes=processes)
     return ended, digests
 
@@ -302,8 +305,8 @@ def show(runs: SignupRuns, digests: list[Run], outbox: list[list[str]]) -> None:
     say("stepline runs")
     print(cli_format.runs_table([*runs.values(), *digests]))
     for user_id in USERS:
-        say(f"stepline run {runs['onboarding', user_id].id}  (onboarding of {user_id})")
-        print(cli_format.run_detail(runs["onboarding", user_id]))
+        say(f"stepline run {runs[ONBOARDING, user_id].id}  (onboarding of {user_id})")
+        print(cli_format.run_detail(runs[ONBOARDING, user_id]))
     say(f"stepline run {digests[0].id}  (weekly digest)")
     print(cli_format.run_detail(digests[0]))
     say("outbox of signup.db")
@@ -317,7 +320,7 @@ def problems(runs: SignupRuns, digests: list[Run], outbox: list[list[str]]) -> l
     sent = {message_id for message_id, *_ in outbox}
     for user_id in USERS:
         upgraded = user_id == UPGRADING_USER
-        onboarding = runs["onboarding", user_id]
+        onboarding = runs[ONBOARDING, user_id]
         result = output(onboarding)
         follow_up = None if upgraded else f"followup_{onboarding.id}"
         if result is not None and (result["upgraded"], result["followUp"]) != (upgraded,
@@ -326,7 +329,7 @@ def problems(runs: SignupRuns, digests: list[Run], outbox: list[list[str]]) -> l
                          f"{'an upgrade and no' if upgraded else 'no upgrade and a'} follow-up")
         if (f"followup_{onboarding.id}" in sent) == upgraded:
             found.append(f"outbox: {'a' if upgraded else 'no'} follow-up email to {user_id}")
-    expected = {f"msg_{runs['send-welcome-email', user_id].id}" for user_id in USERS}
+    expected = {f"msg_{runs[WELCOME, user_id].id}" for user_id in USERS}
     expected |= {f"digest_{json.loads(run.event.data)['tick_ms']}_{user_id}"
                  for run in digests for user_id, *_ in signup.SEED_USERS}
     if expected - sent:

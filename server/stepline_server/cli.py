@@ -496,7 +496,8 @@ def _add_client_commands(commands: Any) -> None:
                                    "no runs")
     send.set_defaults(handler=_client(cmd_send))
     runs = commands.add_parser("runs", parents=[common], help="list runs, newest first")
-    runs.add_argument("--function", metavar="F", help="only runs of this function id")
+    runs.add_argument("--function", metavar="F", help="only runs of this function, by its full "
+                                                       "name APP_ID:FUNCTION_ID")
     runs.add_argument("--status", choices=cli_format.run_status_names(), metavar="S",
                       help="only runs in this status: " + ", ".join(
                           cli_format.run_status_names()))

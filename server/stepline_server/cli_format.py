@@ -295,7 +295,7 @@ def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
     for f in functions:
         s = f.stats
         rows.append([
-            f.config.id + (" (archived)" if f.archived else ""), f.app_id, str(f.version),
+            f.function_id + (" (archived)" if f.archived else ""), f.app_id, str(f.version),
             str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
             truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
         ])

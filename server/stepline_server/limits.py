@@ -8,8 +8,11 @@ import re
 
 from stepline_server.errors import InvalidArgument
 
-# Ids of functions, apps and events: what fits the columns and reads well in a URL.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+# Ids of apps and of functions within their app: what fits the columns and reads well in a URL.
+# Neither holds ':', the separator of a function's full name "<app_id>:<function_id>"
+# (names.py); app ids are slugs.
+APP_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+FUNCTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./@-]*$")
 MAX_ID_LENGTH = 128
 # Names of events and functions.
 MAX_NAME_LENGTH = 256
@@ -19,14 +22,23 @@ MAX_STEP_ID_LENGTH = 300
 MAX_DURATION_MS = 366 * 24 * 3600 * 1000
 
 
-def check_id(value: str, field: str, what: str) -> None:
-    """A required id of a function or an app (`what` says which)."""
+def check_app_id(value: str, field: str) -> None:
+    """A required app id."""
+    _check_id(value, field, "app id", APP_ID_PATTERN, "_ . -")
+
+
+def check_function_id(value: str, field: str) -> None:
+    """A required function id, as its app declares it (without the app)."""
+    _check_id(value, field, "function id", FUNCTION_ID_PATTERN, "_ . / @ -")
+
+
+def _check_id(value: str, field: str, what: str, pattern: re.Pattern[str], others: str) -> None:
     if not value:
         raise InvalidArgument(field, f"{what} is required")
-    if len(value) > MAX_ID_LENGTH or not ID_PATTERN.match(value):
+    if len(value) > MAX_ID_LENGTH or not pattern.match(value):
         raise InvalidArgument(
             field, f"{value[:80]!r} is not a valid {what}: use at most {MAX_ID_LENGTH} letters, "
-            "digits and _ . : / @ -, starting with a letter or digit")
+            f"digits and {others}, starting with a letter or digit")
 
 
 def check_event_id(value: str, field: str) -> None:

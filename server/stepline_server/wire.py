@@ -13,13 +13,15 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2
+from stepline_server import names
 from stepline_server.engine import cron, expressions
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.limits import (
     MAX_DURATION_MS,
+    check_app_id,
     check_event_id,
-    check_id,
+    check_function_id,
     check_length,
     check_name,
     json_text,
@@ -117,22 +119,24 @@ def error_to_proto(error: ErrorInfo | None) -> common_pb2.ErrorInfo | None:
 
 
 # -- function configs ---------------------------------------------------------------------------
-def functions_from_proto(app_id: str, messages: Any, field: str) -> list[FunctionSpec]:
-    check_id(app_id, "app_id", "app id")
+def functions_from_proto(app_id: str, messages: Any, field: str, *, app_field: str = "app_id"
+                         ) -> list[FunctionSpec]:
+    """An app's declared functions, each by its full name `<app_id>:<id>` (names.py)."""
+    check_app_id(app_id, app_field)
     specs: list[FunctionSpec] = []
     seen: dict[str, int] = {}
     for i, fn in enumerate(messages):
         path = f"{field}[{i}]"
-        check_id(fn.id, f"{path}.id", "function id")
+        check_function_id(fn.id, f"{path}.id")
         if fn.id in seen:
             raise InvalidArgument(
                 f"{path}.id", f"duplicate function id {fn.id!r} (also {field}[{seen[fn.id]}])")
         seen[fn.id] = i
-        specs.append(_function(fn, path))
+        specs.append(_function(app_id, fn, path))
     return specs
 
 
-def _function(fn: common_pb2.FunctionConfig, path: str) -> FunctionSpec:
+def _function(app_id: str, fn: common_pb2.FunctionConfig, path: str) -> FunctionSpec:
     retries = fn.retries if fn.HasField("retries") else DEFAULT_RETRIES
     if not 0 <= retries <= MAX_RETRIES:
         raise InvalidArgument(
@@ -143,7 +147,8 @@ def _function(fn: common_pb2.FunctionConfig, path: str) -> FunctionSpec:
         raise InvalidArgument(f"{path}.triggers", "at least one trigger is required")
     _no_duplicate_triggers(triggers, f"{path}.triggers")
     return FunctionSpec(
-        id=fn.id, name=fn.name or fn.id, triggers=triggers, retries=retries,
+        id=names.full_name(app_id, fn.id), name=fn.name or fn.id, triggers=triggers,
+        retries=retries,
         cancel_on=tuple(_cancel_on(c, f"{path}.cancel_on[{j}]")
                         for j, c in enumerate(fn.cancel_on)),
         start_timeout_ms=_positive_ms(fn.timeouts, "start", f"{path}.timeouts.start"),
@@ -189,7 +194,8 @@ def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
 
 
 def function_config_to_proto(spec: FunctionSpec) -> common_pb2.FunctionConfig:
-    """The inverse of functions_from_proto, for one function."""
+    """The inverse of functions_from_proto, for one function: as its app declared it, by the
+    id it has in that app."""
     triggers = [
         common_pb2.Trigger(event=common_pb2.EventTrigger(name=t.name, expression=t.expression))
         if isinstance(t, EventTrigger)
@@ -202,7 +208,7 @@ def function_config_to_proto(spec: FunctionSpec) -> common_pb2.FunctionConfig:
         timeouts = common_pb2.Timeouts(start=duration(spec.start_timeout_ms),
                                        finish=duration(spec.finish_timeout_ms))
     return common_pb2.FunctionConfig(
-        id=spec.id, name=spec.name, triggers=triggers, retries=spec.retries,
+        id=names.local_id(spec.id), name=spec.name, triggers=triggers, retries=spec.retries,
         cancel_on=[common_pb2.CancelOn(event=c.event, expression=c.expression,
                                        timeout=duration(c.timeout_ms))
                    for c in spec.cancel_on],

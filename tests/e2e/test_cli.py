@@ -146,17 +146,25 @@ def test_send_then_runs_and_run_show_the_completed_run(url: str) -> None:
 
     shown = stepline("run", run_id, url=url)
     assert shown.returncode == 0, shown.stderr
-    for expected in ("greet", "completed", "test/cli.greet (evt-greet-1)", '{"name":"Ada"}',
+    for expected in ("cli-e2e:greet", "completed", "test/cli.greet (evt-greet-1)",
+                     '{"name":"Ada"}',
                      '{"greeting":"HELLO, ADA"}', "make-greeting", '"Hello, Ada"',
                      "attempt 1 failed: RuntimeError: flaky: first attempt fails"):
         assert expected in shown.stdout, shown.stdout
 
-    listed = stepline("runs", "--function", "greet", url=url)
+    listed = stepline("runs", "--function", "cli-e2e:greet", url=url)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0].split() == [
         "RUN", "ID", "FUNCTION", "STATUS", "CREATED", "DURATION"]
-    row = next(line for line in listed.stdout.splitlines() if line.startswith(run_id))
-    assert row.split()[1:3] == ["greet", "completed"]
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert {row[1] for row in rows} == {"cli-e2e:greet"}
+    assert next(row for row in rows if row[0] == run_id)[1:3] == ["cli-e2e:greet", "completed"]
+    # A bare id is refused, naming the full names that have it.
+    bare = stepline("runs", "--function", "greet", url=url)
+    assert bare.returncode == 1 and bare.stdout == ""
+    assert bare.stderr.strip() == (
+        "stepline runs: function_id: 'greet' is not a function's full name: name a function "
+        "<app_id>:<function_id>; functions with that id: cli-e2e:greet (INVALID_ARGUMENT)")
 
 
 def test_a_failed_run_shows_its_error(url: str) -> None:
@@ -311,10 +319,10 @@ def test_functions_show_their_runs(url: str) -> None:
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED",
                                 "CANCELLED", "ACTIVE", "TRIGGERS"]
-    greet = next(line.split() for line in lines if line.startswith("greet "))
+    greet = next(line.split() for line in lines if line.startswith("cli-e2e:greet "))
     assert greet[1:3] == ["cli-e2e", "1"]
     assert int(greet[3]) >= 1 and greet[-1] == "test/cli.greet"
-    assert any(line.startswith("nap ") for line in lines)
+    assert any(line.startswith("cli-e2e:nap ") for line in lines)
     assert stepline("functions", "--app", "nobody", url=url).stdout.strip() == (
         "no functions registered")
 
@@ -327,4 +335,4 @@ def test_workers_show_the_connected_worker(url: str) -> None:
                                 "CONNECTED", "HEARTBEAT", "FUNCTIONS"]
     assert len(lines) == 2, listed.stdout
     assert " cli-e2e " in lines[1] and " ready " in lines[1] and " python/" in lines[1]
-    assert lines[1].endswith("greet, nap")
+    assert lines[1].endswith("cli-e2e:greet, cli-e2e:nap")

@@ -109,7 +109,7 @@ def test_server_killed_and_restarted_loses_nothing(database_url: str, tmp_path: 
         executed_before = Counter((r, s) for r, s, _ in executions(log))
         server = start_server(database_url, port, tmp_path / "server.log", env=server_env)
         procs[0] = server
-        finished = wait_for(lambda: runs.all_ended("crashy", 30), 60, "all 30 runs ended")
+        finished = wait_for(lambda: runs.all_ended("e2e-crash:crashy", 30), 60, "all 30 runs ended")
         assert all(r.status == 5 for r in finished), [r.error for r in finished]
         assert set(event_ids) <= {runs.get(r.id).event.id for r in finished}
         after = Counter((r, s) for r, s, _ in executions(log))
@@ -118,7 +118,7 @@ def test_server_killed_and_restarted_loses_nothing(database_url: str, tmp_path: 
             assert after[key] == executed_before[key] == 1, key
         assert len(committed_steps(database_url)) == 90  # 30 runs x 3 steps, each written once
         sender.send_sync("e2e/crash", {"n": 99}, id=event_ids[0])  # dedup survived the crash
-        assert len(runs.list("crashy")) == 30
+        assert len(runs.list("e2e-crash:crashy")) == 30
     finally:
         runs.close()
         for proc in reversed(procs):

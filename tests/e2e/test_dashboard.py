@@ -262,14 +262,18 @@ def test_send_a_test_event_from_the_form(page: Page, dashboard: Dashboard,
 def test_functions_and_workers_pages(page: Page, dashboard: Dashboard,
                                      runs: dict[str, str]) -> None:
     page.goto(f"{dashboard.url}/functions")
+    # Functions by full name, <app_id>:<function_id>, in rows, links and headings.
     for function_id in ("welcome-email", "hourly-nap", "approval", "charge-card"):
-        expect(page.locator(f'tr[data-function-id="{function_id}"]')).to_be_visible()
-    expect(page.locator('tr[data-function-id="charge-card"] .rate')).to_have_text("0 %")
-    expect(page.locator('tr[data-function-id="welcome-email"]')).to_contain_text(
+        expect(page.locator(f'tr[data-function-id="dashboard-e2e:{function_id}"]')
+               ).to_be_visible()
+    expect(page.locator('tr[data-function-id="dashboard-e2e:charge-card"] .rate')
+           ).to_have_text("0 %")
+    expect(page.locator('tr[data-function-id="dashboard-e2e:welcome-email"]')).to_contain_text(
         "demo/user.signup")
     shot(page, "functions")
-    page.click("a:has-text('welcome-email')")
-    expect(page.locator("h1")).to_have_text("welcome-email")
+    page.click("a:has-text('dashboard-e2e:welcome-email')")
+    expect(page).to_have_url(f"{dashboard.url}/functions/dashboard-e2e:welcome-email")
+    expect(page.locator("h1")).to_have_text("dashboard-e2e:welcome-email")
     expect(page.locator(".stat").first).to_contain_text("100 %")
     expect(row(page, runs["signup"])).to_be_visible()
     shot(page, "function")

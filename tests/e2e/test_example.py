@@ -122,12 +122,12 @@ def test_make_dev_stays_up_with_the_dashboard_until_stopped(sig: int, tmp_path: 
         # the worker's restart, may still be finishing: wait for every run to end).
         runs = wait_for(lambda: ended_runs(url), RUN_TIMEOUT, "every run to end", interval=0.2)
         assert {run["status"] for run in runs} == {"completed"}, runs
-        by_function = {f: sum(run["function_id"] == f for run in runs)
+        by_function = {f: sum(run["function_id"] == f"signup-example:{f}" for run in runs)
                        for f in ("send-welcome-email", "onboarding", "weekly-digest")}
         assert by_function["send-welcome-email"] == by_function["onboarding"] == 2, runs
         assert by_function["weekly-digest"] >= 1, runs
         # The digest is back to its real schedule, so the dashboard gets no run every 5 s.
-        digest = api(url, "/api/functions/weekly-digest")["function"]
+        digest = api(url, "/api/functions/signup-example:weekly-digest")["function"]
         assert digest["triggers"] == [{"cron": "0 9 * * MON", "timezone": "Europe/Paris"}], digest
         assert api(url, "/api/workers")["workers"], "the worker is connected"
 
@@ -212,12 +212,12 @@ def outbox(db_path: Path) -> dict[str, tuple[str, str]]:
 
 def onboarding_by_user(runs: Runs) -> dict[str, str] | None:
     found = {json.loads(runs.get(run.id).event.data)["userId"]: run.id
-             for run in runs.list("onboarding")}
+             for run in runs.list("signup-example:onboarding")}
     return found if len(found) == 2 else None
 
 
 def completed_digests(runs: Runs) -> list[rs.Run]:
-    return [runs.get(run.id) for run in runs.list("weekly-digest")
+    return [runs.get(run.id) for run in runs.list("signup-example:weekly-digest")
             if run.status == rs.RUN_STATUS_COMPLETED]
 
 
@@ -244,8 +244,8 @@ def test_onboarding_follows_up_unless_upgraded_and_the_digest_ticks(
         ended = {user_id: wait_for(lambda run_id=run_id: _ended(runs, run_id), RUN_TIMEOUT,
                                    f"run {run_id} to end")
                  for user_id, run_id in onboarding.items()}
-        welcomes = wait_for(lambda: runs.all_ended("send-welcome-email", 2), RUN_TIMEOUT,
-                            "two welcome runs")
+        welcomes = wait_for(lambda: runs.all_ended("signup-example:send-welcome-email", 2),
+                            RUN_TIMEOUT, "two welcome runs")
         digests = wait_for(lambda: completed_digests(runs), RUN_TIMEOUT, "a weekly-digest run")
     finally:
         runs.close()

@@ -167,16 +167,17 @@ def test_a_worker_and_the_client_commands_run_from_the_install(
         assert run["output"] == {"doubled": 42}
         assert [step["step_id"] for step in run["steps"]] == ["double"]
 
-        listed = sdk_venv.run("stepline", "runs", "--function", "double",
+        listed = sdk_venv.run("stepline", "runs", "--function", "sdk-only-e2e:double",
                               "--url", server_address, cwd=app_dir)
         _checked(listed, "stepline runs")
         row = next(line for line in listed.stdout.splitlines() if line.startswith(run_ids[0]))
-        assert row.split()[1:3] == ["double", "completed"]
+        assert row.split()[1:3] == ["sdk-only-e2e:double", "completed"]
 
         functions = sdk_venv.run("stepline", "functions", "--app", "sdk-only-e2e",
                                  "--url", server_address, cwd=app_dir)
         _checked(functions, "stepline functions")
-        assert "double" in functions.stdout and "weekly" in functions.stdout, functions.stdout
+        assert "sdk-only-e2e:double" in functions.stdout, functions.stdout
+        assert "sdk-only-e2e:weekly" in functions.stdout, functions.stdout
     finally:
         procs.stop(worker)
     assert "Traceback" not in log.read_text(), log.read_text()

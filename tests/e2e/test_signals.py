@@ -56,7 +56,7 @@ def test_sigterm_drains_the_worker_and_stops_the_server(database_url: str,
         wait_for(lambda: _registered(runs, sender), 20, "the worker registered its function")
         wait_for(lambda: executions(log), 20, "a step started")
         assert stop(worker, signal.SIGTERM, timeout=20) == 0  # finished the run, then exited
-        (run,) = runs.list("crashy")
+        (run,) = runs.list("e2e-crash:crashy")
         assert run.status == 5, run  # completed while draining
         _assert_uncharged(runs.get(run.id))
         assert stop(server, signal.SIGTERM, timeout=20) == 0
@@ -81,13 +81,13 @@ def test_sigterm_of_the_server_while_workers_hold_runs_loses_and_charges_nothing
         wait_for(lambda: _registered(runs, sender), 20, "the worker registered its function")
         for n in range(3):
             sender.send_sync("e2e/crash", {"n": n})
-        count = len(runs.list("crashy"))
+        count = len(runs.list("e2e-crash:crashy"))
         wait_for(lambda: len({r for r, _, _ in executions(log)}) == count, 20,
                  "every run inside a step")
         assert stop(server, signal.SIGTERM, timeout=20) == 0
         server = procs[0] = start_server(database_url, port, tmp_path / "server.log",
                                          env=server_env)
-        finished = wait_for(lambda: runs.all_ended("crashy", count), 60, "every run ended")
+        finished = wait_for(lambda: runs.all_ended("e2e-crash:crashy", count), 60, "every run ended")
         for run in finished:
             assert run.status == 5, run.error
             _assert_uncharged(runs.get(run.id))
@@ -121,7 +121,7 @@ def test_a_worker_killed_while_draining_charges_nothing(database_url: str,
         procs.append(start_worker(APP, port, tmp_path / "taker.log",
                                   env={"E2E_LOG": str(log)}))
         stop(leaving, signal.SIGKILL)
-        (run,) = wait_for(lambda: runs.all_ended("crashy", 1), 30, "the run ended")
+        (run,) = wait_for(lambda: runs.all_ended("e2e-crash:crashy", 1), 30, "the run ended")
         assert run.status == 5, run.error
         _assert_uncharged(runs.get(run.id))
     finally:
@@ -137,4 +137,4 @@ def _assert_uncharged(run: rs.Run) -> None:
 
 def _registered(runs: Runs, sender: Stepline) -> bool:
     sender.send_sync("e2e/crash", {"n": 1})  # stored without runs until registered
-    return bool(runs.list("crashy"))
+    return bool(runs.list("e2e-crash:crashy"))

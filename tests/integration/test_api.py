@@ -95,8 +95,8 @@ def test_send_many_events_starts_runs_for_each_subscriber(api: Api, server: Serv
                         common_pb2.Event(name="e/nobody"))
     assert len(response.ids) == 3 and response.ids[1] == "fixed-id"
     assert len(response.run_ids) == 4
-    assert len(server.run_ids_for("a")) == 2 and len(server.run_ids_for("b")) == 2
-    assert server.run_ids_for("c") == []
+    assert len(server.run_ids_for("app:a")) == 2 and len(server.run_ids_for("app:b")) == 2
+    assert server.run_ids_for("app:c") == []
     repeat = api.send(common_pb2.Event(name="e/many", id="fixed-id"))
     assert list(repeat.ids) == ["fixed-id"] and list(repeat.run_ids) == []
 
@@ -125,11 +125,12 @@ def test_bad_registrations_are_refused_whole(api: Api, database_url: str,
 
 def test_registration_is_idempotent_and_reports_changes(api: Api) -> None:
     first = api.register("app", function("a", "e/a"), function("b", "e/b"))
-    assert sorted(first.created) == ["a", "b"]
+    assert sorted(first.created) == ["app:a", "app:b"]  # by full name
     again = api.register("app", function("a", "e/a"), function("b", "e/b"))
-    assert sorted(again.unchanged) == ["a", "b"] and not again.created and not again.updated
+    assert sorted(again.unchanged) == ["app:a", "app:b"]
+    assert not again.created and not again.updated
     changed = api.register("app", function("a", "e/a2"))
-    assert list(changed.updated) == ["a"] and list(changed.archived) == ["b"]
+    assert list(changed.updated) == ["app:a"] and list(changed.archived) == ["app:b"]
     # The archived function no longer starts runs; the updated one listens to its new event.
     response = api.send(common_pb2.Event(name="e/b"), common_pb2.Event(name="e/a"))
     assert list(response.run_ids) == []
@@ -146,7 +147,7 @@ def test_list_runs_filters_and_pages(api: Api, server: ServerThread) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        page = api.runs.ListRuns(rs.ListRunsRequest(function_id="x", page_size=3,
+        page = api.runs.ListRuns(rs.ListRunsRequest(function_id="app:x", page_size=3,
                                                     page_token=token))
         assert len(page.runs) <= 3
         seen += [r.id for r in page.runs]
@@ -163,6 +164,23 @@ def test_list_runs_filters_and_pages(api: Api, server: ServerThread) -> None:
     assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "page_token")
     code, details = error_of(lambda: api.runs.ListRuns(rs.ListRunsRequest(page_size=5000)))
     assert details.startswith("page_size: must be between 0 and 1000")
+
+
+def test_list_runs_names_functions_by_full_name(api: Api) -> None:
+    api.register("team-a", function("x", "e/bare"))
+    api.register("team-b", function("x", "e/bare"))
+    api.send(common_pb2.Event(name="e/bare"))
+    runs = api.runs.ListRuns(rs.ListRunsRequest(function_id="team-b:x")).runs
+    assert [r.function_id for r in runs] == ["team-b:x"]
+    # A bare id could mean either: refused, naming both.
+    code, details = error_of(lambda: api.runs.ListRuns(rs.ListRunsRequest(function_id="x")))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                               "function_id: 'x' is not a function's full name: name a function "
+                               "<app_id>:<function_id>; functions with that id: team-a:x, "
+                               "team-b:x")
+    code, details = error_of(lambda: api.runs.ListRuns(rs.ListRunsRequest(function_id="team-a:")))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "function_id")
+    assert list(api.runs.ListRuns(rs.ListRunsRequest(function_id="team-c:x")).runs) == []
 
 
 def test_get_and_cancel_run(api: Api, server: ServerThread) -> None:
@@ -195,7 +213,7 @@ def test_events_starting_placed_and_queued_runs_together(api: Api, server: Serve
     api.register("other-app", function("unserved", "e/mixed"))
     response = api.send(*[common_pb2.Event(name="e/mixed") for _ in range(5)])
     assert len(response.run_ids) == 10
-    for run_id in server.run_ids_for("served"):
+    for run_id in server.run_ids_for("mixed:served"):
         assert server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
-    queued = api.runs.ListRuns(rs.ListRunsRequest(function_id="unserved")).runs
+    queued = api.runs.ListRuns(rs.ListRunsRequest(function_id="other-app:unserved")).runs
     assert [r.status for r in queued] == [rs.RUN_STATUS_QUEUED] * 5

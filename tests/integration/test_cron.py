@@ -74,9 +74,9 @@ def test_per_second_cron_runs_once_per_tick_on_a_worker(
         return None
 
     start_worker(app)
-    wait_until(lambda: len(ticks_of(database_url, "every-second")) >= 3, timeout=8,
+    wait_until(lambda: len(ticks_of(database_url, "cron-app:every-second")) >= 3, timeout=8,
                what="three cron runs")
-    run_ids = server.run_ids_for("every-second")
+    run_ids = server.run_ids_for("cron-app:every-second")
     completed = [server.wait_run(run_id) for run_id in run_ids]
     ticks = []
     for run in completed:
@@ -86,13 +86,13 @@ def test_per_second_cron_runs_once_per_tick_on_a_worker(
         assert data["cron"] == EVERY_SECOND
         assert data["timezone"] == "UTC"
         assert data["tick"].endswith("Z")
-        assert run.event.id == f"cron:every-second:0:{data['tick_ms']}"
+        assert run.event.id == f"cron:cron-app:every-second:0:{data['tick_ms']}"
         assert json.loads(run.output) == data["tick_ms"]
         ticks.append(data["tick_ms"])
     ticks.sort()
     assert len(set(ticks)) == len(ticks), ticks
     assert consecutive(ticks), ticks
-    assert server.run_ids_for("tick-listener") == []
+    assert server.run_ids_for("cron-app:tick-listener") == []
 
 
 def test_two_servers_fire_each_tick_once(backend: str, database_url: str,
@@ -117,28 +117,28 @@ def test_two_servers_fire_each_tick_once(backend: str, database_url: str,
     a.stop()
     b.stop()
     for function_id in ids:
-        ticks = ticks_of(database_url, function_id)
+        ticks = ticks_of(database_url, f"many:{function_id}")
         assert len(ticks) >= 2, function_id
         assert len(set(ticks)) == len(ticks), (function_id, ticks)
         assert consecutive(ticks), ticks
     # Each run was started by one of the two schedulers, once.
-    assert sum(fired.values()) == sum(len(ticks_of(database_url, i)) for i in ids)
+    assert sum(fired.values()) == sum(len(ticks_of(database_url, f"many:{i}")) for i in ids)
 
 
 def test_restart_fires_the_last_missed_tick_once(
         database_url: str, make_server: Callable[..., ServerThread]) -> None:
     first = make_server()
     register(first, "restart", cron_function("heartbeat", EVERY_SECOND))
-    wait_until(lambda: len(ticks_of(database_url, "heartbeat")) >= 2, timeout=8,
+    wait_until(lambda: len(ticks_of(database_url, "restart:heartbeat")) >= 2, timeout=8,
                what="two cron runs")
     first.stop()
-    last = ticks_of(database_url, "heartbeat")[-1]
+    last = ticks_of(database_url, "restart:heartbeat")[-1]
     # Down until 3.2 s after the last tick fired: ticks last+1 s, +2 s and +3 s are missed.
     time.sleep(max(0.0, (last + 3200 - now_ms()) / 1000))
     make_server()
-    wait_until(lambda: ticks_of(database_url, "heartbeat")[-1] >= last + 4000, timeout=8,
+    wait_until(lambda: ticks_of(database_url, "restart:heartbeat")[-1] >= last + 4000, timeout=8,
                what="runs after the restart")
-    ticks = ticks_of(database_url, "heartbeat")
+    ticks = ticks_of(database_url, "restart:heartbeat")
     assert len(set(ticks)) == len(ticks), ticks
     after = [t - last for t in ticks if t > last]
     # One catch-up run, for the last missed tick; then the schedule goes on.
@@ -153,33 +153,36 @@ def test_reregistering_neither_skips_nor_repeats_ticks(
     while time.monotonic() < deadline:
         register(server, "steady-app", config)  # unchanged: keeps its next tick
         time.sleep(0.05)
-    ticks = ticks_of(database_url, "steady")
+    ticks = ticks_of(database_url, "steady-app:steady")
     assert len(ticks) >= 2
     assert consecutive(ticks), ticks
     # A changed schedule replaces the row: from then on, even seconds only.
     register(server, "steady-app", cron_function("steady", "*/2 * * * * *"))
     changed = now_ms()
-    wait_until(lambda: len([t for t in ticks_of(database_url, "steady") if t > changed]) >= 2,
+    wait_until(lambda: len([t for t in ticks_of(database_url, "steady-app:steady")
+                            if t > changed]) >= 2,
                timeout=8, what="runs on the new schedule")
-    later = [t for t in ticks_of(database_url, "steady") if t > changed]
+    later = [t for t in ticks_of(database_url, "steady-app:steady") if t > changed]
     assert all(t % 2000 == 0 for t in later), later
 
 
 def test_archived_function_stops_ticking(server: ServerThread, database_url: str) -> None:
     register(server, "gone-app", cron_function("gone", EVERY_SECOND))
-    wait_until(lambda: len(ticks_of(database_url, "gone")) >= 1, timeout=8, what="a cron run")
+    wait_until(lambda: len(ticks_of(database_url, "gone-app:gone")) >= 1, timeout=8,
+               what="a cron run")
     response = register(server, "gone-app")
-    assert list(response.archived) == ["gone"]
+    assert list(response.archived) == ["gone-app:gone"]
     time.sleep(0.3)  # a round that had already read the row may still fire its tick
-    count = len(ticks_of(database_url, "gone"))
+    count = len(ticks_of(database_url, "gone-app:gone"))
     time.sleep(1.5)
-    assert len(ticks_of(database_url, "gone")) == count
+    assert len(ticks_of(database_url, "gone-app:gone")) == count
 
 
 def test_time_zone_is_normalised_and_stored(server: ServerThread, database_url: str) -> None:
     register(server, "tz-app", cron_function("paris", f"TZ=Europe/Paris {EVERY_SECOND}"))
-    wait_until(lambda: len(ticks_of(database_url, "paris")) >= 1, timeout=8, what="a cron run")
-    (run_id, *_) = server.run_ids_for("paris")
+    wait_until(lambda: len(ticks_of(database_url, "tz-app:paris")) >= 1, timeout=8,
+               what="a cron run")
+    (run_id, *_) = server.run_ids_for("tz-app:paris")
     data = json.loads(server.get_run(run_id).event.data)
     assert (data["cron"], data["timezone"]) == (EVERY_SECOND, "Europe/Paris")
 

@@ -67,13 +67,13 @@ def test_server_recovers_when_postgresql_drops_its_connections(
     start_worker(app)
     deadline = time.monotonic() + 30
     _send(app, 1, deadline)
-    (first,) = server.run_ids_for("square")
+    (first,) = server.run_ids_for("outage:square")
     assert server.wait_run(first).status == rs.RUN_STATUS_COMPLETED
 
     assert _drop_connections(database_url) >= 1  # the writer's, the readers', LISTEN's
     refusals = [_send(app, n, deadline) for n in range(2, 7)]
     assert sum(refusals) <= 1  # the first write on the writer's dead connection, at most
-    run_ids = server.run_ids_for("square")
+    run_ids = server.run_ids_for("outage:square")
     assert len(run_ids) == 6
     outputs = sorted(json.loads(server.wait_run(r).output) for r in run_ids)
     assert outputs == [n * n for n in range(1, 7)]
@@ -121,7 +121,7 @@ def test_an_unreachable_database_answers_unavailable_and_the_server_recovers(
 
     start_worker(app)
     app.send_sync("math/square", {"n": 1}, id="square-1")
-    (first,) = server.run_ids_for("square")
+    (first,) = server.run_ids_for("outage:square")
     assert server.wait_run(first).status == rs.RUN_STATUS_COMPLETED
 
     proxy.cut()
@@ -131,7 +131,7 @@ def test_an_unreachable_database_answers_unavailable_and_the_server_recovers(
         message = _unavailable(lambda: app.send_sync("math/square", {"n": 2}, id="square-2"))
         assert "database" in message
         _unavailable(lambda: server.get_run(first))
-        _unavailable(lambda: server.run_ids_for("square"))
+        _unavailable(lambda: server.run_ids_for("outage:square"))
         for answer in (http.get("/api/runs"), http.get(f"/api/runs/{first}"),
                        http.post("/api/events", json={"name": "math/square", "data": {"n": 3}})):
             assert answer.status_code == 503, answer.text
@@ -143,7 +143,7 @@ def test_an_unreachable_database_answers_unavailable_and_the_server_recovers(
     for n in (2, 3, 4):
         _send(app, n, deadline)
     assert http.get(f"/api/runs/{first}").status_code == 200
-    run_ids = server.run_ids_for("square")
+    run_ids = server.run_ids_for("outage:square")
     assert len(run_ids) == 4
     outputs = sorted(json.loads(server.wait_run(r).output) for r in run_ids)
     assert outputs == [1, 4, 9, 16]
@@ -180,7 +180,7 @@ def _gated_app(address: str, gate: Gate) -> Stepline:
 
 def _start(app: Stepline, server: ServerThread) -> list[str]:
     app.send_sync("t/gated", {})
-    return server.run_ids_for("gated")
+    return server.run_ids_for("gated:gated")
 
 
 def _assert_completed_uncharged(server: ServerThread, run_id: str) -> None:

@@ -114,7 +114,7 @@ def test_runs_over_json(dash: Dashboard) -> None:
         return [r["id"] for r in response.json()["runs"]]
 
     assert listed("") == [napping, broken, added]
-    assert listed("function=adder") == [added]
+    assert listed("function=http-test:adder") == [added]
     assert listed("status=failed") == [broken]
     assert listed("event=t/nap") == [napping]
     assert listed("since=15m") == [napping, broken, added]
@@ -137,7 +137,9 @@ ERRORS = [
     ("GET", "/api/runs?created_after=2000&created_before=1000", None, 400, "created_before"),
     ("GET", "/api/runs?page_token=garbage", None, 400, "page_token"),
     ("GET", "/api/runs/no-such-run", None, 404, "run_id"),
-    ("GET", "/api/functions/no-such-function", None, 404, "function_id"),
+    ("GET", "/api/functions/http-test:no-such-function", None, 404, "function_id"),
+    ("GET", "/api/functions/adder", None, 400, "function_id"),  # a bare id: which app's?
+    ("GET", "/api/runs?function=adder", None, 400, "function"),
     ("GET", "/api/events?limit=x", None, 400, "limit"),
     ("POST", "/api/events", {"data": {}}, 400, "name"),
     ("POST", "/api/events", {"name": "t/add", "data": [1]}, 400, "data"),
@@ -207,14 +209,22 @@ def test_functions_events_and_workers(dash: Dashboard) -> None:
     dash.wait(dash.send("t/break", {}))
 
     functions = {f["id"]: f for f in dash.http.get("/api/functions").json()["functions"]}
-    assert set(functions) == {"adder", "breaker", "napper"}
-    assert functions["adder"]["triggers"] == [{"event": "t/add", "expression": ""}]
-    assert functions["breaker"]["retries"] == 1
-    assert functions["adder"]["stats"]["success_rate"] == 1.0
-    assert functions["breaker"]["stats"]["success_rate"] == 0.0
-    assert functions["napper"]["stats"]["success_rate"] is None
-    detail = dash.http.get("/api/functions/adder").json()
+    assert set(functions) == {"http-test:adder", "http-test:breaker", "http-test:napper"}
+    adder = functions["http-test:adder"]
+    assert (adder["app_id"], adder["name"]) == ("http-test", "adder")
+    assert adder["triggers"] == [{"event": "t/add", "expression": ""}]
+    assert functions["http-test:breaker"]["retries"] == 1
+    assert adder["stats"]["success_rate"] == 1.0
+    assert functions["http-test:breaker"]["stats"]["success_rate"] == 0.0
+    assert functions["http-test:napper"]["stats"]["success_rate"] is None
+    detail = dash.http.get("/api/functions/http-test:adder").json()
+    assert detail["function"]["id"] == "http-test:adder"
     assert [r["status"] for r in detail["recent_runs"]] == ["completed"]
+    assert [r["function_id"] for r in detail["recent_runs"]] == ["http-test:adder"]
+    bare = dash.http.get("/api/functions/adder").json()["error"]
+    assert bare["message"] == ("function_id: 'adder' is not a function's full name: name a "
+                               "function <app_id>:<function_id>; functions with that id: "
+                               "http-test:adder")
 
     events = dash.http.get("/api/events").json()["events"]
     assert [e["name"] for e in events] == ["t/break", "t/add"]
@@ -224,7 +234,8 @@ def test_functions_events_and_workers(dash: Dashboard) -> None:
 
     (worker,) = dash.http.get("/api/workers").json()["workers"]
     assert worker["app_id"] == "http-test" and worker["slots"] >= 1
-    assert sorted(worker["function_ids"]) == ["adder", "breaker", "napper"]
+    assert sorted(worker["function_ids"]) == [
+        "http-test:adder", "http-test:breaker", "http-test:napper"]
 
 
 def test_pages_render(dash: Dashboard) -> None:
@@ -236,14 +247,15 @@ def test_pages_render(dash: Dashboard) -> None:
     assert home.status_code == 307 and home.headers["location"] == "/runs"
 
     expected = {
-        "/runs": [added, napping, "adder", "napper"],
+        "/runs": [added, napping, "http-test:adder", "http-test:napper"],
+        "/runs?function=http-test:adder": [added, 'href="/functions/http-test:adder"'],
         "/runs?status=sleeping": [napping],
         f"/runs/{added}": ["Timeline", "Rerun from this step", "Replay", "t/add"],
         f"/runs/{napping}": ["sleeping until", "Cancel", "bar-sleeping"],
-        "/functions": ["adder", "breaker", "t/add", "100 %"],
-        "/functions/adder": ["success rate", added],
+        "/functions": ["http-test:adder", "http-test:breaker", "t/add", "100 %"],
+        "/functions/http-test:adder": ["success rate", added, "http-test"],
         "/events": ["Send a test event", "t/nap", napping],
-        "/workers": ["http-test", "adder"],
+        "/workers": ["http-test", 'href="/functions/http-test:adder"'],
     }
     for path, texts in expected.items():
         page = dash.http.get(path)
@@ -296,15 +308,15 @@ def test_metrics(dash: Dashboard) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     m = parse_metrics(response.text)
     assert m["stepline_events_accepted_total", ()] == 5
-    assert m["stepline_runs_started_total", (("function", "adder"),)] == 3
-    assert m["stepline_runs_ended_total", (("function", "adder"), ("status", "completed"))] == 3
-    assert m["stepline_runs_ended_total", (("function", "breaker"), ("status", "failed"))] == 1
-    assert m["stepline_step_attempts_total",
-             (("function", "adder"), ("outcome", "completed"))] == 9
-    assert m["stepline_step_attempts_total",
-             (("function", "breaker"), ("outcome", "failed"))] == 2
-    assert m["stepline_step_duration_seconds_count", (("function", "adder"),)] == 9
-    assert 0 <= m["stepline_step_duration_seconds_sum", (("function", "adder"),)] < 9
+    # Labelled by full name.
+    adder, breaker = ("function", "http-test:adder"), ("function", "http-test:breaker")
+    assert m["stepline_runs_started_total", (adder,)] == 3
+    assert m["stepline_runs_ended_total", (adder, ("status", "completed"))] == 3
+    assert m["stepline_runs_ended_total", (breaker, ("status", "failed"))] == 1
+    assert m["stepline_step_attempts_total", (adder, ("outcome", "completed"))] == 9
+    assert m["stepline_step_attempts_total", (breaker, ("outcome", "failed"))] == 2
+    assert m["stepline_step_duration_seconds_count", (adder,)] == 9
+    assert 0 <= m["stepline_step_duration_seconds_sum", (adder,)] < 9
     assert m["stepline_queue_depth", ()] == 0  # the sleeping run is not due
     assert m["stepline_workers_connected", ()] == 1
     free = m["stepline_worker_slots", (("state", "free"),)]

@@ -60,14 +60,14 @@ def test_an_app_with_its_signing_key_runs_its_functions(
     app = _app("team-a", server, apps, signing_key=TEAM_A_KEY)
     start_worker(app)
     app.send_sync("team-a/hello", {"name": "Ada"})
-    wait_until(lambda: bool(server.run_ids_for("team-a-greet")), what="the run")
-    (run_id,) = server.run_ids_for("team-a-greet")
+    wait_until(lambda: bool(server.run_ids_for("team-a:team-a-greet")), what="the run")
+    (run_id,) = server.run_ids_for("team-a:team-a-greet")
     assert server.wait_run(run_id).output == b'"hello Ada"'
     # An event key sends too, and starts the app's runs.
     sender = Stepline("sender", url=server.address, event_key=EVENT_KEY)
     apps.append(sender)
     sender.send_sync("team-a/hello", {"name": "Bob"})
-    wait_until(lambda: len(server.run_ids_for("team-a-greet")) == 2, what="the second run")
+    wait_until(lambda: len(server.run_ids_for("team-a:team-a-greet")) == 2, what="the second run")
 
 
 def test_without_a_key_nothing_is_accepted(server: ServerThread, apps: list[Stepline]) -> None:

@@ -55,7 +55,7 @@ def test_an_expired_lease_is_claimed_while_the_server_stays_busy(
         db_proxy: TcpProxy, database_url: str, start_worker: Any) -> None:
     lost = ServerThread(db_proxy.url(database_url), **SHORT)
     busy = ServerThread(database_url, **SHORT)
-    holder = RawWorker(lost.address, [function("work", "t/work")])
+    holder = RawWorker(lost.address, [function("work", "t/work")], app_id="work")
     try:
         holder.expect("welcome")
         Stepline("s", url=lost.address).send_sync("t/work", {"n": -1})

@@ -26,7 +26,7 @@ def test_draining_worker_finishes_the_run_in_hand(server: ServerThread) -> None:
 
     worker = WorkerThread(app)
     app.send_sync("t/slow", {})
-    (run_id,) = server.run_ids_for("slow")
+    (run_id,) = server.run_ids_for("drain-app:slow")
     assert entered.wait(10)
     stopper = threading.Thread(target=worker.stop)
     stopper.start()  # SIGTERM-like: drain
@@ -68,7 +68,7 @@ def test_worker_reconnects_after_server_restart(make_server: Any, start_worker: 
     wait_until(lambda: worker.worker.session is not None
                and worker.worker.session.welcomed.is_set(), timeout=15, what="reconnected")
     Stepline("s", url=second.address).send_sync("t/echo", {"v": 7})
-    (run_id,) = second.run_ids_for("echo")
+    (run_id,) = second.run_ids_for("reconnect-app:echo")
     assert json.loads(second.wait_run(run_id).output) == {"v": 7}
 
 
@@ -81,11 +81,12 @@ def test_worker_refused_by_the_server_stops_with_the_reason(server: ServerThread
 
     app = Stepline("bad-app", url=server.address)
 
-    @app.function(id="not a valid id", trigger="t/x")
+    # The SDK does not check the server's ceiling on retries; the server does.
+    @app.function(id="stubborn", trigger="t/x", retries=101)
     async def bad(ctx: Any) -> None:
         return None
 
     with pytest.raises(ClientError) as caught:
         asyncio.run(asyncio.wait_for(app.worker().serve(asyncio.Event()), 10))
     assert caught.value.code == "INVALID_ARGUMENT"
-    assert caught.value.message.startswith("hello.functions[0].id:")
+    assert caught.value.message.startswith("hello.functions[0].retries:")

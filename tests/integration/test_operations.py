@@ -91,7 +91,7 @@ def test_replay_a_failed_run_after_fixing_the_cause(api: Api, server: ServerThre
     config["rate"] = 4  # the fix
     replay = api.runs.ReplayRun(rs.ReplayRunRequest(run_id=source_id)).run
     assert replay.id != source_id and replay.source_run_id == source_id
-    assert replay.function_id == "convert" and replay.event.id == "evt-convert"
+    assert replay.function_id == "replay-app:convert" and replay.event.id == "evt-convert"
     done = server.wait_run(replay.id)
     assert done.status == COMPLETED, done.error
     assert json.loads(done.output) == 2.5
@@ -108,7 +108,7 @@ def test_replay_an_unfinished_run(api: Api, server: ServerThread) -> None:
     replay = api.runs.ReplayRun(rs.ReplayRunRequest(run_id=source_id)).run
     assert replay.status == QUEUED and replay.source_run_id == source_id
     assert server.get_run(source_id).status == QUEUED
-    assert sorted(server.run_ids_for("idle")) == sorted([source_id, replay.id])
+    assert sorted(server.run_ids_for("no-workers:idle")) == sorted([source_id, replay.id])
 
 
 def test_rerun_from_a_step_keeps_earlier_results(api: Api, server: ServerThread,
@@ -195,7 +195,7 @@ def test_replay_of_an_archived_function_is_refused(api: Api, server: ServerThrea
                                                                         step_id="s"))):
         code, details = error_of(call)
         assert code == grpc.StatusCode.FAILED_PRECONDITION
-        assert details.startswith("function_id: function 'old' of run "), details
+        assert details.startswith("function_id: function 'shop:old' of run "), details
         assert "archived" in details
 
 
@@ -219,11 +219,11 @@ def test_list_runs_by_time_range_and_event_name(api: Api, server: ServerThread) 
     assert {r.id for r in before} == set(batches[0])
 
     by_event = api.list_runs(event_name="t/two")
-    assert [r.function_id for r in by_event] == ["b"] * 3
+    assert [r.function_id for r in by_event] == ["lists:b"] * 3
     assert [r.id for r in by_event] == [b[1] for b in reversed(batches)]  # newest first
     assert api.list_runs(event_name="t/two", created_after=stamp(last))[0].id in batches[2]
     assert api.list_runs(event_name="t/none") == []
-    assert len(api.list_runs(event_name="t/one", function_id="a", status=QUEUED)) == 3
+    assert len(api.list_runs(event_name="t/one", function_id="lists:a", status=QUEUED)) == 3
 
     # Paging through a filtered listing.
     seen: list[str] = []
@@ -290,17 +290,18 @@ def test_list_functions_with_stats(api: Api, server: ServerThread, start_worker:
     waiting = [api.send("t/wait").run_ids[0] for _ in range(3)]
     api.runs.CancelRun(rs.CancelRunRequest(run_id=waiting[0]))
 
-    functions = {f.config.id: f for f in api.runs.ListFunctions(
+    functions = {f.function_id: f for f in api.runs.ListFunctions(
         rs.ListFunctionsRequest()).functions}
-    assert list(functions) == ["judge", "ticker", "waiting"]  # by id
-    judge_info = functions["judge"]
-    assert judge_info.app_id == "stats-app" and judge_info.version == 1
+    assert list(functions) == ["other:ticker", "other:waiting", "stats-app:judge"]  # by name
+    judge_info = functions["stats-app:judge"]
+    assert (judge_info.app_id, judge_info.config.id) == ("stats-app", "judge")
+    assert judge_info.version == 1
     assert not judge_info.archived and judge_info.created_at.ToMilliseconds() > 0
     s = judge_info.stats
     assert (s.runs, s.completed, s.failed, s.cancelled, s.active) == (3, 2, 1, 0, 0)
-    s = functions["waiting"].stats
+    s = functions["other:waiting"].stats
     assert (s.runs, s.completed, s.failed, s.cancelled, s.active) == (3, 0, 0, 1, 2)
-    s = functions["ticker"].stats
+    s = functions["other:ticker"].stats
     assert (s.runs, s.active) == (0, 0)
 
     # The declared config, as registered.
@@ -310,8 +311,8 @@ def test_list_functions_with_stats(api: Api, server: ServerThread, start_worker:
     assert config.cancel_on[0].expression == "event.data.k == async.data.k"
     assert config.cancel_on[0].timeout.ToSeconds() == 3600
     assert config.timeouts.finish.ToSeconds() == 600 and not config.timeouts.HasField("start")
-    assert functions["waiting"].config.retries == 5
-    cron = functions["ticker"].config.triggers[0].cron
+    assert functions["other:waiting"].config.retries == 5
+    cron = functions["other:ticker"].config.triggers[0].cron
     assert (cron.schedule, cron.timezone) == ("0 9 * * *", "Europe/Paris")
 
     only_other = api.runs.ListFunctions(rs.ListFunctionsRequest(app_id="other")).functions
@@ -325,14 +326,14 @@ def test_list_functions_with_stats(api: Api, server: ServerThread, start_worker:
         ("ticker", True), ("waiting", False)]
     assert everything.next_page_token == ""
 
-    # Pages, by id, each with its functions' own stats.
+    # Pages, by full name, each with its functions' own stats.
     first = api.runs.ListFunctions(rs.ListFunctionsRequest(include_archived=True, page_size=2))
-    assert [f.config.id for f in first.functions] == ["judge", "ticker"]
-    assert first.functions[0].stats.runs == 3 and first.next_page_token
+    assert [f.function_id for f in first.functions] == ["other:ticker", "other:waiting"]
+    assert first.functions[1].stats.active == 2 and first.next_page_token
     second = api.runs.ListFunctions(rs.ListFunctionsRequest(
         include_archived=True, page_size=2, page_token=first.next_page_token))
-    assert [f.config.id for f in second.functions] == ["waiting"]
-    assert second.functions[0].stats.active == 2 and second.next_page_token == ""
+    assert [f.function_id for f in second.functions] == ["stats-app:judge"]
+    assert second.functions[0].stats.runs == 3 and second.next_page_token == ""
     for request, field in ((rs.ListFunctionsRequest(page_token="garbage"), "page_token"),
                            (rs.ListFunctionsRequest(page_size=1001), "page_size")):
         with pytest.raises(grpc.RpcError) as caught:
@@ -347,7 +348,8 @@ def test_engine_listings_in_process(api: Api, server: ServerThread) -> None:
     api.send("t/direct", event_id="direct-1")
     engine = server.server.engine
     (info,), token = server.call(engine.list_functions())
-    assert info.spec.id == "d" and info.stats.active == 1 and token == ""
+    assert info.spec.id == "direct:d" and info.stats.active == 1 and token == ""
+    assert server.call(engine.get_function("direct:d")).spec.id == "direct:d"
     entries, token = server.call(engine.list_events(name=None, limit=10, page_token=""))
     assert [e.record.id for e in entries] == ["direct-1"] and token == ""
     runs, _ = server.call(engine.list_runs(function_id=None, status=None, limit=10,
@@ -370,7 +372,7 @@ def test_list_workers_shows_slots_in_use(make_server: Any) -> None:
     try:
         (listed,) = api.workers()
         assert (listed.worker_id, listed.app_id, list(listed.function_ids)) == (
-            "busy-1", "busy-app", ["hold"])
+            "busy-1", "busy-app", ["busy-app:hold"])
         assert listed.slots == 3 and listed.slots_in_use == 0 and not listed.draining
         assert listed.sdk.startswith("python/")
         assert listed.server_id == server.server.server_id
@@ -432,7 +434,7 @@ def test_draining_and_stale_workers(api: Api, server: ServerThread, database_url
                                                     last_heartbeat_ms=old))
         conn.execute(schema.workers.insert().values(
             connection_id="gone/1", server_id="gone", worker_id="ghost", app_id="raw-app",
-            function_ids='["r"]', slots=1, sdk="python/0", connected_at_ms=old,
+            function_ids='["raw-app:r"]', slots=1, sdk="python/0", connected_at_ms=old,
             last_heartbeat_ms=old, draining=False))
     assert [w.worker_id for w in api.workers()] == ["raw"]  # its server is known dead
 

@@ -140,6 +140,10 @@ def test_bad_durations_and_missing_fields_name_the_field(server: ServerThread) -
          "ops.ops[0].wait_for_event.timeout"),
         (ws.Op(invoke=ws.Invoke(step_id="i", function_id="bad id!")),
          "ops.ops[0].invoke.function_id"),
+        (ws.Op(invoke=ws.Invoke(step_id="i", function_id="team/a:fn")),
+         "ops.ops[0].invoke.function_id: 'team/a' is not a valid app id"),
+        (ws.Op(invoke=ws.Invoke(step_id="i", function_id="team-a:")),
+         "ops.ops[0].invoke.function_id: function id is required"),
         (ws.Op(planned=ws.Planned()), "ops.ops[0].planned.steps"),
     ]
     for op, field in cases:

@@ -55,7 +55,7 @@ def test_each_run_is_claimed_once_across_replicas(replicas: Any, start_worker: A
     sender = Stepline("s", url=a.address)
     for i in range(40):
         sender.send_sync("e/count", {"i": i})
-    run_ids = a.run_ids_for("count")
+    run_ids = a.run_ids_for("multi:count")
     assert len(run_ids) == 40
     for run_id in run_ids:
         assert a.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED

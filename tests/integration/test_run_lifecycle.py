@@ -39,9 +39,9 @@ def test_trigger_filters_and_several_triggers(server: ServerThread, start_worker
     app.send_sync("shop/order", {"total": 500})
     app.send_sync("shop/order", {"currency": "EUR"})  # no total: the filter is false
     app.send_sync("shop/manual-review", {})
-    run_ids = _runs(server, "big-orders", 2)
+    run_ids = _runs(server, "filters:big-orders", 2)
     time.sleep(0.3)
-    assert len(server.run_ids_for("big-orders")) == 2
+    assert len(server.run_ids_for("filters:big-orders")) == 2
     names = sorted(json.loads(server.wait_run(r).output) for r in run_ids)
     assert names == ["shop/manual-review", "shop/order"]
 
@@ -71,7 +71,7 @@ def test_cancel_on_event_cancels_a_waiting_run(server: ServerThread, start_worke
     start_worker(app)
     app.send_sync("cart/created", {"cartId": "c1"})
     app.send_sync("cart/created", {"cartId": "c2"})
-    run_ids = _runs(server, "reminder", 2)
+    run_ids = _runs(server, "cancelling:reminder", 2)
     by_cart = {json.loads(server.get_run(r).event.data)["cartId"]: r for r in run_ids}
     for run_id in run_ids:
         server.wait_run(run_id, statuses={rs.RUN_STATUS_SLEEPING})
@@ -95,7 +95,7 @@ def test_cancel_on_tells_the_executing_worker(server: ServerThread, start_worker
 
     worker = start_worker(app)
     app.send_sync("job/start", {})
-    (run_id,) = _runs(server, "busy", 1)
+    (run_id,) = _runs(server, "cancel-running:busy", 1)
     wait_until(started.is_set, what="step started")
     app.send_sync("job/stop", {})
     run = server.wait_run(run_id)
@@ -117,7 +117,7 @@ def test_start_and_finish_timeouts(server: ServerThread, start_worker: Any) -> N
 
     start_worker(app)
     app.send_sync("t/slow", {})
-    (run_id,) = _runs(server, "slowpoke", 1)
+    (run_id,) = _runs(server, "timeouts:slowpoke", 1)
     run = server.wait_run(run_id, timeout=10)
     stop.set()
     assert run.status == FAILED
@@ -132,7 +132,7 @@ def test_start_and_finish_timeouts(server: ServerThread, start_worker: Any) -> N
 
     other.register_sync()
     other.send_sync("t/unserved", {})
-    (late_id,) = _runs(server, "never-started", 1)
+    (late_id,) = _runs(server, "unserved:never-started", 1)
     late = server.wait_run(late_id, timeout=10)
     assert late.status == FAILED and "start" in late.error.message
 
@@ -155,20 +155,21 @@ def test_on_failure_and_system_events(server: ServerThread, start_worker: Any) -
 
     start_worker(app)
     app.send_sync("t/doom", {"order": 7})
-    (run_id,) = _runs(server, "doomed", 1)
+    (run_id,) = _runs(server, "failing:doomed", 1)
     assert server.wait_run(run_id).status == FAILED
-    (handler_run,) = _runs(server, "doomed-failure", 1)
+    (handler_run,) = _runs(server, "failing:doomed-failure", 1)
     assert json.loads(server.wait_run(handler_run).output) == "handled"
     (data,) = handled
-    assert data["function_id"] == "doomed" and data["run_id"] == run_id
+    assert data["function_id"] == "failing:doomed" and data["run_id"] == run_id
     assert data["error"]["name"] == "ValueError" and "it went wrong" in data["error"]["message"]
     assert data["event"]["data"] == {"order": 7}
     # function.finished for the failed run; not for runs started by system events (the
     # handler's, audit's own), which would feed back into their listeners.
-    audits = _runs(server, "audit", 1)
+    audits = _runs(server, "failing:audit", 1)
     time.sleep(0.3)
-    outputs = [tuple(json.loads(server.wait_run(r).output)) for r in server.run_ids_for("audit")]
-    assert outputs == [("doomed", "failed")], audits
+    outputs = [tuple(json.loads(server.wait_run(r).output))
+               for r in server.run_ids_for("failing:audit")]
+    assert outputs == [("failing:doomed", "failed")], audits
 
 
 def test_invalid_config_is_refused_by_the_sdk_and_the_server(server: ServerThread) -> None:

@@ -29,7 +29,7 @@ def test_signup_flow_runs_three_steps_in_order(server: ServerThread, start_worke
 
     start_worker(app)
     app.send_sync("user/signup.completed", {"userId": "usr_123"})
-    (run_id,) = server.run_ids_for("send-welcome-email")
+    (run_id,) = server.run_ids_for("signup:send-welcome-email")
     run = server.wait_run(run_id)
 
     assert run.status == COMPLETED
@@ -55,7 +55,7 @@ def test_sync_function_and_repeated_step_names(server: ServerThread, start_worke
 
     start_worker(app)
     app.send_sync("math/add", {"values": [1, 2, 3]})
-    (run_id,) = server.run_ids_for("adder")
+    (run_id,) = server.run_ids_for("sync-app:adder")
     run = server.wait_run(run_id)
     assert run.status == COMPLETED, run.error
     assert json.loads(run.output) == 6
@@ -81,7 +81,7 @@ def test_failed_step_retries_alone(server: ServerThread, start_worker: Any) -> N
 
     start_worker(app)
     app.send_sync("t/flaky", {})
-    (run_id,) = server.run_ids_for("flaky-fn")
+    (run_id,) = server.run_ids_for("retry-app:flaky-fn")
     run = server.wait_run(run_id)
     assert run.status == COMPLETED
     assert calls == {"first": 1, "flaky": 3, "last": 1}
@@ -106,7 +106,7 @@ def test_non_retriable_error_fails_the_run_at_once(server: ServerThread,
 
     start_worker(app)
     app.send_sync("t/nr", {})
-    (run_id,) = server.run_ids_for("nr-fn")
+    (run_id,) = server.run_ids_for("nr-app:nr-fn")
     run = server.wait_run(run_id)
     assert run.status == FAILED
     assert calls["refuse"] == 1
@@ -136,7 +136,7 @@ def test_exhausted_retries_raise_step_error_that_code_can_catch(
 
     start_worker(app)
     app.send_sync("t/catch", {})
-    (run_id,) = server.run_ids_for("catch-fn")
+    (run_id,) = server.run_ids_for("catch-app:catch-fn")
     run = server.wait_run(run_id)
     assert run.status == COMPLETED
     assert json.loads(run.output) == "recovered from nope"
@@ -158,7 +158,7 @@ def test_function_body_errors_are_retried_then_fail(server: ServerThread,
 
     start_worker(app)
     app.send_sync("t/body", {})
-    (run_id,) = server.run_ids_for("body-fn")
+    (run_id,) = server.run_ids_for("body-app:body-fn")
     run = server.wait_run(run_id)
     assert run.status == FAILED
     assert run.error.name == "KeyError"
@@ -184,7 +184,7 @@ def test_retry_after_error_delays_the_next_attempt(server: ServerThread,
 
     start_worker(app)
     app.send_sync("t/ra", {})
-    (run_id,) = server.run_ids_for("ra-fn")
+    (run_id,) = server.run_ids_for("ra-app:ra-fn")
     run = server.wait_run(run_id)
     assert run.status == COMPLETED
     assert len(attempts) == 2
@@ -205,7 +205,7 @@ def test_event_id_is_an_idempotency_key(server: ServerThread) -> None:
     first = app.send_sync("t/idem", {"n": 1}, id="order-42")
     second = app.send_sync("t/idem", {"n": 2}, id="order-42")
     assert first == second == "order-42"
-    assert len(server.run_ids_for("idem-fn")) == 1
+    assert len(server.run_ids_for("idem-app:idem-fn")) == 1
 
 
 def test_parallel_runs_share_a_worker(server: ServerThread, start_worker: Any) -> None:
@@ -220,6 +220,6 @@ def test_parallel_runs_share_a_worker(server: ServerThread, start_worker: Any) -
     start_worker(app, slots=2)
     app.send_sync("t/par", {"n": 1})
     app.send_sync("t/par", {"n": 2})
-    runs = [server.wait_run(r) for r in server.run_ids_for("par-fn")]
+    runs = [server.wait_run(r) for r in server.run_ids_for("par-app:par-fn")]
     assert sorted(json.loads(r.output) for r in runs) == [1, 2]
     assert all(r.status == COMPLETED for r in runs)

@@ -65,7 +65,7 @@ def test_a_worker_runs_over_tls_and_the_dashboard_answers_over_https(
     app = _app("tls-app", server, tls_ca=certs.ca)
     start_worker(app)
     app.send_sync("tls/hello", {"name": "Ada"})
-    run = server.wait_run(_the_run(server))
+    run = server.wait_run(_the_run(server, app))
     run_id = run.id
     assert run.status == run_service_pb2.RUN_STATUS_COMPLETED and run.output == b'"hello Ada"'
     trusting = ssl.create_default_context(cafile=certs.ca)
@@ -76,10 +76,11 @@ def test_a_worker_runs_over_tls_and_the_dashboard_answers_over_https(
         httpx.get(f"{server.http_url}/healthz", verify=untrusting, timeout=10)
 
 
-def _the_run(server: ServerThread) -> str:
-    """The one run of `greet`, once it exists."""
-    wait_until(lambda: bool(server.run_ids_for("greet")), what="the run")
-    (run_id,) = server.run_ids_for("greet")
+def _the_run(server: ServerThread, app: Stepline) -> str:
+    """The one run of the app's `greet`, once it exists."""
+    name = f"{app.app_id}:greet"
+    wait_until(lambda: bool(server.run_ids_for(name)), what="the run")
+    (run_id,) = server.run_ids_for(name)
     return run_id
 
 
@@ -111,7 +112,7 @@ def test_mutual_tls_takes_only_clients_with_a_certificate_the_ca_signed(
                tls_key=certs.client_key)
     start_worker(app)
     app.send_sync("tls/hello", {"name": "Bob"})
-    assert server.wait_run(_the_run(server)).output == b'"hello Bob"'
+    assert server.wait_run(_the_run(server, app)).output == b'"hello Bob"'
 
 
 def test_tls_settings_are_checked(database_url: str, certs: Certs, tmp_path: Path) -> None:

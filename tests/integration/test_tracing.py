@@ -137,11 +137,11 @@ def test_one_trace_from_the_sender_to_the_last_step_across_a_sleep(
     start(traced_server, start_worker, app)
     with tracer.start_as_current_span("sender") as sending:
         app.send_sync("test/traced", {})
-    [run_id] = traced_server.run_ids_for("traced")
+    [run_id] = traced_server.run_ids_for("traced:traced")
     assert traced_server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
-    finished = wait_spans(spans, "stepline.run traced")
+    finished = wait_spans(spans, "stepline.run traced:traced")
 
-    sender, run = one(finished, "sender"), one(finished, "stepline.run traced")
+    sender, run = one(finished, "sender"), one(finished, "stepline.run traced:traced")
     fetch, nap = one(finished, "stepline.step fetch"), one(finished, "stepline.step nap")
     save = one(finished, "stepline.step save")
     fetch_exec, save_exec = (one(finished, "stepline.execute fetch"),
@@ -157,12 +157,12 @@ def test_one_trace_from_the_sender_to_the_last_step_across_a_sleep(
     assert parent_id(user_save) == span_id(save_exec)
 
     assert dict(run.attributes or {}) == {
-        "stepline.function.id": "traced", "stepline.run.id": run_id,
+        "stepline.function.id": "traced:traced", "stepline.run.id": run_id,
         "stepline.run.outcome": "completed"}
     fetch_attributes = dict(fetch.attributes or {})
     assert fetch_attributes.pop("stepline.lease") == 1
     assert fetch_attributes == {
-        "stepline.function.id": "traced", "stepline.run.id": run_id,
+        "stepline.function.id": "traced:traced", "stepline.run.id": run_id,
         "stepline.step.id": "fetch", "stepline.step.name": "fetch", "stepline.step.kind": "run",
         "stepline.step.attempt": 0, "stepline.worker.id": WORKER_ID,
         "stepline.step.outcome": "completed"}
@@ -171,7 +171,7 @@ def test_one_trace_from_the_sender_to_the_last_step_across_a_sleep(
         ("stepline.sleep", {"stepline.sleep.duration_ms": 300})]
     assert (save.attributes or {})["stepline.lease"] == 2  # dispatched again after the nap
     assert dict(save_exec.attributes or {}) == {
-        "stepline.function.id": "traced", "stepline.run.id": run_id,
+        "stepline.function.id": "traced:traced", "stepline.run.id": run_id,
         "stepline.step.id": "save", "stepline.step.name": "save", "stepline.step.attempt": 0,
         "stepline.step.outcome": "completed"}
 
@@ -209,11 +209,11 @@ def test_a_failed_attempt_has_an_error_status_and_a_retry_event(
     start(traced_server, start_worker, app)
     app.send_sync("test/flaky", {})
     app.send_sync("test/doomed", {})
-    for function_id in ("flaky", "doomed"):
+    for function_id in ("flaky:flaky", "flaky:doomed"):
         traced_server.wait_run(traced_server.run_ids_for(function_id)[0])
-    finished = wait_spans(spans, "stepline.run flaky", "stepline.run doomed")
+    finished = wait_spans(spans, "stepline.run flaky:flaky", "stepline.run flaky:doomed")
 
-    flaky_run = one(finished, "stepline.run flaky")
+    flaky_run = one(finished, "stepline.run flaky:flaky")
     attempts = sorted((s for s in named(finished, "stepline.step call")
                        if trace_id(s) == trace_id(flaky_run)),
                       key=lambda s: (s.attributes or {})["stepline.step.attempt"])
@@ -238,11 +238,11 @@ def test_a_failed_attempt_has_an_error_status_and_a_retry_event(
     assert executions[0].status.status_code is StatusCode.ERROR
     assert [e.name for e in executions[0].events] == ["exception"]
 
-    doomed_run = one(finished, "stepline.run doomed")
+    doomed_run = one(finished, "stepline.run flaky:doomed")
     assert doomed_run.status.status_code is StatusCode.ERROR
     assert "no way" in str(doomed_run.status.description)
     assert (doomed_run.attributes or {})["stepline.run.outcome"] == "failed"
-    body = one(finished, "stepline.body doomed")  # the StepError escaped the function
+    body = one(finished, "stepline.body flaky:doomed")  # the StepError escaped the function
     assert parent_id(body) == span_id(doomed_run)
     assert (body.attributes or {})["stepline.step.kind"] == "body"
     assert body.status.status_code is StatusCode.ERROR
@@ -260,10 +260,10 @@ def test_a_wait_has_a_wait_event_and_a_cancelled_run_a_cancellation_event(
 
     start(traced_server, start_worker, app)
     app.send_sync("test/patient", {})
-    [run_id] = traced_server.run_ids_for("patient")
+    [run_id] = traced_server.run_ids_for("patient:patient")
     traced_server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
     traced_server.runs.CancelRun(rs.CancelRunRequest(run_id=run_id, reason="not needed"))
-    finished = wait_spans(spans, "stepline.run patient")
+    finished = wait_spans(spans, "stepline.run patient:patient")
     wait = one(finished, "stepline.step reply")
     assert (wait.attributes or {})["stepline.step.kind"] == "wait_for_event"
     assert (wait.attributes or {})["stepline.step.outcome"] == "waiting"
@@ -271,7 +271,7 @@ def test_a_wait_has_a_wait_event_and_a_cancelled_run_a_cancellation_event(
         ("stepline.wait", {"stepline.wait.event": "test/reply",
                            "stepline.wait.expression": "async.data.to == 'me'",
                            "stepline.wait.timeout_ms": 3_600_000})]
-    run = one(finished, "stepline.run patient")
+    run = one(finished, "stepline.run patient:patient")
     assert (run.attributes or {})["stepline.run.outcome"] == "cancelled"
     assert [(e.name, dict(e.attributes or {})) for e in run.events] == [
         ("stepline.cancel", {"stepline.cancel.reason": "not needed"})]
@@ -294,9 +294,9 @@ def test_plain_functions_nest_user_spans_too(
 
     start(traced_server, start_worker, app)
     app.send_sync("test/plain", {})
-    traced_server.wait_run(traced_server.run_ids_for("plain")[0])
-    finished = wait_spans(spans, "stepline.run plain")
-    run, body = one(finished, "stepline.run plain"), one(finished, "user.body")
+    traced_server.wait_run(traced_server.run_ids_for("plain:plain")[0])
+    finished = wait_spans(spans, "stepline.run plain:plain")
+    run, body = one(finished, "stepline.run plain:plain"), one(finished, "user.body")
     assert parent_id(body) == span_id(run)
     step, execution = one(finished, "stepline.step inner"), one(finished, "stepline.execute inner")
     assert parent_id(step) == span_id(run)
@@ -319,7 +319,8 @@ def test_a_send_event_call_traced_by_grpc_metadata_continues_its_trace(
         EventServiceStub(channel).SendEvent(
             es.SendEventRequest(events=[common_pb2.Event(name="test/metadata")]),
             metadata=[("traceparent", sender)])
-    run = one(wait_spans(spans, "stepline.run metadata"), "stepline.run metadata")
+    name = "stepline.run metadata:metadata"
+    run = one(wait_spans(spans, name), name)
     assert f"{trace_id(run):032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert parent_id(run) == 0xB7AD6B7169203331
 
@@ -347,18 +348,18 @@ def test_invoked_runs_and_runs_of_sent_events_continue_the_trace(
 
     start(traced_server, start_worker, app)
     app.send_sync("test/parent", {})  # no span around it: the parent's trace is its own
-    [run_id] = traced_server.run_ids_for("parent")
+    [run_id] = traced_server.run_ids_for("family:parent")
     assert traced_server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
-    finished = wait_spans(spans, "stepline.run parent", "stepline.run child",
-                          "stepline.run listener")
-    parent_run = one(finished, "stepline.run parent")
+    finished = wait_spans(spans, "stepline.run family:parent", "stepline.run family:child",
+                          "stepline.run family:listener")
+    parent_run = one(finished, "stepline.run family:parent")
     assert parent_run.parent is None
     assert trace_id(parent_run) == traceparent.ulid_value(run_id)  # named by the run id
     ask, tell = one(finished, "stepline.step ask"), one(finished, "stepline.step tell")
     assert (ask.attributes or {})["stepline.step.kind"] == "invoke"
     assert (tell.attributes or {})["stepline.step.kind"] == "send_event"
-    child_run, listener_run = (one(finished, "stepline.run child"),
-                               one(finished, "stepline.run listener"))
+    child_run, listener_run = (one(finished, "stepline.run family:child"),
+                               one(finished, "stepline.run family:listener"))
     assert parent_id(child_run) == span_id(ask)
     assert parent_id(listener_run) == span_id(tell)
     assert parent_id(one(finished, "stepline.step work")) == span_id(child_run)
@@ -384,7 +385,7 @@ def test_tracing_off_registers_nothing_and_emits_no_server_span(
 
     start(server, start_worker, app)
     app.send_sync("test/untraced", {})
-    server.wait_run(server.run_ids_for("untraced")[0])
+    server.wait_run(server.run_ids_for("untraced:untraced")[0])
     # The worker still traces its steps (this process has an OpenTelemetry SDK); the server
     # records nothing.
     finished = wait_spans(spans, "stepline.execute one")
@@ -401,7 +402,7 @@ def test_an_attempt_whose_worker_is_lost_ends_with_a_lost_span(
     (run_id,) = response.run_ids
     dispatch = raw.expect("dispatch")
     raw.close()  # the worker dies holding the run
-    lost = one(wait_spans(spans, "stepline.body fragile"), "stepline.body fragile")
+    lost = one(wait_spans(spans, "stepline.body raw:fragile"), "stepline.body raw:fragile")
 
     assert lost.status.status_code is StatusCode.ERROR
     assert lost.status.description is not None

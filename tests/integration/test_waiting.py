@@ -42,13 +42,13 @@ def test_sleep_holds_no_slot_and_resumes(server: ServerThread, start_worker: Any
 
     start_worker(app, slots=1)
     app.send_sync("t/nap", {})
-    run_id = _one_run(server, "napper")
+    run_id = _one_run(server, "sleepy:napper")
     sleeping = server.wait_run(run_id, statuses={rs.RUN_STATUS_SLEEPING})
     assert [(s.step_id, s.status) for s in sleeping.steps] == [
         ("before", rs.STEP_STATUS_COMPLETED), ("nap", rs.STEP_STATUS_SLEEPING)]
     # The only slot is free while the run sleeps.
     app.send_sync("t/quick", {})
-    quick_run = server.wait_run(_one_run(server, "quick"), timeout=2)
+    quick_run = server.wait_run(_one_run(server, "sleepy:quick"), timeout=2)
     assert quick_run.status == COMPLETED
     assert server.get_run(run_id).status == rs.RUN_STATUS_SLEEPING
 
@@ -76,7 +76,7 @@ def test_sleep_survives_a_server_restart(database_url: str, start_worker: Any) -
     try:
         start_worker(app)
         app.send_sync("t/long-nap", {})
-        run_id = _one_run(server, "long-nap")
+        run_id = _one_run(server, "restart-sleep:long-nap")
         server.wait_run(run_id, statuses={rs.RUN_STATUS_SLEEPING})
     finally:
         server.stop()
@@ -102,9 +102,9 @@ def test_wait_for_event_matches_by_expression(server: ServerThread, start_worker
     start_worker(app)
     app.send_sync("user/signup", {"userId": "u1"})
     app.send_sync("user/signup", {"userId": "u2"})
-    wait_until(lambda: len(server.run_ids_for("await-upgrade")) == 2, what="two runs")
+    wait_until(lambda: len(server.run_ids_for("waiter:await-upgrade")) == 2, what="two runs")
     runs = {json.loads(server.get_run(r).event.data)["userId"]: r
-            for r in server.run_ids_for("await-upgrade")}
+            for r in server.run_ids_for("waiter:await-upgrade")}
     for run_id in runs.values():
         waiting = server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
         assert waiting.steps[-1].status == rs.STEP_STATUS_WAITING
@@ -129,7 +129,7 @@ def test_wait_for_event_times_out_with_none(server: ServerThread, start_worker: 
 
     start_worker(app)
     app.send_sync("t/wait", {})
-    run = server.wait_run(_one_run(server, "await-nothing"))
+    run = server.wait_run(_one_run(server, "waiter-timeout:await-nothing"))
     assert run.status == COMPLETED, run.error
     assert json.loads(run.output) == "timed out"
     assert json.loads(run.steps[0].output) is None
@@ -147,7 +147,7 @@ def test_wait_only_sees_events_sent_after_it_began(server: ServerThread,
     app.send_sync("t/ping", {"n": 0})  # before any wait exists: ignored
     start_worker(app)
     app.send_sync("t/late", {})
-    run = server.wait_run(_one_run(server, "await-late"))
+    run = server.wait_run(_one_run(server, "waiter-late:await-late"))
     assert json.loads(run.output) is None
 
 
@@ -177,14 +177,14 @@ def test_invoke_returns_output_or_raises(server: ServerThread, start_worker: Any
 
     start_worker(app)
     app.send_sync("t/call", {})
-    run = server.wait_run(_one_run(server, "caller"))
+    run = server.wait_run(_one_run(server, "invoker:caller"))
     assert run.status == COMPLETED, run.error
     output = json.loads(run.output)
     assert output["doubled"] == 42
     assert "boom" in output["failed"]
     assert output["missing"] == "FunctionNotFound"
     assert {s.kind for s in run.steps} == {"invoke"}
-    (child_id,) = server.run_ids_for("double")
+    (child_id,) = server.run_ids_for("invoker:double")
     child = server.get_run(child_id)
     assert child.parent_run_id == run.id
     assert child.event.name == "stepline/function.invoked"
@@ -208,7 +208,7 @@ def test_invoke_timeout(server: ServerThread, start_worker: Any) -> None:
 
     start_worker(app, slots=4)
     app.send_sync("t/impatient", {})
-    run = server.wait_run(_one_run(server, "impatient"))
+    run = server.wait_run(_one_run(server, "invoke-timeout:impatient"))
     release.set()
     assert json.loads(run.output) == "InvokeTimeout"
 
@@ -238,14 +238,14 @@ def test_send_event_is_sent_once_despite_replays(server: ServerThread,
 
     start_worker(app)
     app.send_sync("t/fan-out", {})
-    run = server.wait_run(_one_run(server, "fan-out"))
+    run = server.wait_run(_one_run(server, "sender:fan-out"))
     assert run.status == COMPLETED, run.error
     ids = json.loads(run.output)["ids"]
     assert [s.kind for s in run.steps] == ["send_event", "run"]
     assert len(ids) == 2 and len(set(ids)) == 2
-    wait_until(lambda: len(server.run_ids_for("on-notified")) == 2, what="two notified runs")
+    wait_until(lambda: len(server.run_ids_for("sender:on-notified")) == 2, what="two notified runs")
     time.sleep(0.3)
-    notified = [server.wait_run(r) for r in server.run_ids_for("on-notified")]
+    notified = [server.wait_run(r) for r in server.run_ids_for("sender:on-notified")]
     assert sorted(json.loads(r.output) for r in notified) == [1, 2]
     assert sorted(r.event.id for r in notified) == sorted(ids)
 
@@ -261,7 +261,7 @@ def test_bad_wait_expression_fails_the_step(server: ServerThread, start_worker: 
 
     start_worker(app)
     app.send_sync("t/bad-wait", {})
-    run = server.wait_run(_one_run(server, "bad-wait"))
+    run = server.wait_run(_one_run(server, "bad-cel:bad-wait"))
     assert run.status == FAILED
     assert "InvalidExpression" in run.error.message
     assert "expression" in run.error.message
@@ -294,7 +294,7 @@ def test_parallel_steps_are_planned_and_spread(server: ServerThread, start_worke
     first_worker = start_worker(app, slots=2)
     second_worker = start_worker(app, slots=2)
     app.send_sync("t/fan", {})
-    run = server.wait_run(_one_run(server, "fan"), timeout=20)
+    run = server.wait_run(_one_run(server, "parallel:fan"), timeout=20)
     assert run.status == COMPLETED, run.error
     assert json.loads(run.output) == ["FIRST", "A", "B", "C", "LAST"]
     assert [s.step_id for s in run.steps] == ["first", "a", "b", "c", "last"]
@@ -325,7 +325,7 @@ def test_wait_and_sleep_until_survive_a_restart(database_url: str, start_worker:
     try:
         start_worker(app)
         app.send_sync("t/patient", {"n": 7})
-        run_id = _one_run(server, "patient")
+        run_id = _one_run(server, "restart-wait:patient")
         waiting = server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
         assert [s.step_id for s in waiting.steps] == ["until", "go"]
     finally:
@@ -359,7 +359,7 @@ def test_code_changed_between_attempts_fails_readably(server: ServerThread,
 
     start_worker(app)
     app.send_sync("t/shifty", {})
-    run = server.wait_run(_one_run(server, "shifty"))
+    run = server.wait_run(_one_run(server, "changing:shifty"))
     assert run.status == FAILED
     assert run.error.name == "NonDeterminismError"
     assert "'b'" in run.error.message and "'a'" in run.error.message
@@ -383,12 +383,12 @@ def test_many_timers_due_together_and_one_event_resuming_many(server: ServerThre
     for i in range(8):
         app.send_sync("t/doze", {"i": i})
         app.send_sync("t/listen", {"i": i})
-    wait_until(lambda: len(server.run_ids_for("listener")) == 8, what="eight listeners")
-    for run_id in server.run_ids_for("listener"):
+    wait_until(lambda: len(server.run_ids_for("crowd:listener")) == 8, what="eight listeners")
+    for run_id in server.run_ids_for("crowd:listener"):
         server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
     app.send_sync("t/bell", {"ring": True})
-    for run_id in server.run_ids_for("listener"):
+    for run_id in server.run_ids_for("crowd:listener"):
         assert json.loads(server.wait_run(run_id).output) == {"ring": True}
-    dozers = server.run_ids_for("dozer")
+    dozers = server.run_ids_for("crowd:dozer")
     assert len(dozers) == 8
     assert all(server.wait_run(r).status == COMPLETED for r in dozers)

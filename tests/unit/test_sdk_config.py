@@ -14,6 +14,7 @@ from stepline import (
     on_cron,
     on_event,
 )
+from stepline._function import cel_string
 from stepline.v1 import common_pb2
 
 
@@ -117,22 +118,31 @@ def test_on_failure_registers_a_companion() -> None:
     config = companion.to_proto()
     assert (config.id, config.name, config.retries) == (
         "charge-failure", "Charge card (on failure)", 2)
+    # The system event names the failed function by full name: only this app's sets it off.
     assert _triggers(config) == [
-        ("event", "stepline/function.failed", 'event.data.function_id == "charge"')]
+        ("event", "stepline/function.failed", 'event.data.function_id == "app:charge"')]
+    assert (companion.app_id, companion.full_name) == ("app", "app:charge-failure")
     assert not config.HasField("timeouts") and not config.cancel_on
     # The worker's Hello and register() declare both.
     assert [f.id for f in app._register_request().functions] == ["charge", "charge-failure"]
 
 
-def test_on_failure_filter_escapes_the_id_as_a_cel_string() -> None:
-    app = Stepline("app", url="127.0.0.1:1")
+def test_cel_strings_escape_quotes_and_backslashes() -> None:
+    assert cel_string('we"ird\\id') == '"we\\"ird\\\\id"'
 
-    @app.function(id='we"ird\\id', trigger="x", on_failure=lambda ctx: None)
-    async def weird(ctx: Any) -> None:
-        return None
 
-    (trigger,) = app.functions['we"ird\\id-failure'].to_proto().triggers
-    assert trigger.event.expression == 'event.data.function_id == "we\\"ird\\\\id"'
+@pytest.mark.parametrize(("app_id", "function_id", "message"), [
+    ("team:a", "f", r"^app_id: 'team:a' is not a valid app id: use at most 128 letters, digits "
+                    r"and _ \. -"),
+    ("team/a", "f", r"^app_id: 'team/a' is not a valid app id"),
+    ("-a", "f", r"^app_id: '-a' is not a valid app id"),
+    ("a" * 129, "f", r"^app_id: 'a{129}' is not a valid app id"),
+    ("app", "other:f", r"^function id: 'other:f' is not a valid function id: .*\(no ':'"),
+    ("app", 'we"ird', r"^function id: 'we\"ird' is not a valid function id"),
+])
+def test_ids_follow_the_servers_rules(app_id: str, function_id: str, message: str) -> None:
+    with pytest.raises(InvalidUsageError, match=message):
+        Stepline(app_id, url="127.0.0.1:1").function(id=function_id, trigger="x")
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -203,10 +203,12 @@ def test_invoke_reports_the_call_and_raises_the_childs_error() -> None:
             return [doubled, exc.step_id, exc.error_name, exc.error_message]
         return "not reached"
 
+    # A Function is named by its full name; an id string goes as written (the server resolves
+    # a bare id in the caller's app).
     session = execute(caller)
     invoke = session.last_op().invoke
     assert (invoke.step_id, invoke.function_id, json.loads(invoke.data),
-            invoke.timeout.ToMilliseconds()) == ("double-it", "double", {"n": 21}, 300_000)
+            invoke.timeout.ToMilliseconds()) == ("double-it", "app:double", {"n": 21}, 300_000)
 
     session = execute(caller, [done("double-it", 42)])
     invoke = session.last_op().invoke

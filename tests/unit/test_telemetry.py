@@ -64,7 +64,7 @@ def test_the_dispatch_carries_the_run_span_or_the_parallel_steps_attempt_span() 
     assert header == f"00-0af7651916cd43dd8448eb211c80319c-{span_id:016x}-01"
     # The SDK puts its step spans under the same span.
     trace = _tracing.RunTrace(worker_service_pb2.Dispatch(
-        run_id=run_id, function_id="f", lease=2, traceparent=header))
+        run_id=run_id, function_id="f", lease=2, traceparent=header), function_id="app:f")
     assert trace.parent is not None
     assert _tracing.header(trace.parent) == header
 

@@ -20,6 +20,8 @@ from stepline._function import (
     Function,
     Timeouts,
     TriggerLike,
+    check_app_id,
+    check_function_id,
     failure_function,
     parse_cancel_on,
     parse_timeouts,
@@ -55,10 +57,11 @@ def _register_result(response: function_service_pb2.RegisterFunctionsResponse) -
 class Stepline:
     """An app's handle on Stepline.
 
-    `url` defaults to STEPLINE_URL, then 127.0.0.1:7288. An https:// (or grpcs://) URL, or any
-    of the TLS files, turns TLS on: `tls_ca` (PEM of the CAs that may sign the server's
-    certificate; default: the system's trusted roots), and for mutual TLS `tls_cert` with
-    `tls_key`. They default to STEPLINE_TLS_CA, STEPLINE_TLS_CLIENT_CERT and
+    `app_id` is a slug (letters, digits, _ . -); the server names this app's functions
+    "<app_id>:<id>". `url` defaults to STEPLINE_URL, then 127.0.0.1:7288. An https:// (or
+    grpcs://) URL, or any of the TLS files, turns TLS on: `tls_ca` (PEM of the CAs that may
+    sign the server's certificate; default: the system's trusted roots), and for mutual TLS
+    `tls_cert` with `tls_key`. They default to STEPLINE_TLS_CA, STEPLINE_TLS_CLIENT_CERT and
     STEPLINE_TLS_CLIENT_KEY.
 
     Keys, for a server that requires them: `signing_key` (this app's; registers its functions,
@@ -69,9 +72,7 @@ class Stepline:
     def __init__(self, app_id: str, *, url: str | None = None, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None,
                  signing_key: str | None = None, event_key: str | None = None) -> None:
-        if not isinstance(app_id, str) or not app_id:
-            raise InvalidUsageError(f"app_id: expected a non-empty string; got {app_id!r}")
-        self.app_id = app_id
+        self.app_id = check_app_id(app_id)
         self.server = ServerAddress.resolve(url, ca_file=tls_ca, cert_file=tls_cert,
                                             key_file=tls_key)
         self.signing_key = signing_key or os.environ.get("STEPLINE_SIGNING_KEY") or None
@@ -100,12 +101,12 @@ class Stepline:
         `cancel_on`: [{"event": name, "if": CEL, "timeout": duration}] or CancelOn(...)s.
         `timeouts`: {"start": duration, "finish": duration}, either optional.
         `on_failure`: a handler(ctx) run as function f"{id}-failure" when a run fails for good;
-        its ctx.event.data is {"function_id", "run_id", "error", "event"}.
+        its ctx.event.data is {"function_id" (the full name, "<app_id>:<id>"), "run_id",
+        "error", "event"}.
         Bad arguments raise InvalidUsageError here. Returns a Function (callable like the
         handler), which `ctx.step.invoke(function=...)` accepts.
         """
-        if not isinstance(id, str) or not id:
-            raise InvalidUsageError(f"function id: expected a non-empty string; got {id!r}")
+        check_function_id(id)
         where = f"function {id!r}"
         triggers = parse_triggers(trigger, f"{where}: trigger")
         cancels = parse_cancel_on(cancel_on, f"{where}: cancel_on")
@@ -121,7 +122,8 @@ class Stepline:
         def decorate(handler: Callable[..., Any]) -> Function:
             if not callable(handler):
                 raise InvalidUsageError(f"{where}: expected a function to decorate")
-            function = Function(id, name or id, handler, triggers, retries, cancels, limits)
+            function = Function(id, name or id, handler, triggers, retries, cancels, limits,
+                                app_id=self.app_id)
             declared = [function]
             if on_failure is not None:
                 declared.append(failure_function(function, on_failure))

@@ -88,7 +88,7 @@ class RunExecution:
         self.max_payload_bytes = max_payload_bytes
         self.ids = StepIds()
         self.memo: dict[str, common_pb2.StepResult] = {s.step_id: s for s in dispatch.steps}
-        self.trace = RunTrace(dispatch)
+        self.trace = RunTrace(dispatch, function_id=function.full_name)
         # Step ids reached by this replay; a new step reached while memoized ones are not means
         # the code changed between attempts.
         self.visited: set[str] = set()

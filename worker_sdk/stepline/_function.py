@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,6 +16,32 @@ from stepline.errors import InvalidUsageError
 from stepline.v1 import common_pb2
 
 FUNCTION_FAILED = "stepline/function.failed"
+# The server's rules for ids (see FunctionConfig in common.proto): a function's full name is
+# "<app_id>:<function_id>", so neither holds ':'; app ids are slugs.
+MAX_ID_LENGTH = 128
+_APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./@-]*")
+
+
+def check_app_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidUsageError(f"app_id: expected a non-empty string; got {value!r}")
+    if len(value) > MAX_ID_LENGTH or not _APP_ID.fullmatch(value):
+        raise InvalidUsageError(
+            f"app_id: {value!r} is not a valid app id: use at most {MAX_ID_LENGTH} letters, "
+            "digits and _ . -, starting with a letter or digit")
+    return value
+
+
+def check_function_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidUsageError(f"function id: expected a non-empty string; got {value!r}")
+    if len(value) > MAX_ID_LENGTH or not _FUNCTION_ID.fullmatch(value):
+        raise InvalidUsageError(
+            f"function id: {value!r} is not a valid function id: use at most {MAX_ID_LENGTH} "
+            "letters, digits and _ . / @ -, starting with a letter or digit (no ':', which "
+            "separates the app id in a function's full name)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -86,7 +113,10 @@ CancelOnLike = CancelOn | Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Function:
-    """A declared function, as `@app.function(...)` returns it; calling it calls the handler."""
+    """A declared function, as `@app.function(...)` returns it; calling it calls the handler.
+
+    `id` is its id within its app; the server and every listing name it by `full_name`,
+    "<app_id>:<id>"."""
 
     id: str
     name: str
@@ -95,6 +125,13 @@ class Function:
     retries: int
     cancel_on: tuple[CancelOn, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
+    app_id: str = ""
+
+    @property
+    def full_name(self) -> str:
+        """"<app_id>:<id>": how runs, listings, the CLI, the dashboard and system events name
+        it; just the id for a Function made outside an app."""
+        return f"{self.app_id}:{self.id}" if self.app_id else self.id
 
     @property
     def is_async(self) -> bool:
@@ -118,10 +155,12 @@ class Function:
 
 def failure_function(function: Function, handler: Callable[..., Any]) -> Function:
     """The companion that runs `handler` once `function` fails for good: it is triggered by the
-    stepline/function.failed event the server sends for that function."""
-    when = f"event.data.function_id == {cel_string(function.id)}"
+    stepline/function.failed event the server sends for that function, which names it by full
+    name, so a function of another app with the same id never sets it off."""
+    when = f"event.data.function_id == {cel_string(function.full_name)}"
     return Function(f"{function.id}-failure", f"{function.name} (on failure)", handler,
-                    (EventTrigger(FUNCTION_FAILED, when),), function.retries)
+                    (EventTrigger(FUNCTION_FAILED, when),), function.retries,
+                    app_id=function.app_id)
 
 
 def cel_string(text: str) -> str:

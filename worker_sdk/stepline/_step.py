@@ -223,11 +223,12 @@ class Step:
                      data: Mapping[str, Any] | None = None,
                      timeout: DurationLike | None = None,  # noqa: ASYNC109
                      ) -> Any:
-        """Start a run of `function` (a Function or its id) with `data` as its event's data, and
-        return that run's output. Its failure, a missing function, or `timeout` (error
+        """Start a run of `function` with `data` as its event's data, and return that run's
+        output. `function`: a Function, the id of one in this app ("fn"), or the full name of
+        one in any app ("other-app:fn"). Its failure, a missing function, or `timeout` (error
         "InvokeTimeout") raise StepError here."""
         _check_name(name)
-        function_id = function.id if isinstance(function, Function) else function
+        function_id = function.full_name if isinstance(function, Function) else function
         _check_text(function_id, f"step {name!r}: function")
         if data is None:
             data = {}

@@ -61,9 +61,10 @@ def stamp(events: Iterable[common_pb2.Event]) -> None:
 class RunTrace:
     """The trace context of one dispatch, for its body and its steps."""
 
-    def __init__(self, dispatch: worker_service_pb2.Dispatch) -> None:
+    def __init__(self, dispatch: worker_service_pb2.Dispatch, *, function_id: str) -> None:
         self.run_id = dispatch.run_id
-        self.function_id = dispatch.function_id
+        # The full name, as the server's spans have it (Dispatch has the id within the app).
+        self.function_id = function_id
         self.lease = dispatch.lease
         # The run span (or, for one parallel step, that step's attempt span).
         self.parent = parse(dispatch.traceparent)

@@ -1,6 +1,7 @@
 """The worker stream's messages (worker_service.proto) to the engine's records and back: a
 dispatch out, a report's ops in, one reader per op kind. Errors name the field, e.g.
-`ops.ops[1].sleep.duration`."""
+`ops.ops[1].sleep.duration`. A stream belongs to one app and speaks its bare function ids; the
+engine's are full names (names.py), translated here both ways."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import replace
 from typing import Any
 
 from stepline.v1 import common_pb2, worker_service_pb2
+from stepline_server import names
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import sent_event_id
-from stepline_server.limits import check_id, check_name, check_step_id, json_text
+from stepline_server.limits import check_name, check_step_id, json_text
 from stepline_server.model import (
     Dispatch,
     Invoke,
@@ -45,43 +47,47 @@ def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
         for s in work.steps
     ]
     return worker_service_pb2.ServerMessage(dispatch=worker_service_pb2.Dispatch(
-        run_id=work.run_id, function_id=work.function_id, lease=work.lease,
+        run_id=work.run_id, function_id=names.local_id(work.function_id), lease=work.lease,
         attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
         steps=steps, traceparent=traceparent.for_dispatch(work),
         target_step_id=work.target_step_id,
     ))
 
 
-def ops_from_proto(message: worker_service_pb2.Ops, limit: int) -> OpsBatch:
+def ops_from_proto(message: worker_service_pb2.Ops, limit: int, *, app_id: str) -> OpsBatch:
+    """A report from a worker of app `app_id`."""
     if not message.run_id:
         raise InvalidArgument("ops.run_id", "run id is required")
     if not message.ops:
         raise InvalidArgument("ops.ops", "at least one op is required")
-    ops = [_op(message.run_id, op, f"ops.ops[{i}]", limit) for i, op in enumerate(message.ops)]
+    ops = [_op(message.run_id, app_id, op, f"ops.ops[{i}]", limit)
+           for i, op in enumerate(message.ops)]
     if message.target_step_id:
         check_step_id(message.target_step_id, "ops.target_step_id")
     return OpsBatch(run_id=message.run_id, lease=message.lease,
-                    function_id=message.function_id, ops=tuple(ops),
+                    function_id=names.full_name(app_id, message.function_id), ops=tuple(ops),
                     target_step_id=message.target_step_id)
 
 
-def _op(run_id: str, op: worker_service_pb2.Op, path: str, limit: int) -> Op:
+def _op(run_id: str, app_id: str, op: worker_service_pb2.Op, path: str, limit: int) -> Op:
     kind = op.WhichOneof("op")
     if kind is None:
         raise InvalidArgument(path, "unknown or empty op (a newer SDK than this server?)")
     reader = _READERS.get(kind)
     if reader is None:
         raise InvalidArgument(path, f"op kind {kind!r} is not supported by this server yet")
-    return reader(_Field(run_id, getattr(op, kind), f"{path}.{kind}", limit))
+    return reader(_Field(run_id, app_id, getattr(op, kind), f"{path}.{kind}", limit))
 
 
 class _Field:
-    """One op's message, where it sits in the report, and the payload limit."""
+    """One op's message, where it sits in the report, the reporting worker's app and the
+    payload limit."""
 
-    __slots__ = ("limit", "message", "path", "run_id")
+    __slots__ = ("app_id", "limit", "message", "path", "run_id")
 
-    def __init__(self, run_id: str, message: Any, path: str, limit: int) -> None:
+    def __init__(self, run_id: str, app_id: str, message: Any, path: str, limit: int) -> None:
         self.run_id = run_id
+        self.app_id = app_id
         self.message = message
         self.path = path
         self.limit = limit
@@ -152,8 +158,9 @@ def _wait_for_event(f: _Field) -> Op:
 
 def _invoke(f: _Field) -> Op:
     step_id, name = f.step()
-    check_id(f.message.function_id, f"{f.path}.function_id", "function id")
-    return Invoke(step_id=step_id, name=name, function_id=f.message.function_id,
+    function_id = names.invoked(f.message.function_id, f"{f.path}.function_id",
+                                app_id=f.app_id)
+    return Invoke(step_id=step_id, name=name, function_id=function_id,
                   data=f.json("data", default="{}", object_only=True),
                   timeout_ms=f.duration("timeout"))
 

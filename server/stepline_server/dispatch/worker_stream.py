@@ -94,7 +94,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def _open(self, hello: worker_service_pb2.Hello) -> WorkerConnection:
         require_app(hello.app_id)
-        specs = wire.functions_from_proto(hello.app_id, hello.functions, "hello.functions")
+        specs = wire.functions_from_proto(hello.app_id, hello.functions, "hello.functions",
+                                          app_field="hello.app_id")
         if not 1 <= hello.slots <= MAX_SLOTS:
             raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "
                                                  f"got {hello.slots}")
@@ -143,7 +144,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
     def _on_ops(self, conn: WorkerConnection, message: worker_service_pb2.Ops) -> None:
         try:
-            batch = convert.ops_from_proto(message, self.settings.max_payload_bytes)
+            batch = convert.ops_from_proto(message, self.settings.max_payload_bytes,
+                                           app_id=conn.app_id)
         except SteplineServerError as exc:
             self._reject(conn, message, exc)
             return

@@ -393,11 +393,21 @@ class Engine:
     async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False,
                              limit: int | None = None, page_token: str = ""
                              ) -> tuple[list[FunctionInfo], str]:
-        """Registered functions by id, with their runs of the last 24 hours; at most `limit`
+        """Registered functions by full name, with their runs of the last 24 hours; at most `limit`
         (None: all), and the next page's token ('' at the end)."""
         return await listings.list_functions(self, app_id=app_id,
                                                include_archived=include_archived, limit=limit,
                                                page_token=page_token)
+
+    async def function_name(self, name: str, field: str) -> str:
+        """A function as a client names it (a filter, a URL) as its full name; a bare id is
+        refused with the full names that have it (`field` names the argument)."""
+        return await listings.function_name(self, name, field)
+
+    async def get_function(self, name: str, field: str = "function_id") -> FunctionInfo:
+        """One function, archived or not, by its full name, with its runs of the last 24
+        hours."""
+        return await listings.get_function(self, name, field)
 
     async def list_workers(self, *, limit: int | None = None, page_token: str = ""
                            ) -> tuple[list[WorkerInfo], str]:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.errors import InvalidArgument
+from stepline_server import names
+from stepline_server.errors import InvalidArgument, NotFound
 from stepline_server.ids import now_ms
 from stepline_server.model import (
     EventEntry,
@@ -82,9 +83,10 @@ async def list_events(engine: Engine, *, name: str | None, limit: int, page_toke
 
 
 async def list_functions(engine: Engine, *, app_id: str | None, include_archived: bool,
-                         limit: int | None = None, page_token: str = ""
-                         ) -> tuple[list[FunctionInfo], str]:
-    """By id, at most `limit` (None: all); and the next page's token ('' at the end)."""
+                         limit: int | None = None, page_token: str = "",
+                         function_id: str | None = None) -> tuple[list[FunctionInfo], str]:
+    """By full name, at most `limit` (None: all); and the next page's token ('' at the end).
+    Only the function named `function_id` when given."""
     since = now_ms() - STATS_WINDOW_MS
     cursor = _cursor(page_token)
     after_id = None if cursor is None else cursor[1]
@@ -92,9 +94,10 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
     def query(conn: Connection) -> tuple[list[FunctionInfo], bool]:
         rows, more = _cut(function_store.list_(
             conn, app_id=app_id, include_archived=include_archived, after_id=after_id,
-            limit=None if limit is None else limit + 1), limit)
+            limit=None if limit is None else limit + 1, function_id=function_id), limit)
+        every = limit is None and function_id is None  # one grouped query, no list of ids
         stats = run_store.function_stats(
-            conn, since, None if limit is None else [row.id for row in rows]) if rows else {}
+            conn, since, None if every else [row.id for row in rows]) if rows else {}
         return [FunctionInfo(spec=function_spec_from_config(row.id, row.config),
                              app_id=row.app_id, version=row.version,
                              archived=bool(row.archived), created_at_ms=row.created_at_ms,
@@ -104,6 +107,26 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
 
     infos, more = await engine.db.read(query)
     return infos, encode_cursor(0, infos[-1].spec.id) if more else ""
+
+
+async def function_name(engine: Engine, name: str, field: str) -> str:
+    """A function as a client names it (a filter, a URL): its full name, checked. A bare id is
+    refused, naming the functions that have it: several apps may, now or later."""
+    if names.is_full(name):
+        names.check_full_name(name, field)
+        return name
+    matches = await engine.db.read(lambda conn: function_store.with_local_id(conn, name))
+    raise names.bare_id_error(name, field, matches)
+
+
+async def get_function(engine: Engine, name: str, field: str) -> FunctionInfo:
+    """One function, archived or not, by its full name (see function_name)."""
+    full = await function_name(engine, name, field)
+    infos, _ = await list_functions(engine, app_id=None, include_archived=True,
+                                    function_id=full)
+    if not infos:
+        raise NotFound(f"{field}: no function {full!r}")
+    return infos[0]
 
 
 async def list_workers(engine: Engine, *, limit: int | None = None, page_token: str = ""

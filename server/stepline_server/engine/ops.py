@@ -275,15 +275,17 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
     write. Raises the error to answer when the report is refused."""
     batch = request.batch
     item = state.item
+    # The lease first: a worker that does not hold the run (another app's, say) learns nothing
+    # of it, not even its function.
+    if state.lease_owner != request.owner or item.lease != batch.lease:
+        raise StaleLease(
+            f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
+            "worker; its ops were not applied")
     if request.check_function and item.function_id != batch.function_id:
         raise InvalidArgument(
             "ops.function_id",
             f"run {batch.run_id} belongs to function {item.function_id!r}, "
             f"not {batch.function_id!r}")
-    if state.lease_owner != request.owner or item.lease != batch.lease:
-        raise StaleLease(
-            f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
-            "worker; its ops were not applied")
     report = _Report(batch.run_id, state, request.timing.now_ms, backoff, lookups)
     if batch.target_step_id:
         return state, report.parallel_step(batch), report.writes

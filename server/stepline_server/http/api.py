@@ -10,26 +10,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepline_server.engine import Engine
-from stepline_server.errors import NotFound
 from stepline_server.http import params, views
 from stepline_server.http.state import services
-from stepline_server.model import FunctionInfo, RunRecord
+from stepline_server.model import RunRecord
 from stepline_server.settings import Settings
 
 RECENT_RUNS = 20
 
 
-async def find_function(engine: Engine, function_id: str) -> FunctionInfo:
-    for info in (await engine.list_functions(include_archived=True))[0]:
-        if info.spec.id == function_id:
-            return info
-    raise NotFound(f"function_id: no function {function_id!r}")
-
-
 async def list_runs(engine: Engine, request: Request) -> tuple[list[RunRecord], str]:
     f = params.run_filter(request.query_params)
+    function_id = (await engine.function_name(f.function_id, "function") if f.function_id
+                   else None)
     return await engine.list_runs(
-        function_id=f.function_id, status=f.status, limit=f.limit, page_token=f.page_token,
+        function_id=function_id, status=f.status, limit=f.limit, page_token=f.page_token,
         created_after_ms=f.created_after_ms, created_before_ms=f.created_before_ms,
         event_name=f.event_name)
 
@@ -81,7 +75,7 @@ async def functions_index(request: Request) -> Response:
 
 async def function_detail(request: Request) -> Response:
     engine = services(request).engine
-    info = await find_function(engine, request.path_params["function_id"])
+    info = await engine.get_function(request.path_params["function_id"])
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None, limit=RECENT_RUNS,
                                      page_token="")
     return JSONResponse({"function": views.function_json(info),

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stepline_server import formatting
+from stepline_server import formatting, names
 from stepline_server.auth import Keyring
 from stepline_server.errors import (
     Conflict,
@@ -50,7 +50,7 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
     templates.env.filters.update(
         duration=formatting.duration, timestamp=views.timestamp, iso=views.iso,
         pretty_json=views.pretty_json, compact_json=views.compact_json, percent=views.percent,
-        json_value=views.json_value)
+        json_value=views.json_value, local_id=names.local_id)
     templates.env.globals["success_rate"] = views.success_rate
     routes: list[BaseRoute] = [
         *login.routes, *pages.routes, *api.routes,

@@ -97,7 +97,7 @@ async def functions_page(request: Request) -> Response:
 
 async def function_page(request: Request) -> Response:
     engine = services(request).engine
-    info = await api.find_function(engine, request.path_params["function_id"])
+    info = await engine.get_function(request.path_params["function_id"])
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None,
                                      limit=api.RECENT_RUNS, page_token="")
     return render(request, "function.html", {

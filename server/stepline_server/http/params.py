@@ -14,13 +14,13 @@ from starlette.requests import Request
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.limits import (
-    MAX_ID_LENGTH,
     MAX_NAME_LENGTH,
     check_event_id,
     check_name,
     json_text,
 )
 from stepline_server.model import EventRecord, RunStatus
+from stepline_server.names import MAX_FULL_NAME_LENGTH
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -31,7 +31,7 @@ SINCE = {"15m": 15 * 60_000, "1h": 3600_000, "24h": 24 * 3600_000, "7d": 7 * 24 
 
 @dataclass(frozen=True, slots=True)
 class RunFilter:
-    function_id: str | None
+    function_id: str | None  # as given: the engine checks that it is a full name
     status: RunStatus | None
     event_name: str | None
     created_after_ms: int | None
@@ -95,7 +95,7 @@ def run_filter(query: QueryParams) -> RunFilter:
     if after is not None and before is not None and before <= after:
         raise InvalidArgument("created_before", "must be later than created_after")
     return RunFilter(
-        function_id=_text(query, "function", MAX_ID_LENGTH),
+        function_id=_text(query, "function", MAX_FULL_NAME_LENGTH),
         status=run_status(query.get("status")),
         event_name=_text(query, "event"),
         created_after_ms=after, created_before_ms=before, since=since,

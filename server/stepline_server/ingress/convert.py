@@ -96,7 +96,8 @@ def event_entry_to_proto(entry: EventEntry) -> run_service_pb2.EventEntry:
 def function_info_to_proto(info: FunctionInfo) -> run_service_pb2.FunctionInfo:
     s = info.stats
     return run_service_pb2.FunctionInfo(
-        config=function_config_to_proto(info.spec), app_id=info.app_id, version=info.version,
+        function_id=info.spec.id, config=function_config_to_proto(info.spec),
+        app_id=info.app_id, version=info.version,
         archived=info.archived, created_at=timestamp(info.created_at_ms),
         updated_at=timestamp(info.updated_at_ms),
         stats=run_service_pb2.FunctionStats(runs=s.runs, completed=s.completed, failed=s.failed,

@@ -73,8 +73,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def ListRuns(
         self, request: run_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListRunsResponse:
+        function_id = (await self.engine.function_name(request.function_id, "function_id")
+                       if request.function_id else None)
         runs, token = await self.engine.list_runs(
-            function_id=request.function_id or None,
+            function_id=function_id,
             status=convert.run_status_from_proto(request.status),
             limit=_page_size(request.page_size), page_token=request.page_token,
             created_after_ms=wire.optional_ms(request, "created_after"),

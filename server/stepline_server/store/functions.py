@@ -1,4 +1,5 @@
-"""Function rows and their event triggers."""
+"""Function rows and their event triggers. Functions are keyed by full name, `<app_id>:<id>`
+(names.py): an app's registration reads and writes its own rows only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
+from stepline_server import names
 from stepline_server.model import (
     EventTrigger,
     FunctionChanges,
@@ -34,12 +36,13 @@ def register(
     *,
     archive_missing: bool,
 ) -> FunctionChanges:
+    """Write app `app_id`'s functions (`specs`, by full name, all of that app)."""
     existing = {
         row.id: row
         for row in conn.execute(
             select(functions.c.id, functions.c.app_id, functions.c.config,
                    functions.c.version, functions.c.archived)
-            .where(functions.c.id.in_([s.id for s in specs]) | (functions.c.app_id == app_id))
+            .where(functions.c.app_id == app_id)
         )
     }
     changes = FunctionChanges()
@@ -58,7 +61,7 @@ def register(
             conn.execute(functions.insert().values(
                 id=spec.id, version=1, created_at_ms=now_ms, **values))
             changes.created.append(spec.id)
-        elif row.config == config and row.app_id == app_id and not row.archived:
+        elif row.config == config and not row.archived:
             changes.unchanged.append(spec.id)
             continue
         else:
@@ -69,7 +72,7 @@ def register(
     if archive_missing:
         wanted = {s.id for s in specs}
         for function_id, row in existing.items():
-            if row.app_id == app_id and function_id not in wanted and not row.archived:
+            if function_id not in wanted and not row.archived:
                 conn.execute(update(functions).where(functions.c.id == function_id)
                              .values(archived=True, updated_at_ms=now_ms))
                 conn.execute(delete(event_triggers)
@@ -131,14 +134,28 @@ def exists(conn: Connection, function_id: str) -> bool:
     ).first() is not None
 
 
+def with_local_id(conn: Connection, local_id: str, limit: int = 10) -> list[str]:
+    """Full names of functions whose id within their app is `local_id` (a scan: only to explain
+    a bare id given where a full name is needed)."""
+    rows = conn.execute(select(functions.c.id)
+                        .where(functions.c.id.endswith(names.SEPARATOR + local_id,
+                                                       autoescape=True))
+                        .order_by(functions.c.id).limit(limit))
+    return [row.id for row in rows]
+
+
 def list_(conn: Connection, *, app_id: str | None, include_archived: bool,
-          after_id: str | None = None, limit: int | None = None) -> list[Any]:
+          after_id: str | None = None, limit: int | None = None,
+          function_id: str | None = None) -> list[Any]:
     """Function rows (id, app_id, config, version, archived, created/updated), by id; those
-    after `after_id` (the last of the page before), at most `limit`."""
+    after `after_id` (the last of the page before), at most `limit`; only `function_id`'s when
+    given."""
     query = select(functions.c.id, functions.c.app_id, functions.c.config, functions.c.version,
                    functions.c.archived, functions.c.created_at_ms, functions.c.updated_at_ms)
     if app_id:
         query = query.where(functions.c.app_id == app_id)
+    if function_id is not None:
+        query = query.where(functions.c.id == function_id)
     if not include_archived:
         query = query.where(functions.c.archived.is_(False))
     if after_id is not None:

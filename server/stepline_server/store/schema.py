@@ -1,6 +1,8 @@
 """The one schema both backends share (SQLAlchemy Core). Migrations must produce exactly this.
 
 Times are integer milliseconds since the epoch; JSON documents are stored as text, as received.
+Functions are keyed by full name, `<app_id>:<function_id>` (names.py), in every function_id
+column: 257 characters hold an app id, the ':' and a function id of at most 128 each.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ events = Table(
 functions = Table(
     "functions",
     metadata,
-    Column("id", String(128), primary_key=True),
+    Column("id", String(257), primary_key=True),  # the full name
     Column("app_id", String(128), nullable=False),
     Column("name", String(256), nullable=False),
     Column("retries", Integer, nullable=False),
@@ -55,7 +57,7 @@ functions = Table(
 event_triggers = Table(
     "event_triggers",
     metadata,
-    Column("function_id", String(128), ForeignKey("functions.id"), primary_key=True),
+    Column("function_id", String(257), ForeignKey("functions.id"), primary_key=True),
     Column("event_name", String(256), primary_key=True),
     Column("expression", Text, nullable=False),
     Index("ix_event_triggers_name", "event_name"),
@@ -65,7 +67,7 @@ runs = Table(
     "runs",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("function_id", String(128), nullable=False),
+    Column("function_id", String(257), nullable=False),
     Column("event_id", String(128), nullable=False),
     Column("status", String(16), nullable=False),
     Column("max_attempts", Integer, nullable=False),
@@ -127,7 +129,8 @@ queue = Table(
     metadata,
     Column("run_id", String(32), primary_key=True),
     Column("target_step_id", String(300), primary_key=True),
-    Column("function_id", String(128), nullable=False),
+    # The full name, as everywhere: a claim matches a worker's functions without a join.
+    Column("function_id", String(257), nullable=False),
     Column("due_at_ms", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("max_attempts", Integer, nullable=False),
@@ -181,7 +184,7 @@ waits = Table(
 cron_schedules = Table(
     "cron_schedules",
     metadata,
-    Column("function_id", String(128), ForeignKey("functions.id"), primary_key=True),
+    Column("function_id", String(257), ForeignKey("functions.id"), primary_key=True),
     Column("position", Integer, primary_key=True),
     Column("schedule", String(256), nullable=False),
     Column("timezone", String(64), nullable=False),
@@ -210,7 +213,7 @@ workers = Table(
     Column("server_id", String(32), nullable=False),
     Column("worker_id", String(256), nullable=False),
     Column("app_id", String(128), nullable=False),
-    Column("function_ids", Text, nullable=False),  # JSON list
+    Column("function_ids", Text, nullable=False),  # JSON list of full names
     Column("slots", Integer, nullable=False),
     Column("sdk", String(128), nullable=False),
     Column("connected_at_ms", BigInteger, nullable=False),

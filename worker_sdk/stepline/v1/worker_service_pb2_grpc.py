@@ -32,6 +32,9 @@ class WorkerServiceStub:
     messages that are not yet finished (credits). For each dispatch the worker replays the function
     and sends Ops; the server commits them and answers Ack. After an Ack with CONTINUE the worker
     keeps executing the same run (sticky continuation); after RELEASE it drops the run.
+
+    A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
+    messages name functions by their ids within the app (FunctionConfig.id), without the app.
     """
 
     def __init__(self, channel):
@@ -54,6 +57,9 @@ class WorkerServiceServicer:
     messages that are not yet finished (credits). For each dispatch the worker replays the function
     and sends Ops; the server commits them and answers Ack. After an Ack with CONTINUE the worker
     keeps executing the same run (sticky continuation); after RELEASE it drops the run.
+
+    A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
+    messages name functions by their ids within the app (FunctionConfig.id), without the app.
     """
 
     def Connect(self, request_iterator, context):
@@ -85,6 +91,9 @@ class WorkerService:
     messages that are not yet finished (credits). For each dispatch the worker replays the function
     and sends Ops; the server commits them and answers Ack. After an Ack with CONTINUE the worker
     keeps executing the same run (sticky continuation); after RELEASE it drops the run.
+
+    A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
+    messages name functions by their ids within the app (FunctionConfig.id), without the app.
     """
 
     @staticmethod

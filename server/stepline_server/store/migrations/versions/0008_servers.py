@@ -2,10 +2,7 @@
 tell which servers are alive (ListWorkers shows the workers of live servers only).
 
 Revision ID: 0008
-Revises: 0006
-
-(Written beside 0007, another change: whoever merges the second points its down_revision at
-the first.)
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
