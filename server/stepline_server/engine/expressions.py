@@ -65,6 +65,9 @@ def compile_expression(source: str, field: str, allowed: frozenset[str]) -> Expr
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise InvalidArgument(field, f"the expression is {len(source)} characters long; "
                                      f"the limit is {MAX_EXPRESSION_LENGTH}")
+    if "\x00" in source:  # stored as text, where PostgreSQL refuses NUL
+        raise InvalidArgument(field, "contains a NUL character (\\u0000); write it as \"\\0\" "
+                                     "inside a string literal")
     try:
         expression = _compile(source)
     except ValueError as exc:
