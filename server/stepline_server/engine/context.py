@@ -19,14 +19,15 @@ class TxContext:
     # Starts runs in this transaction; returns their ids.
     start: Callable[[list[RunStart]], list[str]]
     dedup_ms: int
-    # Tells the worker holding a run that it was cancelled (called after the commit).
-    cancelled: Callable[[str, str], None]
+    # Tells the worker holding a run that it was cancelled, and why: (run_id, owner, reason);
+    # called after the commit.
+    cancelled: Callable[[str, str, str], None]
     # Which system events (stepline/function.*) some function listens to; cached by the engine.
     system_listeners: Callable[[Connection], frozenset[str]]
     # Told after the commit (telemetry).
     observers: Observer
 
-    def cancel_after_commit(self, run_id: str, owner: str | None) -> None:
+    def cancel_after_commit(self, run_id: str, owner: str | None, reason: str) -> None:
         if owner:
             cancelled = self.cancelled
-            self.tx.after_commit(lambda: cancelled(run_id, owner))
+            self.tx.after_commit(lambda: cancelled(run_id, owner, reason))

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import attempts, cron, lifecycle, listings, replays
+from stepline_server.engine import attempts, cron, lifecycle, listings, replays, resends
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
@@ -59,7 +59,7 @@ class Engine:
         self.settings = settings
         self._on_ready: list[Callable[[], None]] = []
         self._placement: Placement | None = None
-        self._on_cancel: list[Callable[[str, str], None]] = []
+        self._on_cancel: list[Callable[[str, str, str], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedup_ms = int(settings.event_dedup_seconds * 1000)
         self._listeners: tuple[float, frozenset[str]] | None = None
@@ -92,9 +92,9 @@ class Engine:
         self._listeners = (now + LISTENERS_TTL_SECONDS, names)
         return names
 
-    def _cancelled(self, run_id: str, owner: str) -> None:
+    def _cancelled(self, run_id: str, owner: str, reason: str) -> None:
         for callback in self._on_cancel:
-            callback(run_id, owner)
+            callback(run_id, owner, reason)
 
     # -- hooks for dispatch ----------------------------------------------------------------
     def on_ready_work(self, callback: Callable[[], None]) -> None:
@@ -105,8 +105,9 @@ class Engine:
         """Let new runs go straight to local workers with free slots (see send_events)."""
         self._placement = placement
 
-    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
-        """Called with (run_id, lease_owner) when a leased run is cancelled."""
+    def on_cancel(self, callback: Callable[[str, str, str], None]) -> None:
+        """Called with (run_id, lease_owner, reason) when a leased run is cancelled, or ends
+        otherwise while a worker holds it (a timeout)."""
         self._on_cancel.append(callback)
 
     def _ready(self) -> None:
@@ -215,6 +216,8 @@ class Engine:
         request = ops_logic.OpsRequest(owner=owner, batch=batch,
                                        timing=ops_logic.Timing(now_ms(), self._lease_ms))
         future: asyncio.Future[AckAction] = self.db.submit_batched(self._apply_ops, request)
+        # A report sent again after a lost ack is acknowledged again (engine/resends.py).
+        future = resends.acknowledge_resends(self.db, batch, future)
         if activity.isEnabledFor(logging.INFO):
             future.add_done_callback(lambda f: _log_ops(batch, f))
         return future

@@ -198,8 +198,9 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
                   error=e.error) for e in endings])
     queue_store.delete_many(conn, [e.item.run_id for e in endings])
     for e in endings:
+        reason = e.error.message if e.error is not None else f"the run {e.status.value}"
         for owner in e.holders if e.holders is not None else (e.item.lease_owner,):
-            ctx.cancel_after_commit(e.item.run_id, owner)
+            ctx.cancel_after_commit(e.item.run_id, owner, reason)
         activity.info("run %s %s%s", e.item.run_id, e.status.value,
                       f": {e.error.message}" if e.error else "")
     after_end(ctx, endings)
