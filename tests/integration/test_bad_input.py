@@ -199,3 +199,27 @@ def test_http_nul_in_path_ids_is_400(web: tuple[ServerThread, httpx.Client]) -> 
     _refused(client.post("/api/runs/r%00/cancel", json={}), "run_id")
     _refused(client.get("/api/functions/f%00"), "function_id")
     _refused(client.get(f"/api/events?page_token={_token([1, 'x'])}&name=a%00"), "name")
+
+
+# -- CEL filters' cost (item 4) ------------------------------------------------------------------
+def _filtered(fid: str, expression: str) -> common_pb2.FunctionConfig:
+    return common_pb2.FunctionConfig(id=fid, triggers=[common_pb2.Trigger(
+        event=common_pb2.EventTrigger(name="e/big", expression=expression))])
+
+
+def test_costly_filters_are_refused_or_skipped_visibly(
+        web: tuple[ServerThread, httpx.Client]) -> None:
+    server, client = web
+    api = Api(server)
+    code, details = error_of(lambda: api.register("app", _filtered(
+        "nested", "event.data.l.all(a, event.data.l.all(b, a >= 0))")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("functions[0].triggers[0].event.expression: comprehensions")
+    api.register("app", _filtered("costly", "event.data.l.all(a, a in event.data.l)"),
+                 _filtered("cheap", "size(event.data.l) == 4000"))
+    data = json.dumps({"l": list(range(4000))}).encode()  # ~24 KB
+    response = api.send(common_pb2.Event(name="e/big", data=data))
+    assert [server.get_run(r).function_id for r in response.run_ids] == ["cheap"]
+    metrics = client.get("/metrics").text
+    assert 'stepline_filters_skipped_total{kind="trigger"} 1.0' in metrics, metrics
+    api.channel.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,10 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.engine.observe import Observer
 from stepline_server.engine.starts import RunStart
+from stepline_server.model import EventRecord
 from stepline_server.store import Tx
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,17 @@ class TxContext:
     system_listeners: Callable[[Connection], frozenset[str]]
     # Told after the commit (telemetry).
     observers: Observer
+    # The most a CEL filter may be estimated to cost on one event (engine/cel_cost.py).
+    filter_budget_ns: int = 5_000_000
+
+    def filter_skipped(self, kind: str, what: str, event: EventRecord) -> None:
+        """A filter was not evaluated on `event`: over the budget. Counted as no match; logged
+        and told to telemetry, so a filter that never fires can be found out."""
+        log.warning("%s: the CEL filter was not evaluated on event %s (%s): its estimated cost "
+                    "is over the budget of %.1f ms; counted as no match", what, event.id,
+                    event.name, self.filter_budget_ns / 1e6)
+        observers = self.observers
+        self.tx.after_commit(lambda: observers.filter_skipped(kind))
 
     def cancel_after_commit(self, run_id: str, owner: str | None, reason: str) -> None:
         if owner:

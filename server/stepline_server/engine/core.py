@@ -79,7 +79,8 @@ class Engine:
                 return start_runs(tx, starts, now, new_id=new_id, placement=None,
                                   lease_ms=self._lease_ms).run_ids
         return TxContext(tx, now, start, self._dedup_ms, self._cancelled,
-                         self._system_listeners, self.observers)
+                         self._system_listeners, self.observers,
+                         filter_budget_ns=int(self.settings.filter_budget_ms * 1e6))
 
     def _system_listeners(self, conn: Connection) -> frozenset[str]:
         """Names of system events some function subscribes to. Writer thread only; cached for
