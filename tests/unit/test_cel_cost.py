@@ -71,14 +71,14 @@ def test_costly_evaluations_are_skipped(source: str, size: int) -> None:
 
 @pytest.mark.parametrize(("source", "expected"), [
     ("event.data.plan == 'pro'", True),
-    ("event.data.l.exists(a, a == 4999)", True),
-    ("event.data.l.all(a, a >= 0) && size(event.data.l) == 5000", True),
+    ("event.data.l.exists(a, a == 2999)", True),
+    ("event.data.l.all(a, a >= 0) && size(event.data.l) == 3000", True),
     ('event.data["plan"] == "pro" && !has(event.data.other)', True),
     ("event.name == 'n' && event.data.plan != 'pro'", False),
 ])
 def test_cheap_filters_run_on_big_events(source: str, expected: bool) -> None:
     # Half a MiB of strings the filters do not read, and a list they iterate.
-    data = {"plan": "pro", "l": list(range(5000)), "blob": ["x" * 10 for _ in range(50_000)]}
+    data = {"plan": "pro", "l": list(range(3000)), "blob": ["x" * 10 for _ in range(50_000)]}
     expression = compile_expression(source, "f", TRIGGER_VARIABLES)
     assert expression.matches_within(variables(data), BUDGET_NS) is expected
     assert expression.matches(variables(data)) is expected  # the same answer, unbounded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from stepline_server.model import EventRecord
 from stepline_server.store import Tx
 
 log = logging.getLogger(__name__)
+_warned: dict[str, float] = {}  # kind -> when the next skip may be logged (monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +38,13 @@ class TxContext:
     def filter_skipped(self, kind: str, what: str, event: EventRecord) -> None:
         """A filter was not evaluated on `event`: over the budget. Counted as no match; logged
         and told to telemetry, so a filter that never fires can be found out."""
-        log.warning("%s: the CEL filter was not evaluated on event %s (%s): its estimated cost "
-                    "is over the budget of %.1f ms; counted as no match", what, event.id,
-                    event.name, self.filter_budget_ns / 1e6)
+        now = time.monotonic()
+        if now >= _warned.get(kind, 0.0):  # once a minute per kind: events may come in floods
+            _warned[kind] = now + 60
+            log.warning("%s: the CEL filter was not evaluated on event %s (%s): its estimated "
+                        "cost is over the budget of %.1f ms; counted as no match (counted in "
+                        "stepline_filters_skipped_total; this warning is repeated at most once "
+                        "a minute)", what, event.id, event.name, self.filter_budget_ns / 1e6)
         observers = self.observers
         self.tx.after_commit(lambda: observers.filter_skipped(kind))
 
