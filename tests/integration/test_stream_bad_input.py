@@ -3,16 +3,20 @@ the field, the stream stays open for the worker's other runs, and no message car
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import create_engine
 
 from stepline.v1 import common_pb2
 from stepline.v1 import run_service_pb2 as rs
 from stepline.v1 import worker_service_pb2 as ws
+from stepline_server.store import runs as run_store
 from tests.harness import ServerThread
 from tests.integration.rawworker import RawWorker, function, run_done, step_done
 from tests.integration.test_protocol import send
@@ -178,3 +182,73 @@ def test_event_data_must_be_an_object_everywhere(server: ServerThread, worker: R
     ack = worker.ops(dispatch, array)
     assert ack.error_message.startswith(
         "ops.ops[0].send_events.events[0].data: expected a JSON object, got list")
+
+
+# -- limits on a run's size ----------------------------------------------------------------------
+def _output(size: int) -> bytes:
+    return json.dumps("x" * (size - 2)).encode()  # a JSON string of exactly `size` bytes
+
+
+def test_a_run_past_its_step_limit_fails(make_server: Any) -> None:
+    server = make_server(max_steps_per_run=3)
+    worker = RawWorker(server.address, [function("f", "e/bad")])
+    worker.expect("welcome")
+    dispatch = _dispatch(server, worker)
+    assert worker.ops(dispatch, step_done("s1"), step_done("s2")).action == CONTINUE
+    ack = worker.ops(dispatch, step_done("s3"), step_done("s4"), run_done())
+    assert ack.action == RELEASE
+    run = server.wait_run(dispatch.run_id)
+    assert run.status == rs.RUN_STATUS_FAILED
+    assert run.error.name == "StepLimitExceeded" and "the limit is 3 steps" in run.error.message
+    assert [s.step_id for s in run.steps] == ["s1", "s2", "s3"]
+    worker.close()
+
+
+def test_parallel_steps_past_the_step_limit_fail_the_run(make_server: Any) -> None:
+    server = make_server(max_steps_per_run=2)
+    worker = RawWorker(server.address, [function("f", "e/bad")])
+    worker.expect("welcome")
+    dispatch = _dispatch(server, worker)
+    plan = ws.Op(planned=ws.Planned(steps=[ws.PlannedStep(step_id=f"p{i}") for i in range(3)]))
+    assert worker.ops(dispatch, plan).action == RELEASE
+    run = server.wait_run(dispatch.run_id)
+    assert run.error.name == "StepLimitExceeded"
+    worker.close()
+
+
+def test_a_step_output_past_the_run_state_limit_fails_the_step(make_server: Any) -> None:
+    server = make_server(max_run_state_bytes=100)
+    worker = RawWorker(server.address, [function("f", "e/bad")])
+    worker.expect("welcome")
+    dispatch = _dispatch(server, worker)
+    assert worker.ops(dispatch, step_done("a", _output(60))).action == CONTINUE
+    # 60 + 60 > 100: "b" fails instead of being stored; the op after it is not applied.
+    assert worker.ops(dispatch, step_done("b", _output(60)), step_done("c")).action == RELEASE
+    again = worker.expect("dispatch")  # the run goes on: the code meets b's error on replay
+    assert [(s.step_id, s.WhichOneof("result")) for s in again.steps] == [
+        ("a", "output"), ("b", "error")]
+    assert again.steps[1].error.name == "RunStateTooLarge"
+    assert "the limit is 100" in again.steps[1].error.message
+    # What is stored still counts after the new dispatch: 60 + 41 > 100.
+    assert worker.ops(again, step_done("d", _output(41))).action == RELEASE
+    third = worker.expect("dispatch")
+    assert worker.ops(third, step_done("e", _output(40)), run_done()).action == RELEASE
+    run = server.wait_run(dispatch.run_id)
+    assert run.status == rs.RUN_STATUS_COMPLETED
+    assert [(s.step_id, s.status) for s in run.steps] == [
+        ("a", rs.STEP_STATUS_COMPLETED), ("b", rs.STEP_STATUS_FAILED),
+        ("d", rs.STEP_STATUS_FAILED), ("e", rs.STEP_STATUS_COMPLETED)]
+    worker.close()
+
+
+def test_a_runs_stored_output_bytes_are_counted_alike_on_both_backends(
+        server: ServerThread, worker: RawWorker, database_url: str) -> None:
+    dispatch = _dispatch(server, worker)
+    outputs = [json.dumps("é" * 10, ensure_ascii=False).encode(), b"[1,2]"]  # 22 + 5 bytes
+    assert worker.ops(dispatch, step_done("a", outputs[0]), step_done("b", outputs[1]),
+                      run_done()).action == RELEASE
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        assert run_store.output_bytes(conn, [dispatch.run_id, "none"]) == {
+            dispatch.run_id: 27, "none": 0}
+    engine.dispose()

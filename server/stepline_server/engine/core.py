@@ -15,6 +15,7 @@ from stepline_server.engine import attempts, cron, lifecycle, listings, replays,
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
+from stepline_server.engine.run_limits import RunLimits, StateSizes
 from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
 from stepline_server.errors import FailedPrecondition, NotFound
 from stepline_server.ids import new_id, now_ms
@@ -66,9 +67,14 @@ class Engine:
         # Telemetry (traces, metrics) hooks; see engine/observe.py.
         self.observers = Observers()
         backoff = attempts.Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
+        # Runs' state sizes, remembered per dispatch (run_limits.py); writer thread.
+        self._sizes = StateSizes()
+        limits = RunLimits(max_steps=settings.max_steps_per_run,
+                           max_state_bytes=settings.max_run_state_bytes)
         # One object, so the writer can group adjacent reports into one set-based apply.
         self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff,
-                                            context=self._context)
+                                            context=self._context, limits=limits,
+                                            sizes=self._sizes)
         db.on_notify = self._ready
 
     def _context(self, tx: Tx, now: int, start: Starter | None = None) -> TxContext:
@@ -189,6 +195,8 @@ class Engine:
             events = run_store.events_of(tx.conn, run_ids)
             # step_count counts the run's step rows: a run without any needs no memo query.
             memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
+            for item in items:
+                self._sizes.seed(item, [step.output for step in memo.get(item.run_id, ())])
             return [
                 Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
                          attempt=item.attempt, max_attempts=item.max_attempts,
