@@ -186,6 +186,8 @@ def test_http_bad_events_are_400(web: tuple[ServerThread, httpx.Client], databas
     ("page_token=%00%00", "page_token"),
     ("function=f%00", "function"),
     ("event=e%00", "event"),
+    ("limit=%C2%B9", "limit"),  # "¹": a digit to str.isdigit(), not to int() (found by fuzzing)
+    ("created_after=%D9%A3", "created_after"),  # "٣", Arabic-Indic three
 ])
 def test_http_bad_run_queries_are_400(web: tuple[ServerThread, httpx.Client], query: str,
                                       field: str) -> None:

@@ -64,7 +64,8 @@ def limit(query: QueryParams, default: int = DEFAULT_PAGE_SIZE) -> int:
     raw = query.get("limit", "")
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # isdigit() alone would take "¹" or "٣", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidArgument("limit", f"expected a whole number from 1 to {MAX_PAGE_SIZE}, "
                                        f"got {raw!r}")
     return int(raw)
