@@ -147,7 +147,7 @@ _WRITES = tuple(f.name for f in fields(Writes))
 DEFAULT_LIMITS = RunLimits(max_steps=1000, max_state_bytes=32 * 1024 * 1024)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lookups:
     """What some ops need from outside the run, loaded once per batch."""
 
@@ -173,7 +173,8 @@ def _lookups(tx: Tx, requests: list[OpsRequest], limits: RunLimits,
             event_ids.values())))}
         triggers = {run_id: records[event_id] for run_id, event_id in event_ids.items()
                     if event_id in records}
-    return Lookups(functions, triggers, limits, state_bytes)
+    return Lookups(functions=functions, triggers=triggers, limits=limits,
+                   state_bytes=state_bytes)
 
 
 # -- a batch of reports -------------------------------------------------------------------------
@@ -301,8 +302,9 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
         raise StaleLease(
             f"ops.lease: lease {batch.lease} on run {batch.run_id} is no longer held by this "
             "worker; its ops were not applied")
-    report = _Report(batch.run_id, state, request.timing.now_ms, backoff, lookups,
-                     lookups.state_bytes.get(batch.key))
+    report = _Report(run_id=batch.run_id, state=state, now=request.timing.now_ms,
+                     backoff=backoff, lookups=lookups,
+                     state_bytes=lookups.state_bytes.get(batch.key))
     if batch.target_step_id:
         return state, report.parallel_step(batch), report.writes
     action = AckAction.CONTINUE
@@ -317,7 +319,7 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
     return state, action, report.writes
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _Report:
     """Applies the ops of one report to its run's state, collecting the rows to write."""
 
