@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import create_engine
 
-from stepline.v1 import common_pb2
+from stepline.v1 import common_pb2, worker_service_pb2_grpc
 from stepline.v1 import run_service_pb2 as rs
 from stepline.v1 import worker_service_pb2 as ws
 from stepline_server.store import runs as run_store
@@ -252,3 +252,20 @@ def test_a_runs_stored_output_bytes_are_counted_alike_on_both_backends(
         assert run_store.output_bytes(conn, [dispatch.run_id, "none"]) == {
             dispatch.run_id: 27, "none": 0}
     engine.dispose()
+
+
+@pytest.mark.parametrize(("hello", "prefix"), [
+    (ws.Hello(app_id="a", worker_id="w" * 257, slots=1), "hello.worker_id: longer than 256"),
+    (ws.Hello(app_id="a", worker_id="w\x00", slots=1), "hello.worker_id: contains a NUL"),
+    (ws.Hello(app_id="a", language="l" * 33, slots=1), "hello.language: longer than 32"),
+    (ws.Hello(app_id="a", sdk_version="v" * 96, slots=1), "hello.sdk_version: longer than 95"),
+])
+def test_hellos_that_do_not_fit_are_refused(server: ServerThread, hello: ws.Hello,
+                                            prefix: str) -> None:
+    hello.functions.append(function("f", "e/x"))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Connect(iter([ws.WorkerMessage(hello=hello)])))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(prefix), caught.value.details()

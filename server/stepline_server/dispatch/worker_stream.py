@@ -24,6 +24,7 @@ from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 log = logging.getLogger(__name__)
 
 MAX_SLOTS = 10_000
+MAX_LANGUAGE_LENGTH = 32
 _ACTIONS = {
     AckAction.CONTINUE: worker_service_pb2.ACK_ACTION_CONTINUE,
     AckAction.RELEASE: worker_service_pb2.ACK_ACTION_RELEASE,
@@ -89,8 +90,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "
                                                  f"got {hello.slots}")
         check_length(hello.worker_id, "hello.worker_id", MAX_NAME_LENGTH)
-        check_length(hello.language, "hello.language", MAX_SDK_LENGTH // 2)
-        check_length(hello.sdk_version, "hello.sdk_version", MAX_SDK_LENGTH // 2)
+        # Stored as "language/sdk_version" in a column of MAX_SDK_LENGTH.
+        check_length(hello.language, "hello.language", MAX_LANGUAGE_LENGTH)
+        check_length(hello.sdk_version, "hello.sdk_version",
+                     MAX_SDK_LENGTH - MAX_LANGUAGE_LENGTH - 1)
         await self.engine.register_functions(hello.app_id, specs, archive_missing=False)
         conn = WorkerConnection(
             id=self.dispatcher.new_connection_id(), app_id=hello.app_id,
