@@ -262,7 +262,9 @@ def test_a_runs_stored_output_bytes_are_counted_alike_on_both_backends(
 ])
 def test_hellos_that_do_not_fit_are_refused(server: ServerThread, hello: ws.Hello,
                                             prefix: str) -> None:
-    hello.functions.append(function("f", "e/x"))
+    hello = ws.Hello(app_id=hello.app_id, worker_id=hello.worker_id, slots=hello.slots,
+                     language=hello.language, sdk_version=hello.sdk_version,
+                     functions=[function("f", "e/x")])
     with grpc.insecure_channel(server.address) as channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
