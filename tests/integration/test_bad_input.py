@@ -12,9 +12,11 @@ import grpc
 import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import create_engine
 
 from stepline.v1 import common_pb2
 from stepline.v1 import run_service_pb2 as rs
+from stepline_server.store import schema
 from tests.harness import ServerThread
 from tests.integration.rawworker import function
 from tests.integration.test_api import Api, error_of, row_counts
@@ -225,3 +227,17 @@ def test_costly_filters_are_refused_or_skipped_visibly(
     metrics = client.get("/metrics").text
     assert 'stepline_filters_skipped_total{kind="trigger"} 1.0' in metrics, metrics
     api.channel.close()
+
+
+def test_nan_stored_before_the_fix_does_not_break_the_api(
+        web: tuple[ServerThread, httpx.Client], database_url: str) -> None:
+    _, client = web
+    engine = create_engine(database_url)  # a row written by an older server, as it stored it
+    with engine.begin() as conn:
+        conn.execute(schema.events.insert().values(
+            id="old", name="e/x", data='{"a": NaN}', ts_ms=1, received_at_ms=1))
+    engine.dispose()
+    response = client.get("/api/events")
+    assert response.status_code == 200, response.text
+    assert response.json()["events"][0]["data"] == '{"a": NaN}'  # shown as text
+    assert client.get("/events").status_code == 200
