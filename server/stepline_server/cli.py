@@ -76,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(address=args.address, http_address=args.http_address,
                          database_url=args.database_url,
                          max_payload_bytes=args.max_payload_bytes,
+                         max_event_bytes=args.max_event_bytes,
+                         max_events_per_request=args.max_events_per_request,
+                         max_run_state_bytes=args.max_run_state_bytes,
+                         max_steps_per_run=args.max_steps_per_run,
+                         filter_budget_ms=args.filter_budget_ms,
                          lease_seconds=args.lease_seconds, insecure=args.insecure or None,
                          server_id=args.server_id, **_tls_flags(args))
     open_to = _open_to_the_network(settings)
@@ -464,7 +469,19 @@ def _add_server_commands(commands: Any) -> None:
     serve.add_argument("--database-url",
                        help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
                             "(default sqlite file ./stepline.db)")
-    serve.add_argument("--max-payload-bytes", type=int, help="largest event/step payload")
+    serve.add_argument("--max-payload-bytes", type=int,
+                       help="largest step or run output, in bytes of JSON (default 4 MiB)")
+    serve.add_argument("--max-event-bytes", type=int,
+                       help="largest event data, in bytes of JSON (default 512 KiB)")
+    serve.add_argument("--max-events-per-request", type=int,
+                       help="most events in one SendEvent or send_event step (default 5000)")
+    serve.add_argument("--max-run-state-bytes", type=int,
+                       help="most bytes of step outputs one run stores (default 32 MiB)")
+    serve.add_argument("--max-steps-per-run", type=int,
+                       help="most steps in one run, up to 10000 (default 1000)")
+    serve.add_argument("--filter-budget-ms", type=float,
+                       help="most a CEL filter may be estimated to cost on one event "
+                            "(default 5)")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
     serve.add_argument("--server-id", help="this server's stable id among the servers on the "
                                            "database (default: HOSTNAME:ADDRESS); started "

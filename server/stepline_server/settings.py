@@ -12,7 +12,17 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:7288"
 # The dashboard and /metrics (like the Inngest dev server's port); "" turns HTTP off.
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8288"
 DEFAULT_SQLITE_FILE = "stepline.db"
+# Limits, with Inngest's defaults where it has one: a step's (or a run's) output 4 MiB, an
+# event 512 KiB, 5,000 events per request, a run's stored step outputs 32 MiB, 1,000 steps.
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 512 * 1024
+DEFAULT_MAX_EVENTS_PER_REQUEST = 5000
+DEFAULT_MAX_RUN_STATE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_STEPS_PER_RUN = 1000
+MAX_STEPS_PER_RUN = 10_000
+# The most a CEL filter may be estimated to cost on one event (engine/expressions.py), in ms of
+# the writer thread: every write waits while it runs, so it stays well under a commit's budget.
+DEFAULT_FILTER_BUDGET_MS = 5.0
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 1.0
@@ -48,7 +58,15 @@ class Settings:
     address: str = DEFAULT_GRPC_ADDRESS
     http_address: str = DEFAULT_HTTP_ADDRESS
     database_url: str = field(default_factory=lambda: sqlite_url(DEFAULT_SQLITE_FILE))
+    # A step's output, a run's output (bytes of JSON).
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # An event's data (and its user), from any edge: SendEvent, step.send_event, step.invoke.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_events_per_request: int = DEFAULT_MAX_EVENTS_PER_REQUEST
+    # The sum of a run's stored step outputs; a step whose output would pass it fails.
+    max_run_state_bytes: int = DEFAULT_MAX_RUN_STATE_BYTES
+    max_steps_per_run: int = DEFAULT_MAX_STEPS_PER_RUN
+    filter_budget_ms: float = DEFAULT_FILTER_BUDGET_MS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     poll_seconds: float = DEFAULT_POLL_SECONDS
@@ -89,6 +107,11 @@ class Settings:
             "http_address": ("STEPLINE_HTTP_ADDRESS", str),
             "database_url": ("STEPLINE_DATABASE_URL", str),
             "max_payload_bytes": ("STEPLINE_MAX_PAYLOAD_BYTES", int),
+            "max_event_bytes": ("STEPLINE_MAX_EVENT_BYTES", int),
+            "max_events_per_request": ("STEPLINE_MAX_EVENTS_PER_REQUEST", int),
+            "max_run_state_bytes": ("STEPLINE_MAX_RUN_STATE_BYTES", int),
+            "max_steps_per_run": ("STEPLINE_MAX_STEPS_PER_RUN", int),
+            "filter_budget_ms": ("STEPLINE_FILTER_BUDGET_MS", float),
             "lease_seconds": ("STEPLINE_LEASE_SECONDS", float),
             "heartbeat_seconds": ("STEPLINE_HEARTBEAT_SECONDS", float),
             "poll_seconds": ("STEPLINE_POLL_SECONDS", float),
@@ -124,8 +147,13 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        if self.max_payload_bytes <= 0:
-            raise ValueError("max_payload_bytes must be positive")
+        for name in ("max_payload_bytes", "max_event_bytes", "max_events_per_request",
+                     "max_run_state_bytes", "filter_budget_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 1 <= self.max_steps_per_run <= MAX_STEPS_PER_RUN:
+            raise ValueError(f"max_steps_per_run must be between 1 and {MAX_STEPS_PER_RUN}, "
+                             f"got {self.max_steps_per_run}")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
@@ -137,13 +165,16 @@ class Settings:
                                  f"got {self.http_address!r}")
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
+        self._validate_identity()
+
+    def _validate_identity(self) -> None:
+        """TLS files that go together, and the server id's form."""
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file go together (STEPLINE_TLS_CERT, "
                              "STEPLINE_TLS_KEY): TLS needs the certificate and its key")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mutual TLS) needs the server's own certificate "
                              "and key too (STEPLINE_TLS_CERT, STEPLINE_TLS_KEY)")
-
         if self.server_id and (len(self.server_id) > MAX_SERVER_ID_LENGTH
                                or not SERVER_ID_PATTERN.fullmatch(self.server_id)):
             raise ValueError(f"server_id must be 1 to {MAX_SERVER_ID_LENGTH} letters, digits or "
@@ -171,4 +202,4 @@ class Settings:
     def grpc_max_message_bytes(self) -> int:
         # Above the payload limit, so an oversize payload reaches our validation and gets a
         # precise error instead of gRPC's generic RESOURCE_EXHAUSTED.
-        return self.max_payload_bytes * 4 + 1024 * 1024
+        return max(self.max_payload_bytes, self.max_event_bytes) * 4 + 1024 * 1024

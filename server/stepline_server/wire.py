@@ -19,11 +19,15 @@ from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.limits import (
     MAX_DURATION_MS,
+    MAX_NAME_LENGTH,
+    MAX_TIMEZONE_LENGTH,
+    PayloadLimits,
     check_app_id,
     check_event_id,
     check_function_id,
     check_length,
     check_name,
+    check_time_ms,
     json_text,
 )
 from stepline_server.model import (
@@ -40,13 +44,19 @@ from stepline_server.telemetry import traceparent
 
 
 # -- times --------------------------------------------------------------------------------------
-def ms(ts: Timestamp) -> int:
-    return int(ts.ToMilliseconds())
+def ms(ts: Timestamp, field: str) -> int:
+    """A Timestamp in milliseconds, within the times the server supports (limits.py)."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be from 0 to 999999999, got {ts.nanos}")
+    return check_time_ms(ts.seconds * 1000 + ts.nanos // 1_000_000, field)
 
 
-def optional_ms(message: Any, field: str) -> int | None:
-    """A Timestamp field in milliseconds; None when unset."""
-    return ms(getattr(message, field)) if message.HasField(field) else None
+def optional_ms(message: Any, name: str, path: str | None = None) -> int | None:
+    """The Timestamp field `name` in milliseconds; None when unset. Errors name `path`
+    (default: `name`)."""
+    if not message.HasField(name):
+        return None
+    return ms(getattr(message, name), path or name)
 
 
 def timestamp(value_ms: int | None) -> Timestamp | None:
@@ -66,7 +76,9 @@ def duration(value_ms: int | None) -> Duration | None:
 
 
 def duration_ms(value: Duration, field: str, *, allow_zero: bool = False) -> int:
-    result = int(value.ToMilliseconds())
+    if not -1_000_000_000 < value.nanos < 1_000_000_000:
+        raise InvalidArgument(field, f"nanos must be within ±999999999, got {value.nanos}")
+    result = value.seconds * 1000 + value.nanos // 1_000_000
     if value.seconds < 0 or value.nanos < 0 or (result == 0 and not allow_zero):
         raise InvalidArgument(field, f"must be {'at least 0' if allow_zero else 'positive'}, "
                                      f"got {value.seconds}s {value.nanos}ns")
@@ -82,22 +94,26 @@ def _positive_ms(message: Any, name: str, field: str) -> int | None:
 
 
 # -- events -------------------------------------------------------------------------------------
-def events_from_proto(messages: Any, limit: int, field: str = "events") -> list[EventRecord]:
+def events_from_proto(messages: Any, limits: PayloadLimits, field: str = "events"
+                      ) -> list[EventRecord]:
     if not messages:
         raise InvalidArgument(field, "at least one event is required")
-    records = []
-    for i, event in enumerate(messages):
-        path = f"{field}[{i}]"
-        check_name(event.name, f"{path}.name")
-        check_event_id(event.id, f"{path}.id")
-        data = json_text(event.data, f"{path}.data", limit, default="{}", object_only=True)
-        user = json_text(event.user, f"{path}.user", limit, default="", object_only=True) or None
-        records.append(EventRecord(
-            id=event.id or new_id(), name=event.name, data=data,
-            ts_ms=ms(event.ts) if event.HasField("ts") else now_ms(), user=user,
-            traceparent=traceparent.normalize(event.traceparent),
-        ))
-    return records
+    if len(messages) > limits.events_per_request:
+        raise InvalidArgument(field, f"{len(messages)} events exceeds the limit of "
+                                     f"{limits.events_per_request} per request")
+    return [_event(event, f"{field}[{i}]", limits.event_bytes)
+            for i, event in enumerate(messages)]
+
+
+def _event(event: common_pb2.Event, path: str, limit: int) -> EventRecord:
+    check_name(event.name, f"{path}.name")
+    check_event_id(event.id, f"{path}.id")
+    data = json_text(event.data, f"{path}.data", limit, default="{}", object_only=True)
+    user = json_text(event.user, f"{path}.user", limit, default="", object_only=True) or None
+    ts = optional_ms(event, "ts", f"{path}.ts")
+    return EventRecord(id=event.id or new_id(), name=event.name, data=data,
+                       ts_ms=now_ms() if ts is None else ts, user=user,
+                       traceparent=traceparent.normalize(event.traceparent))
 
 
 def event_to_proto(record: EventRecord) -> common_pb2.Event:
@@ -108,7 +124,13 @@ def event_to_proto(record: EventRecord) -> common_pb2.Event:
 
 
 # -- errors -------------------------------------------------------------------------------------
-def error_from_proto(message: common_pb2.ErrorInfo) -> ErrorInfo:
+def error_from_proto(parent: Any, path: str) -> ErrorInfo:
+    """The required ErrorInfo field `error` of `parent` (a StepFailed or a RunFailed)."""
+    if not parent.HasField("error"):
+        raise InvalidArgument(f"{path}.error", "an error is required: at least its name or "
+                                               "message")
+    message = parent.error
+    check_length(message.name, f"{path}.error.name", MAX_NAME_LENGTH)
     return ErrorInfo(message.name or "Error", message.message, message.stack)
 
 
@@ -189,6 +211,8 @@ def _trigger(message: common_pb2.Trigger, path: str) -> Trigger:
                                            expressions.TRIGGER_VARIABLES)
         return EventTrigger(message.event.name, message.event.expression)
     if kind == "cron":
+        check_length(message.cron.schedule, f"{path}.cron.schedule")
+        check_length(message.cron.timezone, f"{path}.cron.timezone", MAX_TIMEZONE_LENGTH)
         return cron.parse_cron(message.cron.schedule, message.cron.timezone, f"{path}.cron")
     raise InvalidArgument(path, "a trigger needs an event or a cron schedule")
 

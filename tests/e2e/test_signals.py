@@ -87,7 +87,8 @@ def test_sigterm_of_the_server_while_workers_hold_runs_loses_and_charges_nothing
         assert stop(server, signal.SIGTERM, timeout=20) == 0
         server = procs[0] = start_server(database_url, port, tmp_path / "server.log",
                                          env=server_env)
-        finished = wait_for(lambda: runs.all_ended("e2e-crash:crashy", count), 60, "every run ended")
+        finished = wait_for(lambda: runs.all_ended("e2e-crash:crashy", count), 60,
+                            "every run ended")
         for run in finished:
             assert run.status == 5, run.error
             _assert_uncharged(runs.get(run.id))

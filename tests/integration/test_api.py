@@ -69,7 +69,7 @@ BAD_EVENTS = [
 @pytest.mark.parametrize(("bad", "message"), BAD_EVENTS)
 def test_bad_events_are_refused_whole(make_server: Any, database_url: str,
                                       bad: common_pb2.Event, message: str) -> None:
-    server = make_server(max_payload_bytes=2048)
+    server = make_server(max_event_bytes=2048)
     api = Api(server)
     api.register("app", function("f", "e/x"))
     before = row_counts(database_url)

@@ -66,3 +66,16 @@ def test_invalid_usage_is_still_a_value_error_and_not_retried() -> None:
     with pytest.raises(ValueError, match="app_id"):
         Stepline("")
     assert issubclass(InvalidUsageError, NonRetriableError)
+
+
+@pytest.mark.parametrize(("event", "message"), [
+    ({"name": "e", "data": {"x": math.inf}}, r"event\.data: not JSON-serializable"),
+    ({"name": "e" * 257}, r"event\.name: longer than 256 characters"),
+    ({"name": "e\x00"}, r"event\.name: contains a NUL character"),
+    ({"name": "e", "id": "i" * 129}, r"event\.id: longer than 128 characters"),
+])
+def test_events_the_server_would_refuse_are_refused_before_sending(event: dict[str, Any],
+                                                                  message: str) -> None:
+    app = Stepline("app", url="127.0.0.1:1")  # nothing listens: the check comes first
+    with pytest.raises(InvalidUsageError, match=message):
+        app.send_sync(event["name"], event.get("data", {}), id=event.get("id"))

@@ -151,6 +151,12 @@ def test_sleep_until_sends_the_instant() -> None:
     lambda step: step.send_event("s", {"name": "", "data": {}}),
     lambda step: step.send_event("s", {"name": "x", "data": "text"}),
     lambda step: step.send_event("s", []),
+    # What the server would refuse: names past its columns, NUL, NaN.
+    lambda step: step.run("n" * 257, lambda: 1),
+    lambda step: step.sleep("nap\x00", 1),
+    lambda step: step.send_event("s", {"name": "e" * 257, "data": {}}),
+    lambda step: step.send_event("s", {"name": "e", "id": "i" * 129, "data": {}}),
+    lambda step: step.send_event("s", {"name": "e", "data": {"x": float("nan")}}),
 ])
 def test_bad_arguments_fail_the_run_at_once(call: Callable[[Any], Any]) -> None:
     async def misuse(ctx: Any) -> None:

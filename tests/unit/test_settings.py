@@ -56,3 +56,21 @@ def test_a_silent_worker_is_lost_before_its_leases_expire() -> None:
         settings = Settings(lease_seconds=lease, heartbeat_seconds=heartbeat)
         assert heartbeat < settings.silence_seconds
         assert settings.silence_seconds + settings.silence_check_seconds < lease
+
+
+def test_limits_have_inngests_defaults_and_are_settable() -> None:
+    settings = Settings.from_env({})
+    assert (settings.max_event_bytes, settings.max_events_per_request, settings.max_payload_bytes,
+            settings.max_run_state_bytes, settings.max_steps_per_run) == (
+        512 * 1024, 5000, 4 * 1024 * 1024, 32 * 1024 * 1024, 1000)
+    env = {"STEPLINE_MAX_EVENT_BYTES": "1024", "STEPLINE_MAX_EVENTS_PER_REQUEST": "7",
+           "STEPLINE_MAX_RUN_STATE_BYTES": "4096", "STEPLINE_MAX_STEPS_PER_RUN": "10000",
+           "STEPLINE_FILTER_BUDGET_MS": "2.5"}
+    settings = Settings.from_env(env)
+    assert (settings.max_event_bytes, settings.max_events_per_request,
+            settings.max_run_state_bytes, settings.max_steps_per_run,
+            settings.filter_budget_ms) == (1024, 7, 4096, 10_000, 2.5)
+    with pytest.raises(ValueError, match="max_steps_per_run must be between 1 and 10000"):
+        Settings.from_env({"STEPLINE_MAX_STEPS_PER_RUN": "10001"})
+    with pytest.raises(ValueError, match="max_event_bytes must be positive"):
+        Settings.from_env({"STEPLINE_MAX_EVENT_BYTES": "0"})

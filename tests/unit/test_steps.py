@@ -8,7 +8,10 @@ from stepline._step import StepIds
 from stepline.v1 import common_pb2
 from stepline_server.engine.attempts import backoff_ms
 from stepline_server.errors import InvalidArgument
+from stepline_server.limits import PayloadLimits
 from stepline_server.wire import events_from_proto, functions_from_proto
+
+LIMITS = PayloadLimits(output_bytes=100, event_bytes=100, events_per_request=3)
 
 
 def test_step_ids_are_name_then_occurrence() -> None:
@@ -38,12 +41,14 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
 
 
 def test_event_defaults_and_validation() -> None:
-    (event,) = events_from_proto([common_pb2.Event(name="a/b")], 100)
+    (event,) = events_from_proto([common_pb2.Event(name="a/b")], LIMITS)
     assert event.data == "{}" and len(event.id) == 26 and event.ts_ms > 0
     with pytest.raises(InvalidArgument, match=r"^events\[0\]\.user: expected a JSON object"):
-        events_from_proto([common_pb2.Event(name="a/b", user=b'"x"')], 100)
+        events_from_proto([common_pb2.Event(name="a/b", user=b'"x"')], LIMITS)
     with pytest.raises(InvalidArgument, match=r"^events\[0\]\.name: longer than 256"):
-        events_from_proto([common_pb2.Event(name="n" * 257)], 100)
+        events_from_proto([common_pb2.Event(name="n" * 257)], LIMITS)
+    with pytest.raises(InvalidArgument, match=r"^events: 4 events exceeds the limit of 3 per"):
+        events_from_proto([common_pb2.Event(name="a/b")] * 4, LIMITS)
 
 
 def test_function_defaults() -> None:

@@ -36,20 +36,17 @@ class EventInput:
     user: Mapping[str, Any] | None = None
 
     def to_proto(self) -> common_pb2.Event:
-        message = common_pb2.Event(
-            id=self.id or "", name=self.name,
-            data=json.dumps(dict(self.data), separators=(",", ":")).encode(),
-            user=json.dumps(dict(self.user)).encode() if self.user is not None else b"",
-        )
-        if self.ts is not None:
-            message.ts.CopyFrom(timestamp_proto(self.ts))
-        return message
+        """The message to send; InvalidUsageError for what the server would refuse."""
+        return _event_message(self, "event")
 
 
 EventLike = EventInput | Mapping[str, Any]
 """An EventInput, or a dict with "name", "data" and optionally "id", "ts", "user"."""
 
 _EVENT_KEYS = frozenset({"name", "data", "id", "ts", "user"})
+# The server's limits (stepline_server/limits.py): the columns' sizes.
+MAX_NAME_LENGTH = 256
+MAX_ID_LENGTH = 128
 
 
 def _ms_to_datetime(ms: int) -> datetime:
@@ -112,8 +109,10 @@ def _event_message(item: Any, what: str) -> common_pb2.Event:
         raise InvalidUsageError(f"{what}: expected an EventInput or a dict; got {item!r}")
     if not isinstance(item.name, str) or not item.name:
         raise InvalidUsageError(f"{what}.name: expected a non-empty string; got {item.name!r}")
+    check_text(item.name, f"{what}.name", MAX_NAME_LENGTH)
     if item.id is not None and not isinstance(item.id, str):
         raise InvalidUsageError(f"{what}.id: expected a string; got {item.id!r}")
+    check_text(item.id or "", f"{what}.id", MAX_ID_LENGTH)
     message = common_pb2.Event(id=item.id or "", name=item.name,
                                data=_json_object(item.data, f"{what}.data"))
     if item.user is not None:
@@ -123,6 +122,14 @@ def _event_message(item: Any, what: str) -> common_pb2.Event:
             raise InvalidUsageError(f"{what}.ts: expected a datetime; got {item.ts!r}")
         message.ts.CopyFrom(timestamp_proto(item.ts))
     return message
+
+
+def check_text(value: str, what: str, limit: int) -> None:
+    """What the server accepts in a name or an id: at most `limit` characters, no NUL."""
+    if len(value) > limit:
+        raise InvalidUsageError(f"{what}: longer than {limit} characters ({len(value)})")
+    if "\x00" in value:
+        raise InvalidUsageError(f"{what}: contains a NUL character, which is not allowed")
 
 
 def _json_object(value: Any, what: str) -> bytes:

@@ -23,7 +23,14 @@ from stepline._durations import (
     parse_time,
     timestamp_proto,
 )
-from stepline._events import Event, EventLike, event_from_json, step_events
+from stepline._events import (
+    MAX_NAME_LENGTH,
+    Event,
+    EventLike,
+    check_text,
+    event_from_json,
+    step_events,
+)
 from stepline._function import Function
 from stepline.errors import InvalidUsageError, NonRetriableError, RetryAfterError, StepError
 from stepline.v1 import common_pb2
@@ -100,6 +107,8 @@ def _memoized(step_id: str, memo: common_pb2.StepResult) -> Any:
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name:
         raise InvalidUsageError(f"step name: expected a non-empty string; got {name!r}")
+    # The step's id is this name, or "name:N" when the name repeats: both fit the server.
+    check_text(name, "step name", MAX_NAME_LENGTH)
 
 
 def _check_text(value: Any, what: str, *, optional: bool = False) -> None:

@@ -157,7 +157,7 @@ class Dispatcher:
         self.wake()
 
     # -- runs leaving workers --------------------------------------------------------------
-    def _cancel(self, run_id: str, owner: str) -> None:
+    def _cancel(self, run_id: str, owner: str, reason: str) -> None:
         conn = self.connections.get(owner)
         if conn is None:
             return
@@ -166,7 +166,7 @@ class Dispatcher:
             conn.inflight -= held
         if held:
             conn.send(worker_service_pb2.ServerMessage(
-                cancel=worker_service_pb2.Cancel(run_id=run_id)))
+                cancel=worker_service_pb2.Cancel(run_id=run_id, reason=reason)))
             self.wake()
 
     def finished(self, conn: WorkerConnection, key: tuple[str, str], *, requeued: bool) -> None:

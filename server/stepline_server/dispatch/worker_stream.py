@@ -20,6 +20,7 @@ from stepline_server.engine import Engine, attempts
 from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError, Unavailable
 from stepline_server.grpc_keys import require_app
 from stepline_server.ids import now_ms
+from stepline_server.limits import MAX_NAME_LENGTH, MAX_SDK_LENGTH, PayloadLimits, check_length
 from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ MAX_SLOTS = 10_000
 # longest pause between tries (until the lease would have expired anyway).
 GIVE_BACK_FIRST_PAUSE_SECONDS = 0.1
 GIVE_BACK_MAX_PAUSE_SECONDS = 1.0
+MAX_LANGUAGE_LENGTH = 32
 _ACTIONS = {
     AckAction.CONTINUE: worker_service_pb2.ACK_ACTION_CONTINUE,
     AckAction.RELEASE: worker_service_pb2.ACK_ACTION_RELEASE,
@@ -46,6 +48,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.engine = engine
         self.dispatcher = dispatcher
         self.settings = engine.settings
+        self._limits = PayloadLimits.of(engine.settings)
         self._background = Background("worker stream")
 
     async def Connect(
@@ -99,6 +102,11 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         if not 1 <= hello.slots <= MAX_SLOTS:
             raise InvalidArgument("hello.slots", f"must be between 1 and {MAX_SLOTS}, "
                                                  f"got {hello.slots}")
+        check_length(hello.worker_id, "hello.worker_id", MAX_NAME_LENGTH)
+        # Stored as "language/sdk_version" in a column of MAX_SDK_LENGTH.
+        check_length(hello.language, "hello.language", MAX_LANGUAGE_LENGTH)
+        check_length(hello.sdk_version, "hello.sdk_version",
+                     MAX_SDK_LENGTH - MAX_LANGUAGE_LENGTH - 1)
         await self.engine.register_functions(hello.app_id, specs, archive_missing=False)
         conn = WorkerConnection(
             id=self.dispatcher.new_connection_id(), app_id=hello.app_id,
@@ -129,6 +137,10 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                 kind = message.WhichOneof("message")
                 if kind == "ops":
                     self._on_ops(conn, message.ops)
+                elif kind is None:  # undecodable, empty, or of a newer protocol: say so
+                    self._reject(conn, worker_service_pb2.Ops(), InvalidArgument(
+                        "message", "not a WorkerMessage this server understands (undecodable, "
+                                   "empty, or from a newer SDK)"))
                 elif kind == "heartbeat":
                     self._background.spawn(self.engine.heartbeat(conn.id, sorted(conn.inflight)))
                 elif kind == "drain":
@@ -144,9 +156,8 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
     def _on_ops(self, conn: WorkerConnection, message: worker_service_pb2.Ops) -> None:
         try:
-            batch = convert.ops_from_proto(message, self.settings.max_payload_bytes,
-                                           app_id=conn.app_id)
-        except SteplineServerError as exc:
+            batch = convert.ops_from_proto(message, self._limits, app_id=conn.app_id)
+        except Exception as exc:  # one bad report is refused alone; the stream stays
             self._reject(conn, message, exc)
             return
         future = self.engine.submit_ops(conn.id, batch)
@@ -187,6 +198,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         else:
             log.error("ops of run %s failed", message.run_id, exc_info=exc)
             code = grpc.StatusCode.INTERNAL
+            # The worker is told what kind of failure, never the database's or driver's text.
+            exc = SteplineServerError(f"ops: internal error ({type(exc).__name__}); see the "
+                                      "server log")
         conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
             run_id=message.run_id, seq=message.seq, action=worker_service_pb2.ACK_ACTION_REJECTED,
             error_code=code.value[0], error_message=str(exc)[:2000])))

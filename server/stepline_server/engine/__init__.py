@@ -16,6 +16,10 @@ Where things happen:
     a suspension ends            lifecycle.resume (event, invoked run), .expire_waits (timer),
                                  ops._parallel_step_done (the last parallel step's result)
     an event matches a wait      matching.match, indexed by event name and equality key
+    a filter's cost is bounded   expressions.compile_expression (shape, at registration),
+                                 Expression.matches_within (each evaluation); see cel_cost.py
+    a run's size is limited      ops._Report._too_many_steps and ._completed (run_limits.py)
+    a resent report is re-acked  resends.acknowledge_resends
     a deadline is armed          starts._new_item (start), the claim statement (finish)
     a deadline fires             timeouts.DeadlineWatch -> Engine.expire_deadlines
     a run ends                   ops._Report._finish (its worker's report), lifecycle.end_runs

@@ -11,10 +11,11 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import attempts, cron, lifecycle, listings, replays
+from stepline_server.engine import attempts, cron, lifecycle, listings, replays, resends
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
+from stepline_server.engine.run_limits import RunLimits, StateSizes
 from stepline_server.engine.starts import Placement, RunStart, Started, start_runs
 from stepline_server.errors import FailedPrecondition, NotFound
 from stepline_server.ids import new_id, now_ms
@@ -64,16 +65,21 @@ class Engine:
         self.settings = settings
         self._on_ready: list[Callable[[], None]] = []
         self._placement: Placement | None = None
-        self._on_cancel: list[Callable[[str, str], None]] = []
+        self._on_cancel: list[Callable[[str, str, str], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedup_ms = int(settings.event_dedup_seconds * 1000)
         self._listeners: tuple[float, frozenset[str]] | None = None
         # Telemetry (traces, metrics) hooks; see engine/observe.py.
         self.observers = Observers()
         backoff = attempts.Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
+        # Runs' state sizes, remembered per dispatch (run_limits.py); writer thread.
+        self._sizes = StateSizes()
+        limits = RunLimits(max_steps=settings.max_steps_per_run,
+                           max_state_bytes=settings.max_run_state_bytes)
         # One object, so the writer can group adjacent reports into one set-based apply.
         self._apply_ops = functools.partial(ops_logic.apply_many, backoff=backoff,
-                                            context=self._context)
+                                            context=self._context, limits=limits,
+                                            sizes=self._sizes)
         db.on_notify = self._ready
 
     def _context(self, tx: Tx, now: int, start: Starter | None = None) -> TxContext:
@@ -84,7 +90,8 @@ class Engine:
                 return start_runs(tx, starts, now, new_id=new_id, placement=None,
                                   lease_ms=self._lease_ms).run_ids
         return TxContext(tx, now, start, self._dedup_ms, self._cancelled,
-                         self._system_listeners, self.observers)
+                         self._system_listeners, self.observers,
+                         filter_budget_ns=int(self.settings.filter_budget_ms * 1e6))
 
     def _system_listeners(self, conn: Connection) -> frozenset[str]:
         """Names of system events some function subscribes to. Writer thread only; cached for
@@ -97,9 +104,9 @@ class Engine:
         self._listeners = (now + LISTENERS_TTL_SECONDS, names)
         return names
 
-    def _cancelled(self, run_id: str, owner: str) -> None:
+    def _cancelled(self, run_id: str, owner: str, reason: str) -> None:
         for callback in self._on_cancel:
-            callback(run_id, owner)
+            callback(run_id, owner, reason)
 
     # -- hooks for dispatch ----------------------------------------------------------------
     def on_ready_work(self, callback: Callable[[], None]) -> None:
@@ -110,8 +117,9 @@ class Engine:
         """Let new runs go straight to local workers with free slots (see send_events)."""
         self._placement = placement
 
-    def on_cancel(self, callback: Callable[[str, str], None]) -> None:
-        """Called with (run_id, lease_owner) when a leased run is cancelled."""
+    def on_cancel(self, callback: Callable[[str, str, str], None]) -> None:
+        """Called with (run_id, lease_owner, reason) when a leased run is cancelled, or ends
+        otherwise while a worker holds it (a timeout)."""
         self._on_cancel.append(callback)
 
     def _ready(self) -> None:
@@ -192,6 +200,8 @@ class Engine:
             events = run_store.events_of(tx.conn, run_ids)
             # step_count counts the run's step rows: a run without any needs no memo query.
             memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
+            for item in items:
+                self._sizes.seed(item, [step.output for step in memo.get(item.run_id, ())])
             return [
                 Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
                          attempt=item.attempt, max_attempts=item.max_attempts,
@@ -231,6 +241,8 @@ class Engine:
         request = ops_logic.OpsRequest(owner=owner, batch=batch,
                                        timing=ops_logic.Timing(now_ms(), self._lease_ms))
         future: asyncio.Future[AckAction] = self.db.submit_batched(self._apply_ops, request)
+        # A report sent again after a lost ack is acknowledged again (engine/resends.py).
+        future = resends.acknowledge_resends(self.db, batch, future)
         if activity.isEnabledFor(logging.INFO):
             future.add_done_callback(lambda f: _log_ops(batch, f))
         return future

@@ -11,12 +11,17 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
+from stepline_server.engine import cel_cost
+from stepline_server.engine.cel_cost import OPEN as _OPEN
+from stepline_server.engine.cel_cost import Token as _Token
+from stepline_server.engine.cel_cost import Untokenizable as _Untokenizable
+from stepline_server.engine.cel_cost import tokens as _tokens
 from stepline_server.errors import InvalidArgument
 from stepline_server.model import EventRecord
 
@@ -29,7 +34,7 @@ _CACHE_SIZE = 4096
 _TYPE_NAMES = frozenset({"bool", "bytes", "double", "int", "list", "map", "null_type", "string",
                          "type", "uint"})
 # Macros whose first argument binds a name (`items.exists(i, i > 1)`), also reported as variables.
-_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_MACROS = cel_cost.MACROS
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,17 @@ class Expression:
         except Exception:
             return False
 
+    def matches_within(self, variables: Mapping[str, Any], budget_ns: int) -> bool | None:
+        """`matches` on what the expression reads of `variables`; None, without evaluating,
+        when its estimated cost is over `budget_ns` (see cel_cost.py)."""
+        shape = cel_cost.shape(self.source)
+        if shape.nesting:  # stored before such expressions were refused at registration
+            return None
+        pruned = cel_cost.prune(variables, shape.paths)
+        if cel_cost.estimate_ns(shape, pruned, budget_ns) > budget_ns:
+            return None
+        return self.matches(pruned)
+
 
 def compile_expression(source: str, field: str, allowed: frozenset[str]) -> Expression:
     """Compile `source`, accepting only the variables in `allowed`.
@@ -65,16 +81,28 @@ def compile_expression(source: str, field: str, allowed: frozenset[str]) -> Expr
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise InvalidArgument(field, f"the expression is {len(source)} characters long; "
                                      f"the limit is {MAX_EXPRESSION_LENGTH}")
+    if "\x00" in source:  # stored as text, where PostgreSQL refuses NUL
+        raise InvalidArgument(field, "contains a NUL character (\\u0000); write it as \"\\0\" "
+                                     "inside a string literal")
     try:
         expression = _compile(source)
     except ValueError as exc:
         raise InvalidArgument(field, _syntax_message(source, str(exc))) from None
+    if cel_cost.shape(source).nesting:
+        raise InvalidArgument(field, "comprehensions (all, exists, exists_one, map, filter) may "
+                                     "not nest: their cost is the product of the lists' sizes; "
+                                     "test each list in its own comprehension")
     unknown = sorted(expression.variables - allowed)
     if unknown:
         names = ", ".join(unknown)
         raise InvalidArgument(field, f"unknown variable{'s' if len(unknown) > 1 else ''} {names}; "
                                      f"this expression may use only {', '.join(sorted(allowed))}")
     return expression
+
+
+def compiled(source: str) -> Expression:
+    """A stored expression, checked when it was registered, compiled (and cached)."""
+    return _compile(source)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
@@ -181,54 +209,6 @@ def _canonical(value: Any) -> str | None:
             return str(int(number))
         return json.dumps(number)
     return None
-
-
-# A tokenizer just good enough to split a source that CEL already accepted into top-level
-# conjuncts; string bodies are scanned by hand so quoted `&&`, `||` or `==` stay inside them.
-_TOKEN = re.compile(r"""
-    (?P<space>\s+|//[^\n]*)
-  | (?P<string>(?:[rR][bB]?|[bB][rR]?)?(?:'''|\"\"\"|'|\"))
-  | (?P<number>0[xX][0-9a-fA-F]+[uU]?|(?:\d+\.\d+|\.\d+|\d+)(?:[eE][+-]?\d+)?[uU]?)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>&&|\|\||==|!=|<=|>=|.)
-""", re.VERBOSE | re.DOTALL)
-_OPEN = {"(": ")", "[": "]", "{": "}"}
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str  # string, number, ident or op
-    text: str
-
-
-class _Untokenizable(Exception):
-    pass
-
-
-def _tokens(source: str) -> Iterator[_Token]:
-    pos = 0
-    while pos < len(source):
-        m = _TOKEN.match(source, pos)
-        assert m is not None and m.lastgroup is not None  # `.` matches any character
-        kind, pos = m.lastgroup, m.end()
-        if kind == "string":
-            quote = m.group().lstrip("rRbB")
-            raw = "r" in m.group().lower()[: -len(quote)]
-            pos = _string_end(source, pos, quote, raw)
-            yield _Token(kind, source[m.start():pos])
-        elif kind != "space":
-            yield _Token(kind, m.group())
-
-
-def _string_end(source: str, pos: int, quote: str, raw: bool) -> int:
-    while pos < len(source):
-        if not raw and source[pos] == "\\":
-            pos += 2
-        elif source.startswith(quote, pos):
-            return pos + len(quote)
-        else:
-            pos += 1
-    raise _Untokenizable(source)
 
 
 def _bound_names(source: str) -> frozenset[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from stepline_server.engine import expressions, matching
 from stepline_server.engine.context import TxContext
@@ -57,11 +58,8 @@ def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
         variables = None
         for sub in subscribers[record.name]:
             if sub.expression:
-                if variables is None:
-                    variables = {"event": expressions.event_variables(record)}
-                expression = expressions.compile_expression(
-                    sub.expression, "expression", expressions.TRIGGER_VARIABLES)
-                if not expression.matches(variables):
+                variables = variables or {"event": expressions.event_variables(record)}
+                if not _passes(ctx, sub.expression, variables, sub.function_id, record):
                     continue
             starts.append(RunStart(function_id=sub.function_id, policy=sub.policy, event=record))
     run_ids = ctx.start(starts) if starts else []
@@ -72,8 +70,18 @@ def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
     return run_ids
 
 
+def _passes(ctx: TxContext, source: str, variables: dict[str, Any], function_id: str,
+            record: EventRecord) -> bool:
+    """Whether a trigger's `if` lets `record` start a run of `function_id`, within the
+    budget."""
+    verdict = expressions.compiled(source).matches_within(variables, ctx.filter_budget_ns)
+    if verdict is None:
+        ctx.filter_skipped("trigger", f"function {function_id}", record)
+    return verdict is True
+
+
 def _settle_waits(ctx: TxContext, records: list[EventRecord]) -> None:
-    matches = matching.match(ctx.tx.conn, records, ctx.now)
+    matches = matching.match(ctx, records)
     if not matches:
         return
     waiting = [m for m in matches if m.kind is MatchKind.WAIT_FOR_EVENT]
@@ -198,8 +206,9 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
                   error=e.error) for e in endings])
     queue_store.delete_many(conn, [e.item.run_id for e in endings])
     for e in endings:
+        reason = e.error.message if e.error is not None else f"the run {e.status.value}"
         for owner in e.holders if e.holders is not None else (e.item.lease_owner,):
-            ctx.cancel_after_commit(e.item.run_id, owner)
+            ctx.cancel_after_commit(e.item.run_id, owner, reason)
         activity.info("run %s %s%s", e.item.run_id, e.status.value,
                       f": {e.error.message}" if e.error else "")
     after_end(ctx, endings)

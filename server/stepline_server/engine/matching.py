@@ -8,7 +8,7 @@ looks up only the waits under its own keys, plus the unkeyed ones of its name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
@@ -18,7 +18,12 @@ from stepline_server.store import events as event_store
 from stepline_server.store import waits as wait_store
 from stepline_server.store.records import NewWait
 
+if TYPE_CHECKING:
+    from stepline_server.engine.context import TxContext
+
 MAX_KEY_LENGTH = 600
+# The waits table's match_path column.
+MAX_PATH_LENGTH = 300
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,9 +42,12 @@ def _key(expression: str, field: str, trigger: EventRecord) -> tuple[str | None,
     if key is None:
         return None, None
     value = expressions.key_for_wait(key, expressions.event_variables(trigger))
-    if value is None or len(value) > MAX_KEY_LENGTH:
+    path = ".".join(key.async_path)
+    # A key that does not fit its column is left out: the wait is evaluated on every event of
+    # its name instead.
+    if value is None or len(value) > MAX_KEY_LENGTH or len(path) > MAX_PATH_LENGTH:
         return None, None
-    return ".".join(key.async_path), value
+    return path, value
 
 
 def new_wait(run_id: str, step_id: str, kind: MatchKind, event_name: str, expression: str,
@@ -61,34 +69,35 @@ def cancel_wait(run_id: str, index: int, cancel: CancelOn, trigger: EventRecord,
                     now_ms)
 
 
-def match(conn: Connection, records: list[EventRecord], now_ms: int) -> list[Match]:
+def match(ctx: TxContext, records: list[EventRecord]) -> list[Match]:
     """The waits these (new) events satisfy: for each wait, the first matching event."""
     by_name: dict[str, list[EventRecord]] = {}
     for record in records:
         by_name.setdefault(record.name, []).append(record)
-    pending_paths = wait_store.paths(conn, list(by_name))
+    pending_paths = wait_store.paths(ctx.tx.conn, list(by_name))
     if not pending_paths:
         return []
     matches: list[Match] = []
     for name, path_set in pending_paths.items():
-        matches += _match_name(conn, by_name[name], path_set, now_ms)
+        matches += _match_name(ctx, by_name[name], path_set)
     return matches
 
 
-def _match_name(conn: Connection, named: list[EventRecord], path_set: set[str | None],
-                now_ms: int) -> list[Match]:
+def _match_name(ctx: TxContext, named: list[EventRecord], path_set: set[str | None]
+                ) -> list[Match]:
     """The waits that events of one name satisfy, given the key paths their waits use."""
+    conn = ctx.tx.conn
     variables = [expressions.event_variables(r) for r in named]
     keys = {key for path in path_set if path is not None
             for key in _keys(tuple(path.split(".")), variables)}
-    rows = wait_store.candidates(conn, named[0].name, sorted(keys), None in path_set, now_ms)
+    rows = wait_store.candidates(conn, named[0].name, sorted(keys), None in path_set, ctx.now)
     if not rows:
         return []
     triggers = _trigger_variables(conn, rows)
     matches = []
     for row in rows:
         for record, candidate in zip(named, variables, strict=True):
-            if _fits(row, candidate, triggers):
+            if _fits(ctx, row, (record, candidate), triggers):
                 matches.append(Match(run_id=row.run_id, step_id=row.step_id,
                                      kind=MatchKind(row.kind), event=record))
                 break
@@ -101,17 +110,21 @@ def _keys(path: tuple[str, ...], variables: list[dict[str, Any]]) -> list[str]:
     return [key for key in found if key is not None]
 
 
-def _fits(row: Any, candidate: dict[str, Any], triggers: dict[str, dict[str, Any]]) -> bool:
+def _fits(ctx: TxContext, row: Any, event: tuple[EventRecord, dict[str, Any]],
+          triggers: dict[str, dict[str, Any]]) -> bool:
+    record, candidate = event
     if row.match_key is not None:
         key = expressions.key_for_event(tuple(row.match_path.split(".")), candidate)
         if key != row.match_key:
             return False
     if not row.expression:
         return True
-    compiled = expressions.compile_expression(row.expression, "expression",
-                                              expressions.MATCH_VARIABLES)
     trigger = triggers.get(row.trigger_event_id, {})
-    return compiled.matches({"event": trigger, "async": candidate})
+    verdict = expressions.compiled(row.expression).matches_within(
+        {"event": trigger, "async": candidate}, ctx.filter_budget_ns)
+    if verdict is None:
+        ctx.filter_skipped(row.kind, f"run {row.run_id} step {row.step_id}", record)
+    return verdict is True
 
 
 def _trigger_variables(conn: Connection, rows: list[Any]) -> dict[str, dict[str, Any]]:

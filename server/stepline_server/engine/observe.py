@@ -54,6 +54,10 @@ class Observer:
         """Dispatches, as (run_id, target_step_id, lease), whose worker was lost (its stream
         broke) before it reported how they ended."""
 
+    def filter_skipped(self, kind: str) -> None:
+        """A CEL filter over its cost budget was not evaluated on an event (no match). `kind`:
+        trigger, wait_for_event or cancel."""
+
 
 class Observers(Observer):
     """Fans out to the registered observers, isolating their failures."""
@@ -88,6 +92,10 @@ class Observers(Observer):
                       ) -> None:
         for o in self._all:
             _guard(o.attempts_lost, dispatches, lost_at_ms)
+
+    def filter_skipped(self, kind: str) -> None:
+        for o in self._all:
+            _guard(o.filter_skipped, kind)
 
 
 def _guard(method: object, *args: object) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from stepline_server.engine import attempts, lifecycle, matching
 from stepline_server.engine.context import TxContext
+from stepline_server.engine.run_limits import RunLimits, StateSizes
 from stepline_server.engine.starts import RunStart
 from stepline_server.errors import InvalidArgument, NotFound, StaleLease, SteplineServerError
 from stepline_server.ids import invoke_event_id, now_ms
@@ -149,15 +150,24 @@ class Writes:
 _WRITES = tuple(f.name for f in fields(Writes))
 
 
-@dataclass(frozen=True, slots=True)
+# Without settings (unit tests): Inngest's limits.
+DEFAULT_LIMITS = RunLimits(max_steps=1000, max_state_bytes=32 * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lookups:
     """What some ops need from outside the run, loaded once per batch."""
 
     functions: dict[str, RunPolicy] = field(default_factory=dict)
     triggers: dict[str, EventRecord] = field(default_factory=dict)
+    limits: RunLimits = DEFAULT_LIMITS
+    # The bytes of step outputs each reported item's run stores (run_limits.py); a run
+    # missing here is not checked.
+    state_bytes: dict[Key, int] = field(default_factory=dict)
 
 
-def _lookups(tx: Tx, requests: list[OpsRequest]) -> Lookups:
+def _lookups(tx: Tx, requests: list[OpsRequest], limits: RunLimits,
+             state_bytes: dict[Key, int]) -> Lookups:
     invoked = sorted({op.function_id for r in requests for op in r.batch.ops
                       if isinstance(op, Invoke)})
     waiting = sorted({r.batch.run_id for r in requests
@@ -170,16 +180,20 @@ def _lookups(tx: Tx, requests: list[OpsRequest]) -> Lookups:
             event_ids.values())))}
         triggers = {run_id: records[event_id] for run_id, event_id in event_ids.items()
                     if event_id in records}
-    return Lookups(functions, triggers)
+    return Lookups(functions=functions, triggers=triggers, limits=limits,
+                   state_bytes=state_bytes)
 
 
 # -- a batch of reports -------------------------------------------------------------------------
-def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: ContextFactory
+def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: ContextFactory,
+               limits: RunLimits = DEFAULT_LIMITS, sizes: StateSizes | None = None
                ) -> list[AckAction | SteplineServerError]:
     conn = tx.conn
     locked = queue_store.lock_many(conn, sorted({r.batch.run_id for r in requests}))
     states = {key: RunState.of(item, due) for key, (item, due) in locked.items()}
-    lookups = _lookups(tx, requests)
+    reported = [states[r.batch.key].item for r in requests if r.batch.key in states]
+    lookups = _lookups(tx, requests, limits,
+                       sizes.load(conn, reported) if sizes is not None else {})
     touched: dict[Key, RunState] = {}
     writes = Writes()
     results: list[AckAction | SteplineServerError] = []
@@ -199,6 +213,8 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
         states[key] = touched[key] = new_state
         writes.extend(own)
         results.append(action)
+        if sizes is not None and key in lookups.state_bytes:
+            _remember_size(tx, sizes, new_state, lookups.state_bytes, own)
         if key[1] and new_state.deleted:
             _parallel_step_done(key[0], states, touched, request.timing.now_ms)
     if missing:
@@ -213,6 +229,15 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
     if writes.invokes or writes.sent or writes.endings:
         _follow_up(context(tx, now_ms()), writes)
     return results
+
+
+def _remember_size(tx: Tx, sizes: StateSizes, state: RunState, known: dict[Key, int],
+                   own: Writes) -> None:
+    """The run's state once this report commits, for its next report under the same lease."""
+    key = state.item.key
+    known[key] += sum(len(step.output.encode()) for step in own.steps if step.output)
+    size, item, ended = known[key], state.item, state.deleted
+    tx.after_commit(lambda: sizes.applied(item, size, ended=ended))
 
 
 def _explain_missing(tx: Tx, requests: list[OpsRequest], missing: list[int],
@@ -286,11 +311,15 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
             "ops.function_id",
             f"run {batch.run_id} belongs to function {item.function_id!r}, "
             f"not {batch.function_id!r}")
-    report = _Report(batch.run_id, state, request.timing.now_ms, backoff, lookups)
+    report = _Report(run_id=batch.run_id, state=state, now=request.timing.now_ms,
+                     backoff=backoff, lookups=lookups,
+                     state_bytes=lookups.state_bytes.get(batch.key))
     if batch.target_step_id:
         return state, report.parallel_step(batch), report.writes
     action = AckAction.CONTINUE
     for index, op in enumerate(batch.ops):
+        if report.stopped:  # a limit ended the report: the ops after it are not applied
+            break
         if action is not AckAction.CONTINUE:
             raise InvalidArgument(f"ops.ops[{index}]", "no op may follow one that ends the run")
         action = report.apply(index, op)
@@ -299,7 +328,7 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
     return state, action, report.writes
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _Report:
     """Applies the ops of one report to its run's state, collecting the rows to write."""
 
@@ -308,8 +337,10 @@ class _Report:
     now: int
     backoff: Backoff
     lookups: Lookups
+    state_bytes: int | None  # the run's stored outputs (None: not checked)
     writes: Writes = field(default_factory=Writes)
     seen_steps: set[str] = field(default_factory=set)
+    stopped: bool = False
 
     def parallel_step(self, batch: OpsBatch) -> AckAction:
         """The report of one parallel step: its result, and nothing else. Done (completed, or
@@ -320,7 +351,7 @@ class _Report:
             raise InvalidArgument("ops.ops", f"the dispatch of parallel step "
                                   f"{batch.target_step_id!r} takes exactly one op: that step's "
                                   "step_completed or step_failed")
-        if self.apply(0, ops[0]) is AckAction.CONTINUE:
+        if self.apply(0, ops[0]) is AckAction.CONTINUE or self.stopped:
             self.state.deleted = True
         return AckAction.RELEASE
 
@@ -335,15 +366,47 @@ class _Report:
         if self.state.wait_kind is not None:
             raise InvalidArgument(f"ops.ops[{index}]", "the run is suspended")
         self.seen_steps.add(op.step_id)
+        if self._too_many_steps(1):
+            return AckAction.RELEASE
         if isinstance(op, StepCompleted):
-            self._step(op.step_id, op.name, StepStatus.COMPLETED, op.started_at_ms,
-                       output=op.output)
-            return AckAction.CONTINUE
+            return self._completed(op)
         if isinstance(op, StepFailed):
             return self._step_failed(op)
         if isinstance(op, SendEvents):
             return self._send(op)
         return self._suspension(index, op)
+
+    # -- limits (run_limits.py) --------------------------------------------------------------
+    def _too_many_steps(self, new: int) -> bool:
+        """Whether `new` more steps pass the run's step limit; if so, the run fails."""
+        limit = self.lookups.limits.max_steps
+        if self.state.item.target_step_id or self.state.step_count + new <= limit:
+            return False
+        self._finish(RunStatus.FAILED, error=ErrorInfo(
+            "StepLimitExceeded", f"the run has {self.state.step_count} steps and reported "
+                                 f"{new} more; the limit is {limit} steps per run "
+                                 "(STEPLINE_MAX_STEPS_PER_RUN)"))
+        self.stopped = True
+        return True
+
+    def _completed(self, op: StepCompleted) -> AckAction:
+        """A step's result, stored unless it would pass the run's state limit: then the step
+        fails for good, and the worker replays the run to meet that error."""
+        limit, size = self.lookups.limits.max_state_bytes, len(op.output.encode())
+        if self.state_bytes is not None and self.state_bytes + size > limit:
+            self._fail_step_now(op.step_id, op.name, ErrorInfo(
+                "RunStateTooLarge", f"the step's output ({size} bytes) would bring the run's "
+                                    f"stored step outputs to {self.state_bytes + size} bytes; the "
+                                    f"limit is {limit} (STEPLINE_MAX_RUN_STATE_BYTES): return "
+                                    "less, or keep large data elsewhere and return a reference"),
+                                StepKind.RUN)
+            self.stopped = True
+            return AckAction.RELEASE
+        if self.state_bytes is not None:
+            self.state_bytes += size
+        self._step(op.step_id, op.name, StepStatus.COMPLETED, op.started_at_ms,
+                   output=op.output)
+        return AckAction.CONTINUE
 
     # -- results and failures ----------------------------------------------------------------
     def _step(self, step_id: str, name: str, status: StepStatus, started_at_ms: int | None, *,
@@ -478,6 +541,8 @@ class _Report:
                                   "at least one step is required")
         if len(set(ids)) != len(ids) or self.seen_steps & set(ids):
             raise InvalidArgument(f"ops.ops[{index}].planned.steps", "step ids must be distinct")
+        if self._too_many_steps(len(ids)):
+            return AckAction.RELEASE
         state = self.state
         item = state.item
         for step_id in ids:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stepline_server import names
 from stepline_server.engine import Engine
 from stepline_server.http import params, views
 from stepline_server.http.state import services
@@ -31,7 +32,7 @@ async def list_runs(engine: Engine, request: Request) -> tuple[list[RunRecord], 
 async def send_event(engine: Engine, settings: Settings, name: str, data: Any,
                      event_id: str) -> tuple[str, list[str]]:
     """Validate and send one event; return its id and the runs it started."""
-    record = params.event_record(name, data, event_id, settings.max_payload_bytes)
+    record = params.event_record(name, data, event_id, settings.max_event_bytes)
     return record.id, await engine.send_events([record])
 
 
@@ -42,27 +43,29 @@ async def runs_index(request: Request) -> Response:
 
 
 async def run_detail(request: Request) -> Response:
-    run = await services(request).engine.get_run(request.path_params["run_id"])
+    run = await services(request).engine.get_run(params.path_id(request, "run_id"))
     return JSONResponse({"run": views.run_json(run, detail=True)})
 
 
 async def run_cancel(request: Request) -> Response:
     body = await params.json_body(request)
     reason = params.string_field(body, "reason", required=False, max_length=1000)
-    run = await services(request).engine.cancel_run(request.path_params["run_id"], reason)
+    run_id = params.path_id(request, "run_id")
+    run = await services(request).engine.cancel_run(run_id, reason)
     return JSONResponse({"run": views.run_json(run, detail=True)})
 
 
 async def run_replay(request: Request) -> Response:
     await params.json_body(request)
-    run = await services(request).engine.replay_run(request.path_params["run_id"])
+    run = await services(request).engine.replay_run(params.path_id(request, "run_id"))
     return JSONResponse({"run": views.run_json(run, detail=True)}, status_code=201)
 
 
 async def run_rerun(request: Request) -> Response:
     body = await params.json_body(request)
     step_id = params.string_field(body, "step_id", required=True, max_length=300)
-    run = await services(request).engine.rerun_from_step(request.path_params["run_id"], step_id)
+    run_id = params.path_id(request, "run_id")
+    run = await services(request).engine.rerun_from_step(run_id, step_id)
     return JSONResponse({"run": views.run_json(run, detail=True)}, status_code=201)
 
 
@@ -75,7 +78,8 @@ async def functions_index(request: Request) -> Response:
 
 async def function_detail(request: Request) -> Response:
     engine = services(request).engine
-    info = await engine.get_function(request.path_params["function_id"])
+    info = await engine.get_function(params.path_id(request, "function_id",
+                                                    names.MAX_FULL_NAME_LENGTH))
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None, limit=RECENT_RUNS,
                                      page_token="")
     return JSONResponse({"function": views.function_json(info),
@@ -86,7 +90,7 @@ async def events_index(request: Request) -> Response:
     query = request.query_params
     entries, token = await services(request).engine.list_events(
         name=params.event_name_filter(query), limit=params.limit(query),
-        page_token=query.get("page_token", ""))
+        page_token=params.page_token(query))
     return JSONResponse({"events": [views.event_entry_json(e) for e in entries],
                          "next_page_token": token})
 

@@ -59,6 +59,10 @@ class Metrics(Observer):
             "stepline_step_duration_seconds", "From a step attempt's start on the worker to "
             "the commit of its result.", ["function"], buckets=STEP_SECONDS_BUCKETS,
             registry=self.registry)
+        self._filters_skipped = Counter(
+            "stepline_filters_skipped", "CEL filters not evaluated on an event because their "
+            "estimated cost was over the budget (counted as no match), by kind (trigger, "
+            "wait_for_event, cancel).", ["kind"], registry=self.registry)
         self._gauges = _Gauges(engine, dispatcher)
         self.registry.register(self._gauges)
 
@@ -91,6 +95,9 @@ class Metrics(Observer):
     def runs_ended(self, ends: Sequence[RunEnd]) -> None:
         for end in ends:
             self._runs_ended.labels(end.function_id, end.status.value).inc()
+
+    def filter_skipped(self, kind: str) -> None:
+        self._filters_skipped.labels(kind).inc()
 
 
 class _Gauges(Collector):

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from stepline_server import names
 from stepline_server.errors import InvalidArgument
 from stepline_server.http import api, params, timeline
 from stepline_server.http.state import services
@@ -57,7 +58,7 @@ async def runs_page(request: Request) -> Response:
 
 
 async def run_page(request: Request) -> Response:
-    run = await services(request).engine.get_run(request.path_params["run_id"])
+    run = await services(request).engine.get_run(params.path_id(request, "run_id"))
     now = now_ms()
     return render(request, "run.html", {
         "page": "runs", "run": run, "timeline": timeline.build(run, now), "now_ms": now,
@@ -68,20 +69,21 @@ async def run_page(request: Request) -> Response:
 async def run_cancel(request: Request) -> Response:
     form = await request.form()
     reason = params.string_field(form, "reason", required=False, max_length=1000)
-    run = await services(request).engine.cancel_run(request.path_params["run_id"],
+    run = await services(request).engine.cancel_run(params.path_id(request, "run_id"),
                                                     reason or "cancelled from the dashboard")
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
 async def run_replay(request: Request) -> Response:
-    run = await services(request).engine.replay_run(request.path_params["run_id"])
+    run = await services(request).engine.replay_run(params.path_id(request, "run_id"))
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
 async def run_rerun(request: Request) -> Response:
     form = await request.form()
     step_id = params.string_field(form, "step_id", required=True, max_length=300)
-    run = await services(request).engine.rerun_from_step(request.path_params["run_id"], step_id)
+    run_id = params.path_id(request, "run_id")
+    run = await services(request).engine.rerun_from_step(run_id, step_id)
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
@@ -97,7 +99,8 @@ async def functions_page(request: Request) -> Response:
 
 async def function_page(request: Request) -> Response:
     engine = services(request).engine
-    info = await engine.get_function(request.path_params["function_id"])
+    info = await engine.get_function(params.path_id(request, "function_id",
+                                                    names.MAX_FULL_NAME_LENGTH))
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None,
                                      limit=api.RECENT_RUNS, page_token="")
     return render(request, "function.html", {
@@ -111,7 +114,7 @@ async def _events_context(request: Request) -> dict[str, Any]:
     query = request.query_params
     name = params.event_name_filter(query)
     entries, token = await services(request).engine.list_events(
-        name=name, limit=params.limit(query), page_token=query.get("page_token", ""))
+        name=name, limit=params.limit(query), page_token=params.page_token(query))
     return {
         "page": "events", "entries": entries, "name_filter": name or "",
         "sent": query.get("sent", ""),

@@ -14,10 +14,14 @@ from starlette.requests import Request
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.limits import (
+    MAX_ID_LENGTH,
     MAX_NAME_LENGTH,
     check_event_id,
     check_name,
+    check_text,
+    check_time_ms,
     json_text,
+    parse_json,
 )
 from stepline_server.model import EventRecord, RunStatus
 from stepline_server.names import MAX_FULL_NAME_LENGTH
@@ -43,8 +47,7 @@ class RunFilter:
 
 def _text(query: QueryParams, field: str, max_length: int = MAX_NAME_LENGTH) -> str | None:
     value = query.get(field, "").strip()
-    if len(value) > max_length:
-        raise InvalidArgument(field, f"longer than {max_length} characters")
+    check_text(value, field, max_length)
     return value or None
 
 
@@ -62,7 +65,8 @@ def limit(query: QueryParams, default: int = DEFAULT_PAGE_SIZE) -> int:
     raw = query.get("limit", "")
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # isdigit() alone would take "¹" or "٣", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidArgument("limit", f"expected a whole number from 1 to {MAX_PAGE_SIZE}, "
                                        f"got {raw!r}")
     return int(raw)
@@ -72,16 +76,22 @@ def timestamp_ms(value: str | None, field: str) -> int | None:
     """Milliseconds since the epoch, or ISO 8601 with a time zone (2026-11-28T09:30:00Z)."""
     if not value:
         return None
-    if value.isdigit():
-        return int(value)
+    if value.isdigit() and value.isascii():
+        if len(value) > 16:  # more digits than any supported time has
+            raise InvalidArgument(field, f"{value[:40]} ms is outside the supported times "
+                                         "(years 1 to 9999)")
+        return check_time_ms(int(value), field)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise InvalidArgument(field, f"expected milliseconds since the epoch or ISO 8601 with a "
-                                     f"time zone (2026-11-28T09:30:00Z), got {value!r}")
-    return int(parsed.timestamp() * 1000)
+                                     f"time zone (2026-11-28T09:30:00Z), got {value[:80]!r}")
+    try:
+        return check_time_ms(int(parsed.timestamp() * 1000), field)
+    except OverflowError:  # a time zone offset that moves year 1 or 9999 past the range
+        raise InvalidArgument(field, "outside the supported times (years 1 to 9999)") from None
 
 
 def run_filter(query: QueryParams) -> RunFilter:
@@ -99,8 +109,14 @@ def run_filter(query: QueryParams) -> RunFilter:
         status=run_status(query.get("status")),
         event_name=_text(query, "event"),
         created_after_ms=after, created_before_ms=before, since=since,
-        limit=limit(query), page_token=query.get("page_token", ""),
+        limit=limit(query), page_token=page_token(query),
     )
+
+
+def page_token(query: QueryParams) -> str:
+    value = query.get("page_token", "")
+    check_text(value, "page_token", 1000)
+    return value
 
 
 def event_name_filter(query: QueryParams) -> str | None:
@@ -114,10 +130,7 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise InvalidArgument("body", f"{len(raw)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     if not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument("body", f"malformed JSON ({exc})") from None
+    value = parse_json(raw, "body")
     if not isinstance(value, dict):
         raise InvalidArgument("body", f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -133,8 +146,14 @@ def string_field(body: dict[str, Any] | FormData, field: str, *, required: bool,
     value = value.strip()
     if required and not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > max_length:
-        raise InvalidArgument(field, f"longer than {max_length} characters")
+    check_text(value, field, max_length)
+    return value
+
+
+def path_id(request: Request, name: str, max_length: int = MAX_ID_LENGTH) -> str:
+    """An id from the URL's path (a run's, a function's)."""
+    value: str = request.path_params[name]
+    check_text(value, name, max_length)
     return value
 
 

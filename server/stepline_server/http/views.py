@@ -28,13 +28,18 @@ MAX_SHOWN_CHARS = 20_000
 
 # -- JSON documents -----------------------------------------------------------------------------
 def json_value(text: str | None) -> Any:
-    """Stored JSON text as a value (text that is not JSON stays text)."""
+    """Stored JSON text as a value (text that is not JSON stays text). NaN and Infinity stay
+    text too: rows stored before the server refused them must not break the JSON answers."""
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError):
         return text
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def error_json(error: ErrorInfo | None) -> dict[str, str] | None:

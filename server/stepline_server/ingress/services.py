@@ -13,11 +13,19 @@ from stepline.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
 )
-from stepline_server import wire
+from stepline_server import names, wire
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
 from stepline_server.grpc_keys import require_app
 from stepline_server.ingress import convert
+from stepline_server.limits import (
+    MAX_ID_LENGTH,
+    MAX_REASON_LENGTH,
+    PayloadLimits,
+    check_length,
+    check_run_id,
+    check_step_id,
+)
 from stepline_server.telemetry import traceparent
 
 MAX_PAGE_SIZE = 1000
@@ -27,12 +35,12 @@ DEFAULT_PAGE_SIZE = 50
 class EventService(event_service_pb2_grpc.EventServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._limits = PayloadLimits.of(engine.settings)
 
     async def SendEvent(
         self, request: event_service_pb2.SendEventRequest, context: grpc.aio.ServicerContext
     ) -> event_service_pb2.SendEventResponse:
-        records = wire.events_from_proto(
-            request.events, self.engine.settings.max_payload_bytes)
+        records = wire.events_from_proto(request.events, self._limits)
         # A caller traced by gRPC instrumentation: its events continue the caller's trace.
         records = traceparent.with_default(
             records, traceparent.from_metadata(context.invocation_metadata()))
@@ -65,14 +73,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def GetRun(
         self, request: run_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.GetRunResponse:
-        if not request.run_id:
-            raise InvalidArgument("run_id", "run id is required")
+        check_run_id(request.run_id)
         run = await self.engine.get_run(request.run_id)
         return run_service_pb2.GetRunResponse(run=convert.run_to_proto(run))
 
     async def ListRuns(
         self, request: run_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListRunsResponse:
+        check_length(request.function_id, "function_id", names.MAX_FULL_NAME_LENGTH)
         function_id = (await self.engine.function_name(request.function_id, "function_id")
                        if request.function_id else None)
         runs, token = await self.engine.list_runs(
@@ -88,26 +96,23 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def CancelRun(
         self, request: run_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.CancelRunResponse:
-        if not request.run_id:
-            raise InvalidArgument("run_id", "run id is required")
+        check_run_id(request.run_id)
+        check_length(request.reason, "reason", MAX_REASON_LENGTH)
         run = await self.engine.cancel_run(request.run_id, request.reason)
         return run_service_pb2.CancelRunResponse(run=convert.run_to_proto(run))
 
     async def ReplayRun(
         self, request: run_service_pb2.ReplayRunRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ReplayRunResponse:
-        if not request.run_id:
-            raise InvalidArgument("run_id", "run id is required")
+        check_run_id(request.run_id)
         run = await self.engine.replay_run(request.run_id)
         return run_service_pb2.ReplayRunResponse(run=convert.run_to_proto(run))
 
     async def RerunFromStep(
         self, request: run_service_pb2.RerunFromStepRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.RerunFromStepResponse:
-        if not request.run_id:
-            raise InvalidArgument("run_id", "run id is required")
-        if not request.step_id:
-            raise InvalidArgument("step_id", "step id is required")
+        check_run_id(request.run_id)
+        check_step_id(request.step_id, "step_id")
         run = await self.engine.rerun_from_step(request.run_id, request.step_id)
         return run_service_pb2.RerunFromStepResponse(run=convert.run_to_proto(run))
 
@@ -124,6 +129,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def ListFunctions(
         self, request: run_service_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListFunctionsResponse:
+        check_length(request.app_id, "app_id", MAX_ID_LENGTH)
         functions, token = await self.engine.list_functions(
             app_id=request.app_id or None, include_archived=request.include_archived,
             limit=_page_size(request.page_size), page_token=request.page_token)

@@ -105,7 +105,9 @@ class _Unit:
 def _translate(exc: Exception) -> Exception:
     """Driver errors become server errors here, in one place."""
     if isinstance(exc, IntegrityError):
-        return Conflict(f"conflicts with stored data: {exc.orig}")
+        # The driver's text (SQL, constraint names) is for the log, not for clients.
+        log.info("write refused by the database: %s", exc.orig)
+        return Conflict("conflicts with stored data")
     if dialect.unreachable(exc):
         # The next transaction reconnects. Lost before or during COMMIT, the work may or may
         # not be stored: a resend is safe for what is idempotent (events with an id, reports

@@ -1,4 +1,5 @@
-"""Every difference between SQLite and PostgreSQL lives here: engines, pragmas, upserts, NOTIFY."""
+"""Every difference between SQLite and PostgreSQL lives here: engines, pragmas, upserts, NOTIFY,
+byte lengths."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, exc, text
+from sqlalchemy import (
+    Engine,
+    LargeBinary,
+    Table,
+    cast,
+    create_engine,
+    event,
+    exc,
+    func,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
@@ -118,6 +129,13 @@ def insert_or_replace(dialect_name: str, table: Table, *, replace_if: Any) -> An
         set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
         where=replace_if,
     ).returning(*key)
+
+
+def byte_length(dialect_name: str, column: Any) -> Any:
+    """The length of a text column in bytes (UTF-8), not characters."""
+    if dialect_name == "postgresql":
+        return func.octet_length(column)
+    return func.length(cast(column, LargeBinary))
 
 
 def notify(conn: Connection) -> None:

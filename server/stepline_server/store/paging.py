@@ -22,12 +22,21 @@ def past(cursor: tuple[int, str], time_column: Any, id_column: Any, *, newest_fi
     return or_(time_column > time_ms, and_(time_column == time_ms, id_column > row_id))
 
 
+# What a cursor's parts can be: a time in BIGINT range, an id of a column's size without NUL
+# (PostgreSQL refuses both the overflow and the NUL with an error, where SQLite answers).
+_MAX_CURSOR_TIME = 2**62
+_MAX_CURSOR_ID = 300
+
+
 def decode_cursor(token: str) -> tuple[int, str]:
     """Raise ValueError for a token we did not issue."""
     try:
         time_ms, row_id = json.loads(base64.urlsafe_b64decode(token.encode()))
     except Exception as exc:
         raise ValueError("not a page token issued by this server") from exc
-    if not isinstance(time_ms, int) or not isinstance(row_id, str):
+    if (not isinstance(time_ms, int) or isinstance(time_ms, bool)
+            or not -_MAX_CURSOR_TIME <= time_ms <= _MAX_CURSOR_TIME
+            or not isinstance(row_id, str) or len(row_id) > _MAX_CURSOR_ID
+            or "\x00" in row_id):
         raise ValueError("not a page token issued by this server")
     return time_ms, row_id

@@ -18,6 +18,7 @@ from stepline_server.model import (
     StepRecord,
     StepStatus,
 )
+from stepline_server.store import dialect
 from stepline_server.store.events import row_to_event
 from stepline_server.store.hot import Hot
 from stepline_server.store.paging import encode_cursor, past
@@ -151,6 +152,18 @@ def memo(conn: Connection, run_ids: list[str]) -> dict[str, list[MemoStep]]:
     for row in _MEMO.rows(conn, {"run_ids": run_ids}):
         found[row.run_id].append(MemoStep(row.step_id, row.output,
                                           ErrorInfo.from_json(row.error)))
+    return found
+
+
+def output_bytes(conn: Connection, run_ids: list[str]) -> dict[str, int]:
+    """The bytes of the step outputs each run has stored (its state), 0 for none."""
+    if not run_ids:
+        return {}
+    total = func.coalesce(func.sum(dialect.byte_length(conn.dialect.name, steps.c.output)), 0)
+    rows = conn.execute(select(steps.c.run_id, total.label("total"))
+                        .where(steps.c.run_id.in_(run_ids)).group_by(steps.c.run_id))
+    found = dict.fromkeys(run_ids, 0)
+    found.update({row.run_id: int(row.total) for row in rows})
     return found
 
 
