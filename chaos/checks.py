@@ -62,10 +62,10 @@ def read_executions(exec_dir: Path) -> tuple[dict[tuple[str, str], list[Executio
     for path in sorted(exec_dir.glob(f"{LOG_PREFIX}*.log")):
         for line in path.read_text().splitlines():
             parts = line.split()
-            if len(parts) != 4 or parts[3] not in ("ok", "fail"):
+            if len(parts) != 5 or parts[3] not in ("ok", "fail"):
                 malformed += 1
                 continue
-            run_id, step_id, token, plan = parts
+            run_id, step_id, token, plan, _ = parts
             found[(run_id, step_id)].append(Execution(run_id, step_id, token, plan == "fail"))
     return found, malformed
 

@@ -62,6 +62,8 @@ class Proc:
             self.popen = subprocess.Popen(
                 [sys.executable, *self.args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # Execution logs are named by pid: this line ties them to the worker.
+            log.write(f"--- chaos: {self.name} is pid {self.popen.pid}\n".encode())
         self.starts += 1
 
     def alive(self) -> bool:

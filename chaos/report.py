@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from chaos.soak import Report
 
-_LABEL = 60
+_LABEL = 62
 _COLUMN = 22
 
 

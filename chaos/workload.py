@@ -1,6 +1,6 @@
 """The soak's app: mixed functions (steps, sleeps, waits, retries, parallel steps, sent events).
 
-Every step body appends `run_id step_id token plan` to exec-<pid>.log in CHAOS_EXEC_DIR and
+Every step body appends `run_id step_id token plan time_ms` to exec-<pid>.log in CHAOS_EXEC_DIR and
 fsyncs it before doing anything else, so a `kill -9` cannot hide an execution; the token is the
 body's result, so the checks can tell which execution a recorded result came from.
 """
@@ -75,7 +75,8 @@ def body(run_id: str, step_id: str, planned_failure: bool = False) -> str:
     """A step body: logs its execution, works a little, returns a token no other execution
     returns (or fails, when the workload plans a failure)."""
     token = uuid.uuid4().hex[:16]
-    _record(f"{run_id} {step_id} {token} {'fail' if planned_failure else 'ok'}\n")
+    _record(f"{run_id} {step_id} {token} {'fail' if planned_failure else 'ok'} "
+            f"{int(time.time() * 1000)}\n")
     time.sleep(random.uniform(0, _WORK_SECONDS))
     if planned_failure:
         raise RuntimeError(f"planned failure of {step_id} on the run's first attempt")
