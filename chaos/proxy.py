@@ -103,10 +103,11 @@ class Proxy:
         await self._cut()
         if self._server is not None:
             self._server.close()
+        # The connections' tasks end on their own once their sockets are reset; cancelling
+        # them instead makes asyncio's stream callback log a CancelledError.
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
 
     def close(self) -> None:
         """Reset every connection, stop listening, stop the thread and its loop."""
