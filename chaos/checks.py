@@ -6,6 +6,7 @@ what happened (faults, duplicate executions) without judging it.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class Observed:
     waits_left: int
     executions: dict[tuple[str, str], list[Execution]]
     malformed_lines: int
+    at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 def read_executions(exec_dir: Path) -> tuple[dict[tuple[str, str], list[Execution]], int]:
@@ -109,6 +111,21 @@ def dump_unfinished(database_url: str, path: Path) -> int:
     finally:
         engine.dispose()
     return len(run_ids)
+
+
+def _diagnose(item: Any, now_ms: int) -> str:
+    """What a queue item left at the end is doing, in words."""
+    if item.lease_owner is not None and item.lease_until_ms > now_ms:
+        # The soak ends long after its last fault: a lease still in the future is being
+        # renewed by the heartbeats of a worker that is connected yet not running the item.
+        return "LEASED TO A CONNECTED WORKER THAT DOES NOT RUN IT (heartbeats renew the lease)"
+    if item.lease_owner is not None:
+        return "lease expired and not taken over"
+    if item.wait_kind == "parallel":
+        return "waiting for its parallel steps"
+    if item.wait_kind is not None:
+        return f"suspended ({item.wait_kind})"
+    return "due and unclaimed" if item.due_at_ms <= now_ms else "due later"
 
 
 def _output(run: Any) -> dict[str, Any]:
@@ -221,9 +238,9 @@ class Verdict:
         check = self.check("queue items left")
         for item in self.observed.queue_left:
             check.fail(f"run {item.run_id} step '{item.target_step_id}' ({item.function_id}): "
-                       f"attempt {item.attempt}, lease {item.lease} held by {item.lease_owner} "
-                       f"until {item.lease_until_ms}, due {item.due_at_ms}, "
-                       f"wait {item.wait_kind}")
+                       f"{_diagnose(item, self.observed.at_ms)}; attempt {item.attempt}, "
+                       f"lease {item.lease} held by {item.lease_owner} until "
+                       f"{item.lease_until_ms}, due {item.due_at_ms}")
         waits_left = self.check("waits left")
         for _ in range(self.observed.waits_left):
             waits_left.fail("a row in `waits`")

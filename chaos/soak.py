@@ -46,6 +46,8 @@ _STALL = 90.0
 
 @dataclass
 class Report:
+    """One backend's soak: checks (each a count of broken promises), figures, notes."""
+
     backend: str
     seed: int
     figures: dict[str, object] = field(default_factory=dict)
@@ -63,6 +65,8 @@ class Report:
 
 
 class Soak:
+    """The driver of one soak; `run()` returns its Report."""
+
     def __init__(self, config: SoakConfig, *, say: bool = True) -> None:
         self.config = config
         self.say_enabled = say
@@ -117,7 +121,7 @@ class Soak:
             self.database_url = fresh.url
         else:
             self.database_url = config.database_url
-        if config.restart_postgres:
+        if config.restart_postgres and config.backend == "postgres":
             # Registered after the drop, so it runs before it: the cluster is up to drop in.
             stack.callback(self._ensure_cluster_up)
         if config.backend != "postgres":
