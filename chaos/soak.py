@@ -297,8 +297,10 @@ class Soak:
             **verdict.figures,
             "event batches sent again (to the other replica on PG)": sent.resent,
             "  of which already committed (ack lost)": sent.duplicates,
-            "failed send tries": ", ".join(f"{k} {v}" for k, v in sent.errors.most_common())
-                                 or "0",
+            "failed send tries": sum(sent.errors.values()),
+            # The status a failed try got: UNAVAILABLE says "send again"; INTERNAL is a
+            # database error the server did not translate.
+            **{f"  answered {code}": n for code, n in sorted(sent.errors.items())},
             "server log ERROR records": sum(self.errors.values()),
             "load / drain / total seconds": f"{load_seconds:.0f} / {drain_seconds:.0f} / "
                                             f"{time.monotonic() - self.started:.0f}",
