@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from types import FrameType
 
@@ -69,6 +70,7 @@ def _soak(config: SoakConfig, keep_logs: bool) -> Report:
             shutil.rmtree(config.workdir, ignore_errors=True)
         raise
     except Exception as exc:  # a soak that could not run is a failed soak, said plainly
+        traceback.print_exc()
         report.notes.append(f"the soak stopped: {type(exc).__name__}: {exc}")
         report.checks.append(_crashed(exc))
     if report.ok and not keep_logs:
@@ -84,7 +86,10 @@ def _crashed(exc: Exception) -> Check:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.rate <= 0 or args.workers < 1 or args.slots < 1:
+        parser.error("--runs, --rate, --workers and --slots must be positive")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     signal.signal(signal.SIGTERM, _interrupted)
