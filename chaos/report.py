@@ -24,11 +24,24 @@ def table(reports: list[Report]) -> str:
             cells.append(f"FAIL {count}" if count else "0")
         lines.append(_row("  " + name, cells))
     lines.append("figures:")
-    labels = list(dict.fromkeys(k for r in reports for k in r.figures))
+    labels = _merged([list(r.figures) for r in reports])
     for label in labels:
         lines.append(_row("  " + label, [str(r.figures.get(label, "-")) for r in reports]))
     lines.append(_row("verdict", ["ok" if r.ok else "FAILED" for r in reports]))
     return "\n".join(lines)
+
+
+def _merged(orders: list[list[str]]) -> list[str]:
+    """The labels of every report, each one after the label it follows in its own report (a
+    figure only one backend has stays next to its kin)."""
+    merged: list[str] = []
+    for order in orders:
+        previous: str | None = None
+        for label in order:
+            if label not in merged:
+                merged.insert(merged.index(previous) + 1 if previous else len(merged), label)
+            previous = label
+    return merged
 
 
 def details(report: Report, *, faults: bool = True) -> str:
