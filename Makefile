@@ -56,7 +56,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# The fault soak, 10,000 runs per backend (about 10 minutes); it restarts the local PostgreSQL
+# The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.
 chaos: $(STAMP)
 	$(BIN)/python -m chaos --restart-postgres $(CHAOS_ARGS)
