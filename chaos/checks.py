@@ -15,7 +15,15 @@ from typing import Any
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from chaos.workload import APPROVE_EVENT, LOG_PREFIX, RUN_STEPS, TRIGGERS
+from chaos.workload import (
+    APPROVE_EVENT,
+    CHILD,
+    FANOUT,
+    LOG_PREFIX,
+    RUN_STEPS,
+    TRIGGERS,
+    WAIT,
+)
 from stepline_server.store.schema import queue, runs, step_failures, steps, waits
 
 _EXAMPLES = 5
@@ -189,12 +197,12 @@ class Verdict:
         no run exists that nobody asked for."""
         children: dict[str, list[Any]] = defaultdict(list)
         for run in self.observed.runs:
-            if run.function_id == "chaos-child":
+            if run.function_id == CHILD:
                 children[run.event_id].append(run)
         check = self.check("sent events (step.send_event) without exactly one run")
         sent: set[str] = set()
         for run in self.observed.runs:
-            if run.function_id == "chaos-fanout" and run.status == "completed":
+            if run.function_id == FANOUT and run.status == "completed":
                 for event_id in _output(run).get("sent", []):
                     sent.add(event_id)
                     if len(children.get(event_id, [])) != 1:
@@ -228,7 +236,7 @@ class Verdict:
         check = self.check("waits timed out although their event was accepted")
         approved = {e for e, name in self.accepted.items() if name == APPROVE_EVENT}
         for run in self.observed.runs:
-            if (run.function_id == "chaos-wait" and run.status == "completed"
+            if (run.function_id == WAIT and run.status == "completed"
                     and _output(run).get("approval") is None
                     and f"approve-{run.event_id}" in approved):
                 check.fail(f"run {run.id} (event {run.event_id})")

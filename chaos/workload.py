@@ -30,26 +30,35 @@ CHILD_EVENT = "chaos/child"
 WAIT_TIMEOUT = "60s"
 LOG_PREFIX = "exec-"
 
+
+def full_name(function_id: str) -> str:
+    """How the server names the app's function (runs.function_id): `<app_id>:<id>`."""
+    return f"{app.app_id}:{function_id}"
+
+
+STEPS, SLEEP, WAIT, RETRY, PARALLEL, FANOUT, CHILD = (full_name(f) for f in (
+    "chaos-steps", "chaos-sleep", "chaos-wait", "chaos-retry", "chaos-parallel", "chaos-fanout",
+    "chaos-child"))
 # Trigger event -> function, and how often the driver sends each (weights).
 TRIGGERS = {
-    "chaos/steps": "chaos-steps",
-    "chaos/sleep": "chaos-sleep",
-    "chaos/wait": "chaos-wait",
-    "chaos/retry": "chaos-retry",
-    "chaos/parallel": "chaos-parallel",
-    "chaos/fanout": "chaos-fanout",
+    "chaos/steps": STEPS,
+    "chaos/sleep": SLEEP,
+    "chaos/wait": WAIT,
+    "chaos/retry": RETRY,
+    "chaos/parallel": PARALLEL,
+    "chaos/fanout": FANOUT,
 }
 MIX = {"chaos/steps": 3, "chaos/sleep": 2, "chaos/wait": 1, "chaos/retry": 1,
        "chaos/parallel": 2, "chaos/fanout": 1}
 # The steps of kind "run" a completed run of each function has recorded, by step id.
 RUN_STEPS: dict[str, tuple[str, ...]] = {
-    "chaos-steps": ("a", "b", "c"),
-    "chaos-sleep": ("before", "after"),
-    "chaos-wait": ("armed", "done"),
-    "chaos-retry": ("first", "shaky"),
-    "chaos-parallel": ("part0", "part1", "part2", "join"),
-    "chaos-fanout": ("prep",),
-    "chaos-child": ("only",),
+    STEPS: ("a", "b", "c"),
+    SLEEP: ("before", "after"),
+    WAIT: ("armed", "done"),
+    RETRY: ("first", "shaky"),
+    PARALLEL: ("part0", "part1", "part2", "join"),
+    FANOUT: ("prep",),
+    CHILD: ("only",),
 }
 FUNCTION_IDS = tuple(RUN_STEPS)
 

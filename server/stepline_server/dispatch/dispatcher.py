@@ -222,15 +222,21 @@ class Dispatcher:
         if not hungry:
             return self.poll_seconds
         try:
-            # Claims for all connections go to the writer together and share one commit.
+            # Claims for all connections go to the writer together and share one commit. One
+            # that fails (rolled back alone) must not cost the others theirs: they committed,
+            # and work leased but never handed out would wait for its lease to run out.
             claims = await asyncio.gather(
-                *(self.engine.claim(c.id, fids, n) for c, n, fids in hungry))
+                *(self.engine.claim(c.id, fids, n) for c, n, fids in hungry),
+                return_exceptions=True)
         finally:
             with self._lock:
                 for conn, wanted, _ in hungry:
                     conn.reserved -= wanted
         starved: set[str] = set()
         for (conn, wanted, fids), works in zip(hungry, claims, strict=True):
+            if isinstance(works, BaseException):
+                log.warning("claim for %s failed: %r", conn.id, works)
+                continue
             await self._hand_out(conn, works)
             if len(works) < wanted:
                 starved.update(fids)

@@ -195,9 +195,12 @@ class Engine:
             if not items:
                 return []
             lifecycle.expire_waits(ctx, items)
-            run_ids = [item.run_id for item in items]
-            run_store.mark_started(tx.conn, run_ids, now)
-            events = run_store.events_of(tx.conn, run_ids)
+            # A parallel step's run is running already. Its row is left unlocked: replicas that
+            # claim sibling steps of one run at once would otherwise lock it in turn, and
+            # deadlock with each other's other runs (seen in `make chaos`).
+            run_store.mark_started(tx.conn, sorted({
+                item.run_id for item in items if not item.target_step_id}), now)
+            events = run_store.events_of(tx.conn, [item.run_id for item in items])
             # step_count counts the run's step rows: a run without any needs no memo query.
             memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
             for item in items:

@@ -98,6 +98,8 @@ def create(conn: Connection, new: list[NewRun]) -> None:
 
 
 def mark_started(conn: Connection, run_ids: list[str], now_ms: int) -> None:
+    if not run_ids:
+        return
     _MARK_STARTED.execute(conn, {"run_ids": run_ids, "now": now_ms})
 
 
