@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"stepline/v1/function_service.proto\x12\x0bstepline.v1\x1a\x18stepline/v1/common.proto\"Z\n\x18RegisterFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12.\n\tfunctions\x18\x02 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\"b\n\x19RegisterFunctionsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x03(\t\x12\x0f\n\x07updated\x18\x02 \x03(\t\x12\x11\n\tunchanged\x18\x03 \x03(\t\x12\x10\n\x08\x61rchived\x18\x04 \x03(\t2u\n\x0f\x46unctionService\x12\x62\n\x11RegisterFunctions\x12%.stepline.v1.RegisterFunctionsRequest\x1a&.stepline.v1.RegisterFunctionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"stepline/v1/function_service.proto\x12\x0bstepline.v1\x1a\x18stepline/v1/common.proto\"t\n\x18RegisterFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12.\n\tfunctions\x18\x02 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0b\n\x03sdk\x18\x04 \x01(\t\"b\n\x19RegisterFunctionsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x03(\t\x12\x0f\n\x07updated\x18\x02 \x03(\t\x12\x11\n\tunchanged\x18\x03 \x03(\t\x12\x10\n\x08\x61rchived\x18\x04 \x03(\t2u\n\x0f\x46unctionService\x12\x62\n\x11RegisterFunctions\x12%.stepline.v1.RegisterFunctionsRequest\x1a&.stepline.v1.RegisterFunctionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.function_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERFUNCTIONSREQUEST']._serialized_start=77
-  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_end=167
-  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_start=169
-  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_end=267
-  _globals['_FUNCTIONSERVICE']._serialized_start=269
-  _globals['_FUNCTIONSERVICE']._serialized_end=386
+  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_end=193
+  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_start=195
+  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_end=293
+  _globals['_FUNCTIONSERVICE']._serialized_start=295
+  _globals['_FUNCTIONSERVICE']._serialized_end=412
 # @@protoc_insertion_point(module_scope)

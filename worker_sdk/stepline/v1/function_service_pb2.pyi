@@ -8,12 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterFunctionsRequest(_message.Message):
-    __slots__ = ("app_id", "functions")
+    __slots__ = ("app_id", "functions", "url", "sdk")
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SDK_FIELD_NUMBER: _ClassVar[int]
     app_id: str
     functions: _containers.RepeatedCompositeFieldContainer[_common_pb2.FunctionConfig]
-    def __init__(self, app_id: _Optional[str] = ..., functions: _Optional[_Iterable[_Union[_common_pb2.FunctionConfig, _Mapping]]] = ...) -> None: ...
+    url: str
+    sdk: str
+    def __init__(self, app_id: _Optional[str] = ..., functions: _Optional[_Iterable[_Union[_common_pb2.FunctionConfig, _Mapping]]] = ..., url: _Optional[str] = ..., sdk: _Optional[str] = ...) -> None: ...
 
 class RegisterFunctionsResponse(_message.Message):
     __slots__ = ("created", "updated", "unchanged", "archived")
