@@ -44,7 +44,7 @@ from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import servers as server_store
 from stepline_server.store import workers as worker_store
-from stepline_server.store.database import head_revision, schema_revision
+from stepline_server.store.database import head_revision, known_revisions, schema_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -227,8 +227,11 @@ class Engine:
             revision = await self.db.read(schema_revision)
         except Exception as exc:  # any failure to read is the answer
             return f"the database is unreachable ({type(exc).__name__})"
-        if revision != head_revision():
+        if revision is None or (revision in known_revisions() and revision != head_revision()):
             return f"the database schema is at {revision}, this server expects {head_revision()}"
+        # A revision unknown here was applied by a newer replica while this one runs: it only
+        # added to the schema (README, "Upgrades"), so this server keeps serving until it is
+        # upgraded in turn (a restart would refuse: store.database.migrate).
         return None
 
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
