@@ -57,19 +57,31 @@ class Pruner(TimedLoop):
         self.engine = engine
 
     async def _round(self) -> float:
+        await self.prune()
+        return self.poll_seconds
+
+    async def prune(self) -> dict[str, int]:
+        """One round: every function's runs past retention, then old events no run refers to.
+        Returns the rows deleted, by table (tables without any left out); stops early when
+        another replica prunes."""
         now = now_ms()
+        total: dict[str, int] = {}
         plan = await self.engine.db.read(lambda conn: self._plan(conn, now))
         for function_id, cutoff in plan:
             runs = functools.partial(prune_store.prune_runs, function_id=function_id,
                                      cutoff_ms=cutoff, limit=BATCH_RUNS)
-            if not await self._drain(runs, "runs", BATCH_RUNS):
-                return self.poll_seconds
+            if not await self._drain(runs, "runs", BATCH_RUNS, total):
+                break
+        else:
+            await self._prune_events(now, total)
+        return {table: count for table, count in total.items() if count}
+
+    async def _prune_events(self, now: int, total: dict[str, int]) -> None:
         events_cutoff = event_cutoff_ms(self.engine.settings, now)
         if events_cutoff is not None:
             events = functools.partial(prune_store.prune_events, cutoff_ms=events_cutoff,
                                        limit=BATCH_EVENTS)
-            await self._drain(events, "events", BATCH_EVENTS)
-        return self.poll_seconds
+            await self._drain(events, "events", BATCH_EVENTS, total)
 
     def _plan(self, conn: Connection, now: int) -> list[tuple[str, int]]:
         """(function, cutoff) of the functions with at least one run to prune: a probe each."""
@@ -80,13 +92,16 @@ class Pruner(TimedLoop):
                 plan.append((function_id, now - keep_ms))
         return plan
 
-    async def _drain(self, batch: prune_store.Batch, table: str, size: int) -> bool:
-        """Run `batch` until it deletes fewer than `size` rows of `table`. False when another
-        replica is pruning (or this pruner is stopping): the round ends."""
+    async def _drain(self, batch: prune_store.Batch, table: str, size: int,
+                     total: dict[str, int]) -> bool:
+        """Run `batch` until it deletes fewer than `size` rows of `table`, adding to `total`.
+        False when another replica is pruning (or this pruner is stopping): the round ends."""
         while not self.stopping:
             counts = await self.prune_once(batch)
             if counts is None:
                 return False
+            for name, count in counts.items():
+                total[name] = total.get(name, 0) + count
             if counts.get(table, 0) < size:
                 return True
         return False
