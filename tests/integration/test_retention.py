@@ -17,7 +17,6 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from stepline import InvalidUsageError, Stepline
-from stepline.v1 import common_pb2
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.engine import retention
 from stepline_server.store import schema
