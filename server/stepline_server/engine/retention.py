@@ -21,13 +21,16 @@ from stepline_server.store import pruning as prune_store
 if TYPE_CHECKING:
     from stepline_server.engine.core import Engine
 
-# Runs per pruning transaction: with their steps, attempts and waits a few hundred rows; about
-# 10 ms on SQLite and PostgreSQL for 3-step runs (bench/prune.py), well under the 50 ms a
-# transaction may hold the writer.
-BATCH_RUNS = 100
-BATCH_EVENTS = 300
-# Between two batches the pruner leaves the writer alone at least this long, and at least as
-# long as the last batch took: pruning takes at most half the writer's time.
+# Runs per pruning transaction: with their steps, attempts and waits about a hundred rows for
+# 3-step runs, 1-3 ms on SQLite and PostgreSQL (bench/prune.py), far under the 50 ms a
+# transaction may hold the writer: a step's commit queued behind one waits little.
+BATCH_RUNS = 25
+BATCH_EVENTS = 200
+# Between two batches the pruner leaves the writer alone WRITER_SHARE times as long as the last
+# batch took (at least MIN_PAUSE_SECONDS): it takes at most a tenth of the writer's time, so a
+# backlog (the first round after months, or a retention shortened) drains without slowing the
+# hot path by more than a few per cent. Thousands of rows a second still outrun any load.
+WRITER_SHARE = 9
 MIN_PAUSE_SECONDS = 0.005
 
 
@@ -116,7 +119,7 @@ class Pruner(TimedLoop):
         took = time.perf_counter() - started
         if counts is not None and any(counts.values()):
             self.engine.observers.rows_pruned(counts, took)
-        await self._pause(max(MIN_PAUSE_SECONDS, took))
+        await self._pause(max(MIN_PAUSE_SECONDS, WRITER_SHARE * took))
         return counts
 
     async def _pause(self, seconds: float) -> None:
