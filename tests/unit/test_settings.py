@@ -82,7 +82,7 @@ def test_retention_reads_durations_and_forever() -> None:
     assert Settings.from_env({"STEPLINE_RETENTION": "12h"}).retention_seconds == 12 * 3600
     assert Settings.from_env({"STEPLINE_RETENTION": "forever"}).retention_seconds == 0
     assert Settings.from_env({"STEPLINE_RETENTION": "0"}).retention_seconds == 0
-    with pytest.raises(ValueError, match="STEPLINE_RETENTION='a month'.*30d"):
+    with pytest.raises(ValueError, match=r"STEPLINE_RETENTION='a month'.*30d"):
         Settings.from_env({"STEPLINE_RETENTION": "a month"})
     with pytest.raises(ValueError, match="retention_seconds"):
         Settings(retention_seconds=-1).validate()
