@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -28,11 +29,15 @@ from bench._backends import Backend
 from bench._inprocess import serving
 from bench._stats import dist, ms, percentile
 from stepline import Context, Stepline
+from stepline_server.engine import retention as retention_logic
 from stepline_server.engine.observe import Observer
+from stepline_server.ids import now_ms
 from stepline_server.server import SteplineServer
 from stepline_server.settings import Settings
+from stepline_server.store import pruning as prune_store
 
 SEND_CONCURRENCY = 20
+BLOCK = 10  # runs measured in a row with the pruner on, then off
 
 
 class BatchTimes(Observer):
@@ -46,11 +51,12 @@ class BatchTimes(Observer):
 
 
 class Bench:
-    def __init__(self, backend: Backend, retention_seconds: float) -> None:
+    def __init__(self, backend: Backend, retention_seconds: float,
+                 dedup_seconds: float = 86400.0) -> None:
         self.backend = backend
         settings = Settings(database_url=backend.url, address="127.0.0.1:0", http_address="",
                             retention_seconds=retention_seconds, prune_seconds=3600.0,
-                            sqlite_synchronous="FULL")
+                            event_dedup_seconds=dedup_seconds, sqlite_synchronous="FULL")
         self.server = SteplineServer(settings)
         self.batches = BatchTimes()
         self.server.engine.observers.add(self.batches)
@@ -134,22 +140,41 @@ async def prune_backlog(bench: Bench, runs: int, retention: float) -> dict[str, 
 
 async def p50_with_and_without(bench: Bench, runs: int, count: int, retention: float
                                ) -> dict[str, Any]:
-    """Sequential 3-step runs on the same database, first with a backlog waiting to be pruned
-    and the pruner idle, then while the pruner drains it."""
+    """Sequential 3-step runs on the same database with a backlog to prune, in alternating
+    blocks of BLOCK runs: the pruner idle, then draining it (its own batches and pacing), so
+    that the machine's other load weighs on both sides alike."""
     await bench.fill(runs)
     await asyncio.sleep(retention + 0.2)
-    alone = await bench.latencies(count)
-    print(f"  3-step p50 without pruning: {ms(percentile(alone, 50))} ms", flush=True)
-    pruning = asyncio.create_task(bench.server.pruner.prune())
+    pruning_on = asyncio.Event()
+    stop = asyncio.Event()
+    deleted = 0
+
+    async def prune_while_on() -> None:
+        nonlocal deleted
+        batch = functools.partial(prune_store.prune_runs, function_id="bench:three",
+                                  cutoff_ms=now_ms() - int(retention * 1000),
+                                  limit=retention_logic.BATCH_RUNS)
+        while not stop.is_set():
+            await pruning_on.wait()
+            counts = await bench.server.pruner.prune_once(batch)
+            deleted += sum((counts or {}).values())
+
+    pruner = asyncio.create_task(prune_while_on())
+    alone: list[float] = []
     during: list[float] = []
-    while not pruning.done() and len(during) < count:
-        during.append(await bench.one_run())
-    deleted = await pruning
+    while len(during) < count:
+        alone += await bench.latencies(BLOCK)
+        pruning_on.set()
+        during += await bench.latencies(BLOCK)
+        pruning_on.clear()
+    stop.set()
+    pruning_on.set()
+    await pruner
     without, with_ = percentile(alone, 50), percentile(during, 50)
     change = round((with_ - without) / without * 100, 1)
-    print(f"  3-step p50 while pruning {sum(deleted.values())} rows: {ms(with_)} ms over "
-          f"{len(during)} runs ({change:+} %)", flush=True)
-    return {"without_ms": dist(alone), "with_ms": dist(during), "runs_during": len(during),
+    print(f"  3-step p50 without pruning: {ms(without)} ms; while pruning ({deleted} rows "
+          f"deleted meanwhile): {ms(with_)} ms ({change:+} %), {count} runs each", flush=True)
+    return {"without_ms": dist(alone), "with_ms": dist(during), "rows_pruned": deleted,
             "p50_change_percent": change}
 
 
@@ -160,7 +185,7 @@ async def steady_growth(bench: Bench, seconds: float, retention: float, rate: fl
     bench.server.pruner.poll_seconds = min(2.0, retention / 5)
     loop_task = asyncio.create_task(bench.server.pruner.run())
     started = time.monotonic()
-    sizes: list[tuple[float, float]] = []
+    sizes: list[tuple[float, float, float]] = []
     in_flight: set[asyncio.Task[float]] = set()
     next_sample = 0.0
     while (elapsed := time.monotonic() - started) < seconds:
@@ -168,20 +193,25 @@ async def steady_growth(bench: Bench, seconds: float, retention: float, rate: fl
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         if elapsed >= next_sample:
-            sizes.append((round(elapsed), bench.backend.size_mib()))
+            sizes.append((round(elapsed), _file_mib(bench.backend), bench.backend.size_mib()))
             next_sample += 5
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*in_flight)
     bench.server.pruner.stop()
     await loop_task
-    cycle = next(size for at, size in sizes if at >= 2 * retention)
+    cycle = next(size for at, size, _ in sizes if at >= 2 * retention)
     end = sizes[-1][1]
     growth = round((end - cycle) / cycle * 100, 1)
-    print(f"  SQLite file (+WAL) sizes, MiB by second: {sizes}", flush=True)
-    print(f"  after the first full cycle ({2 * retention:.0f} s): {cycle} MiB; at the end "
+    print(f"  (second, SQLite file MiB, file + WAL MiB): {sizes}", flush=True)
+    print(f"  file after the first full cycle ({2 * retention:.0f} s): {cycle} MiB; at the end "
           f"({seconds:.0f} s): {end} MiB ({growth:+} %)", flush=True)
     return {"sizes_mib": sizes, "after_first_cycle_mib": cycle, "end_mib": end,
             "growth_percent": growth}
+
+
+def _file_mib(backend: Backend) -> float:
+    """The SQLite file alone, without its WAL (which SQLite keeps at its high-water mark)."""
+    return round((backend.workdir / "stepline.db").stat().st_size / 2**20, 2)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +229,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "sqlite" and args.steady_seconds > 0:
         backend = Backend(args.backend)
         try:
-            bench = Bench(backend, retention_seconds=args.retention)
+            # Events stay for the dedup window: as long as the retention here, so that one
+            # full cycle is the retention.
+            bench = Bench(backend, retention_seconds=args.retention,
+                          dedup_seconds=args.retention)
             async with bench.running():
                 print(f"{args.backend}: steady load, retention {args.retention:.0f} s", flush=True)
                 report["steady"] = await steady_growth(bench, args.steady_seconds,
