@@ -362,3 +362,33 @@ def test_alerting_metrics_have_the_right_values(
     assert m["stepline_runs_ended_total", (fails_fn, ("status", "failed"))] == 1
     assert m["stepline_queue_depth", ()] == 0
     assert ("stepline_function_queue_depth", (quick_fn,)) not in m
+
+
+def test_a_pruner_stands_back_while_another_holds_the_turn(
+        backend: str, make_server: Callable[..., ServerThread], start_worker: Any,
+        db: Engine) -> None:
+    if backend != "postgres":
+        pytest.skip("the turn is a PostgreSQL advisory lock (one server per SQLite file)")
+    from sqlalchemy import text
+
+    from stepline_server.store import dialect
+
+    server = make_server(retention_seconds=1.0, **NO_ROUNDS)
+    app = Stepline("turn", url=server.address)
+
+    @app.function(id="done", trigger="t/done")
+    def done(ctx: Any) -> int:
+        return 1
+
+    start_worker(app)
+    app.send_sync("t/done", {})
+    run_id = one_run(server, "turn:done")
+    server.wait_run(run_id)
+    time.sleep(1.2)
+    with db.connect() as other:  # another replica's pruning transaction, in progress
+        assert other.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                             {"k": dialect.PRUNER_LOCK}).scalar() is True
+        assert prune(server) == {}
+        assert rows_of(db, [run_id])["runs"] == 1
+        other.rollback()
+    assert prune(server) == {"runs": 1}
