@@ -7,7 +7,10 @@ import json
 import time
 from typing import Any
 
+import grpc
+
 from stepline import Stepline
+from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
 from stepline.v1 import run_service_pb2 as rs
 from tests.harness import ServerThread, wait_until
 
@@ -49,3 +52,31 @@ def test_an_id_sent_again_after_the_window_leaves_the_old_runs_trigger_alone(
     # And the id still deduplicates against its newest use.
     app.send_sync("t/ident", {"v": 3}, id="same-id")
     assert len(_runs(server, "ident:echo")) == 3  # the two, and the replay
+
+
+def test_a_waiting_run_matches_against_its_own_trigger_after_its_id_is_reused(
+        make_server: Any, start_worker: Any) -> None:
+    server = make_server(event_dedup_seconds=DEDUP_SECONDS)
+    app = Stepline("ident-wait", url=server.address)
+
+    @app.function(id="waiter", trigger="t/start")
+    def waiter(ctx: Any) -> Any:
+        reply = ctx.step.wait_for_event("reply", event="t/reply",
+                                        if_="async.data.k == event.data.k", timeout="1h")
+        return None if reply is None else reply.data
+
+    start_worker(app)
+    app.send_sync("t/start", {"k": 1}, id="trigger-id")
+    run_id = server.run_ids_for("ident-wait:waiter")[0]
+    server.wait_run(run_id, statuses={rs.RUN_STATUS_WAITING})
+    time.sleep(DEDUP_SECONDS + 0.1)
+    # The id again, past the window, in a batch (the multi-row insert) and under another name.
+    with grpc.insecure_channel(server.address) as channel:
+        event_service_pb2_grpc.EventServiceStub(channel).SendEvent(
+            event_service_pb2.SendEventRequest(events=[
+                common_pb2.Event(id="trigger-id", name="t/other", data=b'{"k": 2}'),
+                common_pb2.Event(id="unrelated", name="t/other", data=b"{}")]))
+    app.send_sync("t/reply", {"k": 2, "n": "wrong"})
+    app.send_sync("t/reply", {"k": 1, "n": "right"})
+    assert json.loads(server.wait_run(run_id).output) == {"k": 1, "n": "right"}
+    assert json.loads(server.get_run(run_id).event.data) == {"k": 1}
