@@ -209,7 +209,7 @@ class Engine:
                 Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
                          attempt=item.attempt, max_attempts=item.max_attempts,
                          event=events[item.run_id], steps=tuple(memo.get(item.run_id, ())),
-                         target_step_id=item.target_step_id)
+                         target_step_id=item.target_step_id, due_at_ms=item.due_at_ms)
                 for item in items
             ]
 
@@ -237,10 +237,11 @@ class Engine:
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
         return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))
 
-    async def queue_depth(self) -> int:
-        """Runs and parallel steps ready to be dispatched now, on every server (metrics)."""
+    async def backlog(self) -> tuple[int, list[tuple[str, int, int]]]:
+        """Now, and per function the runs and parallel steps ready to be dispatched on any
+        server with the oldest one's due time (metrics)."""
         now = now_ms()
-        return await self.db.read(lambda conn: queue_store.ready_count(conn, now))
+        return now, await self.db.read(lambda conn: queue_store.backlog(conn, now))
 
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""
