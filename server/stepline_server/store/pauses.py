@@ -66,10 +66,10 @@ def get_many(conn: Connection, function_ids: list[str]) -> dict[str, FunctionPau
     """The pause rows of these functions (paused, or resumed with starts skipped before)."""
     if not function_ids:
         return {}
-    held: dict[str, int] = dict(conn.execute(
-        select(held_starts.c.function_id, func.count())
+    held = {row.function_id: int(row.held) for row in conn.execute(
+        select(held_starts.c.function_id, func.count().label("held"))
         .where(held_starts.c.function_id.in_(function_ids))
-        .group_by(held_starts.c.function_id)).tuples().all())
+        .group_by(held_starts.c.function_id))}
     return {row.function_id: FunctionPause(
         function_id=row.function_id, mode=None if row.mode is None else PauseMode(row.mode),
         paused_at_ms=row.paused_at_ms, skipped=int(row.skipped),
