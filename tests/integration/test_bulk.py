@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +24,7 @@ from tests.integration.rawworker import function
 QUEUED = rs.RUN_STATUS_QUEUED
 CANCELLED = rs.RUN_STATUS_CANCELLED
 FAILED = rs.RUN_STATUS_FAILED
+ACME = 'event.data.tenant == "acme"'
 
 
 class Api:
@@ -296,3 +298,38 @@ def test_bad_bulk_and_pause_requests_name_the_field(api: Api) -> None:
         got, message = error_of(call)
         assert (got, text in message) == (code, True), message
     assert runs.ListBulkOperations(rs.ListBulkOperationsRequest()).operations == []
+
+
+# -- the dashboard's side -----------------------------------------------------------------------
+def test_dashboard_search_bulk_cancel_with_its_count_and_pause(
+        make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(http_address="127.0.0.1:0")
+    api = next(connect(server))
+    api.register("shop", function("sync", "t/sync"))
+    run_ids = api.send("t/sync", {"tenant": "acme"}, {"tenant": "zeta"}, {"tenant": "acme"})
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        found = http.get("/api/runs", params={"function": "shop:sync", "if": ACME}).json()
+        assert {r["id"] for r in found["runs"]} == {run_ids[0], run_ids[2]}
+        bad = http.get("/api/runs", params={"if": "event.data =="})
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == "if"
+
+        form = {"kind": "cancel", "function": "shop:sync", "if": ACME}
+        confirm = http.post("/bulk/confirm", data=form)
+        assert confirm.status_code == 200 and "Cancel 2 runs?" in confirm.text
+        assert all(api.status(r) == QUEUED for r in run_ids)  # counting cancels nothing
+        wrong = http.post("/bulk/confirm", data=form | {"status": "failed"})
+        assert wrong.status_code == 400 and "a bulk cancel acts on runs that are" in wrong.text
+        started = http.post("/bulk", data=form)
+        assert started.status_code == 303
+        operation_id = started.headers["location"].removeprefix("/bulk/")
+        wait_until(lambda: http.get(f"/api/bulk/{operation_id}").json()["operation"]["state"]
+                   == "done", what="the bulk cancel to finish")
+        assert [api.status(r) for r in run_ids] == [CANCELLED, QUEUED, CANCELLED]
+        assert "2 / 2" in http.get("/bulk").text
+
+        assert http.post("/functions/shop:sync/pause", data={"skip": "1"}).status_code == 303
+        assert "paused, skipping" in http.get("/functions/shop:sync").text
+        assert api.send("t/sync", {"tenant": "acme"}) == []
+        assert http.post("/functions/shop:sync/resume").status_code == 303
+        assert "0 held, 1 skipped" in http.get("/functions/shop:sync").text
+    api.channel.close()
