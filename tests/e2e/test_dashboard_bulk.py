@@ -6,22 +6,20 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_dashboard import (  # noqa: F401  (fixtures, by name)
-    Dashboard,
-    browser,
-    dashboard,
-    page,
-    row,
-    shot,
-)
+from tests.e2e import test_dashboard as base
 from tests.e2e.procs import wait_for
+from tests.e2e.test_dashboard import Dashboard, row, shot
+
+# The browser, the page and the dashboard (server and worker) of test_dashboard.py: this
+# module gets its own server, so its runs do not change what those tests count.
+browser, page, dashboard = base.browser, base.page, base.dashboard
 
 NAP = "dashboard-e2e:hourly-nap"
 ACME = 'event.data.tenant == "acme"'
 
 
 def test_bulk_cancel_from_a_filter_with_a_confirmation_that_states_the_count(
-        page: Page, dashboard: Dashboard) -> None:  # noqa: F811
+        page: Page, dashboard: Dashboard) -> None:
     naps = {tenant: [dashboard.send("demo/nap", {"tenant": tenant}) for _ in range(2)]
             for tenant in ("acme", "zeta")}
     for run_id in naps["acme"] + naps["zeta"]:
@@ -56,7 +54,7 @@ def test_bulk_cancel_from_a_filter_with_a_confirmation_that_states_the_count(
 
 
 def test_pause_and_resume_a_function_from_its_page(page: Page,
-                                                   dashboard: Dashboard) -> None:  # noqa: F811
+                                                   dashboard: Dashboard) -> None:
     page.goto(f"{dashboard.url}/functions/{NAP}")
     page.click("button:text-is('Pause')")
     expect(page.locator("#paused-tag")).to_have_text("paused")
