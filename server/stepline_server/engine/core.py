@@ -52,6 +52,7 @@ from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
 from stepline_server.store import bulk as bulk_store
 from stepline_server.store import functions as function_store
+from stepline_server.store import pauses as pause_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import servers as server_store
@@ -499,8 +500,13 @@ class Engine:
         return await self.write_with_starts(job)
 
     async def start_held_runs(self) -> bool:
-        """Start a batch of the runs held by resumed functions; whether more may be left."""
-        return await self.write_with_starts(pauses.start_held)
+        """Start a batch of the runs held by resumed functions; whether more may be left. A
+        read answers when there are none (the usual case): no write."""
+        function_id = await self.db.read(pause_store.resumed_with_held)
+        if function_id is None:
+            return False
+        return await self.write_with_starts(
+            lambda tx, start: pauses.start_held(tx, start, function_id))
 
     async def pause_function(self, name: str, mode: PauseMode) -> FunctionPause:
         return await pauses.pause(self, name, mode)

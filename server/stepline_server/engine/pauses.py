@@ -84,22 +84,14 @@ async def pauses_of(engine: Engine, function_ids: list[str]) -> dict[str, Functi
     return await engine.db.read(lambda conn: pause_store.get_many(conn, function_ids))
 
 
-def start_held(tx: Tx, start: Starter) -> bool:
-    """Start a batch of held runs of resumed functions; return whether more may be left."""
+def start_held(tx: Tx, start: Starter, function_id: str) -> bool:
+    """Start a batch of the runs a resumed function held; return whether more may be left."""
     conn = tx.conn
-    pairs = pause_store.releasable(conn, RELEASE_BATCH)
-    by_function: dict[str, list[str]] = {}
-    for function_id, event_id in pairs:
-        by_function.setdefault(function_id, []).append(event_id)
-    starts: list[RunStart] = []
-    for function_id, event_ids in by_function.items():
-        taken = pause_store.take_held(conn, function_id, event_ids)
-        state = function_store.state_of(conn, function_id)
-        if not taken or state is None or state[1]:  # archived since: nothing to start
-            continue
-        events = {e.id: e for e in event_store.get_many(conn, taken)}
-        starts += [RunStart(function_id=function_id, policy=state[0], event=events[event_id])
-                   for event_id in event_ids if event_id in events]
-    if starts:
-        start(starts)
-    return len(pairs) == RELEASE_BATCH
+    event_ids = pause_store.held_of(conn, function_id, RELEASE_BATCH)
+    taken = set(pause_store.take_held(conn, function_id, event_ids))
+    state = function_store.state_of(conn, function_id)
+    if taken and state is not None and not state[1]:  # archived since: nothing to start
+        events = {e.id: e for e in event_store.get_many(conn, sorted(taken))}
+        start([RunStart(function_id=function_id, policy=state[0], event=events[event_id])
+               for event_id in event_ids if event_id in events and event_id in taken])
+    return len(event_ids) == RELEASE_BATCH

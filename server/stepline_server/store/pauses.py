@@ -78,14 +78,22 @@ def get_many(conn: Connection, function_ids: list[str]) -> dict[str, FunctionPau
             function_pauses.c.function_id.in_(function_ids)))}
 
 
-def releasable(conn: Connection, limit: int) -> list[tuple[str, str]]:
-    """Held starts of functions no longer paused, oldest first: (function id, event id)."""
-    paused_ids = select(function_pauses.c.function_id).where(
-        function_pauses.c.mode.is_not(None))
-    query = (select(held_starts.c.function_id, held_starts.c.event_id)
-             .where(held_starts.c.function_id.not_in(paused_ids))
-             .order_by(held_starts.c.held_at_ms, held_starts.c.event_id).limit(limit))
-    return [(row.function_id, row.event_id) for row in conn.execute(query)]
+def resumed_with_held(conn: Connection) -> str | None:
+    """A function resumed with starts still held (one lookup per row of function_pauses, a
+    row per function ever paused: cheap to ask every poll)."""
+    held = select(held_starts.c.event_id).where(
+        held_starts.c.function_id == function_pauses.c.function_id)
+    return conn.execute(
+        select(function_pauses.c.function_id)
+        .where(function_pauses.c.mode.is_(None), held.exists())
+        .order_by(function_pauses.c.function_id).limit(1)).scalar()
+
+
+def held_of(conn: Connection, function_id: str, limit: int) -> list[str]:
+    """The event ids of a function's held starts, oldest first (ix_held_starts_function)."""
+    return list(conn.execute(
+        select(held_starts.c.event_id).where(held_starts.c.function_id == function_id)
+        .order_by(held_starts.c.held_at_ms, held_starts.c.event_id).limit(limit)).scalars())
 
 
 def take_held(conn: Connection, function_id: str, event_ids: list[str]) -> list[str]:
