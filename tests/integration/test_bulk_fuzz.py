@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from stepline.v1 import run_service_pb2 as rs
 from tests.harness import ServerThread
+from tests.integration.rawworker import function
 from tests.integration.test_bulk import Api, connect
 from tests.integration.test_fuzz import EXPRESSIONS, FUZZ, IDS, TEXT, TIMESTAMPS, _call
-from tests.integration.rawworker import function
 
 FUNCTIONS = st.one_of(IDS, st.sampled_from(["fuzz:f", "fuzz:g", "fuzz:nope"]))
 SELECTIONS = st.builds(
