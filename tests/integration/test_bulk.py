@@ -194,6 +194,24 @@ def test_a_stopped_bulk_operation_acts_on_nothing_more(
     api.channel.close()
 
 
+def test_only_the_lease_holder_works_on_an_operation(
+        make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(server_id="bulk-lease", bulk_batch_size=1, bulk_operations=False)
+    api = next(connect(server))
+    api.register("jobs", function("sync", "t/lease"))
+    run_ids = api.send("t/lease", {"n": 1}, {"n": 2}, {"n": 3})
+    operation = api.runs.StartBulkCancel(rs.StartBulkCancelRequest(
+        selection=rs.BulkSelection(function_id="jobs:sync"))).operation
+    engine = server.server.engine
+    assert server.call(engine.bulk_batch(operation.id, "replica-a")) is True
+    # Another replica finds the operation leased (for a lease's length): it does nothing.
+    assert server.call(engine.bulk_batch(operation.id, "replica-b")) is False
+    assert (api.operation(operation.id).done, api.operation(operation.id).applied) == (1, 1)
+    assert server.call(engine.bulk_batch(operation.id, "replica-a")) is True
+    assert Counter(api.status(r) for r in run_ids) == {CANCELLED: 2, QUEUED: 1}
+    api.channel.close()
+
+
 # -- pause and resume ---------------------------------------------------------------------------
 def test_a_paused_function_keeps_its_events_and_starts_them_when_resumed(api: Api) -> None:
     api.register("mail", function("send", "t/mail"))
