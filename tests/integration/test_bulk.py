@@ -248,6 +248,23 @@ def test_a_function_paused_with_skip_counts_the_runs_it_skipped(api: Api) -> Non
     assert api.pause("mail:digest").skipped == 2  # still shown after the resume
 
 
+def test_cron_ticks_of_a_paused_function_are_skipped_and_counted(api: Api) -> None:
+    ticking = common_pb2.FunctionConfig(id="tick", triggers=[common_pb2.Trigger(
+        cron=common_pb2.CronTrigger(schedule="* * * * * *"))])
+    api.register("cron", ticking)
+    api.runs.PauseFunction(rs.PauseFunctionRequest(function_id="cron:tick"))
+    # Once a tick is skipped, every tick fired before the pause has committed (one server's
+    # rounds follow each other).
+    wait_until(lambda: api.pause("cron:tick").skipped >= 1, what="a tick skipped")
+    before = len(api.list_runs(function_id="cron:tick"))
+    wait_until(lambda: api.pause("cron:tick").skipped >= 3, what="two more ticks skipped")
+    assert len(api.list_runs(function_id="cron:tick")) == before
+    assert api.pause("cron:tick").held == 0  # skipped, not held, whatever the mode
+    api.runs.ResumeFunction(rs.ResumeFunctionRequest(function_id="cron:tick"))
+    wait_until(lambda: len(api.list_runs(function_id="cron:tick")) > before,
+               what="a tick after the resume")
+
+
 # -- search -------------------------------------------------------------------------------------
 def test_search_runs_by_cel_over_the_trigger_event_and_by_text(api: Api) -> None:
     api.register("crm", function("lead", "t/lead"))
