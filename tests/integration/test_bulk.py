@@ -296,7 +296,8 @@ def test_search_runs_by_cel_over_the_trigger_event_and_by_text(api: Api) -> None
 
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_bulk_and_pause_requests_name_the_field(api: Api) -> None:
-    api.register("shop", function("sync", "t/sync"))
+    api.register("shop", function("sync", "t/sync"), function("old", "t/old"))
+    api.register("shop", function("sync", "t/sync"))  # shop:old is archived
     runs = api.runs
     cases: list[tuple[Callable[[], Any], grpc.StatusCode, str]] = [
         (lambda: runs.StartBulkCancel(rs.StartBulkCancelRequest(selection=rs.BulkSelection(
@@ -330,6 +331,9 @@ def test_bad_bulk_and_pause_requests_name_the_field(api: Api) -> None:
          grpc.StatusCode.NOT_FOUND, "function_id"),
         (lambda: runs.PauseFunction(rs.PauseFunctionRequest()),
          grpc.StatusCode.INVALID_ARGUMENT, "function_id"),
+        (lambda: runs.StartBulkReplay(rs.StartBulkReplayRequest(selection=rs.BulkSelection(
+            function_id="shop:old"))), grpc.StatusCode.FAILED_PRECONDITION,
+         "selection.function_id: function shop:old is archived"),
         (lambda: runs.ResumeFunction(rs.ResumeFunctionRequest(function_id="shop:sync")),
          grpc.StatusCode.FAILED_PRECONDITION, "function_id: function shop:sync is not paused"),
     ]

@@ -86,7 +86,10 @@ async def start(engine: Engine, *, kind: BulkKind, selection: Selection, max_run
                 reason: str | None, dry_run: bool) -> tuple[int, BulkOperation | None]:
     """Count the matching runs; unless `dry_run`, store the operation for the runners. Returns
     the count and the operation (None for a dry run)."""
-    await engine.get_function(selection.function_id, "selection.function_id")
+    info = await engine.get_function(selection.function_id, "selection.function_id")
+    if kind is BulkKind.REPLAY and info.archived:
+        raise FailedPrecondition(f"selection.function_id: function {info.spec.id} is archived; "
+                                 "register it to replay its runs")
     selection = with_until(selection, now_ms())
     total = await count(engine, selection, max_runs)
     if dry_run:
