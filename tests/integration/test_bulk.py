@@ -14,7 +14,13 @@ import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import common_pb2, event_service_pb2_grpc, function_service_pb2_grpc
+from stepline._channel import with_key
+from stepline.v1 import (
+    common_pb2,
+    event_service_pb2_grpc,
+    function_service_pb2_grpc,
+    run_service_pb2_grpc,
+)
 from stepline.v1 import event_service_pb2 as es
 from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import run_service_pb2 as rs
@@ -376,3 +382,24 @@ def test_dashboard_search_bulk_cancel_with_its_count_and_pause(
         assert http.post("/functions/shop:sync/resume").status_code == 303
         assert "0 held, 1 skipped" in http.get("/functions/shop:sync").text
     api.channel.close()
+
+
+# -- authorization ------------------------------------------------------------------------------
+def test_bulk_operations_and_pauses_need_an_admin_key(
+        make_server: Callable[..., ServerThread]) -> None:
+    admin, signing = "adm-bulk-0123456789abcdef", "signkey-bulk-" + "b1" * 16
+    server = make_server(key=admin, admin_keys=admin, signing_keys=f"shop={signing}")
+    with grpc.insecure_channel(server.address) as plain:
+        stub = run_service_pb2_grpc.RunServiceStub(with_key(plain, signing))
+        selection = rs.BulkSelection(function_id="shop:sync")
+        for call in (
+            lambda: stub.StartBulkCancel(rs.StartBulkCancelRequest(selection=selection)),
+            lambda: stub.StartBulkReplay(rs.StartBulkReplayRequest(selection=selection)),
+            lambda: stub.ListBulkOperations(rs.ListBulkOperationsRequest()),
+            lambda: stub.PauseFunction(rs.PauseFunctionRequest(function_id="shop:sync")),
+            lambda: stub.ResumeFunction(rs.ResumeFunctionRequest(function_id="shop:sync")),
+        ):
+            code, message = error_of(call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "needs an admin key" in message
+    # The harness's channel sends the admin key.
+    assert server.runs.ListBulkOperations(rs.ListBulkOperationsRequest()).operations == []
