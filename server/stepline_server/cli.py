@@ -573,7 +573,8 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     replay.add_argument("--limit", type=cli_bulk.positive, metavar="N",
                         help="replay at most N runs (the oldest first)")
     replay.set_defaults(handler=_client(cmd_replay))
-    _add_control_commands(commands, common)
+    cli_bulk.add_commands(commands, common, client=_client, limit=_limit,
+                          default_limit=DEFAULT_LIST_LIMIT)
     events = commands.add_parser("events", parents=[common],
                                  help="list events, newest first, with the runs they started")
     events.add_argument("--name", metavar="NAME", help="only events of this name")
@@ -590,28 +591,6 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     workers = commands.add_parser("workers", parents=[common],
                                   help="list connected workers and their slots in use")
     workers.set_defaults(handler=_client(cmd_workers))
-
-
-def _add_control_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    bulk = commands.add_parser("bulk", parents=[common],
-                               help="list bulk operations, show one's progress, or stop one")
-    bulk.add_argument("action", choices=["list", "show", "stop"], nargs="?", default="list")
-    bulk.add_argument("operation_id", metavar="ID", nargs="?")
-    bulk.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
-                      help=f"list at most N operations (default {DEFAULT_LIST_LIMIT})")
-    bulk.set_defaults(handler=_client(cli_bulk.cmd_bulk))
-    pause = commands.add_parser("pause", parents=[common],
-                                help="pause a function: its new events' runs wait for the "
-                                     "resume (or are skipped: --skip)")
-    pause.add_argument("function", metavar="F", help="the function's full name APP_ID:ID")
-    pause.add_argument("--skip", action="store_true",
-                       help="skip (and count) the runs new events would start, instead of "
-                            "holding them until the resume")
-    pause.set_defaults(handler=_client(cli_bulk.cmd_pause))
-    resume = commands.add_parser("resume", parents=[common],
-                                 help="resume a paused function: the runs it held start")
-    resume.add_argument("function", metavar="F", help="the function's full name APP_ID:ID")
-    resume.set_defaults(handler=_client(cli_bulk.cmd_resume))
 
 
 def build_parser() -> argparse.ArgumentParser:

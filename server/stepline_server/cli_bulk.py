@@ -19,6 +19,7 @@ CALL_TIMEOUT_SECONDS = 10.0
 # (about 8,000 a second on SQLite, bench/bulk.py).
 START_TIMEOUT_SECONDS = 300.0
 TimeType = Callable[[str], int]
+ClientCommand = Callable[[grpc.Channel, argparse.Namespace], int]
 
 
 class UsageError(Exception):
@@ -85,6 +86,31 @@ def check_form(args: argparse.Namespace, command: str) -> bool:
         raise UsageError(f"{', '.join(bulk_only)} select runs for --function; "
                          "with a RUN_ID they mean nothing")
     return bool(args.function)
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser, *,
+                 client: Callable[[ClientCommand], Any], limit: Callable[[str], int],
+                 default_limit: int) -> None:
+    """`bulk`, `pause` and `resume` (cli.py passes its channel wrapper and --limit type)."""
+    bulk = commands.add_parser("bulk", parents=[common],
+                               help="list bulk operations, show one's progress, or stop one")
+    bulk.add_argument("action", choices=["list", "show", "stop"], nargs="?", default="list")
+    bulk.add_argument("operation_id", metavar="ID", nargs="?")
+    bulk.add_argument("--limit", type=limit, default=default_limit, metavar="N",
+                      help=f"list at most N operations (default {default_limit})")
+    bulk.set_defaults(handler=client(cmd_bulk))
+    pause = commands.add_parser("pause", parents=[common],
+                                help="pause a function: its new events' runs wait for the "
+                                     "resume (or are skipped: --skip)")
+    pause.add_argument("function", metavar="F", help="the function's full name APP_ID:ID")
+    pause.add_argument("--skip", action="store_true",
+                       help="skip (and count) the runs new events would start, instead of "
+                            "holding them until the resume")
+    pause.set_defaults(handler=client(cmd_pause))
+    resume = commands.add_parser("resume", parents=[common],
+                                 help="resume a paused function: the runs it held start")
+    resume.add_argument("function", metavar="F", help="the function's full name APP_ID:ID")
+    resume.set_defaults(handler=client(cmd_resume))
 
 
 # -- commands -----------------------------------------------------------------------------------
