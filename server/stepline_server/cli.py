@@ -1,5 +1,6 @@
 """`stepline`: run a server (`serve`, `dev`) and send events and operate runs (`send`, `runs`,
-`run`, `cancel`, `replay`, `events`, `functions`, `workers`) from a shell. Client commands talk
+`run`, `cancel`, `replay`, `events`, `functions`, `workers`; in bulk and paused functions:
+`bulk`, `pause`, `resume`, see cli_bulk.py) from a shell. Client commands talk
 to the server over gRPC and need only the SDK's dependencies; `serve` and `dev` need the
 `server` extra, imported only when they run."""
 
@@ -31,7 +32,7 @@ from stepline.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
 )
-from stepline_server import cli_format
+from stepline_server import cli_bulk, cli_format
 from stepline_server.auth import Keyring, keyring_from
 from stepline_server.settings import (
     DEFAULT_GRPC_ADDRESS,
@@ -301,11 +302,14 @@ def cmd_runs(channel: grpc.Channel, args: argparse.Namespace) -> int:
     request = run_service_pb2.ListRunsRequest(
         function_id=args.function or "", status=status, page_size=args.limit,
         created_after=_timestamp(args.since), created_before=_timestamp(args.until),
-        event_name=args.event or "")
+        event_name=args.event or "", expression=args.expression or "", text=args.text or "")
     stub = run_service_pb2_grpc.RunServiceStub(channel)
     response = stub.ListRuns(request, timeout=CALL_TIMEOUT_SECONDS)
     print(cli_format.runs_table(response.runs))
-    if response.next_page_token:
+    if response.next_page_token and (args.expression or args.text):
+        print(f"(searched the newest {response.scanned} runs; narrow it with --function, "
+              "--status, --since or --until to search further back)")
+    elif response.next_page_token:
         print(f"(showing the newest {len(response.runs)}; raise --limit for more)")
     return 0
 
@@ -320,6 +324,8 @@ def cmd_run(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    if cli_bulk.check_form(args, "cancel"):
+        return cli_bulk.bulk_cancel(channel, args)
     stub = run_service_pb2_grpc.RunServiceStub(channel)
     request = run_service_pb2.CancelRunRequest(run_id=args.run_id, reason=args.reason or "")
     run = stub.CancelRun(request, timeout=CALL_TIMEOUT_SECONDS).run
@@ -328,6 +334,12 @@ def cmd_cancel(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    if cli_bulk.check_form(args, "replay"):
+        if args.from_step:
+            raise cli_bulk.UsageError("--from-step reruns one run: give its RUN_ID")
+        return cli_bulk.bulk_replay(channel, args)
+    if args.limit:
+        raise cli_bulk.UsageError("--limit bounds a bulk replay (--function)")
     stub = run_service_pb2_grpc.RunServiceStub(channel)
     if args.from_step:
         run = stub.RerunFromStep(run_service_pb2.RerunFromStepRequest(
@@ -394,6 +406,8 @@ def _client(command: ClientHandler) -> Handler:
                 return command(channel, args)
             except grpc.RpcError as exc:
                 raise CommandError(rpc_problem(exc, server.target)) from None
+            except cli_bulk.UsageError as exc:
+                raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
 
     return handler
 
@@ -535,6 +549,11 @@ def _add_client_commands(commands: Any) -> None:
     runs.add_argument("--until", type=_time, metavar="WHEN",
                       help="only runs created before then (same forms as --since)")
     runs.add_argument("--event", metavar="NAME", help="only runs triggered by events of this name")
+    runs.add_argument("--if", dest="expression", metavar="CEL",
+                      help="only runs whose trigger event passes this CEL expression, e.g. "
+                           "'event.data.tenant == \"acme\"'")
+    runs.add_argument("--text", metavar="TEXT",
+                      help="only runs whose output or error contains TEXT (any case)")
     runs.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
                       help=f"at most N runs (default {DEFAULT_LIST_LIMIT})")
     runs.set_defaults(handler=_client(cmd_runs))
@@ -543,9 +562,12 @@ def _add_client_commands(commands: Any) -> None:
     run.add_argument("--json", action="store_true", help="print the run as JSON")
     run.set_defaults(handler=_client(cmd_run))
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a run that has not "
-                                                                  "ended")
-    cancel.add_argument("run_id", metavar="RUN_ID")
+                                                                  "ended, or every matching "
+                                                                  "run of a function")
+    cancel.add_argument("run_id", metavar="RUN_ID", nargs="?")
     cancel.add_argument("--reason", help="recorded as the run's error message")
+    cli_bulk.add_selection_arguments(cancel, _time, what="cancel", statuses=[
+        "queued", "running", "sleeping", "waiting"])
     cancel.set_defaults(handler=_client(cmd_cancel))
     _add_operation_commands(commands, common)
 
@@ -554,11 +576,17 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     replay = commands.add_parser(
         "replay", parents=[common], help="start a new run of a run's function for the same "
                                          "event (finished or not)")
-    replay.add_argument("run_id", metavar="RUN_ID")
+    replay.add_argument("run_id", metavar="RUN_ID", nargs="?")
     replay.add_argument("--from-step", metavar="STEP_ID",
                         help="keep the results of the steps before this one; run it and the "
                              "rest again")
+    cli_bulk.add_selection_arguments(replay, _time, what="replay",
+                                     statuses=["failed", "cancelled"])
+    replay.add_argument("--limit", type=cli_bulk.positive, metavar="N",
+                        help="replay at most N runs (the oldest first)")
     replay.set_defaults(handler=_client(cmd_replay))
+    cli_bulk.add_commands(commands, common, client=_client, limit=_limit,
+                          default_limit=DEFAULT_LIST_LIMIT)
     events = commands.add_parser("events", parents=[common],
                                  help="list events, newest first, with the runs they started")
     events.add_argument("--name", metavar="NAME", help="only events of this name")

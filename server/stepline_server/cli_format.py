@@ -295,7 +295,8 @@ def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
     for f in functions:
         s = f.stats
         rows.append([
-            f.function_id + (" (archived)" if f.archived else ""), f.app_id, str(f.version),
+            f.function_id + (" (archived)" if f.archived else "") + pause_text(f.pause),
+            f.app_id, str(f.version),
             str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
             _retention_text(f),
             truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
@@ -310,6 +311,18 @@ def _retention_text(f: run_service_pb2.FunctionInfo) -> str:
         return "-"  # a server before retention
     text = formatting.retention(f.retention.ToMilliseconds())
     return text if f.config.HasField("retention") else f"{text} (server)"
+
+
+def pause_text(pause: run_service_pb2.FunctionPause) -> str:
+    """" (paused: 3 held)", " (paused, skipping: 2 skipped)", " (2 skipped)" or ""."""
+    if pause.paused:
+        if pause.skip:
+            return f" (paused, skipping: {pause.skipped} skipped)"
+        return f" (paused: {pause.held} held" + (
+            f", {pause.skipped} cron ticks skipped)" if pause.skipped else ")")
+    if pause.held:
+        return f" ({pause.held} held runs starting)"
+    return f" ({pause.skipped} skipped while paused)" if pause.skipped else ""
 
 
 def workers_table(workers: Sequence[run_service_pb2.WorkerInfo]) -> str:

@@ -27,6 +27,7 @@ from stepline_server.auth import keyring_from
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
+from stepline_server.engine.bulk import BulkRunner
 from stepline_server.engine.cron import CronScheduler
 from stepline_server.engine.retention import Pruner
 from stepline_server.engine.timed import TimedLoop
@@ -73,6 +74,7 @@ class SteplineServer:
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.pruner = Pruner(self.engine)
         self.heartbeat: _Heartbeat | None = None
+        self.bulk: BulkRunner | None = None  # once registered (its lease owner is our id)
         self.port = 0
         self.tracing = tracing_from_env(tracer_provider)
         if self.tracing is not None:
@@ -147,6 +149,10 @@ class SteplineServer:
                 name="stepline-statistics"),
             asyncio.create_task(self.heartbeat.run(), name="stepline-server-heartbeat"),
         ]
+        if self.settings.bulk_operations:
+            self.bulk = BulkRunner(self.engine, self.server_id, self.settings.poll_seconds)
+            self.engine.on_bulk_work(self.bulk.wake)
+            self._tasks.append(asyncio.create_task(self.bulk.run(), name="stepline-bulk"))
         if self._http is not None:
             try:
                 self.http_port = await self._http.start()
@@ -195,6 +201,8 @@ class SteplineServer:
         self.deadlines.stop()
         self.cron.stop()
         self.pruner.stop()
+        if self.bulk is not None:
+            self.bulk.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         await self._health.enter_graceful_shutdown()
@@ -208,6 +216,8 @@ class SteplineServer:
                 await task
         if self.heartbeat is not None:  # registered
             try:
+                if self.bulk is not None:
+                    await self.bulk.release()
                 await self.engine.server_stopped(self.server_id)
             except Unavailable as exc:  # the next start under this id releases them
                 log.warning("could not release this server's leases: %s", exc)

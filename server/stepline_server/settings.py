@@ -36,6 +36,9 @@ DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_RETRIES = 3
+# Runs a bulk operation examines per transaction (engine/bulk.py): small transactions, so the
+# writer serves the hot path between two batches.
+DEFAULT_BULK_BATCH_SIZE = 200
 MAX_RETRIES = 100
 
 
@@ -122,6 +125,10 @@ class Settings:
     # server releases at once what its previous process held. Two live servers must not share
     # one.
     server_id: str = ""
+    # Bulk operations (engine/bulk.py): runs per batch, and whether this server works on them
+    # (off: it leaves them, and the starts held by resumed functions, to other servers).
+    bulk_batch_size: int = DEFAULT_BULK_BATCH_SIZE
+    bulk_operations: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -156,6 +163,7 @@ class Settings:
             "tls_key_file": ("STEPLINE_TLS_KEY", str),
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
             "server_id": ("STEPLINE_SERVER_ID", str),
+            "bulk_batch_size": ("STEPLINE_BULK_BATCH_SIZE", int),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -175,7 +183,7 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("max_payload_bytes", "max_event_bytes", "max_events_per_request",
-                     "max_run_state_bytes", "filter_budget_ms"):
+                     "max_run_state_bytes", "filter_budget_ms", "bulk_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 1 <= self.max_steps_per_run <= MAX_STEPS_PER_RUN:

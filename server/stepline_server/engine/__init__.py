@@ -4,6 +4,11 @@ Where things happen:
 
     a run is started             starts.start_runs, called by lifecycle.ingest (events), ops
                                  (step.invoke), cron.CronScheduler (ticks), replays
+                                 (one or in bulk), pauses.start_held (a resumed function)
+    a start is held or skipped   pauses.divert (events), pauses.skip_ticks (cron): paused
+                                 functions
+    runs are cancelled in bulk   bulk.batch, one batch per transaction, by bulk.BulkRunner;
+                                 the cursor and lease in store/bulk.py
     a run is leased to a worker  attempts.claim (Engine.claim), or start_runs's placement
     a lease is renewed           Engine.heartbeat: only the items the connection holds
     a lease is fenced            ops.apply_report: the one check of owner and lease

@@ -11,7 +11,18 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import attempts, cron, lifecycle, listings, replays, resends
+from stepline_server.controls import BulkKind, BulkOperation, FunctionPause, PauseMode, Selection
+from stepline_server.engine import (
+    attempts,
+    bulk,
+    cron,
+    lifecycle,
+    listings,
+    pauses,
+    replays,
+    resends,
+    search,
+)
 from stepline_server.engine import ops as ops_logic
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import Observers
@@ -39,7 +50,9 @@ from stepline_server.model import (
 )
 from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
+from stepline_server.store import bulk as bulk_store
 from stepline_server.store import functions as function_store
+from stepline_server.store import pauses as pause_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import servers as server_store
@@ -81,6 +94,7 @@ class Engine:
                                             context=self._context, limits=limits,
                                             sizes=self._sizes)
         db.on_notify = self._ready
+        self._on_bulk: list[Callable[[], None]] = []
 
     def _context(self, tx: Tx, now: int, start: Starter | None = None) -> TxContext:
         """For engine logic inside a transaction. Without `start`, runs it starts are queued
@@ -379,6 +393,20 @@ class Engine:
             created_after_ms=created_after_ms, created_before_ms=created_before_ms,
             event_name=event_name)
 
+    async def search_runs(
+        self, *, function_id: str | None, status: RunStatus | None, limit: int,
+        page_token: str, created_after_ms: int | None = None,
+        created_before_ms: int | None = None, event_name: str | None = None,
+        expression: str | None = None, text: str | None = None,
+    ) -> tuple[list[RunRecord], str, int]:
+        """list_runs, also filtered by CEL over the trigger event and by text in the output or
+        error; a page scans a bounded number of runs (engine/search.py), and says how many."""
+        return await search.search_runs(
+            self, function_id=function_id, status=status, limit=limit,
+            cursor=listings.cursor_of(page_token), created_after_ms=created_after_ms,
+            created_before_ms=created_before_ms, event_name=event_name,
+            expression=expression, text=text)
+
     async def cancel_run(self, run_id: str, reason: str) -> RunRecord:
         def job(tx: Tx) -> None:
             items = queue_store.lock_many(tx.conn, [run_id])
@@ -433,6 +461,66 @@ class Engine:
         """Workers connected to any server on this database, with their slots in use; at most
         `limit` (None: all), and the next page's token ('' at the end)."""
         return await listings.list_workers(self, limit=limit, page_token=page_token)
+
+    # -- bulk operations and pauses (engine/bulk.py, engine/pauses.py) ------------------------
+    @property
+    def filter_budget_ns(self) -> int:
+        return int(self.settings.filter_budget_ms * 1e6)
+
+    def on_bulk_work(self, callback: Callable[[], None]) -> None:
+        """Called when a bulk operation starts or a function is resumed (wakes the runner)."""
+        self._on_bulk.append(callback)
+
+    def wake_bulk(self) -> None:
+        for callback in self._on_bulk:
+            callback()
+
+    async def start_bulk(self, *, kind: BulkKind, selection: Selection, max_runs: int | None,
+                         reason: str | None, dry_run: bool
+                         ) -> tuple[int, BulkOperation | None]:
+        """Count the runs a bulk cancel or replay would act on; unless `dry_run`, start it."""
+        return await bulk.start(self, kind=kind, selection=selection, max_runs=max_runs,
+                                reason=reason, dry_run=dry_run)
+
+    async def get_bulk(self, operation_id: str) -> BulkOperation:
+        return await bulk.get(self, operation_id)
+
+    async def list_bulk(self, *, limit: int, page_token: str
+                        ) -> tuple[list[BulkOperation], str]:
+        """Bulk operations, newest first, and the next page's token ('' at the end)."""
+        cursor = listings.cursor_of(page_token)
+        return await self.db.read(lambda conn: bulk_store.list_(conn, limit=limit,
+                                                                cursor=cursor))
+
+    async def stop_bulk(self, operation_id: str) -> BulkOperation:
+        return await bulk.stop(self, operation_id)
+
+    async def bulk_batch(self, operation_id: str, owner: str) -> bool:
+        """Work one batch of a bulk operation as `owner`; whether more are left."""
+        def job(tx: Tx, start: Starter) -> bool:
+            return bulk.batch(self._context(tx, now_ms(), start), operation_id, owner,
+                              size=self.settings.bulk_batch_size, lease_ms=self._lease_ms)
+
+        return await self.write_with_starts(job)
+
+    async def start_held_runs(self) -> bool:
+        """Start a batch of the runs held by resumed functions; whether more may be left. A
+        read answers when there are none (the usual case): no write."""
+        function_id = await self.db.read(pause_store.resumed_with_held)
+        if function_id is None:
+            return False
+        return await self.write_with_starts(
+            lambda tx, start: pauses.start_held(tx, start, function_id))
+
+    async def pause_function(self, name: str, mode: PauseMode) -> FunctionPause:
+        return await pauses.pause(self, name, mode)
+
+    async def resume_function(self, name: str) -> FunctionPause:
+        return await pauses.resume(self, name)
+
+    async def function_pauses(self, function_ids: list[str]) -> dict[str, FunctionPause]:
+        """The pause rows of these functions (paused ones, and resumed ones that skipped)."""
+        return await pauses.pauses_of(self, function_ids)
 
     # -- timeouts ----------------------------------------------------------------------------
     async def expire_deadlines(self, limit: int = 500) -> int:

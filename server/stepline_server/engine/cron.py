@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from stepline_server.engine import pauses
 from stepline_server.engine.starts import RunStart
 from stepline_server.engine.timed import TimedLoop
 from stepline_server.errors import InvalidArgument
@@ -303,6 +304,8 @@ class CronScheduler(TimedLoop):
             ticks.append((row, tick_event(row.function_id, row.position, trigger, tick)))
         cron_store.delete_many(tx.conn, archived)
         cron_store.advance(tx.conn, next_ticks)
+        paused = pauses.skip_ticks(tx.conn, [row.function_id for row, _ in ticks])
+        ticks = [(row, event) for row, event in ticks if row.function_id not in paused]
         events = [event for _, event in ticks]
         fresh = event_store.insert(tx.conn, events, now, self._dedup_ms) if events else []
         starts = [RunStart(function_id=row.function_id, policy=policy_from_config(row.config),

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from stepline_server.engine import expressions, matching
+from stepline_server.engine import expressions, matching, pauses
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import RunEnd
 from stepline_server.engine.starts import RunStart
@@ -62,6 +62,7 @@ def ingest(ctx: TxContext, records: list[EventRecord]) -> list[str]:
                 if not _passes(ctx, sub.expression, variables, sub.function_id, record):
                     continue
             starts.append(RunStart(function_id=sub.function_id, policy=sub.policy, event=record))
+    starts = pauses.divert(ctx, starts) if starts else starts
     run_ids = ctx.start(starts) if starts else []
     _settle_waits(ctx, new)
     if ctx.observers:

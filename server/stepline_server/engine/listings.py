@@ -43,6 +43,11 @@ def _cut(rows: list[T], limit: int | None) -> tuple[list[T], bool]:
     return rows[:limit], True
 
 
+def cursor_of(page_token: str) -> tuple[int, str] | None:
+    """A page token as a cursor; INVALID_ARGUMENT naming page_token for one we did not issue."""
+    return _cursor(page_token)
+
+
 def _cursor(page_token: str) -> tuple[int, str] | None:
     if not page_token:
         return None

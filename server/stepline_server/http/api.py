@@ -23,6 +23,12 @@ async def list_runs(engine: Engine, request: Request) -> tuple[list[RunRecord], 
     f = params.run_filter(request.query_params)
     function_id = (await engine.function_name(f.function_id, "function") if f.function_id
                    else None)
+    if f.expression or f.text:  # a search: a page scans a bounded number of runs
+        runs, token, _ = await engine.search_runs(
+            function_id=function_id, status=f.status, limit=f.limit, page_token=f.page_token,
+            created_after_ms=f.created_after_ms, created_before_ms=f.created_before_ms,
+            event_name=f.event_name, expression=f.expression, text=f.text)
+        return runs, token
     return await engine.list_runs(
         function_id=function_id, status=f.status, limit=f.limit, page_token=f.page_token,
         created_after_ms=f.created_after_ms, created_before_ms=f.created_before_ms,

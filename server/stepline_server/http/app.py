@@ -31,7 +31,7 @@ from stepline_server.errors import (
     SteplineServerError,
     Unavailable,
 )
-from stepline_server.http import api, login, pages, views
+from stepline_server.http import api, controls, login, pages, views
 from stepline_server.http.metrics import Metrics
 from stepline_server.http.state import Services, services
 
@@ -54,7 +54,7 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
         json_value=views.json_value, local_id=names.local_id)
     templates.env.globals["success_rate"] = views.success_rate
     routes: list[BaseRoute] = [
-        *login.routes, *pages.routes, *api.routes,
+        *login.routes, *controls.routes, *pages.routes, *api.routes,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(

@@ -21,7 +21,7 @@ RUN_STATUSES = [s.value for s in RunStatus]
 SINCE_LABELS = {"15m": "last 15 minutes", "1h": "last hour", "24h": "last 24 hours",
                 "7d": "last 7 days"}
 FILTER_KEYS = ("function", "status", "event", "since", "created_after", "created_before",
-               "limit")
+               "limit", "if", "text")
 
 
 def render(request: Request, template: str, context: dict[str, Any],
@@ -103,8 +103,9 @@ async def function_page(request: Request) -> Response:
                                                     names.MAX_FULL_NAME_LENGTH))
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None,
                                      limit=api.RECENT_RUNS, page_token="")
+    pause = (await engine.function_pauses([info.spec.id])).get(info.spec.id)
     return render(request, "function.html", {
-        "page": "functions", "function": info, "runs": runs,
+        "page": "functions", "function": info, "runs": runs, "pause": pause,
         "poll_url": f"/api/functions/{info.spec.id}",
     })
 

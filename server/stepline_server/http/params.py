@@ -11,6 +11,7 @@ from typing import Any
 from starlette.datastructures import FormData, QueryParams
 from starlette.requests import Request
 
+from stepline_server.engine.expressions import TRIGGER_VARIABLES, compile_expression
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
 from stepline_server.limits import (
@@ -43,6 +44,8 @@ class RunFilter:
     since: str | None
     limit: int
     page_token: str
+    expression: str | None = None  # CEL over the trigger event ("if")
+    text: str | None = None  # in the output or error
 
 
 def _text(query: QueryParams, field: str, max_length: int = MAX_NAME_LENGTH) -> str | None:
@@ -110,7 +113,17 @@ def run_filter(query: QueryParams) -> RunFilter:
         event_name=_text(query, "event"),
         created_after_ms=after, created_before_ms=before, since=since,
         limit=limit(query), page_token=page_token(query),
+        expression=expression(query.get("if", ""), "if"), text=_text(query, "text", 256),
     )
+
+
+def expression(source: str, field: str) -> str | None:
+    """An optional CEL filter over `event`, checked (INVALID_ARGUMENT naming `field`)."""
+    source = source.strip()
+    if not source:
+        return None
+    compile_expression(source, field, TRIGGER_VARIABLES)
+    return source
 
 
 def page_token(query: QueryParams) -> str:

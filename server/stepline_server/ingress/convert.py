@@ -48,6 +48,10 @@ def run_status_from_proto(value: int) -> RunStatus | None:
     return _RUN_STATUS_BACK[value]
 
 
+def run_status_to_proto(status: RunStatus) -> run_service_pb2.RunStatus:
+    return _RUN_STATUS[status]
+
+
 _STEP_STATUS = {
     StepStatus.COMPLETED: run_service_pb2.STEP_STATUS_COMPLETED,
     StepStatus.FAILED: run_service_pb2.STEP_STATUS_FAILED,

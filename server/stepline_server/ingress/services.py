@@ -3,6 +3,8 @@ operations: replays, reruns, listings of events, functions and workers)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from stepline.v1 import (
@@ -14,10 +16,11 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import names, wire
+from stepline_server.controls import BulkKind, BulkOperation, PauseMode
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
 from stepline_server.grpc_keys import require_app
-from stepline_server.ingress import convert
+from stepline_server.ingress import controls, convert
 from stepline_server.limits import (
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
@@ -83,15 +86,24 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         check_length(request.function_id, "function_id", names.MAX_FULL_NAME_LENGTH)
         function_id = (await self.engine.function_name(request.function_id, "function_id")
                        if request.function_id else None)
-        runs, token = await self.engine.list_runs(
-            function_id=function_id,
-            status=convert.run_status_from_proto(request.status),
-            limit=_page_size(request.page_size), page_token=request.page_token,
-            created_after_ms=wire.optional_ms(request, "created_after"),
-            created_before_ms=wire.optional_ms(request, "created_before"),
-            event_name=convert.optional_name(request.event_name, "event_name"))
+        expression = controls.expression_from_proto(request.expression, "expression")
+        text = controls.search_text(request.text)
+        filters: dict[str, Any] = {
+            "function_id": function_id,
+            "status": convert.run_status_from_proto(request.status),
+            "limit": _page_size(request.page_size), "page_token": request.page_token,
+            "created_after_ms": wire.optional_ms(request, "created_after"),
+            "created_before_ms": wire.optional_ms(request, "created_before"),
+            "event_name": convert.optional_name(request.event_name, "event_name")}
+        scanned = 0
+        if expression or text:
+            runs, token, scanned = await self.engine.search_runs(
+                **filters, expression=expression, text=text)
+        else:
+            runs, token = await self.engine.list_runs(**filters)
         return run_service_pb2.ListRunsResponse(
-            runs=[convert.run_to_proto(r) for r in runs], next_page_token=token)
+            runs=[convert.run_to_proto(r) for r in runs], next_page_token=token,
+            scanned=scanned)
 
     async def CancelRun(
         self, request: run_service_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
@@ -133,9 +145,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         functions, token = await self.engine.list_functions(
             app_id=request.app_id or None, include_archived=request.include_archived,
             limit=_page_size(request.page_size), page_token=request.page_token)
-        return run_service_pb2.ListFunctionsResponse(
-            functions=[convert.function_info_to_proto(f) for f in functions],
-            next_page_token=token)
+        pauses = await self.engine.function_pauses([f.spec.id for f in functions])
+        infos = [convert.function_info_to_proto(f) for f in functions]
+        for info in infos:
+            if info.function_id in pauses:
+                info.pause.CopyFrom(controls.pause_to_proto(pauses[info.function_id]))
+        return run_service_pb2.ListFunctionsResponse(functions=infos, next_page_token=token)
 
     async def ListWorkers(
         self, request: run_service_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
@@ -145,6 +160,86 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         return run_service_pb2.ListWorkersResponse(
             workers=[convert.worker_to_proto(w) for w in workers],
             next_page_token=token)
+
+    # -- bulk operations and pauses (admin: every RunService method needs the admin key) ------
+    async def StartBulkCancel(
+        self, request: run_service_pb2.StartBulkCancelRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> run_service_pb2.StartBulkOperationResponse:
+        selection = await controls.selection_from_proto(self.engine, request.selection,
+                                                        BulkKind.CANCEL)
+        count, operation = await self.engine.start_bulk(
+            kind=BulkKind.CANCEL, selection=selection, max_runs=None,
+            reason=controls.reason_from_proto(request.reason), dry_run=request.dry_run)
+        return _started(count, operation)
+
+    async def StartBulkReplay(
+        self, request: run_service_pb2.StartBulkReplayRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> run_service_pb2.StartBulkOperationResponse:
+        selection = await controls.selection_from_proto(self.engine, request.selection,
+                                                        BulkKind.REPLAY)
+        count, operation = await self.engine.start_bulk(
+            kind=BulkKind.REPLAY, selection=selection,
+            max_runs=controls.limit_from_proto(request.limit), reason=None,
+            dry_run=request.dry_run)
+        return _started(count, operation)
+
+    async def GetBulkOperation(
+        self, request: run_service_pb2.GetBulkOperationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> run_service_pb2.GetBulkOperationResponse:
+        check_run_id(request.operation_id, "operation_id")
+        operation = await self.engine.get_bulk(request.operation_id)
+        return run_service_pb2.GetBulkOperationResponse(
+            operation=controls.operation_to_proto(operation))
+
+    async def ListBulkOperations(
+        self, request: run_service_pb2.ListBulkOperationsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> run_service_pb2.ListBulkOperationsResponse:
+        operations, token = await self.engine.list_bulk(
+            limit=_page_size(request.page_size), page_token=request.page_token)
+        return run_service_pb2.ListBulkOperationsResponse(
+            operations=[controls.operation_to_proto(o) for o in operations],
+            next_page_token=token)
+
+    async def StopBulkOperation(
+        self, request: run_service_pb2.StopBulkOperationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> run_service_pb2.StopBulkOperationResponse:
+        check_run_id(request.operation_id, "operation_id")
+        operation = await self.engine.stop_bulk(request.operation_id)
+        return run_service_pb2.StopBulkOperationResponse(
+            operation=controls.operation_to_proto(operation))
+
+    async def PauseFunction(
+        self, request: run_service_pb2.PauseFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.PauseFunctionResponse:
+        _check_function(request.function_id)
+        pause = await self.engine.pause_function(
+            request.function_id, PauseMode.SKIP if request.skip else PauseMode.KEEP)
+        return run_service_pb2.PauseFunctionResponse(pause=controls.pause_to_proto(pause))
+
+    async def ResumeFunction(
+        self, request: run_service_pb2.ResumeFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ResumeFunctionResponse:
+        _check_function(request.function_id)
+        pause = await self.engine.resume_function(request.function_id)
+        return run_service_pb2.ResumeFunctionResponse(pause=controls.pause_to_proto(pause))
+
+
+def _started(count: int, operation: BulkOperation | None
+             ) -> run_service_pb2.StartBulkOperationResponse:
+    return run_service_pb2.StartBulkOperationResponse(
+        count=count,
+        operation=None if operation is None else controls.operation_to_proto(operation))
+
+
+def _check_function(function_id: str) -> None:
+    if not function_id:
+        raise InvalidArgument("function_id", "a function's full name is required")
+    check_length(function_id, "function_id", names.MAX_FULL_NAME_LENGTH)
 
 
 def _page_size(requested: int) -> int:

@@ -13,7 +13,7 @@ from stepline_server.model import EventRecord
 from stepline_server.store import dialect
 from stepline_server.store.hot import Hot
 from stepline_server.store.paging import encode_cursor, past
-from stepline_server.store.schema import events, runs, waits
+from stepline_server.store.schema import events, held_starts, runs, waits
 
 # One statement per batch: a new id is inserted; a known id is replaced only when it was
 # received before the dedup window (the id may then be used again) and no run refers to it;
@@ -62,9 +62,10 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
 
 def _move_aside(conn: Connection, ids: list[str], cutoff_ms: int) -> list[str]:
     """Of events not stored, those received before the window (so runs refer to them): give
-    each old row an id of its own, `<id>~<received_at_ms>`, and point its runs and waits at it,
-    so a run always reads its own trigger. Returns the ids freed. The rows move rather than the
-    new event, so the id keeps deduplicating against its latest use with one key lookup."""
+    each old row an id of its own, `<id>~<received_at_ms>`, and point its runs, waits and held
+    starts at it, so a run always reads its own trigger. Returns the ids freed. The rows move
+    rather than the new event, so the id keeps deduplicating against its latest use with one
+    key lookup."""
     if not ids:
         return []
     old = conn.execute(select(events.c.id, events.c.received_at_ms).where(
@@ -81,6 +82,9 @@ def _move_aside(conn: Connection, ids: list[str], cutoff_ms: int) -> list[str]:
             conn.execute(update(waits).where(waits.c.run_id.in_(referring))
                          .values(trigger_event_id=new_id))
             conn.execute(update(runs).where(runs.c.event_id == row.id).values(event_id=new_id))
+            # Starts held while their function is paused keep their own event too.
+            conn.execute(update(held_starts).where(held_starts.c.event_id == row.id)
+                         .values(event_id=new_id))
             freed.append(row.id)
     return freed
 

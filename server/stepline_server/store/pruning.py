@@ -13,6 +13,7 @@ from stepline_server.store import dialect
 from stepline_server.store.schema import (
     events,
     functions,
+    held_starts,
     queue,
     runs,
     step_failures,
@@ -35,11 +36,13 @@ _PAST = (
     .order_by(runs.c.ended_at_ms)
     .limit(bindparam("limit"))
 )
-# On ix_events_received_at; an event some run refers to (by ix_runs_event) stays.
+# On ix_events_received_at; an event some run refers to (by ix_runs_event) or a start held
+# while its function is paused (ix_held_starts_event) stays.
 _UNREFERENCED = (
     select(events.c.id)
     .where(events.c.received_at_ms < bindparam("cutoff_ms"),
-           ~exists().where(runs.c.event_id == events.c.id))
+           ~exists().where(runs.c.event_id == events.c.id),
+           ~exists().where(held_starts.c.event_id == events.c.id))
     .order_by(events.c.received_at_ms)
     .limit(bindparam("limit"))
 )
@@ -84,7 +87,8 @@ def prune_events(conn: Connection, cutoff_ms: int, limit: int) -> dict[str, int]
     # is a new row, received now, and stays.
     return {"events": int(conn.execute(delete(events).where(
         events.c.id.in_(ids), events.c.received_at_ms < cutoff_ms,
-        ~exists().where(runs.c.event_id == events.c.id))).rowcount)}
+        ~exists().where(runs.c.event_id == events.c.id),
+        ~exists().where(held_starts.c.event_id == events.c.id))).rowcount)}
 
 
 def take_turn(conn: Connection) -> bool:

@@ -222,3 +222,68 @@ workers = Table(
     Column("last_heartbeat_ms", BigInteger, nullable=False),
     Column("draining", Boolean, nullable=False),
 )
+
+# Bulk operations (engine/bulk.py): a cancel or a replay of the runs of one function that match a
+# selection, worked through in small batches by one server at a time (the lease). The cursor is
+# the last run examined, in (created_at_ms, id) order, committed with each batch's cancels or
+# replays, so a resumed operation never acts on a run twice.
+bulk_operations = Table(
+    "bulk_operations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),  # model.BulkKind: cancel, replay
+    Column("function_id", String(257), nullable=False),
+    Column("statuses", Text, nullable=False),  # JSON list of the run statuses acted on
+    Column("created_after_ms", BigInteger, nullable=True),
+    # The end of the range, fixed when the operation starts: runs it makes are outside it.
+    Column("created_before_ms", BigInteger, nullable=False),
+    Column("expression", Text, nullable=True),  # CEL over the trigger event
+    Column("max_runs", BigInteger, nullable=True),  # replays: at most this many
+    Column("reason", Text, nullable=True),
+    Column("state", String(16), nullable=False),  # model.BulkState
+    Column("total", BigInteger, nullable=False),  # matching runs when it started
+    Column("done", BigInteger, nullable=False),  # matching runs examined so far
+    Column("applied", BigInteger, nullable=False),  # runs cancelled or replayed
+    Column("cursor_created_ms", BigInteger, nullable=True),
+    Column("cursor_run_id", String(32), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_ms", BigInteger, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("ended_at_ms", BigInteger, nullable=True),
+    Index("ix_bulk_operations_state", "state", "created_at_ms"),
+    Index("ix_bulk_operations_created", "created_at_ms", "id"),
+)
+
+# The runs a bulk replay replayed, by source: written with the replay, so no source is replayed
+# twice by one operation whatever happens to the cursor.
+bulk_operation_runs = Table(
+    "bulk_operation_runs",
+    metadata,
+    Column("operation_id", String(32), primary_key=True),
+    Column("run_id", String(32), primary_key=True),
+    Column("new_run_id", String(32), nullable=False),
+)
+
+# Paused functions (engine/pauses.py): mode "keep" holds the starts of new events until resumed,
+# "skip" drops them (counted); NULL once resumed (the row keeps the count of skipped starts).
+function_pauses = Table(
+    "function_pauses",
+    metadata,
+    Column("function_id", String(257), primary_key=True),
+    Column("mode", String(8), nullable=True),
+    Column("paused_at_ms", BigInteger, nullable=True),
+    Column("skipped", BigInteger, nullable=False),
+)
+
+# Starts held while their function is paused with mode "keep": started, oldest first, once it
+# is resumed (and deleted in that transaction).
+held_starts = Table(
+    "held_starts",
+    metadata,
+    Column("function_id", String(257), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("held_at_ms", BigInteger, nullable=False),
+    Index("ix_held_starts_function", "function_id", "held_at_ms"),
+    Index("ix_held_starts_event", "event_id"),  # the pruner keeps a held start's event
+)

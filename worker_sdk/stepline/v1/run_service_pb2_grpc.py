@@ -75,6 +75,41 @@ class RunServiceStub:
                 request_serializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.StartBulkCancel = channel.unary_unary(
+                '/stepline.v1.RunService/StartBulkCancel',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.StartBulkCancelRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.FromString,
+                _registered_method=True)
+        self.StartBulkReplay = channel.unary_unary(
+                '/stepline.v1.RunService/StartBulkReplay',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.StartBulkReplayRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.FromString,
+                _registered_method=True)
+        self.GetBulkOperation = channel.unary_unary(
+                '/stepline.v1.RunService/GetBulkOperation',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.GetBulkOperationRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.GetBulkOperationResponse.FromString,
+                _registered_method=True)
+        self.ListBulkOperations = channel.unary_unary(
+                '/stepline.v1.RunService/ListBulkOperations',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsResponse.FromString,
+                _registered_method=True)
+        self.StopBulkOperation = channel.unary_unary(
+                '/stepline.v1.RunService/StopBulkOperation',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.StopBulkOperationRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.StopBulkOperationResponse.FromString,
+                _registered_method=True)
+        self.PauseFunction = channel.unary_unary(
+                '/stepline.v1.RunService/PauseFunction',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.PauseFunctionRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.PauseFunctionResponse.FromString,
+                _registered_method=True)
+        self.ResumeFunction = channel.unary_unary(
+                '/stepline.v1.RunService/ResumeFunction',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -133,6 +168,56 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartBulkCancel(self, request, context):
+        """Cancel every unfinished run of a function that matches a selection, as a bulk operation
+        worked in the background (or only count them: dry_run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBulkReplay(self, request, context):
+        """Replay every failed (or cancelled) run of a function that matches a selection, at most
+        `limit`, as a bulk operation (or only count them: dry_run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBulkOperation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBulkOperations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopBulkOperation(self, request, context):
+        """Stop a running bulk operation: the batch in progress is its last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseFunction(self, request, context):
+        """Pause a function: the runs its new events would start are held until it is resumed (or
+        skipped and counted: skip); runs already started go on; its cron ticks are skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeFunction(self, request, context):
+        """Resume a paused function: the runs it held start, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +260,41 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'StartBulkCancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBulkCancel,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.StartBulkCancelRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.SerializeToString,
+            ),
+            'StartBulkReplay': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBulkReplay,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.StartBulkReplayRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.SerializeToString,
+            ),
+            'GetBulkOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBulkOperation,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.GetBulkOperationRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.GetBulkOperationResponse.SerializeToString,
+            ),
+            'ListBulkOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBulkOperations,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsResponse.SerializeToString,
+            ),
+            'StopBulkOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopBulkOperation,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.StopBulkOperationRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.StopBulkOperationResponse.SerializeToString,
+            ),
+            'PauseFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseFunction,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.PauseFunctionRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.PauseFunctionResponse.SerializeToString,
+            ),
+            'ResumeFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeFunction,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +514,195 @@ class RunService:
             '/stepline.v1.RunService/ListWorkers',
             stepline_dot_v1_dot_run__service__pb2.ListWorkersRequest.SerializeToString,
             stepline_dot_v1_dot_run__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBulkCancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/StartBulkCancel',
+            stepline_dot_v1_dot_run__service__pb2.StartBulkCancelRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBulkReplay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/StartBulkReplay',
+            stepline_dot_v1_dot_run__service__pb2.StartBulkReplayRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.StartBulkOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBulkOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/GetBulkOperation',
+            stepline_dot_v1_dot_run__service__pb2.GetBulkOperationRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.GetBulkOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBulkOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ListBulkOperations',
+            stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ListBulkOperationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopBulkOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/StopBulkOperation',
+            stepline_dot_v1_dot_run__service__pb2.StopBulkOperationRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.StopBulkOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/PauseFunction',
+            stepline_dot_v1_dot_run__service__pb2.PauseFunctionRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.PauseFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ResumeFunction',
+            stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,
