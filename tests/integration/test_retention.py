@@ -3,6 +3,7 @@ rows, and events no run refers to once past the dedup window; it never touches t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from stepline import InvalidUsageError, Stepline
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.engine import retention
 from stepline_server.store import schema
-from tests.harness import ServerThread, WorkerThread
+from tests.harness import ServerThread, WorkerThread, wait_until
 from tests.integration.rawworker import function
 from tests.integration.test_api import Api, error_of, row_counts
 from tests.integration.test_http import parse_metrics
@@ -392,3 +393,28 @@ def test_a_pruner_stands_back_while_another_holds_the_turn(
         assert rows_of(db, [run_id])["runs"] == 1
         other.rollback()
     assert prune(server) == {"runs": 1}
+
+
+def test_a_start_held_by_a_pause_keeps_its_own_event(
+        make_server: Callable[..., ServerThread], start_worker: Any, db: Engine) -> None:
+    """Held while its function is paused, a start's event is neither pruned past the window nor
+    replaced by a new event sent with its id: on resume, the run reads what was sent first."""
+    server = make_server(retention_seconds=1.0, event_dedup_seconds=0.5, **NO_ROUNDS)
+    app = Stepline("held", url=server.address)
+
+    @app.function(id="echo", trigger="t/echo")
+    def echo(ctx: Any) -> Any:
+        return ctx.event.data
+
+    app.register_sync()
+    server.runs.PauseFunction(rs.PauseFunctionRequest(function_id="held:echo"))
+    app.send_sync("t/echo", {"v": 1}, id="same")
+    time.sleep(1.2)
+    assert prune(server).get("events", 0) == 0
+    assert "same" in event_ids(db)
+    app.send_sync("t/other", {"v": 2}, id="same")  # the id again, past the dedup window
+    server.runs.ResumeFunction(rs.ResumeFunctionRequest(function_id="held:echo"))
+    start_worker(app)
+    wait_until(lambda: server.run_ids_for("held:echo"), what="the held start to start")
+    run = server.wait_run(one_run(server, "held:echo"))
+    assert json.loads(run.output) == {"v": 1}

@@ -16,13 +16,15 @@ from stepline_server.store.paging import encode_cursor, past
 from stepline_server.store.schema import events, held_starts, runs, waits
 
 # One statement per batch: a new id is inserted; a known id is replaced only when it was
-# received before the dedup window (the id may then be used again) and no run refers to it;
-# either way its id comes back. An id inside the window returns nothing; so does an id past it
-# that runs refer to: that row is moved aside (_move_aside) and the event inserted again.
+# received before the dedup window (the id may then be used again) and no run or held start
+# refers to it; either way its id comes back. An id inside the window returns nothing; so does
+# an id past it that runs or held starts refer to: that row is moved aside (_move_aside) and
+# the event inserted again.
 _UPSERT = {
     name: dialect.insert_or_replace(
         name, events, replace_if=(events.c.received_at_ms <= bindparam("b_cutoff_ms"))
-        & ~exists().where(runs.c.event_id == events.c.id))
+        & ~exists().where(runs.c.event_id == events.c.id)
+        & ~exists().where(held_starts.c.event_id == events.c.id))
     for name in ("sqlite", "postgresql")
 }
 _UPSERT_ONE = {name: Hot(stmt) for name, stmt in _UPSERT.items()}
