@@ -67,7 +67,8 @@ def test_serve_refuses_internal_app_urls(server: ServerThread, url: str) -> None
 
 @pytest.mark.parametrize(("url", "why"), [
     ("ftp://example.com/x", "http:// or https://"), ("http:///x", "with a host"),
-    ("http://user:pw@example.com/x", "credentials"), ("http://example.com:99999/", "Port out of range"),
+    ("http://user:pw@example.com/x", "credentials"),
+    ("http://example.com:99999/", "Port out of range"),
 ])
 def test_malformed_app_urls_are_refused(server: ServerThread, url: str, why: str) -> None:
     with pytest.raises(grpc.RpcError) as caught:
