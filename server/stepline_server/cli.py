@@ -29,6 +29,8 @@ from stepline.v1 import (
     common_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    function_service_pb2,
+    function_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
 )
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from stepline_server.server import SteplineServer
 
 CALL_TIMEOUT_SECONDS = 10.0
+# `stepline apps sync`: the app registers before it answers the server's PUT.
+SYNC_TIMEOUT_SECONDS = 40.0
 # `stepline functions` and `stepline workers` list everything, fetched this many a call.
 LIST_ALL_PAGE = 1000
 DEFAULT_LIST_LIMIT = 20
@@ -85,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          filter_budget_ms=args.filter_budget_ms,
                          lease_seconds=args.lease_seconds, insecure=args.insecure or None,
                          retention_seconds=args.retention, server_id=args.server_id,
+                         allow_app_hosts=_host_list(args.allow_app_hosts),
                          **_tls_flags(args))
     open_to = _open_to_the_network(settings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -101,7 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
-                         database_url=sqlite_url(DEV_DATABASE_FILE), **_tls_flags(args))
+                         database_url=sqlite_url(DEV_DATABASE_FILE), any_app_url=True,
+                         **_tls_flags(args))
     keyring_of(settings)  # keys in the environment are honoured; a bad one stops here
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
@@ -392,6 +398,20 @@ def cmd_workers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = function_service_pb2_grpc.FunctionServiceStub(channel)
+    if args.apps_command == "sync":
+        answer = stub.SyncApp(function_service_pb2.SyncAppRequest(url=args.app_url),
+                              timeout=SYNC_TIMEOUT_SECONDS)
+        print(f"{args.app_url} answered HTTP {answer.status}"
+              + (f": {answer.body}" if answer.body else ""))
+        return 0 if 200 <= answer.status < 300 else EXIT_FAILED
+    apps = stub.ListApps(function_service_pb2.ListAppsRequest(),
+                         timeout=CALL_TIMEOUT_SECONDS).apps
+    print(cli_format.apps_table(apps))
+    return 0
+
+
 def _client(command: ClientHandler) -> Handler:
     """Opens a channel to --url for a client command; a failed call becomes a CommandError."""
 
@@ -514,6 +534,10 @@ def _add_server_commands(commands: Any) -> None:
                                            "again under it, it releases its old leases at once")
     _add_http_address(serve)
     _add_tls(serve)
+    serve.add_argument("--allow-app-hosts", metavar="HOSTS",
+                       help="comma-separated host names, IP addresses or CIDRs that HTTP apps "
+                            "may be served from although private, loopback or link-local "
+                            "(default: none; STEPLINE_ALLOW_APP_HOSTS)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow listening on a non-loopback address without keys")
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
@@ -524,6 +548,12 @@ def _add_server_commands(commands: Any) -> None:
     _add_http_address(dev)
     _add_tls(dev)
     dev.set_defaults(handler=cmd_dev)
+
+
+def _host_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _add_client_commands(commands: Any) -> None:
@@ -603,6 +633,16 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     workers = commands.add_parser("workers", parents=[common],
                                   help="list connected workers and their slots in use")
     workers.set_defaults(handler=_client(cmd_workers))
+    apps = commands.add_parser("apps", parents=[common],
+                               help="list apps: kind (stream or HTTP), URL, SDK, functions, "
+                                    "last sync; `apps sync URL` asks an HTTP app to register "
+                                    "again")
+    apps.set_defaults(handler=_client(cmd_apps), apps_command=None)
+    apps_commands = apps.add_subparsers(dest="apps_command", metavar="sync")
+    sync = apps_commands.add_parser("sync", parents=[common],
+                                    help="the server sends a PUT to the app's URL; the app "
+                                         "registers its functions again")
+    sync.add_argument("app_url", metavar="URL", help="the URL the app is served at")
 
 
 def build_parser() -> argparse.ArgumentParser:

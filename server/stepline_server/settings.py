@@ -39,6 +39,9 @@ DEFAULT_RETRIES = 3
 # Runs a bulk operation examines per transaction (engine/bulk.py): small transactions, so the
 # writer serves the hot path between two batches.
 DEFAULT_BULK_BATCH_SIZE = 200
+# The HTTP bridge: requests in flight per HTTP app on one server, and how long one may take.
+DEFAULT_APP_INFLIGHT = 100
+DEFAULT_APP_TIMEOUT_SECONDS = 300.0
 MAX_RETRIES = 100
 
 
@@ -129,6 +132,14 @@ class Settings:
     # (off: it leaves them, and the starts held by resumed functions, to other servers).
     bulk_batch_size: int = DEFAULT_BULK_BATCH_SIZE
     bulk_operations: bool = True
+    # The HTTP bridge (bridge/): the cap on requests in flight per HTTP app on this server, the
+    # timeout of one request, and which app URLs it may call. Unless `any_app_url` (`stepline
+    # dev`), URLs whose host resolves to a private, loopback or link-local address are refused,
+    # at registration and on every call, except hosts and CIDRs listed in `allow_app_hosts`.
+    app_inflight: int = DEFAULT_APP_INFLIGHT
+    app_timeout_seconds: float = DEFAULT_APP_TIMEOUT_SECONDS
+    allow_app_hosts: tuple[str, ...] = ()
+    any_app_url: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -164,6 +175,9 @@ class Settings:
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
             "server_id": ("STEPLINE_SERVER_ID", str),
             "bulk_batch_size": ("STEPLINE_BULK_BATCH_SIZE", int),
+            "app_inflight": ("STEPLINE_APP_INFLIGHT", int),
+            "app_timeout_seconds": ("STEPLINE_APP_TIMEOUT_SECONDS", float),
+            "allow_app_hosts": ("STEPLINE_ALLOW_APP_HOSTS", _names),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -183,7 +197,8 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("max_payload_bytes", "max_event_bytes", "max_events_per_request",
-                     "max_run_state_bytes", "filter_budget_ms", "bulk_batch_size"):
+                     "max_run_state_bytes", "filter_budget_ms", "bulk_batch_size",
+                     "app_inflight", "app_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 1 <= self.max_steps_per_run <= MAX_STEPS_PER_RUN:

@@ -12,22 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from stepline_server.model import Dispatch, OpsBatch
+# AppEndpoint lives in model (the engine and the store use it too); re-exported here.
+from stepline_server.model import AppEndpoint, Dispatch, OpsBatch
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AppEndpoint:
-    """An app that registered an HTTP URL (the apps table)."""
-
-    app_id: str
-    url: str
-    protocol: str  # "stepline" | "inngest"
-    sdk: str = ""  # e.g. "py/0.1.0", "inngest-py:v0.5.19", "js:v4.24.0"
-    framework: str = ""
-    synced_at_ms: int = 0
-    # Protocol-specific settings from the registration (JSON text), e.g. Inngest's function
-    # slugs; the bridge stores and returns them untouched.
-    extra: str = "{}"
+__all__ = [
+    "AppAnswerError",
+    "AppEndpoint",
+    "AppProtocol",
+    "AppUnreachableAnswer",
+    "OutgoingCall",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +51,8 @@ class AppAnswerError(Exception):
 
 
 class AppProtocol(Protocol):
-    """A wire protocol of the bridge."""
+    """A wire protocol of the bridge, registered with Bridge.add_protocol (bridge/bridge.py);
+    an app's endpoint names its protocol (AppEndpoint.protocol)."""
 
     name: str
     # Where signatures travel, both ways (stepline._signing has the one scheme).
@@ -70,5 +65,8 @@ class AppProtocol(Protocol):
     def answer(self, work: Dispatch, endpoint: AppEndpoint, status: int,
                headers: Mapping[str, str], body: bytes) -> OpsBatch:
         """The report the app's answer amounts to. Raises AppUnreachableAnswer or
-        AppAnswerError; a signature is checked by the bridge before this is called."""
+        AppAnswerError. `headers` has lower-case names. The bridge checks the signature of a
+        2xx answer before this is called, when the app has a signing key (other answers are
+        errors whatever they say, so an unsigned proxy's 502 stays an infrastructure
+        failure)."""
         ...

@@ -151,7 +151,9 @@ class _Gauges(Collector):
         return self._families((0, []), [])
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self._backlog, list(self._dispatcher.connections.values()))
+        # Worker streams only: HTTP apps' connections (the bridge) are no workers.
+        return self._families(self._backlog, [
+            c for c in self._dispatcher.connections.values() if c.kind == "stream"])
 
     @staticmethod
     def _families(backlog: _Backlog | None, connections: Sequence[WorkerConnection]

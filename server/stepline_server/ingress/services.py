@@ -16,6 +16,8 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import names, wire
+from stepline_server.bridge.bridge import Bridge
+from stepline_server.bridge.urls import UrlPolicy
 from stepline_server.controls import BulkKind, BulkOperation, PauseMode
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
@@ -24,12 +26,17 @@ from stepline_server.ingress import controls, convert
 from stepline_server.limits import (
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_SDK_LENGTH,
     PayloadLimits,
     check_length,
     check_run_id,
     check_step_id,
 )
+from stepline_server.model import AppEndpoint
 from stepline_server.telemetry import traceparent
+
+# The wire protocol of apps that register a URL with RegisterFunctions (bridge/stepline_json.py).
+STEPLINE_PROTOCOL = "stepline"
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -52,8 +59,11 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
 
 
 class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, bridge: Bridge) -> None:
         self.engine = engine
+        self.bridge = bridge
+        settings = engine.settings
+        self._urls = UrlPolicy.of(settings.allow_app_hosts, any_url=settings.any_app_url)
 
     async def RegisterFunctions(
         self,
@@ -62,11 +72,31 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
     ) -> function_service_pb2.RegisterFunctionsResponse:
         require_app(request.app_id)
         specs = wire.functions_from_proto(request.app_id, request.functions, "functions")
-        changes = await self.engine.register_functions(
-            request.app_id, specs, archive_missing=True)
+        check_length(request.sdk, "sdk", MAX_SDK_LENGTH)
+        if request.url:  # an app served over HTTP, in Stepline's own protocol
+            await self._urls.check_url(request.url, "url")
+            changes = await self.engine.register_app(AppEndpoint(
+                app_id=request.app_id, url=request.url, protocol=STEPLINE_PROTOCOL,
+                sdk=request.sdk), specs)
+        else:
+            changes = await self.engine.register_functions(
+                request.app_id, specs, archive_missing=True, sdk=request.sdk)
         return function_service_pb2.RegisterFunctionsResponse(
             created=changes.created, updated=changes.updated, unchanged=changes.unchanged,
             archived=changes.archived)
+
+    async def ListApps(
+        self, request: function_service_pb2.ListAppsRequest, context: grpc.aio.ServicerContext
+    ) -> function_service_pb2.ListAppsResponse:
+        apps = await self.engine.list_apps()
+        return function_service_pb2.ListAppsResponse(apps=[convert.app_to_proto(a)
+                                                           for a in apps])
+
+    async def SyncApp(
+        self, request: function_service_pb2.SyncAppRequest, context: grpc.aio.ServicerContext
+    ) -> function_service_pb2.SyncAppResponse:
+        status, body = await self.bridge.sync(request.url)
+        return function_service_pb2.SyncAppResponse(status=status, body=body)
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
