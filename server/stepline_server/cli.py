@@ -82,7 +82,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_steps_per_run=args.max_steps_per_run,
                          filter_budget_ms=args.filter_budget_ms,
                          lease_seconds=args.lease_seconds, insecure=args.insecure or None,
-                         server_id=args.server_id, **_tls_flags(args))
+                         server_id=args.server_id,
+                         allow_app_hosts=_host_list(args.allow_app_hosts),
+                         **_tls_flags(args))
     open_to = _open_to_the_network(settings)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr,
@@ -98,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     server_class = _server_class()
     settings = _settings(address=args.address, http_address=args.http_address,
-                         database_url=sqlite_url(DEV_DATABASE_FILE), **_tls_flags(args))
+                         database_url=sqlite_url(DEV_DATABASE_FILE), any_app_url=True,
+                         **_tls_flags(args))
     keyring_of(settings)  # keys in the environment are honoured; a bad one stops here
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_DevFormatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
@@ -488,6 +491,10 @@ def _add_server_commands(commands: Any) -> None:
                                            "again under it, it releases its old leases at once")
     _add_http_address(serve)
     _add_tls(serve)
+    serve.add_argument("--allow-app-hosts", metavar="HOSTS",
+                       help="comma-separated host names, IP addresses or CIDRs that HTTP apps "
+                            "may be served from although private, loopback or link-local "
+                            "(default: none; STEPLINE_ALLOW_APP_HOSTS)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow listening on a non-loopback address without keys")
     serve.add_argument("--verbose", action="store_true", help="log at INFO, run activity too")
@@ -498,6 +505,12 @@ def _add_server_commands(commands: Any) -> None:
     _add_http_address(dev)
     _add_tls(dev)
     dev.set_defaults(handler=cmd_dev)
+
+
+def _host_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _add_client_commands(commands: Any) -> None:

@@ -333,6 +333,41 @@ class QueueItem:
         return self.run_id, self.target_step_id
 
 
+class AppKind(enum.StrEnum):
+    STREAM = "stream"  # workers connect over WorkerService.Connect
+    HTTP = "http"  # the bridge calls the app's URL for each step boundary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppEndpoint:
+    """An app that registered an HTTP URL (the apps table)."""
+
+    app_id: str
+    url: str
+    protocol: str  # "stepline" | "inngest"
+    sdk: str = ""  # e.g. "py/0.1.0", "inngest-py:v0.5.19", "js:v4.24.0"
+    framework: str = ""
+    synced_at_ms: int = 0
+    # Protocol-specific settings from the registration (JSON text), e.g. Inngest's function
+    # slugs; the bridge stores and returns them untouched.
+    extra: str = "{}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppInfo:
+    """One row of the apps table as listings show it, with its live functions' count."""
+
+    app_id: str
+    kind: AppKind
+    url: str
+    protocol: str
+    sdk: str
+    framework: str
+    synced_at_ms: int
+    extra: str
+    functions: int = 0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dispatch:
     """Work handed to one worker: a leased run with everything needed to replay it."""

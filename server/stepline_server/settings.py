@@ -31,6 +31,9 @@ DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 600.0
 DEFAULT_RETRIES = 3
+# The HTTP bridge: requests in flight per HTTP app on one server, and how long one may take.
+DEFAULT_APP_INFLIGHT = 100
+DEFAULT_APP_TIMEOUT_SECONDS = 300.0
 MAX_RETRIES = 100
 
 
@@ -97,6 +100,14 @@ class Settings:
     # server releases at once what its previous process held. Two live servers must not share
     # one.
     server_id: str = ""
+    # The HTTP bridge (bridge/): the cap on requests in flight per HTTP app on this server, the
+    # timeout of one request, and which app URLs it may call. Unless `any_app_url` (`stepline
+    # dev`), URLs whose host resolves to a private, loopback or link-local address are refused,
+    # at registration and on every call, except hosts and CIDRs listed in `allow_app_hosts`.
+    app_inflight: int = DEFAULT_APP_INFLIGHT
+    app_timeout_seconds: float = DEFAULT_APP_TIMEOUT_SECONDS
+    allow_app_hosts: tuple[str, ...] = ()
+    any_app_url: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -129,6 +140,9 @@ class Settings:
             "tls_key_file": ("STEPLINE_TLS_KEY", str),
             "tls_client_ca_file": ("STEPLINE_TLS_CLIENT_CA", str),
             "server_id": ("STEPLINE_SERVER_ID", str),
+            "app_inflight": ("STEPLINE_APP_INFLIGHT", int),
+            "app_timeout_seconds": ("STEPLINE_APP_TIMEOUT_SECONDS", float),
+            "allow_app_hosts": ("STEPLINE_ALLOW_APP_HOSTS", _names),
         }
         for attr, (var, kind) in readers.items():
             raw = env.get(var)
@@ -148,7 +162,8 @@ class Settings:
 
     def validate(self) -> None:
         for name in ("max_payload_bytes", "max_event_bytes", "max_events_per_request",
-                     "max_run_state_bytes", "filter_budget_ms"):
+                     "max_run_state_bytes", "filter_budget_ms", "app_inflight",
+                     "app_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 1 <= self.max_steps_per_run <= MAX_STEPS_PER_RUN:

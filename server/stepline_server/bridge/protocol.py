@@ -12,22 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from stepline_server.model import Dispatch, OpsBatch
+# AppEndpoint lives in model (the engine and the store use it too); re-exported here.
+from stepline_server.model import AppEndpoint, Dispatch, OpsBatch
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AppEndpoint:
-    """An app that registered an HTTP URL (the apps table)."""
-
-    app_id: str
-    url: str
-    protocol: str  # "stepline" | "inngest"
-    sdk: str = ""  # e.g. "py/0.1.0", "inngest-py:v0.5.19", "js:v4.24.0"
-    framework: str = ""
-    synced_at_ms: int = 0
-    # Protocol-specific settings from the registration (JSON text), e.g. Inngest's function
-    # slugs; the bridge stores and returns them untouched.
-    extra: str = "{}"
+__all__ = [
+    "AppAnswerError",
+    "AppEndpoint",
+    "AppProtocol",
+    "AppUnreachableAnswer",
+    "OutgoingCall",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -107,7 +107,9 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         check_length(hello.language, "hello.language", MAX_LANGUAGE_LENGTH)
         check_length(hello.sdk_version, "hello.sdk_version",
                      MAX_SDK_LENGTH - MAX_LANGUAGE_LENGTH - 1)
-        await self.engine.register_functions(hello.app_id, specs, archive_missing=False)
+        sdk = "/".join(part for part in (hello.language, hello.sdk_version) if part)
+        await self.engine.register_functions(hello.app_id, specs, archive_missing=False,
+                                             sdk=sdk)
         conn = WorkerConnection(
             id=self.dispatcher.new_connection_id(), app_id=hello.app_id,
             worker_id=hello.worker_id or "anonymous", function_ids=[s.id for s in specs],

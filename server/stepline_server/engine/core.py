@@ -21,6 +21,9 @@ from stepline_server.errors import FailedPrecondition, NotFound
 from stepline_server.ids import new_id, now_ms
 from stepline_server.model import (
     AckAction,
+    AppEndpoint,
+    AppInfo,
+    AppKind,
     Dispatch,
     ErrorInfo,
     EventEntry,
@@ -39,6 +42,7 @@ from stepline_server.model import (
 )
 from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
+from stepline_server.store import apps as app_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
@@ -66,6 +70,7 @@ class Engine:
         self._on_ready: list[Callable[[], None]] = []
         self._placement: Placement | None = None
         self._on_cancel: list[Callable[[str, str, str], None]] = []
+        self._on_apps: list[Callable[[str, bool], None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._dedup_ms = int(settings.event_dedup_seconds * 1000)
         self._listeners: tuple[float, frozenset[str]] | None = None
@@ -122,6 +127,10 @@ class Engine:
         otherwise while a worker holds it (a timeout)."""
         self._on_cancel.append(callback)
 
+    def on_apps_changed(self, callback: Callable[[str, bool], None]) -> None:
+        """Called with (app_id, served over HTTP) after an app registered on this server."""
+        self._on_apps.append(callback)
+
     def _ready(self) -> None:
         for callback in self._on_ready:
             callback()
@@ -167,22 +176,61 @@ class Engine:
 
     # -- functions ---------------------------------------------------------------------------
     async def register_functions(
-        self, app_id: str, specs: list[FunctionSpec], *, archive_missing: bool
+        self, app_id: str, specs: list[FunctionSpec], *, archive_missing: bool, sdk: str = ""
     ) -> FunctionChanges:
+        """Register a stream app's functions (its workers' Hello, RegisterFunctions without a
+        URL); the app's row says it is served by workers."""
         def job(tx: Tx) -> FunctionChanges:
             now = now_ms()
-            changes = function_store.register(
-                tx.conn, app_id, specs, now, archive_missing=archive_missing)
-            self._listeners = None
-            cron.sync_schedules(tx.conn, specs, now)
-            cron.remove_schedules(tx.conn, changes.archived)
-            return changes
+            app_store.upsert(tx.conn, app_id=app_id, kind=AppKind.STREAM, sdk=sdk,
+                             synced_at_ms=now)
+            return self._register(tx, app_id, specs, now, archive_missing=archive_missing)
 
-        changes = await self.db.write(job)
-        if changes.created or changes.updated:
+        return self._registered(app_id, await self.db.write(job), http=False)
+
+    async def register_app(self, endpoint: AppEndpoint, specs: list[FunctionSpec]
+                           ) -> FunctionChanges:
+        """Register an app served over HTTP: its row (URL, protocol, SDK) and its whole set of
+        functions (those missing are archived), in one transaction; then the bridges of every
+        server on the database serve it (this one at once, others at their next reload)."""
+        def job(tx: Tx) -> FunctionChanges:
+            now = now_ms()
+            app_store.upsert_endpoint(tx.conn, endpoint, now)
+            return self._register(tx, endpoint.app_id, specs, now, archive_missing=True)
+
+        return self._registered(endpoint.app_id, await self.db.write(job), http=True)
+
+    def _register(self, tx: Tx, app_id: str, specs: list[FunctionSpec], now: int, *,
+                  archive_missing: bool) -> FunctionChanges:
+        changes = function_store.register(
+            tx.conn, app_id, specs, now, archive_missing=archive_missing)
+        self._listeners = None
+        cron.sync_schedules(tx.conn, specs, now)
+        cron.remove_schedules(tx.conn, changes.archived)
+        return changes
+
+    def _registered(self, app_id: str, changes: FunctionChanges, *, http: bool
+                    ) -> FunctionChanges:
+        if changes.created or changes.updated or changes.archived:
             log.info("app %s: functions created %s, updated %s, archived %s",
                      app_id, changes.created, changes.updated, changes.archived)
+        for callback in self._on_apps:
+            callback(app_id, http)
         return changes
+
+    async def http_apps(self) -> dict[AppEndpoint, list[str]]:
+        """Every app served over HTTP, with the full names of its live functions."""
+        return await self.db.read(app_store.http_apps)
+
+    async def list_apps(self) -> list[AppInfo]:
+        """Every app, stream or HTTP, with its live functions' count."""
+        return await self.db.read(lambda conn: app_store.list_(conn))
+
+    async def get_app(self, app_id: str) -> AppInfo:
+        app = await self.db.read(lambda conn: app_store.get(conn, app_id))
+        if app is None:
+            raise NotFound(f"app_id: no app {app_id!r}")
+        return app
 
     # -- dispatch ----------------------------------------------------------------------------
     async def claim(self, owner: str, function_ids: list[str], limit: int) -> list[Dispatch]:

@@ -14,6 +14,7 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import names, wire
+from stepline_server.bridge.urls import UrlPolicy
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
 from stepline_server.grpc_keys import require_app
@@ -21,12 +22,17 @@ from stepline_server.ingress import convert
 from stepline_server.limits import (
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_SDK_LENGTH,
     PayloadLimits,
     check_length,
     check_run_id,
     check_step_id,
 )
+from stepline_server.model import AppEndpoint
 from stepline_server.telemetry import traceparent
+
+# The wire protocol of apps that register a URL with RegisterFunctions (bridge/stepline_json.py).
+STEPLINE_PROTOCOL = "stepline"
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -51,6 +57,8 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
 class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        settings = engine.settings
+        self._urls = UrlPolicy.of(settings.allow_app_hosts, any_url=settings.any_app_url)
 
     async def RegisterFunctions(
         self,
@@ -59,8 +67,15 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
     ) -> function_service_pb2.RegisterFunctionsResponse:
         require_app(request.app_id)
         specs = wire.functions_from_proto(request.app_id, request.functions, "functions")
-        changes = await self.engine.register_functions(
-            request.app_id, specs, archive_missing=True)
+        check_length(request.sdk, "sdk", MAX_SDK_LENGTH)
+        if request.url:  # an app served over HTTP, in Stepline's own protocol
+            await self._urls.check_url(request.url, "url")
+            changes = await self.engine.register_app(AppEndpoint(
+                app_id=request.app_id, url=request.url, protocol=STEPLINE_PROTOCOL,
+                sdk=request.sdk), specs)
+        else:
+            changes = await self.engine.register_functions(
+                request.app_id, specs, archive_missing=True, sdk=request.sdk)
         return function_service_pb2.RegisterFunctionsResponse(
             created=changes.created, updated=changes.updated, unchanged=changes.unchanged,
             archived=changes.archived)

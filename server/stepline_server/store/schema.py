@@ -220,3 +220,20 @@ workers = Table(
     Column("last_heartbeat_ms", BigInteger, nullable=False),
     Column("draining", Boolean, nullable=False),
 )
+
+# Apps, however their functions are served: by workers on the stream (kind "stream", a row
+# written when they register) or at an HTTP URL the bridge calls for each step boundary (kind
+# "http", with its wire protocol). Every server loads the HTTP apps from here, so an app synced
+# through one replica is served by all.
+apps = Table(
+    "apps",
+    metadata,
+    Column("app_id", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "stream" | "http"
+    Column("url", Text, nullable=False),  # "" for stream apps
+    Column("protocol", String(32), nullable=False),  # "stepline" | "inngest"
+    Column("sdk", String(128), nullable=False),
+    Column("framework", String(64), nullable=False),
+    Column("synced_at_ms", BigInteger, nullable=False),
+    Column("extra", Text, nullable=False),  # JSON text, protocol-specific
+)

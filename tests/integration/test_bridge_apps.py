@@ -1,0 +1,91 @@
+"""Apps served over HTTP register a URL: the apps table records each app's kind, URL, SDK and
+last sync; URLs on internal addresses are refused unless the operator lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from stepline.v1 import function_service_pb2 as fs
+from stepline.v1 import function_service_pb2_grpc
+from stepline_server.model import AppInfo, AppKind
+from tests.harness import ServerThread
+from tests.integration.rawworker import RawWorker, function
+
+
+def register(server: ServerThread, app_id: str, url: str, *names: str, sdk: str = "py/test"
+             ) -> fs.RegisterFunctionsResponse:
+    channel = grpc.insecure_channel(server.address)
+    try:
+        return function_service_pb2_grpc.FunctionServiceStub(channel).RegisterFunctions(
+            fs.RegisterFunctionsRequest(app_id=app_id, url=url, sdk=sdk, functions=[
+                function(name, f"{app_id}/go") for name in names]))
+    finally:
+        channel.close()
+
+
+def apps(server: ServerThread) -> dict[str, AppInfo]:
+    return {a.app_id: a for a in server.call(server.server.engine.list_apps())}
+
+
+def test_an_http_app_registers_its_url_and_functions(
+        make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",))
+    changes = register(server, "shop", "http://127.0.0.1:9/api/stepline", "a", "b")
+    assert sorted(changes.created) == ["shop:a", "shop:b"]
+    app = apps(server)["shop"]
+    assert (app.kind, app.url, app.protocol, app.sdk, app.functions) == (
+        AppKind.HTTP, "http://127.0.0.1:9/api/stepline", "stepline", "py/test", 2)
+    assert app.synced_at_ms > 0
+    # A sync with fewer functions archives the missing one and updates the row.
+    changes = register(server, "shop", "http://127.0.0.1:9/v2", "a", sdk="py/test2")
+    assert list(changes.archived) == ["shop:b"]
+    app = apps(server)["shop"]
+    assert (app.url, app.sdk, app.functions) == ("http://127.0.0.1:9/v2", "py/test2", 1)
+
+
+def test_a_stream_app_gets_a_row_when_its_worker_connects(server: ServerThread) -> None:
+    worker = RawWorker(server.address, [function("f", "s/go")], app_id="streamy")
+    worker.expect("welcome")
+    app = apps(server)["streamy"]
+    assert (app.kind, app.url, app.functions) == (AppKind.STREAM, "", 1)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/x", "http://localhost:9/x", "http://10.1.2.3/x",
+    "http://169.254.169.254/latest", "http://[::1]:9/x", "http://192.168.0.1/x",
+])
+def test_serve_refuses_internal_app_urls(server: ServerThread, url: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        register(server, "shop", url, "a")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("url:")
+    assert "shop" not in apps(server)
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("ftp://example.com/x", "http:// or https://"), ("http:///x", "with a host"),
+    ("http://user:pw@example.com/x", "credentials"),
+    ("http://example.com:99999/", "Port out of range"),
+])
+def test_malformed_app_urls_are_refused(server: ServerThread, url: str, why: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        register(server, "shop", url, "a")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert why in (caught.value.details() or "")
+
+
+def test_listed_networks_are_allowed(make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(allow_app_hosts=("10.0.0.0/8",))
+    register(server, "shop", "http://10.1.2.3/x", "a")
+    assert apps(server)["shop"].kind is AppKind.HTTP
+    with pytest.raises(grpc.RpcError):
+        register(server, "other", "http://127.0.0.1/x", "a")
+
+
+def test_dev_allows_any_app_url(make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(any_app_url=True)
+    register(server, "shop", "http://127.0.0.1:9/x", "a")
+    assert apps(server)["shop"].url == "http://127.0.0.1:9/x"
