@@ -77,7 +77,7 @@ def dispatch_json(function_id: str, *, steps: dict[str, Any] | None = None,
 def asgi_client(handler: serve.AsgiHandler) -> Handler:
     def call(body: bytes, method: str, headers: dict[str, str]) -> tuple[
             int, dict[str, str], bytes]:
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
         scope = {"type": "http", "method": method, "path": "/api/stepline", "scheme": "http",
                  "root_path": "", "headers": [(k.lower().encode(), v.encode())
                                               for k, v in headers.items()]}
