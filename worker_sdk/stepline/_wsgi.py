@@ -58,6 +58,7 @@ class WsgiHandler:
         if not url:
             raise Refusal(400, "NoUrl", "url: the handler does not know its public URL; pass "
                                         "url= to serve.wsgi or set STEPLINE_SERVE_URL")
+        self._first_sync_done = True
         try:
             result = self.core.app.register_sync(url=url)
         except ClientError as exc:
