@@ -253,3 +253,24 @@ def test_bad_options_are_refused_by_name() -> None:
         serve.asgi(make_app(), max_ops=0)
     with pytest.raises(ValueError, match="url"):
         serve.wsgi(make_app(), url="ftp://x")
+
+
+def test_mounted_in_starlette_the_handler_serves_and_syncs_at_its_mount_url() -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    web = Starlette(routes=[Mount("/api/stepline", app=serve.asgi(make_app()))])
+
+    async def exchange() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web),
+                                     base_url="http://shop.test") as client:
+            return (await client.post("/api/stepline/", content=dispatch_json("three")),
+                    await client.put("/api/stepline/"))
+
+    ran, synced = asyncio.run(exchange())
+    assert ran.status_code == 200
+    assert kinds(ops_of(ran.content))[-1] == "run_completed"
+    # No server to sync with here: the refusal names the URL it would have registered.
+    assert synced.status_code == 502
+    assert "at http://shop.test/api/stepline/:" in synced.json()["error"]["message"]

@@ -30,7 +30,11 @@ def _request_url(scope: Scope, headers: dict[str, str]) -> str:
     if host is None:
         server = scope.get("server") or ("localhost", None)
         host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}"
+    # ASGI servers and Starlette's Mount put the mount prefix (root_path) in `path` too; older
+    # ones leave it out.
+    root, path = scope.get("root_path", ""), scope["path"]
+    full = path if path.startswith(root) else root + path
+    return f"{scope.get('scheme', 'http')}://{host}{full}"
 
 
 async def _body(receive: Receive) -> bytes:
