@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from stepline import Stepline
+from stepline._signing import sign, verify
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.settings import sqlite_url
 from tests.conftest import PostgresDatabases
@@ -26,6 +28,11 @@ from tests.harness import ServerThread, wait_until
 
 MODES = ["stream", "asgi", "wsgi"]
 APP = "served"
+SIGNING_KEY = "signkey-test-" + "5e" * 16
+EVENT_KEY = "evt-test-0123456789abcdef"
+ADMIN_KEY = "adm-test-0123456789abcdef"
+KEYS = {"event_keys": EVENT_KEY, "admin_keys": ADMIN_KEY,
+        "signing_keys": f"{APP}={SIGNING_KEY}"}
 
 
 @dataclass
@@ -35,8 +42,13 @@ class Stack:
     mode: str
     server: ServerThread
     app: subprocess.Popen[bytes]
+    port: int
     sender: Stepline
     log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/stepline"
 
     def start(self, event: str, data: dict[str, Any] | None = None) -> str:
         """Send `event` (with a fresh id in its data) and return the run it started."""
@@ -100,21 +112,34 @@ def _synced(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module", params=MODES)
-def stack(request: pytest.FixtureRequest, backend: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running(mode: str, backend: str, request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory, *, keys: bool = False,
+            env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A server on a fresh database and the app in `mode`; with `keys`, both sides hold the
+    app's signing key (and the server refuses calls without a key)."""
     database_url, drop = _database(backend, request, tmp_path_factory)
-    server = ServerThread(database_url, allow_app_hosts=("127.0.0.1",))
-    log = tmp_path_factory.mktemp("serve-log") / f"{request.param}.log"
-    proc, _ = start_app(request.param, server, log)
-    sender = Stepline("serve-test-sender", url=server.address)
+    server = (ServerThread(database_url, allow_app_hosts=("127.0.0.1",), key=ADMIN_KEY, **KEYS)
+              if keys else ServerThread(database_url, allow_app_hosts=("127.0.0.1",)))
+    log = tmp_path_factory.mktemp("serve-log") / f"{mode}.log"
+    app_env = (env or {}) | ({"STEPLINE_SIGNING_KEY": SIGNING_KEY} if keys else {})
+    proc, port = start_app(mode, server, log, app_env)
+    sender = Stepline("serve-test-sender", url=server.address,
+                      event_key=EVENT_KEY if keys else None)
     try:
-        yield Stack(request.param, server, proc, sender, log)
+        yield Stack(mode, server, proc, port, sender, log)
     finally:
         stop(proc)
         server.stop()
         if drop is not None:
             drop()
+
+
+@pytest.fixture(scope="module", params=MODES)
+def stack(request: pytest.FixtureRequest, backend: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running(request.param, backend, request, tmp_path_factory) as stack:
+        yield stack
 
 
 def output(run: rs.Run) -> Any:
@@ -216,22 +241,40 @@ def test_failure_handler(stack: Stack) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_cron(mode: str, backend: str, request: pytest.FixtureRequest,
               tmp_path_factory: pytest.TempPathFactory) -> None:
-    database_url, drop = _database(backend, request, tmp_path_factory)
-    server = ServerThread(database_url, allow_app_hosts=("127.0.0.1",))
-    log = tmp_path_factory.mktemp("serve-log") / f"cron-{mode}.log"
-    proc, _ = start_app(mode, server, log, {"SERVED_CRON": "1"})
-    try:
+    with running(mode, backend, request, tmp_path_factory, env={"SERVED_CRON": "1"}) as stack:
         def completed() -> list[str]:
-            runs = server.runs.ListRuns(rs.ListRunsRequest(
+            runs = stack.server.runs.ListRuns(rs.ListRunsRequest(
                 function_id=f"{APP}:ticker", page_size=1000)).runs
             return [r.id for r in runs if r.status == rs.RUN_STATUS_COMPLETED]
 
         wait_until(lambda: len(completed()) >= 2, timeout=20, what="two completed cron runs")
-        run = server.get_run(completed()[0])
+        run = stack.server.get_run(completed()[0])
         assert run.event.name == "stepline/cron.tick"
         assert output(run) == "tick"
-    finally:
-        stop(proc)
-        server.stop()
-        if drop is not None:
-            drop()
+
+
+# -- signatures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["asgi", "wsgi"])
+def signed(request: pytest.FixtureRequest, backend: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running(request.param, backend, request, tmp_path_factory, keys=True) as stack:
+        yield stack
+
+
+def test_with_keys_the_handler_refuses_unsigned_and_wrongly_signed_requests(
+        signed: Stack) -> None:
+    body = json.dumps({"runId": "01RUN", "functionId": "three-steps", "lease": "1"}).encode()
+    wrong = sign(body, "signkey-test-" + "00" * 16)
+    for headers in ({}, {"X-Stepline-Signature": wrong},
+                    {"X-Stepline-Signature": sign(body + b" ", SIGNING_KEY)}):
+        answer = httpx.post(signed.url, content=body, headers=headers)
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["x-stepline-sdk"].startswith("python/")
+        assert answer.json()["error"]["name"] == "Unauthorized"
+        # Refusals are signed too: the server can tell them from a forger's.
+        assert verify(answer.content, answer.headers["x-stepline-signature"],
+                      [SIGNING_KEY]) is None
+    # A PUT re-registers the URL the app was configured with, whatever its Host header claims.
+    answer = httpx.put(signed.url, headers={"Host": "evil.example"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["url"] == signed.url
