@@ -278,3 +278,18 @@ def test_with_keys_the_handler_refuses_unsigned_and_wrongly_signed_requests(
     answer = httpx.put(signed.url, headers={"Host": "evil.example"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["url"] == signed.url
+
+
+def test_with_keys_a_run_completes_signed_both_ways(signed: Stack) -> None:
+    assert output(signed.ended(signed.start("serve/three"))) == [1, 2, 3]
+
+
+def test_an_answer_altered_after_signing_is_refused_by_the_server(
+        backend: str, request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with running("asgi", backend, request, tmp_path_factory, keys=True,
+                 env={"SERVED_TAMPER": "1"}) as stack:
+        run = stack.ended(stack.start("serve/three"))
+        assert run.status == rs.RUN_STATUS_FAILED
+        assert "signature" in run.error.message.lower(), run.error
+        assert not [s for s in run.steps if s.status == rs.STEP_STATUS_COMPLETED]

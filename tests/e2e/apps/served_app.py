@@ -2,7 +2,8 @@
 `stream` (a worker), `asgi` (uvicorn) or `wsgi` (wsgiref, one thread per request). The same
 function code serves tests/e2e/test_serve.py's scenarios in each mode. The server's address
 comes from STEPLINE_URL, the signing key (if any) from STEPLINE_SIGNING_KEY; with SERVED_CRON=1
-the app also declares a per-second cron function."""
+the app also declares a per-second cron function; with SERVED_TAMPER=1 (asgi) its answers are
+altered after signing."""
 
 from __future__ import annotations
 
@@ -116,6 +117,20 @@ if os.environ.get("SERVED_CRON") == "1":
         return await ctx.step.run("tick", lambda: "tick")
 
 
+def tampering(handler: Any) -> Any:
+    """An ASGI app that alters the handler's answers to POSTs after they were signed, as a
+    man in the middle would (SERVED_TAMPER=1): the server must refuse them."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def altered(message: Any) -> None:
+            if message["type"] == "http.response.body" and scope.get("method") == "POST":
+                message = dict(message, body=message["body"].replace(b"{", b"{ ", 1))
+            await send(message)
+
+        await handler(scope, receive, altered)
+
+    return app
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -132,8 +147,9 @@ def main(mode: str, port: int) -> None:
     elif mode == "asgi":
         import uvicorn
 
-        uvicorn.run(serve.asgi(app, url=url), host="127.0.0.1", port=port,
-                    log_level="warning", lifespan="on")
+        handler = serve.asgi(app, url=url)
+        wrapped = tampering(handler) if os.environ.get("SERVED_TAMPER") == "1" else handler
+        uvicorn.run(wrapped, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     elif mode == "wsgi":
         handler = serve.wsgi(app, url=url)
         with make_server("127.0.0.1", port, handler, server_class=_ThreadingServer,
