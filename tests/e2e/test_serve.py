@@ -100,16 +100,28 @@ def start_app(mode: str, server: ServerThread, log: Path,
     if mode == "stream":
         wait_until(lambda: bool(server.runs.ListWorkers(rs.ListWorkersRequest()).workers),
                    timeout=30, what=f"the worker connected; log: {log}")
+    elif (env or {}).get("SERVED_NO_URL") == "1":  # up, waiting for a PUT
+        wait_until(lambda: _synced(port) is False, timeout=30, what=f"the app up; log: {log}")
     else:
-        wait_until(lambda: _synced(port), timeout=30, what=f"the {mode} app synced; log: {log}")
+        wait_until(lambda: bool(_synced(port)), timeout=30,
+                   what=f"the {mode} app synced; log: {log}")
     return proc, port
 
 
-def _synced(port: int) -> bool:
+def _synced(port: int) -> bool | None:
+    """The handler's GET: synced yet, or None when it does not answer."""
     try:
         return bool(httpx.get(f"http://127.0.0.1:{port}/api/stepline").json()["synced"])
     except httpx.HTTPError:
-        return False
+        return None
+
+
+def apps_sync(stack: Stack, *, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`stepline apps sync URL`: the server PUTs to the app."""
+    return subprocess.run(
+        [sys.executable, "-m", "stepline_server", "apps", "sync", stack.url, "--url",
+         stack.server.address], capture_output=True, text=True, cwd=REPO, timeout=60,
+        env=_env({"STEPLINE_ADMIN_KEY": key} if key else {}))
 
 
 @contextmanager
@@ -253,6 +265,18 @@ def test_cron(mode: str, backend: str, request: pytest.FixtureRequest,
         assert output(run) == "tick"
 
 
+@pytest.mark.parametrize("mode", ["asgi", "wsgi"])
+def test_stepline_apps_sync_registers_the_url_the_put_reached(
+        mode: str, backend: str, request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with running(mode, backend, request, tmp_path_factory, env={"SERVED_NO_URL": "1"}) as stack:
+        synced = apps_sync(stack)
+        assert synced.returncode == 0, synced.stderr
+        assert f"synced app '{APP}' at {stack.url}" in synced.stdout
+        assert _synced(stack.port) is True
+        assert output(stack.ended(stack.start("serve/three"))) == [1, 2, 3]
+
+
 # -- signatures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=["asgi", "wsgi"])
 def signed(request: pytest.FixtureRequest, backend: str,
@@ -282,6 +306,17 @@ def test_with_keys_the_handler_refuses_unsigned_and_wrongly_signed_requests(
 
 def test_with_keys_a_run_completes_signed_both_ways(signed: Stack) -> None:
     assert output(signed.ended(signed.start("serve/three"))) == [1, 2, 3]
+
+
+def test_with_a_key_and_no_url_an_unsigned_put_registers_nothing(
+        backend: str, request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with running("asgi", backend, request, tmp_path_factory, keys=True,
+                 env={"SERVED_NO_URL": "1"}) as stack:
+        synced = apps_sync(stack, key=ADMIN_KEY)
+        assert synced.returncode != 0
+        assert "answered HTTP 401" in synced.stdout and "not signed" in synced.stdout
+        assert _synced(stack.port) is False
 
 
 def test_an_answer_altered_after_signing_is_refused_by_the_server(

@@ -2,7 +2,8 @@
 `stream` (a worker), `asgi` (uvicorn) or `wsgi` (wsgiref, one thread per request). The same
 function code serves tests/e2e/test_serve.py's scenarios in each mode. The server's address
 comes from STEPLINE_URL, the signing key (if any) from STEPLINE_SIGNING_KEY; with SERVED_CRON=1
-the app also declares a per-second cron function; with SERVED_TAMPER=1 (asgi) its answers are
+the app also declares a per-second cron function; with SERVED_NO_URL=1 it does not know its
+URL and waits for a PUT (`stepline apps sync`); with SERVED_TAMPER=1 (asgi) its answers are
 altered after signing."""
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def main(mode: str, port: int) -> None:
-    url = f"http://127.0.0.1:{port}/api/stepline"
+    # SERVED_NO_URL=1: the handler does not know its URL; a PUT (stepline apps sync) tells it.
+    url = None if os.environ.get("SERVED_NO_URL") == "1" else (
+        f"http://127.0.0.1:{port}/api/stepline")
     if mode == "stream":
         app.worker(slots=8).run()
     elif mode == "asgi":
@@ -154,7 +157,8 @@ def main(mode: str, port: int) -> None:
         handler = serve.wsgi(app, url=url)
         with make_server("127.0.0.1", port, handler, server_class=_ThreadingServer,
                          handler_class=_QuietHandler) as httpd:
-            handler.sync()
+            if url is not None:
+                handler.sync()
             httpd.serve_forever()
     else:
         raise SystemExit(f"mode: expected stream, asgi or wsgi; got {mode!r}")
