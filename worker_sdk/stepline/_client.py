@@ -220,7 +220,8 @@ class Stepline:
             raise _client_error(exc) from None
 
     # -- registration --------------------------------------------------------------------------
-    def _register_request(self, url: str | None) -> function_service_pb2.RegisterFunctionsRequest:
+    def _register_request(self, url: str | None = None
+                          ) -> function_service_pb2.RegisterFunctionsRequest:
         return function_service_pb2.RegisterFunctionsRequest(
             app_id=self.app_id, functions=[f.to_proto() for f in self.functions.values()],
             url=url or "", sdk=f"python/{SDK_VERSION}")
