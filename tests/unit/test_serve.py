@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -274,3 +275,20 @@ def test_mounted_in_starlette_the_handler_serves_and_syncs_at_its_mount_url() ->
     # No server to sync with here: the refusal names the URL it would have registered.
     assert synced.status_code == 502
     assert "at http://shop.test/api/stepline/:" in synced.json()["error"]["message"]
+
+
+def test_the_time_budget_ends_a_request_at_the_next_step_boundary() -> None:
+    app = Stepline("slow", url="127.0.0.1:1")
+
+    @app.function(id="slow", trigger="t/slow")
+    async def slow(ctx: Context) -> str:
+        # The budget's clock starts before the body: a step sleeping longer spends it surely.
+        await ctx.step.run("first", time.sleep, 0.1)
+        await ctx.step.run("second", lambda: 2)
+        return "done"
+
+    ops = ops_of(asgi_client(serve.asgi(app, max_seconds=0.05))(dispatch_json("slow"), "POST",
+                                                               {})[2])
+    # The first step's result is answered; the second waits for the next request.
+    assert kinds(ops) == ["step_completed"]
+    assert ops.ops[0].step_completed.step_id == "first"
