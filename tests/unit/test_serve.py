@@ -292,3 +292,30 @@ def test_the_time_budget_ends_a_request_at_the_next_step_boundary() -> None:
     # The first step's result is answered; the second waits for the next request.
     assert kinds(ops) == ["step_completed"]
     assert ops.ops[0].step_completed.step_id == "first"
+
+
+def lifespan(handler: serve.AsgiHandler) -> list[str]:
+    """The ASGI lifespan, startup then shutdown; the message types the handler sent."""
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(incoming)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message["type"])
+
+    asyncio.run(handler({"type": "lifespan"}, receive, send))
+    return sent
+
+
+def test_a_startup_sync_that_fails_is_not_fatal_unless_the_app_cannot_work() -> None:
+    # The server is down: the app starts anyway, unsynced (a PUT syncs it later).
+    handler = serve.asgi(make_app(), url="http://127.0.0.1:9/api")
+    assert lifespan(handler) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert handler.core.synced is False
+    # A TLS file it cannot read: it never could reach the server.
+    broken = Stepline("served", url="https://127.0.0.1:1", tls_ca="/nonexistent/ca.pem")
+    broken.functions.update(make_app().functions)
+    assert lifespan(serve.asgi(broken, url="http://127.0.0.1:9/api")) == [
+        "lifespan.startup.failed"]

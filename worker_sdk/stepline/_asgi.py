@@ -104,8 +104,12 @@ class AsgiHandler:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if self.core.options.url:
-                    await self.sync()
+                try:
+                    if self.core.options.url:
+                        await self.sync()
+                except Exception as exc:  # e.g. an unreadable TLS file: the app cannot work
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.core.app.close()
