@@ -203,6 +203,9 @@ def test_refusals_carry_the_sdk_header_and_name_the_problem(
     assert json.loads(body)["error"]["name"] == "MalformedDispatch"
     status, _, body = call(b'{"functionId": "three"}', "POST", {})
     assert status == 400 and "runId" in json.loads(body)["error"]["message"]
+    status, headers, body = call(b"", "DELETE", {})
+    assert status == 405 and headers["x-stepline-sdk"]
+    assert "method DELETE" in json.loads(body)["error"]["message"]
 
 
 def test_with_a_key_unsigned_or_wrongly_signed_requests_are_refused(
