@@ -164,7 +164,7 @@ def test_an_app_that_is_down_fails_the_attempt_after_retries_then_recovers(
     down = start_run(bridge_server, url, "three")
     assert down.status == FAILED
     assert down.error.name == "AppUnreachable"
-    assert down.error.message.startswith(f"{url}: ConnectError")
+    assert down.error.message.startswith(f"{url}: ClientConnectorError: Cannot connect to host")
     # With retries, the run outlives the outage: the app comes back on its port, the retry
     # reaches it.
     register(bridge_server, url, function("three", "go/three", retries=50))
@@ -247,18 +247,22 @@ def requests_served(app: AppProcess) -> int:
         return int(answer.read())
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_every_call_checks_the_address_not_only_registration(
-        server: ServerThread, start_app: Callable[..., AppProcess]) -> None:
+        server: ServerThread, start_app: Callable[..., AppProcess], host: str) -> None:
     """An app row this server would have refused (written by a replica with other settings,
-    or a name that resolved elsewhere at registration) is still never called."""
+    or a name that resolved elsewhere at registration) is still never called: an IP literal
+    is checked before the request, a name where it is resolved for the connection."""
     app = start_app()
+    url = app.url.replace("127.0.0.1", host)
     specs = wire.functions_from_proto("web", [function("three", "go/three", retries=0)], "f")
     server.call(server.server.engine.register_app(
-        AppEndpoint(app_id="web", url=app.url, protocol="stepline"), specs))
+        AppEndpoint(app_id="web", url=url, protocol="stepline"), specs))
     run = server.wait_run(send(server, "go/three"))
     assert run.status == FAILED
     assert run.error.name == "AppUrlRefused"
-    assert "127.0.0.1 resolves to 127.0.0.1, a private, loopback" in run.error.message
+    assert f"{host} resolves to " in run.error.message
+    assert "a private, loopback or link-local address" in run.error.message
     assert requests_served(app) == 0
 
 

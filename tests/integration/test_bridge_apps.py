@@ -148,4 +148,5 @@ def test_sync_refuses_internal_urls_and_says_when_the_app_is_down(
     with channel, pytest.raises(grpc.RpcError) as caught:
         stub.SyncApp(fs.SyncAppRequest(url=f"http://127.0.0.1:{port}/api"))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "did not answer the sync (ConnectError" in (caught.value.details() or "")
+    details = caught.value.details() or ""
+    assert "did not answer the sync (ClientConnectorError: Cannot connect" in details
