@@ -79,6 +79,7 @@ class Bridge:
         # Bigger answers are refused: a report of many steps' outputs, with JSON's overhead.
         self.max_answer_bytes = settings.grpc_max_message_bytes
         self.connections: dict[str, HttpConnection] = {}  # by app id
+        self._retiring: set[HttpConnection] = set()
         self.refusals = Refusals(dispatcher)
         self.client = transport.Client(self.policy, settings.app_timeout_seconds)
         self._reload = asyncio.Event()
@@ -122,13 +123,18 @@ class Bridge:
             conn = self.connections.get(endpoint.app_id)
             if conn is None:
                 self._open(endpoint, function_ids)
-            else:
-                conn.endpoint = endpoint
-                conn.worker_id = endpoint.url
+                continue
+            conn.endpoint = endpoint  # the requests that follow go to its new URL
+            conn.worker_id = endpoint.url
+            if conn.function_ids != function_ids:
                 conn.function_ids = function_ids
+                self.dispatcher.wake()
         gone = set(self.connections) - {e.app_id for e in served}
         for app_id in gone:  # no longer served over HTTP: what is in flight finishes
-            self.dispatcher.remove(self.connections.pop(app_id))
+            conn = self.connections.pop(app_id)
+            self.dispatcher.remove(conn)
+            self._retiring.add(conn)
+        self._retiring = {c for c in self._retiring if c.exchanges}
 
     def _open(self, endpoint: AppEndpoint, function_ids: list[str]) -> None:
         conn = HttpConnection(
@@ -140,8 +146,12 @@ class Bridge:
         log.info("bridge: serving app %s at %s (%s) as %s", endpoint.app_id, endpoint.url,
                  endpoint.protocol, conn.id)
 
+    def _all(self) -> list[HttpConnection]:
+        """The apps' connections, and those of apps no longer served with requests under way."""
+        return [*self.connections.values(), *self._retiring]
+
     async def heartbeat(self) -> None:
-        for conn in list(self.connections.values()):
+        for conn in self._all():
             if conn.inflight:
                 await self.engine.heartbeat(conn.id, sorted(conn.inflight))
 
@@ -150,7 +160,7 @@ class Bridge:
         abandoned (their leases are released with the server's)."""
         self._stopped = True
         self._reload.set()
-        tasks = {t for conn in self.connections.values() for t in conn.exchanges}
+        tasks = {t for conn in self._all() for t in conn.exchanges}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
             for task in pending:
