@@ -20,10 +20,14 @@ from stepline import (
     SyncContext,
     SyncStep,
     Worker,
+    serve,
 )
 
 app = Stepline("typing-check")
 assert_type(app.worker(slots=2), Worker)
+assert_type(serve.asgi(app, url="https://shop.example.com/api/stepline"), serve.AsgiHandler)
+assert_type(serve.wsgi(app, max_ops=10, max_seconds=1.5), serve.WsgiHandler)
+serve.asgi(app, url=3)  # type: ignore[arg-type]
 
 
 def fetch(user_id: str) -> dict[str, str]:

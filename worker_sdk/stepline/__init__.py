@@ -1,5 +1,6 @@
 """Stepline's Python SDK: durable step functions driven by a Stepline server."""
 
+from stepline import serve
 from stepline._client import RegisterResult, Stepline
 from stepline._durations import DurationLike
 from stepline._events import Event, EventInput
@@ -52,4 +53,5 @@ __all__ = [
     "Worker",
     "on_cron",
     "on_event",
+    "serve",
 ]

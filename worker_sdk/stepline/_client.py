@@ -28,7 +28,7 @@ from stepline._function import (
     parse_timeouts,
     parse_triggers,
 )
-from stepline._worker import Worker
+from stepline._worker import SDK_VERSION, Worker
 from stepline.errors import ClientError, InvalidUsageError
 from stepline.v1 import (
     event_service_pb2,
@@ -226,25 +226,30 @@ class Stepline:
             raise _client_error(exc) from None
 
     # -- registration --------------------------------------------------------------------------
-    def _register_request(self) -> function_service_pb2.RegisterFunctionsRequest:
+    def _register_request(self, url: str | None = None
+                          ) -> function_service_pb2.RegisterFunctionsRequest:
         return function_service_pb2.RegisterFunctionsRequest(
-            app_id=self.app_id, functions=[f.to_proto() for f in self.functions.values()])
+            app_id=self.app_id, functions=[f.to_proto() for f in self.functions.values()],
+            url=url or "", sdk=f"python/{SDK_VERSION}")
 
-    async def register(self) -> RegisterResult:
-        """Declare this app's whole function set; the server archives functions left out."""
+    async def register(self, *, url: str | None = None) -> RegisterResult:
+        """Declare this app's whole function set; the server archives functions left out.
+
+        `url`: for an app served over HTTP (stepline.serve), the URL the server calls for its
+        runs; the serve() handlers pass it when they sync."""
         stub = function_service_pb2_grpc.FunctionServiceStub(self._channel())
         try:
-            response = await stub.RegisterFunctions(self._register_request(),
+            response = await stub.RegisterFunctions(self._register_request(url),
                                                     metadata=self.call_metadata())
         except grpc.aio.AioRpcError as exc:
             raise _client_error(exc) from None
         return _register_result(response)
 
-    def register_sync(self) -> RegisterResult:
+    def register_sync(self, *, url: str | None = None) -> RegisterResult:
         """`register` for code without an event loop."""
         stub = function_service_pb2_grpc.FunctionServiceStub(self._sync_stub_channel())
         try:
-            return _register_result(stub.RegisterFunctions(self._register_request(),
+            return _register_result(stub.RegisterFunctions(self._register_request(url),
                                                            metadata=self.call_metadata()))
         except grpc.RpcError as exc:
             raise _client_error(exc) from None

@@ -7,7 +7,7 @@ import contextvars
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeAlias
+from typing import TYPE_CHECKING, Generic, Protocol, TypeAlias
 
 from opentelemetry import context as otel_context
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     # 3.13 only; type checkers read typing_extensions' at any version, and the code does not
     # need it at run time.
     from typing_extensions import TypeVar
-
-    from stepline._worker import Session
 
     StepT = TypeVar("StepT", Step, SyncStep, default=Step)
 else:
@@ -65,12 +63,20 @@ SyncContext: TypeAlias = Context[SyncStep]
 """The Context of a plain (sync) function: the same, with `step` a SyncStep."""
 
 
+class OpsSink(Protocol):
+    """Where a run's reports go and where their acks come from: the worker stream's session,
+    or one HTTP request of the serve() handlers (which acks them itself and answers them all)."""
+
+    def send_ops(self, ops: worker_service_pb2.Ops) -> asyncio.Future[worker_service_pb2.Ack]:
+        ...
+
+
 class RunExecution:
     """One dispatch of a run on this worker: the replay state and the reports to the server."""
 
     def __init__(
         self,
-        session: Session,
+        session: OpsSink,
         dispatch: worker_service_pb2.Dispatch,
         function: Function,
         *,
