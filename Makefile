@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
+.PHONY: setup ts ts-test chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The TypeScript SDK (worker_sdk/typescript): its locked dependencies, installed with `npm ci`
+# (Node 20+ and npm), then its build, its type tests (tsc over test/types.ts) and unit tests.
+TS := worker_sdk/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TS_STAMP)
+
+ts: $(TS_STAMP)
+
+ts-test: $(TS_STAMP)
+	cd $(TS) && npm test --silent
 
 # Debian's Chromium for the dashboard's browser tests (they fail, saying why, without it).
 chromium:
@@ -24,13 +38,13 @@ dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 
 # Lint first: a style slip fails CI like a failing test.
-test: $(STAMP) chromium proto-check lint
+test: $(STAMP) $(TS_STAMP) chromium proto-check lint ts-test
 	$(BIN)/python -m pytest -q tests
 
-test-sqlite: $(STAMP) chromium
+test-sqlite: $(STAMP) $(TS_STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend sqlite
 
-test-postgres: $(STAMP) chromium
+test-postgres: $(STAMP) $(TS_STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend postgres
 
 proto: $(STAMP)
@@ -62,4 +76,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m chaos --restart-postgres $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache stepline-dev.db*
+	rm -rf $(VENV) .pytest_cache stepline-dev.db* $(TS)/node_modules $(TS)/dist $(TS)/dist-test
