@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup ts ts-test chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
+.PHONY: setup ts ts-test ts-example dev-ts chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,15 @@ chromium:
 # Ctrl-C. The tests run its one-shot form, `examples/signup/demo.py --check`.
 dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
+
+# The signup example in TypeScript (examples/signup-ts): a dev server and its worker; Ctrl-C stops.
+dev-ts: $(STAMP) $(TS_STAMP) ts-example
+	examples/signup-ts/run.sh
+
+ts-example: $(TS_STAMP)
+	cd $(TS) && npm run build --silent
+	mkdir -p examples/signup-ts/node_modules && ln -sfn ../../../$(TS) examples/signup-ts/node_modules/stepline
+	$(TS)/node_modules/.bin/tsc -p examples/signup-ts/tsconfig.json
 
 # Lint first: a style slip fails CI like a failing test.
 test: $(STAMP) $(TS_STAMP) chromium proto-check lint ts-test

@@ -19,7 +19,7 @@ from stepline import Stepline
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.settings import sqlite_url
 from tests.e2e.procs import ENDED, Runs, free_port, start_server, start_worker, stop, wait_for
-from tests.e2e.typescript import start_ts_worker
+from tests.e2e.typescript import build_example, start_ts_worker
 
 PY_APP = "tests.e2e.apps.polyglot_app:app"
 COMPLETED, FAILED, CANCELLED = (rs.RUN_STATUS_COMPLETED, rs.RUN_STATUS_FAILED,
@@ -284,6 +284,33 @@ def test_reconnects_after_a_server_restart(database_url: str, tmp_path: Path) ->
         assert json.loads(runs.get(by_event[second].id).output)["message"] == "msg-usr_after"
         assert worker.poll() is None
         assert "reconnecting" in (tmp_path / "worker.log").read_text()
+    finally:
+        runs.close()
+        stop(worker)
+        stop(server)
+
+
+def test_the_typescript_signup_example(database_url: str, tmp_path: Path) -> None:
+    port, outbox = free_port(), tmp_path / "outbox.jsonl"
+    server = start_server(database_url, port, tmp_path / "server.log")
+    worker = start_ts_worker(port, tmp_path / "worker.log", script=build_example(), env={
+        "SIGNUP_OUTBOX": str(outbox), "ONBOARDING_DELAY": "5s", "DIGEST_CRON": "0 0 1 1 *"})
+    runs = Runs(port)
+    try:
+        wait_for(lambda: len(runs.stub.ListWorkers(rs.ListWorkersRequest(), timeout=5).workers),
+                 30, "the example's worker to connect")
+        sender = Stepline("ts-e2e-sender", url=f"127.0.0.1:{port}")
+        sender.send_sync("user/signup.completed", {"userId": "usr_123"})
+        sender.send_sync("user/signup.completed", {"userId": "usr_456"})
+        wait_for(lambda: runs.all_ended("signup-ts:send-welcome-email", 2), 30, "the welcomes")
+        sender.send_sync("billing/upgraded", {"userId": "usr_456"})
+        ended = wait_for(lambda: runs.all_ended("signup-ts:onboarding", 2), 30, "onboarding")
+        assert sorted(json.loads(r.output) for r in ended) == ["followed-up", "upgraded"]
+        mails = [json.loads(line) for line in outbox.read_text().splitlines()]
+        assert sorted((m["to"], m["subject"]) for m in mails) == [
+            ("ada@example.com", "Need a hand getting started?"),
+            ("ada@example.com", "Welcome, Ada!"),
+            ("grace@example.com", "Welcome, Grace!")]
     finally:
         runs.close()
         stop(worker)

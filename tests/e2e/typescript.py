@@ -28,9 +28,25 @@ def build() -> None:
     _built = True
 
 
+def build_example() -> Path:
+    """Compile examples/signup-ts against the SDK, as `make ts-example` does; its entry point."""
+    build()
+    example = REPO / "examples" / "signup-ts"
+    subprocess.run(["node", "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"],
+                   cwd=PACKAGE, check=True)  # the SDK's dist/, the example's types
+    link = example / "node_modules" / "stepline"
+    link.parent.mkdir(exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(Path("..", "..", "..", "worker_sdk", "typescript"))
+    subprocess.run(["node", str(PACKAGE / "node_modules/typescript/bin/tsc"), "-p",
+                    "tsconfig.json"], cwd=example, check=True)
+    return example / "dist" / "app.js"
+
+
 def start_ts_worker(port: int, log: Path, env: dict[str, str] | None = None,
                     script: Path = E2E_APP) -> subprocess.Popen[bytes]:
-    build()
+    if script == E2E_APP:
+        build()
     extra = {"STEPLINE_URL": f"127.0.0.1:{port}", **(env or {})}
     with log.open("ab") as out:
         return subprocess.Popen(["node", str(script)], stdout=out, stderr=subprocess.STDOUT,
