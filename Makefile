@@ -76,8 +76,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check server worker_sdk tests examples bench chaos
 	$(BIN)/mypy server worker_sdk
 
-bench: $(STAMP)
+# Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
+bench: $(STAMP) $(TS_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/typescript.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.
