@@ -116,6 +116,12 @@ async ({ step }) => {
   return "never";
 });
 
+app.createFunction({ id: "timed", trigger: "ts/timed", timeouts: { finish: "1s" } },
+  async ({ step }) => {
+    await step.sleep("too-long", "1h");
+    return "never";
+  });
+
 app.createFunction({ id: "failing", trigger: "ts/fail", retries: 0,
   onFailure: async ({ event, step }) => step.run("alert", () => ({
     failed: event.data.function_id, error: event.data.error.message })) },
