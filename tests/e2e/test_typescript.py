@@ -223,6 +223,14 @@ def test_cancel_on_event(stack: Stack) -> None:
     assert run.status == CANCELLED
 
 
+def test_non_determinism_is_detected_by_the_worker(stack: Stack) -> None:
+    run = stack.run_for("ts-e2e:drifting", stack.send("ts/drift", {}))
+    assert run.status == FAILED
+    assert run.error.name == "NonDeterminismError"
+    assert "'b'" in run.error.message or '"b"' in run.error.message
+    assert [s.step_id for s in run.steps] == ["a"]
+
+
 def test_finish_timeout_ends_the_run(stack: Stack) -> None:
     run = stack.run_for("ts-e2e:timed", stack.send("ts/timed", {}))
     assert run.status == FAILED

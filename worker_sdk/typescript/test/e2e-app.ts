@@ -116,6 +116,14 @@ async ({ step }) => {
   return "never";
 });
 
+// The code "changes" between attempts: the retry reaches a new step before the recorded one.
+app.createFunction({ id: "drifting", trigger: "ts/drift", retries: 2 },
+  async ({ step, attempt }) => {
+    if (attempt === 0) await step.run("a", () => 1);
+    else await step.run("b", () => 2);
+    await step.run("flaky", () => { throw new Error("retry me"); });
+  });
+
 app.createFunction({ id: "timed", trigger: "ts/timed", timeouts: { finish: "1s" } },
   async ({ step }) => {
     await step.sleep("too-long", "1h");
