@@ -277,6 +277,30 @@ def test_sigterm_drains_the_run_in_hand(database_url: str, tmp_path: Path) -> No
         stop(server)
 
 
+def test_heartbeats_keep_a_long_step_leased(database_url: str, tmp_path: Path) -> None:
+    """A step four times longer than the lease: the worker's heartbeats keep it; without them
+    the server would judge the worker lost after 1.25 s and run the step again elsewhere."""
+    port, steps = free_port(), tmp_path / "steps"
+    server = start_server(database_url, port, tmp_path / "server.log", env={
+        "STEPLINE_LEASE_SECONDS": "2", "STEPLINE_HEARTBEAT_SECONDS": "0.5"})
+    worker = start_ts_worker(port, tmp_path / "worker.log", env={"E2E_LOG": str(steps)})
+    runs = Runs(port)
+    try:
+        wait_for(lambda: _serving(runs, python=False), 30, "the worker to connect")
+        sender = Stepline("ts-e2e-sender", url=f"127.0.0.1:{port}")
+        event = sender.send_sync("ts/slow", {"ms": 8000})
+        wait_for(lambda: (run := find(runs, "ts-e2e:slow", event)) is not None
+                 and run.status in ENDED, 40, "the slow run to end")
+        run = find(runs, "ts-e2e:slow", event)
+        assert run is not None and run.status == COMPLETED, run
+        assert run.steps[0].attempts == 1
+        assert steps.read_text().count("slow work") == 1
+    finally:
+        runs.close()
+        stop(worker)
+        stop(server)
+
+
 def test_reconnects_after_a_server_restart(database_url: str, tmp_path: Path) -> None:
     port = free_port()
     server = start_server(database_url, port, tmp_path / "server.log")

@@ -1,7 +1,7 @@
 // A long-lived worker: one stream to the server, N slots, heartbeats, reconnects, drains.
 import { hostname } from "node:os";
 import * as grpc from "@grpc/grpc-js";
-import { ClientError } from "./errors.js";
+import { ClientError, InvalidUsageError } from "./errors.js";
 import { RunExecution } from "./execution.js";
 import type { SteplineFunction } from "./function.js";
 import {
@@ -153,10 +153,11 @@ export class Worker {
   constructor(readonly host: WorkerHost, options: WorkerOptions = {}) {
     this.slots = options.slots ?? 10;
     if (!Number.isInteger(this.slots) || this.slots < 1) {
-      throw new ClientError("INVALID_ARGUMENT", `slots: expected an integer of at least 1; got ${options.slots}`);
+      throw new InvalidUsageError(`slots: expected an integer of at least 1; got ${options.slots}`);
     }
     if (host.functions.size === 0) {
-      throw new ClientError("INVALID_ARGUMENT", `app ${host.appId} has no functions to serve`);
+      throw new InvalidUsageError(`app ${host.appId} has no functions to serve; declare them ` +
+        "with app.createFunction(...) before making a worker");
     }
     this.workerId = options.workerId ?? `${hostname()}-${process.pid}`;
     this.drainTimeoutMs = options.drainTimeoutMs ?? 30_000;

@@ -127,5 +127,7 @@ describe("function declarations", () => {
     assert.deepEqual([...app.functions.keys()], ["f", "f-failure"]);
     assert.throws(() => app.createFunction({ id: "f-failure", trigger: "x" }, () => 1),
       /already declared/);
+    assert.throws(() => app.worker({ slots: 0 }), InvalidUsageError);
+    assert.throws(() => new Stepline({ appId: "empty" }).worker(), /no functions to serve/);
   });
 });
