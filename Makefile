@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
+.PHONY: setup ts ts-test ts-example dev-ts chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The TypeScript SDK (worker_sdk/typescript): its locked dependencies, installed with `npm ci`
+# (Node 20+ and npm), then its build, its type tests (tsc over test/types.ts) and unit tests.
+TS := worker_sdk/typescript
+TS_STAMP := $(TS)/node_modules/.installed
+
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TS_STAMP)
+
+ts: $(TS_STAMP)
+
+ts-test: $(TS_STAMP)
+	cd $(TS) && npm test --silent
 
 # Debian's Chromium for the dashboard's browser tests (they fail, saying why, without it).
 chromium:
@@ -23,14 +37,23 @@ chromium:
 dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 
+# The signup example in TypeScript (examples/signup-ts): a dev server and its worker; Ctrl-C stops.
+dev-ts: $(STAMP) $(TS_STAMP) ts-example
+	examples/signup-ts/run.sh
+
+ts-example: $(TS_STAMP)
+	cd $(TS) && npm run build --silent
+	mkdir -p examples/signup-ts/node_modules && ln -sfn ../../../$(TS) examples/signup-ts/node_modules/stepline
+	$(TS)/node_modules/.bin/tsc -p examples/signup-ts/tsconfig.json
+
 # Lint first: a style slip fails CI like a failing test.
-test: $(STAMP) chromium proto-check lint
+test: $(STAMP) $(TS_STAMP) chromium proto-check lint ts-test
 	$(BIN)/python -m pytest -q tests
 
-test-sqlite: $(STAMP) chromium
+test-sqlite: $(STAMP) $(TS_STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend sqlite
 
-test-postgres: $(STAMP) chromium
+test-postgres: $(STAMP) $(TS_STAMP) chromium
 	$(BIN)/python -m pytest -q tests --backend postgres
 
 proto: $(STAMP)
@@ -53,9 +76,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check server worker_sdk tests examples bench chaos
 	$(BIN)/mypy server worker_sdk
 
-bench: $(STAMP)
+# Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
+bench: $(STAMP) $(TS_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bridge.py
+	$(BIN)/python bench/typescript.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.
@@ -63,4 +88,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m chaos --restart-postgres $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache stepline-dev.db*
+	rm -rf $(VENV) .pytest_cache stepline-dev.db* $(TS)/node_modules $(TS)/dist $(TS)/dist-test

@@ -35,6 +35,10 @@ class WorkerServiceStub:
 
     A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
     messages name functions by their ids within the app (FunctionConfig.id), without the app.
+
+    Closing the stream while holding runs, without a Drain first, counts as a lost worker: each
+    run held goes back to the queue with its attempt used up. docs/protocol-guide.md explains the
+    whole protocol for SDK authors; it and these comments agree.
     """
 
     def __init__(self, channel):
@@ -60,6 +64,10 @@ class WorkerServiceServicer:
 
     A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
     messages name functions by their ids within the app (FunctionConfig.id), without the app.
+
+    Closing the stream while holding runs, without a Drain first, counts as a lost worker: each
+    run held goes back to the queue with its attempt used up. docs/protocol-guide.md explains the
+    whole protocol for SDK authors; it and these comments agree.
     """
 
     def Connect(self, request_iterator, context):
@@ -94,6 +102,10 @@ class WorkerService:
 
     A stream belongs to one app (Hello.app_id): it is dispatched that app's runs only, and its
     messages name functions by their ids within the app (FunctionConfig.id), without the app.
+
+    Closing the stream while holding runs, without a Drain first, counts as a lost worker: each
+    run held goes back to the queue with its attempt used up. docs/protocol-guide.md explains the
+    whole protocol for SDK authors; it and these comments agree.
     """
 
     @staticmethod

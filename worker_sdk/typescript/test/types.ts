@@ -1,0 +1,59 @@
+// Type tests: `tsc -p tsconfig.types.json` (in `npm test`, so in `make test`) must accept this
+// file; each @ts-expect-error fails the build if the line below it stops being an error.
+import { Stepline, type Event } from "../src/index.js";
+
+const app = new Stepline({ appId: "types" });
+
+app.createFunction<{ userId: string; count: number }>(
+  { id: "typed", trigger: "user/signup" },
+  async ({ event, step }) => {
+    const id: string = event.data.userId;
+    // @ts-expect-error: event data is typed; there is no such field
+    void event.data.email;
+    // @ts-expect-error: userId is a string
+    const n: number = event.data.userId;
+
+    const user = await step.run("fetch", () => ({ id, score: 3, tags: ["a"] }));
+    const score: number = user.score;
+    const tag: string | undefined = user.tags[0];
+    // @ts-expect-error: step.run returns its callback's result type
+    const wrong: string = user.score;
+
+    const later = await step.run("async", async () => 42);
+    const m: number = later;
+    // @ts-expect-error: awaited async results are numbers here, not promises
+    void later.then;
+
+    // A Date in a step result comes back as its JSON text on replay: typed as a string.
+    const when = await step.run("date", () => new Date());
+    const text: string = when;
+
+    const nothing = await step.run("void", () => undefined);
+    const isNull: null = nothing;
+
+    const approval = await step.waitForEvent<{ by: string }>("wait", {
+      event: "approved", timeout: "1d" });
+    const by: string | undefined = approval?.data.by;
+    // @ts-expect-error: the wait may time out: the result can be null
+    void approval.data;
+
+    // @ts-expect-error: a duration is milliseconds or a string, not a Date
+    await step.sleep("nap", new Date());
+    // @ts-expect-error: waitForEvent needs a timeout
+    await step.waitForEvent("w", { event: "x" });
+    // @ts-expect-error: sendEvent needs named events
+    await step.sendEvent("s", { data: {} });
+
+    const sent = await step.sendEvent("s", { name: "x/y", data: { a: 1 } });
+    const ids: string[] = sent.ids;
+    return { id, n, score, tag, wrong, m, text, isNull, by, ids };
+  });
+
+// @ts-expect-error: a trigger object is { event, if } or { cron, tz }
+app.createFunction({ id: "bad", trigger: { name: "x" } }, () => null);
+// @ts-expect-error: retries is a number
+app.createFunction({ id: "bad2", trigger: "x", retries: "3" }, () => null);
+
+const typedEvent: Event<{ a: number }> = { name: "n", data: { a: 1 }, id: "", ts: null, user: null };
+// @ts-expect-error: data is typed
+typedEvent.data.a = "one";
