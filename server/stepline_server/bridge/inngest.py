@@ -23,9 +23,11 @@ from stepline_server.bridge.protocol import (
     AppUnreachableAnswer,
     OutgoingCall,
 )
+from stepline_server.engine.lifecycle import FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_INVOKED
 from stepline_server.model import (
     Dispatch,
     ErrorInfo,
+    EventRecord,
     MemoStep,
     Op,
     OpsBatch,
@@ -33,6 +35,9 @@ from stepline_server.model import (
     RunFailed,
 )
 
+_SYSTEM_EVENTS = {FUNCTION_INVOKED: "inngest/function.invoked",
+                  FUNCTION_FAILED: "inngest/function.failed",
+                  FUNCTION_FINISHED: "inngest/function.finished"}
 # The request body's version: 2 is what the npm SDK v4 prefers (parallel steps optimised).
 REQUEST_VERSION = 2
 
@@ -53,7 +58,7 @@ class InngestProtocol:
                      "X-Inngest-Req-Version": str(REQUEST_VERSION),
                      "X-Inngest-Step-ID": work.target_step_id or "step",
                      "X-Inngest-Server-Kind": "dev" if dev_mode(endpoint) else "cloud"},
-            body=canonical(request_body(work)))
+            body=canonical(request_body(work, endpoint)))
 
     def answer(self, work: Dispatch, endpoint: AppEndpoint, status: int,
                headers: Mapping[str, str], body: bytes) -> OpsBatch:
@@ -74,11 +79,11 @@ def function_slug(function_id: str, endpoint: AppEndpoint) -> str:
     return slugs.get(local) or slug(endpoint.app_id, local)
 
 
-def request_body(work: Dispatch) -> dict[str, Any]:
+def request_body(work: Dispatch, endpoint: AppEndpoint) -> dict[str, Any]:
     """The executor's request: the trigger, the memo keyed by hashed step id, and ctx.
     `ctx.fn_id` is left out on purpose: with it the npm SDK v4 switches to async checkpointing
     (`/v1/checkpoint`), which Stepline does not implement; without it each step is a 206."""
-    event = event_json(work.event)
+    event = inngest_event(work.event, endpoint)
     memo = {step.step_id: memo_of(step) for step in work.steps}
     ctx = {
         "run_id": work.run_id, "attempt": work.attempt, "max_attempts": work.max_attempts,
@@ -88,6 +93,22 @@ def request_body(work: Dispatch) -> dict[str, Any]:
     }
     return {"event": event, "events": [event], "steps": memo, "ctx": ctx,
             "version": REQUEST_VERSION, "use_api": False}
+
+
+def inngest_event(record: EventRecord, endpoint: AppEndpoint) -> dict[str, Any]:
+    """The trigger as the SDK expects it. Stepline's own system events carry Inngest's names
+    (the npm SDK refuses an event that is not among a function's triggers): an invoked run's
+    `inngest/function.invoked`, a failure handler's `inngest/function.failed` with the failed
+    function's slug in `data.function_id`."""
+    event = event_json(record)
+    renamed = _SYSTEM_EVENTS.get(record.name)
+    if renamed is None:
+        return event
+    event["name"] = renamed
+    data = event["data"]
+    if isinstance(data, dict) and isinstance(data.get("function_id"), str):
+        data["function_id"] = function_slug(data["function_id"], endpoint)
+    return event
 
 
 def memo_of(step: MemoStep) -> dict[str, Any]:
