@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
+.PHONY: setup chromium inngest-node dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The official npm Inngest SDK (examples/inngest/ts, from its lock file) for the Inngest tests
+# and the TypeScript example; Node 20 or later.
+INNGEST_NODE := examples/inngest/ts/node_modules/.installed
+$(INNGEST_NODE): examples/inngest/ts/package-lock.json
+	cd examples/inngest/ts && npm ci --no-audit --no-fund
+	touch $@
+
+inngest-node: $(INNGEST_NODE)
 
 # Debian's Chromium for the dashboard's browser tests (they fail, saying why, without it).
 chromium:
@@ -24,13 +33,13 @@ dev: $(STAMP)
 	$(BIN)/python examples/signup/demo.py
 
 # Lint first: a style slip fails CI like a failing test.
-test: $(STAMP) chromium proto-check lint
+test: $(STAMP) chromium inngest-node proto-check lint
 	$(BIN)/python -m pytest -q tests
 
-test-sqlite: $(STAMP) chromium
+test-sqlite: $(STAMP) chromium inngest-node
 	$(BIN)/python -m pytest -q tests --backend sqlite
 
-test-postgres: $(STAMP) chromium
+test-postgres: $(STAMP) chromium inngest-node
 	$(BIN)/python -m pytest -q tests --backend postgres
 
 proto: $(STAMP)
