@@ -122,7 +122,8 @@ def memo_of(step: MemoStep) -> dict[str, Any]:
 def answer_ops(work: Dispatch, endpoint: AppEndpoint, status: int, headers: Mapping[str, str],
                body: bytes) -> tuple[Op, ...]:
     """The ops of one answer; `headers` with lower-case names."""
-    sdk = "x-inngest-sdk" in headers
+    # The PyPI SDK's 401 carries only x-inngest-sdk-handled.
+    sdk = "x-inngest-sdk" in headers or headers.get("x-inngest-sdk-handled") == "true"
     if status == 201 and sdk:  # INNGEST_STREAMING=force: keep-alive spaces, then the answer
         status, headers, body = _unstream(body)
     if not 200 <= status < 300 and not sdk:
