@@ -78,6 +78,12 @@ class Keyring:
         """Each configured key once."""
         return list({id(k): k for k in self._by_digest.values()}.values())
 
+    def signing_keys(self, app_id: str) -> list[str]:
+        """The signing keys bound to `app_id`, in configured order: the bridge signs its
+        requests to the app with the first and accepts answers signed with any."""
+        return [k.secret for k in self.configured()
+                if k.kind is KeyKind.SIGNING and app_id in k.apps]
+
     @property
     def enabled(self) -> bool:
         """With no key configured, every call is allowed (`stepline dev`, loopback)."""

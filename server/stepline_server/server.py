@@ -24,6 +24,7 @@ from stepline.v1 import (
     worker_service_pb2_grpc,
 )
 from stepline_server.auth import keyring_from
+from stepline_server.bridge.bridge import Bridge
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
@@ -68,6 +69,8 @@ class SteplineServer:
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.engine = Engine(self.db, settings)
         self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
+        # Apps served over HTTP; other protocols add themselves (bridge.add_protocol).
+        self.bridge = Bridge(self.dispatcher, self.keyring)
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.heartbeat: _Heartbeat | None = None
@@ -134,6 +137,7 @@ class SteplineServer:
         assert self.heartbeat is not None
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
+            asyncio.create_task(self.bridge.run(), name="stepline-bridge"),
             asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
             asyncio.create_task(self.cron.run(), name="stepline-cron"),
             asyncio.create_task(
@@ -194,8 +198,9 @@ class SteplineServer:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         await self._health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        await asyncio.gather(self.bridge.stop(grace),
+                             self._grpc.stop(grace) if self._grpc is not None else _nothing())
         self._stop_listening.set()
         for task in self._tasks:
             # Cancel too: the listener may be stuck connecting to a database that is going away.
@@ -236,6 +241,10 @@ class _Heartbeat(TimedLoop):
     async def _round(self) -> float:
         await self.engine.server_heartbeat(self.server_id)
         return self.poll_seconds
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _safe_url(url: str) -> str:

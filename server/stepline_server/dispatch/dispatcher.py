@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from stepline.v1 import worker_service_pb2
 from stepline_server.background import Background
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class WorkerConnection:
-    """One open Connect stream, as the server sees it."""
+    """One open Connect stream, as the server sees it; or, in a subclass, another way to hand
+    work over (bridge/connection.py: an HTTP app's requests). Subclasses override `dispatch`
+    and `cancel`; slots, claims, leases and releases are the same for all."""
 
+    kind: ClassVar[str] = "stream"
     id: str
     app_id: str
     worker_id: str
@@ -53,6 +57,15 @@ class WorkerConnection:
     def send(self, message: worker_service_pb2.ServerMessage) -> None:
         if not self.closed:
             self.outbox.put_nowait(message)
+
+    def dispatch(self, work: Dispatch) -> None:
+        """Hand leased work over (after `take`)."""
+        self.send(convert.dispatch_to_proto(work))
+
+    def cancel(self, run_id: str, reason: str) -> None:
+        """The run ended while this connection held it (cancelled, timed out)."""
+        self.send(worker_service_pb2.ServerMessage(
+            cancel=worker_service_pb2.Cancel(run_id=run_id, reason=reason)))
 
     def take(self, keys: list[tuple[str, str]]) -> None:
         """Work handed to the worker (under the dispatcher's lock)."""
@@ -138,7 +151,7 @@ class Dispatcher:
                 conn.reserved -= 1
                 if not conn.closed:
                     conn.take([work.key])
-                    conn.send(convert.dispatch_to_proto(work))
+                    conn.dispatch(work)
                     self._observe(work, conn)
                     return
         # The worker left between commit and delivery: give the run to someone else.
@@ -165,8 +178,7 @@ class Dispatcher:
             held = {key for key in conn.inflight if key[0] == run_id}
             conn.inflight -= held
         if held:
-            conn.send(worker_service_pb2.ServerMessage(
-                cancel=worker_service_pb2.Cancel(run_id=run_id, reason=reason)))
+            conn.cancel(run_id, reason)
             self.wake()
 
     def finished(self, conn: WorkerConnection, key: tuple[str, str], *, requeued: bool) -> None:
@@ -261,7 +273,7 @@ class Dispatcher:
         with self._lock:
             conn.take([w.key for w in works])
         for work in works:
-            conn.send(convert.dispatch_to_proto(work))
+            conn.dispatch(work)
             self._observe(work, conn)
 
     async def _sleep_after(self, starved: set[str]) -> float:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -14,22 +13,18 @@ from google.protobuf.duration_pb2 import Duration
 from stepline.v1 import worker_service_pb2, worker_service_pb2_grpc
 from stepline_server import wire
 from stepline_server.background import Background
-from stepline_server.dispatch import convert
+from stepline_server.dispatch import convert, refusals
 from stepline_server.dispatch.dispatcher import Dispatcher, WorkerConnection
-from stepline_server.engine import Engine, attempts
-from stepline_server.errors import Conflict, InvalidArgument, SteplineServerError, Unavailable
+from stepline_server.engine import Engine
+from stepline_server.errors import InvalidArgument
 from stepline_server.grpc_keys import require_app
 from stepline_server.ids import now_ms
 from stepline_server.limits import MAX_NAME_LENGTH, MAX_SDK_LENGTH, PayloadLimits, check_length
-from stepline_server.model import AckAction, ErrorInfo, OpsBatch, WorkerInfo
+from stepline_server.model import AckAction, OpsBatch, WorkerInfo
 
 log = logging.getLogger(__name__)
 
 MAX_SLOTS = 10_000
-# Giving back the lease of a report refused while the database is unreachable: first and
-# longest pause between tries (until the lease would have expired anyway).
-GIVE_BACK_FIRST_PAUSE_SECONDS = 0.1
-GIVE_BACK_MAX_PAUSE_SECONDS = 1.0
 MAX_LANGUAGE_LENGTH = 32
 _ACTIONS = {
     AckAction.CONTINUE: worker_service_pb2.ACK_ACTION_CONTINUE,
@@ -50,6 +45,7 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
         self.settings = engine.settings
         self._limits = PayloadLimits.of(engine.settings)
         self._background = Background("worker stream")
+        self._refusals = refusals.Refusals(dispatcher)
 
     async def Connect(
         self,
@@ -178,10 +174,6 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
                future: asyncio.Future[AckAction]) -> None:
         exc = future.exception()
         if exc is not None:
-            if isinstance(exc, Conflict):
-                exc = Conflict(
-                    "ops: a step in this report already has a result: the function's code may "
-                    f"have changed between attempts (non-deterministic steps); {exc}")
             self._reject(conn, message, exc)
             return
         action = future.result()
@@ -195,54 +187,12 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
 
     def _reject(self, conn: WorkerConnection, message: worker_service_pb2.Ops,
                 exc: BaseException) -> None:
-        if isinstance(exc, SteplineServerError):
-            code = exc.code
-        else:
-            log.error("ops of run %s failed", message.run_id, exc_info=exc)
-            code = grpc.StatusCode.INTERNAL
-            # The worker is told what kind of failure, never the database's or driver's text.
-            exc = SteplineServerError(f"ops: internal error ({type(exc).__name__}); see the "
-                                      "server log")
+        error = refusals.explained(exc, f"run {message.run_id}")
         conn.send(worker_service_pb2.ServerMessage(ack=worker_service_pb2.Ack(
             run_id=message.run_id, seq=message.seq, action=worker_service_pb2.ACK_ACTION_REJECTED,
-            error_code=code.value[0], error_message=str(exc)[:2000])))
-        key = (message.run_id, message.target_step_id)
-        if key not in conn.inflight:
-            return
-        self.dispatcher.finished(conn, key, requeued=True)
-        refusal = attempts.after_refusal(exc)
-        if refusal is attempts.Refusal.CHARGE:  # unusable ops from the lease's holder
-            self._background.spawn(self._fail_attempt(conn, message, str(exc)))
-        elif refusal is attempts.Refusal.GIVE_BACK:  # the server's failure, not the worker's
-            self._background.spawn(self._give_back(conn, key, message.lease))
-
-    async def _fail_attempt(self, conn: WorkerConnection, message: Any, text: str) -> None:
-        try:
-            await self.engine.fail_attempt(
-                conn.id, message.run_id, message.lease, ErrorInfo("InvalidOps", text),
-                message.target_step_id)
-        except SteplineServerError as exc:
-            log.info("could not record bad ops of run %s: %s", message.run_id, exc)
-
-    async def _give_back(self, conn: WorkerConnection, key: tuple[str, str], lease: int
-                         ) -> None:
-        """Give the lease of a report refused for the server's reasons back to the queue. While
-        the database is unreachable, try again until the lease would have expired anyway: its
-        heartbeats no longer renew it (the worker dropped the run), and an expired lease is
-        taken over without charge."""
-        deadline = time.monotonic() + self.settings.lease_seconds
-        pause = GIVE_BACK_FIRST_PAUSE_SECONDS
-        while True:
-            try:
-                await self.engine.give_back(conn.id, key, lease)
-                return
-            except Unavailable as exc:
-                if time.monotonic() + pause > deadline or self.dispatcher.stopping:
-                    log.warning("could not give back the lease of run %s (%s); it will expire",
-                                key[0], exc)
-                    return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, GIVE_BACK_MAX_PAUSE_SECONDS)
+            error_code=error.code.value[0], error_message=str(error)[:2000])))
+        self._refusals.refused(conn, (message.run_id, message.target_step_id), message.lease,
+                               error)
 
     async def _watch(self, conn: WorkerConnection) -> None:
         """A worker that holds work and stays silent for longer than settings.silence_seconds

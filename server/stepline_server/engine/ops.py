@@ -328,6 +328,11 @@ def apply_report(request: OpsRequest, state: RunState, backoff: Backoff, lookups
     return state, action, report.writes
 
 
+def sent_output(op: SendEvents) -> str:
+    """The recorded output of a send-events step: the ids of the events it sent."""
+    return json.dumps({"ids": [e.id for e in op.events]})
+
+
 @dataclass(slots=True, kw_only=True)
 class _Report:
     """Applies the ops of one report to its run's state, collecting the rows to write."""
@@ -462,7 +467,7 @@ class _Report:
         # The events and the step's record commit together: a replay finds the step memoized
         # and sends nothing; a retried report is refused whole (the step exists).
         self._step(op.step_id, op.name, StepStatus.COMPLETED, None,
-                   output=json.dumps({"ids": [e.id for e in op.events]}),
+                   output=sent_output(op),
                    kind=StepKind.SEND_EVENT)
         self.writes.sent.extend(op.events)
         return AckAction.CONTINUE

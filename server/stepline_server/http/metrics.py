@@ -126,7 +126,9 @@ class _Gauges(Collector):
         return self._families(0.0, [])
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self._queue_depth, list(self._dispatcher.connections.values()))
+        # Worker streams only: HTTP apps' connections (the bridge) are no workers.
+        return self._families(self._queue_depth, [
+            c for c in self._dispatcher.connections.values() if c.kind == "stream"])
 
     @staticmethod
     def _families(queue_depth: float, connections: Sequence[WorkerConnection]) -> list[Metric]:

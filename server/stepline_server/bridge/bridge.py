@@ -1,0 +1,294 @@
+"""The HTTP bridge: dispatch to apps that registered a URL. Each HTTP app is a connection of
+the dispatcher (connection.py) on every server; a leased run becomes an exchange, one request
+per step boundary, whose answers are applied with the same engine calls as a stream's reports:
+submit_ops under the lease, CONTINUE (the next request, under the same lease) or RELEASE (the
+slot is free), refusals charged or given back as for a stream (dispatch/refusals.py).
+
+Failures of the app, each one failed attempt of the run (or parallel step), recorded with its
+error: an answer that is not usable (AppAnswerError: not JSON, unknown op, bad signature, the
+SDK's own refusal), a timeout (`AppTimeout`: the request may have run the step, so it counts
+like a step that failed, and the function's retries and backoff apply), a refused address
+(`AppUrlRefused`), and an app unreachable (connection errors, 5xx without the SDK's header)
+after UNREACHABLE_TRIES tries with backoff (`AppUnreachable`, naming the URL and last cause)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+
+import httpx
+
+from stepline._signing import sign, verify
+from stepline_server.auth import Keyring
+from stepline_server.bridge import stepline_json, transport
+from stepline_server.bridge.connection import HttpConnection, next_dispatch
+from stepline_server.bridge.protocol import (
+    AppAnswerError,
+    AppProtocol,
+    AppUnreachableAnswer,
+    OutgoingCall,
+)
+from stepline_server.bridge.urls import RefusedAddress, UrlPolicy
+from stepline_server.dispatch.dispatcher import Dispatcher
+from stepline_server.dispatch.refusals import Refusals, explained
+from stepline_server.ids import now_ms
+from stepline_server.limits import PayloadLimits
+from stepline_server.model import (
+    AckAction,
+    AppEndpoint,
+    Dispatch,
+    ErrorInfo,
+    OpsBatch,
+    RunCompleted,
+)
+from stepline_server.telemetry import traceparent
+
+log = logging.getLogger(__name__)
+
+# An app unreachable is tried this many times, pausing base, 2 base, 4 base... in between
+# (base: settings.retry_base_seconds; 1 s by default, so 15 s in all, within a minute).
+UNREACHABLE_TRIES = 5
+
+
+class _Unreachable(Exception):
+    """This try did not reach the app's SDK; the message says why."""
+
+
+class _Gone(Exception):
+    """The exchange's item is no longer this connection's (cancelled), or the server stops."""
+
+
+class Bridge:
+    def __init__(self, dispatcher: Dispatcher, keyring: Keyring) -> None:
+        self.dispatcher = dispatcher
+        self.engine = dispatcher.engine
+        self.keyring = keyring
+        settings = self.engine.settings
+        self.settings = settings
+        self.policy = UrlPolicy.of(settings.allow_app_hosts, any_url=settings.any_app_url)
+        self.protocols: dict[str, AppProtocol] = {}
+        self.add_protocol(stepline_json.SteplineJson(PayloadLimits.of(settings)))
+        # Bigger answers are refused: a report of many steps' outputs, with JSON's overhead.
+        self.max_answer_bytes = settings.grpc_max_message_bytes
+        self.connections: dict[str, HttpConnection] = {}  # by app id
+        self.refusals = Refusals(dispatcher)
+        self._client: httpx.AsyncClient | None = None
+        self._reload = asyncio.Event()
+        self._stopped = False
+        self.engine.on_apps_changed(self._app_changed)
+
+    def add_protocol(self, protocol: AppProtocol) -> None:
+        """Serve apps whose endpoint names `protocol.name` (the Inngest protocol adds itself)."""
+        self.protocols[protocol.name] = protocol
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:  # made on the loop it is used on
+            self._client = transport.client(self.policy, self.settings.app_timeout_seconds)
+        return self._client
+
+    def _app_changed(self, app_id: str, http: bool) -> None:
+        if http or app_id in self.connections:
+            self._reload.set()
+
+    # -- the loop: apps loaded, leases in flight renewed ---------------------------------------
+    async def run(self) -> None:
+        """Until stopped: load the HTTP apps (at start, when one registers here, and every
+        heartbeat interval for those registered through other servers) and renew the leases
+        of the requests in flight."""
+        interval = self.settings.heartbeat_seconds
+        beat = time.monotonic()
+        while not self._stopped:
+            self._reload.clear()
+            await self._guarded(self.reload(), "load the HTTP apps")
+            if time.monotonic() - beat >= interval:
+                beat = time.monotonic()
+                await self._guarded(self.heartbeat(), "renew the leases of HTTP requests")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), max(0.0, beat + interval
+                                                                - time.monotonic()))
+
+    async def _guarded(self, job: Awaitable[None], what: str) -> None:
+        try:
+            await job
+        except Exception as exc:  # the database unreachable: try again next round
+            log.warning("bridge: could not %s: %r", what, exc)
+
+    async def reload(self) -> None:
+        served = await self.engine.http_apps()
+        for endpoint, function_ids in served.items():
+            conn = self.connections.get(endpoint.app_id)
+            if conn is None:
+                self._open(endpoint, function_ids)
+            else:
+                conn.endpoint = endpoint
+                conn.worker_id = endpoint.url
+                conn.function_ids = function_ids
+        gone = set(self.connections) - {e.app_id for e in served}
+        for app_id in gone:  # no longer served over HTTP: what is in flight finishes
+            self.dispatcher.remove(self.connections.pop(app_id))
+
+    def _open(self, endpoint: AppEndpoint, function_ids: list[str]) -> None:
+        conn = HttpConnection(
+            id=self.dispatcher.new_connection_id(), app_id=endpoint.app_id,
+            worker_id=endpoint.url, function_ids=function_ids, slots=self.settings.app_inflight,
+            endpoint=endpoint, exchange=self.exchange)
+        self.connections[endpoint.app_id] = conn
+        self.dispatcher.add(conn)
+        log.info("bridge: serving app %s at %s (%s) as %s", endpoint.app_id, endpoint.url,
+                 endpoint.protocol, conn.id)
+
+    async def heartbeat(self) -> None:
+        for conn in list(self.connections.values()):
+            if conn.inflight:
+                await self.engine.heartbeat(conn.id, sorted(conn.inflight))
+
+    async def stop(self, grace_seconds: float) -> None:
+        """No new requests; the exchanges under way get `grace_seconds` to finish, then are
+        abandoned (their leases are released with the server's)."""
+        self._stopped = True
+        self._reload.set()
+        tasks = {t for conn in self.connections.values() for t in conn.exchanges}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- one leased item: requests until the ack is RELEASE -------------------------------------
+    async def exchange(self, conn: HttpConnection, work: Dispatch) -> None:
+        lease = work.lease
+        try:
+            next_work: Dispatch | None = work
+            while next_work is not None:
+                next_work = await self._step(conn, next_work)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours: the lease goes back, uncharged
+            log.exception("bridge: exchange of run %s failed", work.run_id)
+            self.refusals.refused(conn, work.key, lease, exc)
+
+    async def _step(self, conn: HttpConnection, work: Dispatch) -> Dispatch | None:
+        """One request and its answer applied; the next dispatch when the ack is CONTINUE."""
+        key = work.key
+        try:
+            batch = await self._ask(conn, work)
+        except _Gone:
+            return None
+        except AppAnswerError as exc:
+            log.info("bridge: run %s: %s: %s", work.run_id, exc.name, exc.message)
+            await self.refusals.charge(conn, key, work.lease, ErrorInfo(exc.name, exc.message))
+            return None
+        if key not in conn.inflight:  # cancelled while the app worked
+            return None
+        try:
+            action = await asyncio.shield(self.engine.submit_ops(conn.id, batch))
+        except Exception as exc:
+            self._observe(conn, batch, exc)
+            self.refusals.refused(conn, key, work.lease, explained(exc, f"run {work.run_id}"))
+            return None
+        self._observe(conn, batch, action)
+        if action is AckAction.RELEASE:
+            self.dispatcher.finished(conn, key, requeued=not isinstance(batch.ops[-1],
+                                                                        RunCompleted))
+            return None
+        if self._stopped or self.dispatcher.stopping:  # the next request is another server's
+            await self.engine.release(conn.id, [key])
+            self.dispatcher.finished(conn, key, requeued=True)
+            return None
+        return next_dispatch(work, batch)
+
+    def _observe(self, conn: HttpConnection, batch: OpsBatch,
+                 result: AckAction | BaseException) -> None:
+        if self.engine.observers:
+            self.engine.observers.ops_committed(conn.id, batch, result, now_ms())
+
+    async def _ask(self, conn: HttpConnection, work: Dispatch) -> OpsBatch:
+        """The app's answer to `work` as a report; raises AppAnswerError for a failed attempt,
+        _Gone when the item left this connection."""
+        endpoint = conn.endpoint
+        protocol = self.protocols.get(endpoint.protocol)
+        if protocol is None:
+            raise AppAnswerError("UnknownProtocol", f"app {endpoint.app_id!r} registered "
+                                 f"protocol {endpoint.protocol!r}, which this server lacks")
+        call = protocol.call(work, endpoint)
+        keys = self.keyring.signing_keys(endpoint.app_id)
+        headers = {**call.headers, "traceparent": traceparent.for_dispatch(work)}
+        if keys:
+            headers[protocol.signature_header] = sign(call.body, keys[0])
+        cause = ""
+        for attempt in range(UNREACHABLE_TRIES):
+            if attempt:
+                await asyncio.sleep(self.settings.retry_base_seconds * 2 ** (attempt - 1))
+            if work.key not in conn.inflight or self._stopped:
+                raise _Gone
+            try:
+                status, answer_headers, body = await self._post(conn, work, call, headers)
+                return self._read(protocol, work, endpoint, keys, status, answer_headers, body)
+            except _Unreachable as exc:
+                cause = str(exc)
+        raise AppAnswerError("AppUnreachable", f"{call.url}: {cause}")
+
+    def _read(self, protocol: AppProtocol, work: Dispatch, endpoint: AppEndpoint,
+              keys: list[str], status: int, headers: Mapping[str, str], body: bytes
+              ) -> OpsBatch:
+        """A 2xx answer must be signed when the app has a key (its ops would be applied); any
+        other answer is an error whatever it says, signed or not."""
+        if keys and 200 <= status < 300:
+            why = verify(body, headers.get(protocol.signature_header.lower()), keys)
+            if why is not None:
+                raise AppAnswerError("InvalidSignature", f"the app's answer is refused: {why}")
+        try:
+            return protocol.answer(work, endpoint, status, headers, body)
+        except AppUnreachableAnswer as exc:
+            raise _Unreachable(str(exc)) from None
+
+    async def _post(self, conn: HttpConnection, work: Dispatch, call: OutgoingCall,
+                    headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """POST and read the answer (at most max_answer_bytes), as its own task: a cancelled
+        run's request is abandoned (HttpConnection.cancel) without cancelling the exchange."""
+        request = asyncio.ensure_future(self._send(call, headers))
+        conn.requests[work.key] = request
+        try:
+            await asyncio.wait({request})
+        finally:
+            conn.requests.pop(work.key, None)
+            request.cancel()
+        if request.cancelled():
+            raise _Gone
+        return request.result()
+
+    async def _send(self, call: OutgoingCall, headers: Mapping[str, str]
+                    ) -> tuple[int, dict[str, str], bytes]:
+        """The HTTP exchange; failures to reach the app raise _Unreachable."""
+        try:
+            return await self._exchange_bytes(call, headers)
+        except httpx.ConnectTimeout as exc:
+            raise _Unreachable(f"ConnectTimeout: {exc}") from None
+        except httpx.TimeoutException:
+            raise AppAnswerError("AppTimeout", f"{call.url}: no answer within "
+                                 f"{self.settings.app_timeout_seconds:g}s") from None
+        except httpx.TransportError as exc:
+            raise _Unreachable(f"{type(exc).__name__}: {exc}" if str(exc)
+                               else type(exc).__name__) from None
+        except RefusedAddress as exc:
+            raise AppAnswerError("AppUrlRefused", f"{call.url}: {exc}") from None
+
+    async def _exchange_bytes(self, call: OutgoingCall, headers: Mapping[str, str]
+                              ) -> tuple[int, dict[str, str], bytes]:
+        async with self.client.stream("POST", call.url, headers=headers,
+                                      content=call.body) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_answer_bytes:
+                    raise AppAnswerError("AnswerTooLarge", f"the app's answer is over "
+                                         f"{self.max_answer_bytes} bytes")
+                chunks.append(chunk)
+            return response.status_code, dict(response.headers), b"".join(chunks)
