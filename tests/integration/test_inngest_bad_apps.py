@@ -4,6 +4,7 @@ attempt with a precise error, and the steps already recorded stay recorded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -114,3 +115,21 @@ def test_steps_recorded_before_a_bad_answer_are_kept(
     assert run.error.name == "UnknownOpcode"
     (step,) = run.steps
     assert (step.step_id, step.name, step.output) == ("a" * 40, "one", "1")
+
+
+def test_with_keys_an_unsigned_answer_is_refused(make_server: Callable[..., ServerThread],
+                                                 junk_url: str) -> None:
+    key = "signkey-prod-" + "5e" * 32
+    server = make_server(http_address="127.0.0.1:0", allow_app_hosts=("127.0.0.1",),
+                         signing_keys=f"junk={key}", event_keys="junk-event-key-of-the-test")
+    functions = [{"id": "junk-unsigned", "triggers": [{"event": "junk/unsigned"}],
+                  "steps": {"step": {"retries": {"attempts": 0}}}}]
+    body = {"appname": "junk", "url": junk_url, "functions": functions}
+    assert httpx.post(f"{server.http_url}/fn/register", json=body).status_code == 401
+    bearer = {"Authorization": f"Bearer {hashlib.sha256(bytes.fromhex('5e' * 32)).hexdigest()}"}
+    answer = httpx.post(f"{server.http_url}/fn/register", json=body, headers=bearer)
+    assert answer.status_code == 200, answer.text
+    httpx.post(f"{server.http_url}/e/junk-event-key-of-the-test", json={"name": "junk/unsigned"})
+    run = failed_run(server, "unsigned")  # the junk app answers 200 "null", unsigned
+    assert run.error is not None and run.error.name == "InvalidSignature", run
+    assert run.output is None
