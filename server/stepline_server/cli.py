@@ -28,6 +28,8 @@ from stepline.v1 import (
     common_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    function_service_pb2,
+    function_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
 )
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from stepline_server.server import SteplineServer
 
 CALL_TIMEOUT_SECONDS = 10.0
+# `stepline apps sync`: the app registers before it answers the server's PUT.
+SYNC_TIMEOUT_SECONDS = 40.0
 # `stepline functions` and `stepline workers` list everything, fetched this many a call.
 LIST_ALL_PAGE = 1000
 DEFAULT_LIST_LIMIT = 20
@@ -381,6 +385,20 @@ def cmd_workers(channel: grpc.Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = function_service_pb2_grpc.FunctionServiceStub(channel)
+    if args.apps_command == "sync":
+        answer = stub.SyncApp(function_service_pb2.SyncAppRequest(url=args.app_url),
+                              timeout=SYNC_TIMEOUT_SECONDS)
+        print(f"{args.app_url} answered HTTP {answer.status}"
+              + (f": {answer.body}" if answer.body else ""))
+        return 0 if 200 <= answer.status < 300 else EXIT_FAILED
+    apps = stub.ListApps(function_service_pb2.ListAppsRequest(),
+                         timeout=CALL_TIMEOUT_SECONDS).apps
+    print(cli_format.apps_table(apps))
+    return 0
+
+
 def _client(command: ClientHandler) -> Handler:
     """Opens a channel to --url for a client command; a failed call becomes a CommandError."""
 
@@ -576,6 +594,16 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     workers = commands.add_parser("workers", parents=[common],
                                   help="list connected workers and their slots in use")
     workers.set_defaults(handler=_client(cmd_workers))
+    apps = commands.add_parser("apps", parents=[common],
+                               help="list apps: kind (stream or HTTP), URL, SDK, functions, "
+                                    "last sync; `apps sync URL` asks an HTTP app to register "
+                                    "again")
+    apps.set_defaults(handler=_client(cmd_apps), apps_command=None)
+    apps_commands = apps.add_subparsers(dest="apps_command", metavar="sync")
+    sync = apps_commands.add_parser("sync", parents=[common],
+                                    help="the server sends a PUT to the app's URL; the app "
+                                         "registers its functions again")
+    sync.add_argument("app_url", metavar="URL", help="the URL the app is served at")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from stepline.v1 import common_pb2, run_service_pb2
+from stepline.v1 import common_pb2, function_service_pb2, run_service_pb2
 from stepline_server import formatting
 
 TABLE_CELL_CHARS = 60
@@ -315,3 +315,14 @@ def workers_table(workers: Sequence[run_service_pb2.WorkerInfo]) -> str:
     ]
     return table(["CONNECTION", "WORKER", "APP", "SLOTS", "STATE", "SDK", "CONNECTED",
                   "HEARTBEAT", "FUNCTIONS"], rows)
+
+
+def apps_table(apps: Sequence[function_service_pb2.App]) -> str:
+    if not apps:
+        return "no apps registered"
+    rows = [
+        [a.app_id, a.kind, a.url or "-", a.protocol or "-", a.sdk or "-", str(a.functions),
+         ago(_ms(a, "synced_at"))]
+        for a in apps
+    ]
+    return table(["APP", "KIND", "URL", "PROTOCOL", "SDK", "FUNCTIONS", "LAST SYNC"], rows)

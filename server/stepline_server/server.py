@@ -117,7 +117,7 @@ class SteplineServer:
                                  options=options)
         event_service_pb2_grpc.add_EventServiceServicer_to_server(EventService(self.engine), server)
         function_service_pb2_grpc.add_FunctionServiceServicer_to_server(
-            FunctionService(self.engine), server)
+            FunctionService(self.engine, self.bridge), server)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(self.engine), server)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerService(self.engine, self.dispatcher), server)

@@ -12,6 +12,9 @@
     html, truncated, unknown-op, not-found, proxy-502
                  step a properly, then that kind of bad answer for every later request
 
+A PUT (a sync) makes the app register its functions (--functions, each triggered by
+`go/<id>`) as app --app-id with the server at --server, then answer 200.
+
 With --key, requests must carry a valid X-Stepline-Signature (else 401 from the "SDK"), and
 answers are signed with --sign-with (default: --key).
 """
@@ -26,14 +29,18 @@ import socket
 import sys
 from typing import Any
 
+import grpc
 import uvicorn
 from google.protobuf import json_format
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline._signing import sign, verify
+from stepline.v1 import common_pb2, function_service_pb2_grpc
+from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import worker_service_pb2 as ws
 
 SDK = {"X-Stepline-Sdk": "test/0"}
@@ -53,10 +60,27 @@ def run_completed(value: Any) -> dict[str, Any]:
 
 
 class App:
-    def __init__(self, key: str, sign_with: str) -> None:
+    def __init__(self, key: str, sign_with: str, sync: argparse.Namespace) -> None:
         self.key = key
         self.sign_with = sign_with
+        self.sync_args = sync
         self.requests = 0
+
+    async def sync(self, request: Request) -> Response:
+        await run_in_threadpool(self._register, str(request.url))
+        return self._json(200, {"message": "synced"})
+
+    def _register(self, url: str) -> None:
+        args = self.sync_args
+        functions = [common_pb2.FunctionConfig(id=fid, triggers=[common_pb2.Trigger(
+            event=common_pb2.EventTrigger(name=f"go/{fid}"))]) for fid in args.functions]
+        with grpc.insecure_channel(args.server) as channel:
+            function_service_pb2_grpc.FunctionServiceStub(channel).RegisterFunctions(
+                fs.RegisterFunctionsRequest(app_id=args.app_id, url=url, sdk="test/0",
+                                            functions=functions), timeout=10)
+
+    async def count(self, request: Request) -> Response:
+        return Response(str(self.requests))
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
@@ -153,15 +177,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--key", default="")
     parser.add_argument("--sign-with", default=None)
+    parser.add_argument("--server", default="")
+    parser.add_argument("--app-id", default="web")
+    parser.add_argument("--functions", type=lambda text: text.split(","), default=[])
     args = parser.parse_args()
-    app = App(args.key, args.key if args.sign_with is None else args.sign_with)
-    web = Starlette(routes=[Route("/api/stepline", app.handle, methods=["POST"])])
+    app = App(args.key, args.key if args.sign_with is None else args.sign_with, args)
+    web = Starlette(routes=[Route("/api/stepline", app.handle, methods=["POST"]),
+                            Route("/api/stepline", app.sync, methods=["PUT"]),
+                            Route("/requests", app.count, methods=["GET"])])
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     print(f"port {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(web, log_level="warning", lifespan="off", backlog=2048,
-                            timeout_keep_alive=30)
+                            timeout_keep_alive=30, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     asyncio.run(server.serve(sockets=[sock]))
     sys.exit(0)

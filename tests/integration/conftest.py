@@ -9,6 +9,7 @@ import pytest
 
 from stepline import Stepline
 from tests.harness import ServerThread, WorkerThread
+from tests.integration.bridge_harness import start_app  # noqa: F401 (the bridge's app fixture)
 
 
 @pytest.fixture

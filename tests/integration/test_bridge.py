@@ -5,9 +5,8 @@ boundary, and applies its answers with the same engine paths as a worker stream'
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,48 +16,16 @@ from stepline.v1 import common_pb2, event_service_pb2_grpc, function_service_pb2
 from stepline.v1 import event_service_pb2 as es
 from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import run_service_pb2 as rs
+from stepline_server import wire
+from stepline_server.model import AppEndpoint
 from tests.e2e.procs import free_port
-from tests.harness import ServerThread
+from tests.harness import ServerThread, wait_until
+from tests.integration.bridge_harness import AppProcess
 from tests.integration.rawworker import function
 
-REPO = Path(__file__).resolve().parents[2]
 COMPLETED, FAILED = rs.RUN_STATUS_COMPLETED, rs.RUN_STATUS_FAILED
 KEY = "signkey-test-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "signkey-test-fedcba9876543210fedcba9876543210"
-
-
-class AppProcess:
-    """bridge_app.py in its own process."""
-
-    def __init__(self, *args: str, port: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.bridge_app", "--port", str(port), *args],
-            stdout=subprocess.PIPE, cwd=REPO, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("port "), f"the app did not start: {line!r}"
-        self.port = int(line.split()[1])
-        self.url = f"http://127.0.0.1:{self.port}/api/stepline"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def start_app() -> Iterator[Callable[..., AppProcess]]:
-    apps: list[AppProcess] = []
-
-    def start(*args: str, port: int = 0) -> AppProcess:
-        app = AppProcess(*args, port=port)
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        app.stop()
 
 
 @pytest.fixture
@@ -273,3 +240,51 @@ def _keyed_server(make_server: Callable[..., ServerThread], tmp_path: Path) -> S
                     f'[[keys]]\nkind = "admin"\nkey = "admin-0123456789abcdef"\n')
     return make_server(allow_app_hosts=("127.0.0.1",), keys_file=str(keys),
                        key="admin-0123456789abcdef")
+
+
+def requests_served(app: AppProcess) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/requests", timeout=5) as answer:
+        return int(answer.read())
+
+
+def test_every_call_checks_the_address_not_only_registration(
+        server: ServerThread, start_app: Callable[..., AppProcess]) -> None:
+    """An app row this server would have refused (written by a replica with other settings,
+    or a name that resolved elsewhere at registration) is still never called."""
+    app = start_app()
+    specs = wire.functions_from_proto("web", [function("three", "go/three", retries=0)], "f")
+    server.call(server.server.engine.register_app(
+        AppEndpoint(app_id="web", url=app.url, protocol="stepline"), specs))
+    run = server.wait_run(send(server, "go/three"))
+    assert run.status == FAILED
+    assert run.error.name == "AppUrlRefused"
+    assert "127.0.0.1 resolves to 127.0.0.1, a private, loopback" in run.error.message
+    assert requests_served(app) == 0
+
+
+def test_a_request_longer_than_the_lease_keeps_it(
+        make_server: Callable[..., ServerThread], start_app: Callable[..., AppProcess]) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",), lease_seconds=1.0,
+                         heartbeat_seconds=0.2)
+    app = start_app()
+    run = start_run(server, app.url + "?sleep=2.5", "slow")
+    assert run.status == COMPLETED, run.error
+    assert [(s.step_id, s.attempts) for s in run.steps] == [("a", 1)]
+    assert requests_served(app) == 2  # step a, then the run's end: never taken over
+
+
+def test_a_run_cancelled_during_its_request_frees_the_slot(
+        make_server: Callable[..., ServerThread], start_app: Callable[..., AppProcess]) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",), app_inflight=1)
+    app = start_app()
+    register(server, app.url + "?sleep=30", function("slow", "go/slow", retries=0))
+    register(server, app.url, function("three", "go/three", retries=0), app_id="other")
+    slow = send(server, "go/slow")
+    wait_until(lambda: requests_served(app) == 1, what="the slow request")
+    server.runs.CancelRun(rs.CancelRunRequest(run_id=slow, reason="enough"))
+    assert server.wait_run(slow).status == rs.RUN_STATUS_CANCELLED
+    # The other app has its own slot; this app's one slot is free again.
+    register(server, app.url, function("three", "go/three2", retries=0),
+             function("slow", "go/slow", retries=0))
+    run = server.wait_run(send(server, "go/three2"))
+    assert run.status == COMPLETED, run.error

@@ -10,8 +10,11 @@ import pytest
 
 from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import function_service_pb2_grpc
+from stepline_server import cli
 from stepline_server.model import AppInfo, AppKind
+from tests.e2e.procs import free_port
 from tests.harness import ServerThread
+from tests.integration.bridge_harness import AppProcess
 from tests.integration.rawworker import RawWorker, function
 
 
@@ -89,3 +92,60 @@ def test_dev_allows_any_app_url(make_server: Callable[..., ServerThread]) -> Non
     server = make_server(any_app_url=True)
     register(server, "shop", "http://127.0.0.1:9/x", "a")
     assert apps(server)["shop"].url == "http://127.0.0.1:9/x"
+
+
+def _functions_stub(server: ServerThread) -> tuple[grpc.Channel,
+                                                    function_service_pb2_grpc.FunctionServiceStub]:
+    channel = grpc.insecure_channel(server.address)
+    return channel, function_service_pb2_grpc.FunctionServiceStub(channel)
+
+
+def test_list_apps_shows_both_kinds(make_server: Callable[..., ServerThread]) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",))
+    register(server, "shop", "http://127.0.0.1:9/api", "a", "b")
+    worker = RawWorker(server.address, [function("f", "s/go")], app_id="streamy")
+    worker.expect("welcome")
+    channel, stub = _functions_stub(server)
+    with channel:
+        listed = {a.app_id: a for a in stub.ListApps(fs.ListAppsRequest()).apps}
+    assert (listed["shop"].kind, listed["shop"].url, listed["shop"].protocol,
+            listed["shop"].sdk, listed["shop"].functions) == (
+        "http", "http://127.0.0.1:9/api", "stepline", "py/test", 2)
+    assert listed["shop"].synced_at.seconds > 0
+    assert (listed["streamy"].kind, listed["streamy"].url, listed["streamy"].functions) == (
+        "stream", "", 1)
+
+
+def test_sync_sends_a_put_and_the_app_registers_itself(
+        make_server: Callable[..., ServerThread], start_app: Callable[..., AppProcess],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",))
+    app = start_app("--server", server.address, "--app-id", "synced",
+                    "--functions", "three,flaky")
+    assert "synced" not in apps(server)
+    assert cli.main(["apps", "sync", app.url, "--url", server.address]) == 0
+    assert f"{app.url} answered HTTP 200" in capsys.readouterr().out
+    synced = apps(server)["synced"]
+    assert (synced.kind, synced.url, synced.functions) == (AppKind.HTTP, app.url, 2)
+    assert cli.main(["apps", "--url", server.address]) == 0
+    table = capsys.readouterr().out
+    row = next(line.split() for line in table.splitlines() if line.startswith("synced"))
+    assert row[:6] == ["synced", "http", app.url, "stepline", "test/0", "2"]
+
+
+def test_sync_refuses_internal_urls_and_says_when_the_app_is_down(
+        make_server: Callable[..., ServerThread]) -> None:
+    guarded = make_server()
+    channel, stub = _functions_stub(guarded)
+    with channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.SyncApp(fs.SyncAppRequest(url="http://127.0.0.1:9/api"))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith("url: 127.0.0.1 resolves to")
+    server = make_server(allow_app_hosts=("127.0.0.1",))
+    port = free_port()
+    channel, stub = _functions_stub(server)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        stub.SyncApp(fs.SyncAppRequest(url=f"http://127.0.0.1:{port}/api"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "did not answer the sync (ConnectError" in (caught.value.details() or "")

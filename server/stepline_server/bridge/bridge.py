@@ -31,9 +31,10 @@ from stepline_server.bridge.protocol import (
     AppUnreachableAnswer,
     OutgoingCall,
 )
-from stepline_server.bridge.urls import RefusedAddress, UrlPolicy
+from stepline_server.bridge.urls import RefusedAddress, UrlPolicy, check_form
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.refusals import Refusals, explained
+from stepline_server.errors import FailedPrecondition, InvalidArgument
 from stepline_server.ids import now_ms
 from stepline_server.limits import PayloadLimits
 from stepline_server.model import (
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 # An app unreachable is tried this many times, pausing base, 2 base, 4 base... in between
 # (base: settings.retry_base_seconds; 1 s by default, so 15 s in all, within a minute).
 UNREACHABLE_TRIES = 5
+# A sync's PUT (the app registers before it answers), and how much of its answer is shown.
+SYNC_TIMEOUT_SECONDS = 30.0
+SYNC_ANSWER_CHARS = 2000
 
 
 class _Unreachable(Exception):
@@ -159,6 +163,23 @@ class Bridge:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+
+    # -- sync: ask an app to register again ---------------------------------------------------
+    async def sync(self, url: str, field: str = "url") -> tuple[int, str]:
+        """PUT to the app's URL, as an Inngest dev server does: the app then registers itself
+        (RegisterFunctions, or /fn/register). Returns the app's status and answer (its start).
+        Raises InvalidArgument for a URL the policy refuses, FailedPrecondition when the app
+        cannot be reached."""
+        check_form(url, field)
+        await self.policy.check_url(url, field)
+        try:
+            response = await self.client.put(url, content=b"", timeout=SYNC_TIMEOUT_SECONDS)
+        except RefusedAddress as exc:
+            raise InvalidArgument(field, str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise FailedPrecondition(f"{field}: the app at {url} did not answer the sync "
+                                     f"({type(exc).__name__}: {exc})") from None
+        return response.status_code, response.text[:SYNC_ANSWER_CHARS]
 
     # -- one leased item: requests until the ack is RELEASE -------------------------------------
     async def exchange(self, conn: HttpConnection, work: Dispatch) -> None:

@@ -7,10 +7,11 @@ Every error names the offending field with its path in the request.
 
 from __future__ import annotations
 
-from stepline.v1 import common_pb2, run_service_pb2
+from stepline.v1 import common_pb2, function_service_pb2, run_service_pb2
 from stepline_server.errors import InvalidArgument
 from stepline_server.limits import check_length
 from stepline_server.model import (
+    AppInfo,
     EventEntry,
     FunctionInfo,
     RunRecord,
@@ -102,6 +103,13 @@ def function_info_to_proto(info: FunctionInfo) -> run_service_pb2.FunctionInfo:
         updated_at=timestamp(info.updated_at_ms),
         stats=run_service_pb2.FunctionStats(runs=s.runs, completed=s.completed, failed=s.failed,
                                             cancelled=s.cancelled, active=s.active))
+
+
+def app_to_proto(app: AppInfo) -> function_service_pb2.App:
+    return function_service_pb2.App(
+        app_id=app.app_id, kind=app.kind.value, url=app.url, protocol=app.protocol,
+        sdk=app.sdk, framework=app.framework, synced_at=timestamp(app.synced_at_ms),
+        functions=app.functions)
 
 
 def worker_to_proto(worker: WorkerInfo) -> run_service_pb2.WorkerInfo:

@@ -14,6 +14,7 @@ from stepline.v1 import (
     run_service_pb2_grpc,
 )
 from stepline_server import names, wire
+from stepline_server.bridge.bridge import Bridge
 from stepline_server.bridge.urls import UrlPolicy
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument
@@ -55,8 +56,9 @@ class EventService(event_service_pb2_grpc.EventServiceServicer):
 
 
 class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, bridge: Bridge) -> None:
         self.engine = engine
+        self.bridge = bridge
         settings = engine.settings
         self._urls = UrlPolicy.of(settings.allow_app_hosts, any_url=settings.any_app_url)
 
@@ -79,6 +81,19 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
         return function_service_pb2.RegisterFunctionsResponse(
             created=changes.created, updated=changes.updated, unchanged=changes.unchanged,
             archived=changes.archived)
+
+    async def ListApps(
+        self, request: function_service_pb2.ListAppsRequest, context: grpc.aio.ServicerContext
+    ) -> function_service_pb2.ListAppsResponse:
+        apps = await self.engine.list_apps()
+        return function_service_pb2.ListAppsResponse(apps=[convert.app_to_proto(a)
+                                                           for a in apps])
+
+    async def SyncApp(
+        self, request: function_service_pb2.SyncAppRequest, context: grpc.aio.ServicerContext
+    ) -> function_service_pb2.SyncAppResponse:
+        status, body = await self.bridge.sync(request.url)
+        return function_service_pb2.SyncAppResponse(status=status, body=body)
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):

@@ -22,20 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"stepline/v1/function_service.proto\x12\x0bstepline.v1\x1a\x18stepline/v1/common.proto\"t\n\x18RegisterFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12.\n\tfunctions\x18\x02 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0b\n\x03sdk\x18\x04 \x01(\t\"b\n\x19RegisterFunctionsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x03(\t\x12\x0f\n\x07updated\x18\x02 \x03(\t\x12\x11\n\tunchanged\x18\x03 \x03(\t\x12\x10\n\x08\x61rchived\x18\x04 \x03(\t2u\n\x0f\x46unctionService\x12\x62\n\x11RegisterFunctions\x12%.stepline.v1.RegisterFunctionsRequest\x1a&.stepline.v1.RegisterFunctionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"stepline/v1/function_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"t\n\x18RegisterFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12.\n\tfunctions\x18\x02 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0b\n\x03sdk\x18\x04 \x01(\t\"b\n\x19RegisterFunctionsResponse\x12\x0f\n\x07\x63reated\x18\x01 \x03(\t\x12\x0f\n\x07updated\x18\x02 \x03(\t\x12\x11\n\tunchanged\x18\x03 \x03(\t\x12\x10\n\x08\x61rchived\x18\x04 \x03(\t\"\x11\n\x0fListAppsRequest\"2\n\x10ListAppsResponse\x12\x1e\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x10.stepline.v1.App\"\xa4\x01\n\x03\x41pp\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x0b\n\x03sdk\x18\x05 \x01(\t\x12\x11\n\tframework\x18\x06 \x01(\t\x12-\n\tsynced_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfunctions\x18\x08 \x01(\x05\"\x1d\n\x0eSyncAppRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\"/\n\x0fSyncAppResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t2\x84\x02\n\x0f\x46unctionService\x12\x62\n\x11RegisterFunctions\x12%.stepline.v1.RegisterFunctionsRequest\x1a&.stepline.v1.RegisterFunctionsResponse\x12G\n\x08ListApps\x12\x1c.stepline.v1.ListAppsRequest\x1a\x1d.stepline.v1.ListAppsResponse\x12\x44\n\x07SyncApp\x12\x1b.stepline.v1.SyncAppRequest\x1a\x1c.stepline.v1.SyncAppResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.function_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_start=77
-  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_end=193
-  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_start=195
-  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_end=293
-  _globals['_FUNCTIONSERVICE']._serialized_start=295
-  _globals['_FUNCTIONSERVICE']._serialized_end=412
+  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_start=110
+  _globals['_REGISTERFUNCTIONSREQUEST']._serialized_end=226
+  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_start=228
+  _globals['_REGISTERFUNCTIONSRESPONSE']._serialized_end=326
+  _globals['_LISTAPPSREQUEST']._serialized_start=328
+  _globals['_LISTAPPSREQUEST']._serialized_end=345
+  _globals['_LISTAPPSRESPONSE']._serialized_start=347
+  _globals['_LISTAPPSRESPONSE']._serialized_end=397
+  _globals['_APP']._serialized_start=400
+  _globals['_APP']._serialized_end=564
+  _globals['_SYNCAPPREQUEST']._serialized_start=566
+  _globals['_SYNCAPPREQUEST']._serialized_end=595
+  _globals['_SYNCAPPRESPONSE']._serialized_start=597
+  _globals['_SYNCAPPRESPONSE']._serialized_end=644
+  _globals['_FUNCTIONSERVICE']._serialized_start=647
+  _globals['_FUNCTIONSERVICE']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,16 @@ class FunctionServiceStub:
                 request_serializer=stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsResponse.FromString,
                 _registered_method=True)
+        self.ListApps = channel.unary_unary(
+                '/stepline.v1.FunctionService/ListApps',
+                request_serializer=stepline_dot_v1_dot_function__service__pb2.ListAppsRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_function__service__pb2.ListAppsResponse.FromString,
+                _registered_method=True)
+        self.SyncApp = channel.unary_unary(
+                '/stepline.v1.FunctionService/SyncApp',
+                request_serializer=stepline_dot_v1_dot_function__service__pb2.SyncAppRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_function__service__pb2.SyncAppResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -52,6 +62,23 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApps(self, request, context):
+        """Every app known to the servers on this database: served by workers on the stream or over
+        HTTP. Needs an admin key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SyncApp(self, request, context):
+        """Ask the app served at `url` to register again: the server sends it a PUT (as an Inngest
+        dev server does), and the app answers by calling RegisterFunctions (or /fn/register).
+        Needs an admin key; the URL policy of registrations applies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +86,16 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.RegisterFunctions,
                     request_deserializer=stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsResponse.SerializeToString,
+            ),
+            'ListApps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApps,
+                    request_deserializer=stepline_dot_v1_dot_function__service__pb2.ListAppsRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_function__service__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'SyncApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncApp,
+                    request_deserializer=stepline_dot_v1_dot_function__service__pb2.SyncAppRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_function__service__pb2.SyncAppResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +126,60 @@ class FunctionService:
             '/stepline.v1.FunctionService/RegisterFunctions',
             stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsRequest.SerializeToString,
             stepline_dot_v1_dot_function__service__pb2.RegisterFunctionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.FunctionService/ListApps',
+            stepline_dot_v1_dot_function__service__pb2.ListAppsRequest.SerializeToString,
+            stepline_dot_v1_dot_function__service__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.FunctionService/SyncApp',
+            stepline_dot_v1_dot_function__service__pb2.SyncAppRequest.SerializeToString,
+            stepline_dot_v1_dot_function__service__pb2.SyncAppResponse.FromString,
             options,
             channel_credentials,
             insecure,
