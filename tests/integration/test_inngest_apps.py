@@ -162,3 +162,12 @@ def test_a_cron_function_is_scheduled(setup: Setup) -> None:
     engine = setup.server.server.engine
     info = setup.server.call(engine.get_function(setup.fn("ticker")))
     assert info.spec.triggers == (CronTrigger("*/5 * * * *", "UTC"),)
+
+
+def test_stepline_apps_sync_asks_the_sdk_to_register_again(setup: Setup) -> None:
+    engine = setup.server.server.engine
+    before = {a.app_id: a for a in setup.server.call(engine.list_apps())}[setup.app.app_id]
+    status, answer = setup.server.call(setup.server.server.bridge.sync(setup.app.url))
+    assert status == 200 and "error" not in json.loads(answer), answer
+    after = {a.app_id: a for a in setup.server.call(engine.list_apps())}[setup.app.app_id]
+    assert after.synced_at_ms > before.synced_at_ms
