@@ -150,3 +150,18 @@ def test_unsupported_endpoints_name_the_feature(dev_server: ServerThread, path: 
     answer = httpx.post(f"{dev_server.http_url}{path}", json={})
     assert answer.status_code == 501
     assert feature in answer.json()["error"] and "not supported by Stepline" in answer.text
+
+
+def test_the_dashboard_says_which_flow_control_is_not_enforced(
+        dev_server: ServerThread) -> None:
+    body = {"appname": "shop", "url": "http://127.0.0.1:9/api/inngest", "functions": [
+        {"id": "shop-limited", "triggers": [{"event": "e"}], "concurrency": [{"limit": 2}],
+         "rateLimit": {"limit": 1, "period": "1m"}},
+        {"id": "shop-plain", "triggers": [{"event": "e"}]}]}
+    answer = httpx.post(f"{dev_server.http_url}/fn/register", json=body)
+    assert answer.json()["warning"] == ("flow control is stored but not enforced by Stepline: "
+                                        "limited: concurrency, rateLimit")
+    page = httpx.get(f"{dev_server.http_url}/functions/shop:limited").text
+    assert "Not enforced by Stepline" in page
+    assert "concurrency: [{&#34;limit&#34;: 2}]" in page and "rateLimit" in page
+    assert "Not enforced" not in httpx.get(f"{dev_server.http_url}/functions/shop:plain").text

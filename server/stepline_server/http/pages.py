@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from stepline_server import names
 from stepline_server.errors import InvalidArgument
-from stepline_server.http import api, params, timeline
+from stepline_server.http import api, inngest, params, timeline
 from stepline_server.http.state import services
 from stepline_server.ids import now_ms
 from stepline_server.model import RunStatus
@@ -105,6 +105,7 @@ async def function_page(request: Request) -> Response:
                                      limit=api.RECENT_RUNS, page_token="")
     return render(request, "function.html", {
         "page": "functions", "function": info, "runs": runs,
+        "not_enforced": await inngest.flow_control(engine, info.spec.id),
         "poll_url": f"/api/functions/{info.spec.id}",
     })
 
