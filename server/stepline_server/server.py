@@ -87,7 +87,8 @@ class SteplineServer:
             self.metrics = Metrics(self.engine, self.dispatcher)
             self.engine.observers.add(self.metrics)
             self._http = HttpListener(
-                create_app(self.engine, self.dispatcher, self.metrics, self.keyring),
+                create_app(self.engine, self.dispatcher, self.metrics, self.keyring,
+                           self.bridge),
                 settings.http_address, tls=tls_files(settings))
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None

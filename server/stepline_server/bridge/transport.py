@@ -6,6 +6,7 @@ registration, check and connect cannot reach an internal address."""
 
 from __future__ import annotations
 
+import socket
 import typing
 
 import httpcore
@@ -61,7 +62,9 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=None,
             max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_SECONDS, network_backend=GuardedBackend(policy))
+            keepalive_expiry=KEEPALIVE_SECONDS, network_backend=GuardedBackend(policy),
+            # A request's headers and body are written apart: never wait for a delayed ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
 
 
 def client(policy: UrlPolicy, timeout_seconds: float) -> httpx.AsyncClient:

@@ -36,6 +36,7 @@ from stepline_server.http.metrics import Metrics
 from stepline_server.http.state import Services, services
 
 if TYPE_CHECKING:
+    from stepline_server.bridge.bridge import Bridge
     from stepline_server.dispatch.dispatcher import Dispatcher
     from stepline_server.engine import Engine
 
@@ -44,7 +45,7 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 
 
 def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
-               keyring: Keyring | None = None) -> Starlette:
+               keyring: Keyring | None = None, bridge: Bridge | None = None) -> Starlette:
     keyring = keyring or Keyring()
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(
@@ -65,7 +66,7 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
         exception_handlers={SteplineServerError: _engine_error, HTTPException: _http_error,
                             Exception: _unexpected},
     )
-    app.state.services = Services(engine, dispatcher, metrics, templates, keyring)
+    app.state.services = Services(engine, dispatcher, metrics, templates, keyring, bridge)
     return app
 
 

@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from stepline_server import names
-from stepline_server.errors import InvalidArgument
+from stepline_server.bridge.urls import MAX_URL_LENGTH
+from stepline_server.errors import FailedPrecondition, InvalidArgument
 from stepline_server.http import api, inngest, params, timeline
 from stepline_server.http.state import services
 from stepline_server.ids import now_ms
@@ -153,6 +154,35 @@ async def workers_page(request: Request) -> Response:
     })
 
 
+# -- apps -------------------------------------------------------------------------------------
+async def apps_page(request: Request) -> Response:
+    query = request.query_params
+    return await _apps(request, {"synced": query.get("synced", ""),
+                                 "status": query.get("status", "")})
+
+
+async def _apps(request: Request, context: dict[str, Any], status_code: int = 200) -> Response:
+    apps = await services(request).engine.list_apps()
+    return render(request, "apps.html", {"page": "apps", "apps": apps, "error": None,
+                                         "synced": "", "status": "", **context},
+                  status_code=status_code)
+
+
+async def apps_sync(request: Request) -> Response:
+    """The Sync button: the server PUTs to the app's URL; the app registers itself."""
+    form = await request.form()
+    url = params.string_field(form, "url", required=True, max_length=MAX_URL_LENGTH)
+    bridge = services(request).bridge
+    if bridge is None:
+        raise FailedPrecondition("url: this server has no HTTP bridge")
+    try:
+        status, _ = await bridge.sync(url)
+    except (InvalidArgument, FailedPrecondition) as exc:
+        return await _apps(request, {"error": str(exc)}, status_code=400)
+    return RedirectResponse(f"/apps?{urlencode({'synced': url, 'status': status})}",
+                            status_code=303)
+
+
 async def healthz(request: Request) -> Response:
     """Alive: the process answers (restart it when this fails)."""
     return JSONResponse({"status": "ok"})
@@ -184,6 +214,8 @@ routes = [
     Route("/events", events_page, methods=["GET"]),
     Route("/events", events_send, methods=["POST"]),
     Route("/workers", workers_page),
+    Route("/apps", apps_page),
+    Route("/apps/sync", apps_sync, methods=["POST"]),
     Route("/healthz", healthz),
     Route("/readyz", readyz),
     Route("/metrics", metrics),

@@ -12,6 +12,7 @@ from stepline_server.auth import Keyring
 from stepline_server.http.metrics import Metrics
 
 if TYPE_CHECKING:
+    from stepline_server.bridge.bridge import Bridge
     from stepline_server.dispatch.dispatcher import Dispatcher
     from stepline_server.engine import Engine
 
@@ -23,6 +24,7 @@ class Services:
     metrics: Metrics
     templates: Jinja2Templates
     keyring: Keyring
+    bridge: Bridge | None = None  # the apps page's Sync button; None: no bridge (tests)
 
 
 def services(request: Request) -> Services:
