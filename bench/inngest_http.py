@@ -1,11 +1,12 @@
-"""The official Inngest Python SDK over HTTP next to Stepline's stream worker: 3-step run
-latency (p50/p99) and throughput, on SQLite and PostgreSQL.
+"""The official Inngest SDKs over HTTP (PyPI on FastAPI, npm v4 on node:http) next to
+Stepline's stream worker: 3-step run latency (p50/p99) and throughput, on SQLite and PostgreSQL.
 
     .venv/bin/python bench/inngest_http.py [--backend sqlite|postgres|all] [--runs N]
 
 One server process per backend (`stepline serve`, 127.0.0.1 allowed as an app host), one
 stream worker process (bench._worker_app, 8 slots) and one Inngest app process (bench._inngest_app
-on uvicorn, one process, synced by a PUT as the Inngest dev server does). Both functions are
+on uvicorn, one process) and one node:http process (tests/inngest_apps/ts_app.cjs), each synced by
+a PUT as the Inngest dev server does. Both functions are
 started the same way, by an event POSTed to the server's Inngest event API (/e/{key}).
 
 Latency: N sequential runs of each (each ends before the next event); t0 = time.time() just
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +39,12 @@ from bench._worker_app import FUNCTION_ID, TRIGGER
 
 STREAM = (f"bench-throughput:{FUNCTION_ID}", TRIGGER)
 INNGEST = ("bench-inngest:three-steps", "bench/inngest-three")
+# The npm SDK v4 (tests/inngest_apps/ts_app.cjs on node:http), in classic mode: one request per
+# step (Stepline sends no ctx.fn_id, so the SDK does not checkpoint).
+INNGEST_TS = ("tsapp:three-steps", "test/three")
+NODE_MODULES = Path(__file__).resolve().parents[1] / "examples" / "inngest" / "ts" / "node_modules"
 BATCH = 100
+WORKERS = (("stream", STREAM), ("inngest-py", INNGEST), ("inngest-ts", INNGEST_TS))
 
 
 def free_port() -> int:
@@ -110,16 +117,19 @@ def measure(name: str, runs: int) -> dict[str, object]:
             "-m", "uvicorn", "bench._inngest_app:app", "--host", "127.0.0.1", "--port",
             str(app_port), "--log-level", "warning"], backend.workdir / "app.log",
             stdout_pipe=False, env={"INNGEST_DEV": base}))
+        ts_port = free_port()
+        children.append(_node_app(ts_port, base, backend))
         with httpx.Client(timeout=30) as http:
             _sync(http, f"http://127.0.0.1:{app_port}/api/inngest")
+            _sync(http, f"http://127.0.0.1:{ts_port}/api/inngest")
             results: dict[str, object] = {"backend": name}
-            for label, (_, event) in (("stream", STREAM), ("inngest-py", INNGEST)):
+            for label, (_, event) in WORKERS:
                 latency(backend, http, base, event, 5)  # warm-up
                 results[f"{label}_p50_p99_ms"] = latency(backend, http, base, event, runs)
                 cpu = [_proc.cpu_seconds(c.proc.pid) for c in children]
                 results[f"{label}_steps_per_s"] = round(throughput(backend, http, base, event,
                                                                    300), 1)
-                # CPU seconds of the throughput trial: server, stream worker, Inngest app.
+                # CPU seconds of the throughput trial: server, stream worker, Python app, TS app.
                 results[f"{label}_cpu_s"] = [_proc.cpu_delta(b, _proc.cpu_seconds(c.proc.pid))
                                              for b, c in zip(cpu, children, strict=True)]
             return results
@@ -127,6 +137,14 @@ def measure(name: str, runs: int) -> dict[str, object]:
         for child in reversed(children):
             _proc.stop(child)
         backend.close()
+
+
+def _node_app(port: int, base: str, backend: Backend) -> _proc.Child:
+    env = {**_proc._env(), "INNGEST_DEV": base, "PORT": str(port), "NODE_PATH": str(NODE_MODULES)}
+    with (backend.workdir / "ts.log").open("ab") as log:
+        proc = subprocess.Popen(["node", "tests/inngest_apps/ts_app.cjs"], cwd=_proc.ROOT,
+                                env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    return _proc.Child("inngest-ts", proc, backend.workdir / "ts.log")
 
 
 def _sync(http: httpx.Client, url: str) -> None:
@@ -153,7 +171,7 @@ def main() -> None:
     for name in names:
         r = measure(name, args.runs)
         print(json.dumps(r))
-        for label in ("stream", "inngest-py"):
+        for label, _ in WORKERS:
             d = r[f"{label}_p50_p99_ms"]
             assert isinstance(d, dict)
             rows.append([name, label, f"{fmt(d['p50'], 'ms')} / {fmt(d['p99'], 'ms')}",

@@ -92,7 +92,9 @@ async def cancellable(ctx: inngest.Context) -> str:
     return "not cancelled"
 
 
-@client.create_function(fn_id="ticker", trigger=inngest.TriggerCron(cron="*/5 * * * *"),
+@client.create_function(fn_id="ticker",
+                        trigger=inngest.TriggerCron(cron=os.environ.get("TICKER_CRON",
+                                                                        "*/5 * * * *")),
                         concurrency=[inngest.Concurrency(limit=2)])
 async def ticker(ctx: inngest.Context) -> str:
     return "tick"

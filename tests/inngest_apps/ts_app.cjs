@@ -82,7 +82,10 @@ const cancellable = inngest.createFunction(
 );
 
 const ticker = inngest.createFunction(
-  { id: "ticker", triggers: [{ cron: "*/5 * * * *" }], concurrency: { limit: 2 } },
+  {
+    id: "ticker", triggers: [{ cron: process.env.TICKER_CRON || "*/5 * * * *" }],
+    concurrency: { limit: 2 },
+  },
   async () => "tick",
 );
 

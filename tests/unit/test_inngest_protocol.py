@@ -87,6 +87,8 @@ def test_system_events_reach_the_sdk_under_inngest_names() -> None:
     assert body["event"]["data"]["function_id"] == "shop-welcome"
     body = json.loads(PROTOCOL.call(work(event="stepline/function.invoked"), APP).body)
     assert body["event"]["name"] == "inngest/function.invoked"
+    body = json.loads(PROTOCOL.call(work(event="stepline/cron.tick"), APP).body)
+    assert body["event"]["name"] == "inngest/scheduled.timer"
 
 
 # -- answers -------------------------------------------------------------------------------

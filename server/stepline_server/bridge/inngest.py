@@ -23,6 +23,7 @@ from stepline_server.bridge.protocol import (
     AppUnreachableAnswer,
     OutgoingCall,
 )
+from stepline_server.engine.cron import TICK_EVENT
 from stepline_server.engine.lifecycle import FUNCTION_FAILED, FUNCTION_FINISHED, FUNCTION_INVOKED
 from stepline_server.model import (
     Dispatch,
@@ -35,7 +36,8 @@ from stepline_server.model import (
     RunFailed,
 )
 
-_SYSTEM_EVENTS = {FUNCTION_INVOKED: "inngest/function.invoked",
+_SYSTEM_EVENTS = {TICK_EVENT: "inngest/scheduled.timer",
+                  FUNCTION_INVOKED: "inngest/function.invoked",
                   FUNCTION_FAILED: "inngest/function.failed",
                   FUNCTION_FINISHED: "inngest/function.finished"}
 # The request body's version: 2 is what the npm SDK v4 prefers (parallel steps optimised).
@@ -97,9 +99,10 @@ def request_body(work: Dispatch, endpoint: AppEndpoint) -> dict[str, Any]:
 
 def inngest_event(record: EventRecord, endpoint: AppEndpoint) -> dict[str, Any]:
     """The trigger as the SDK expects it. Stepline's own system events carry Inngest's names
-    (the npm SDK refuses an event that is not among a function's triggers): an invoked run's
-    `inngest/function.invoked`, a failure handler's `inngest/function.failed` with the failed
-    function's slug in `data.function_id`."""
+    (the npm SDK refuses an event that is not among a function's triggers): a cron tick's
+    `inngest/scheduled.timer`, an invoked run's `inngest/function.invoked`, a failure
+    handler's `inngest/function.failed` with the failed function's slug in
+    `data.function_id`."""
     event = event_json(record)
     renamed = _SYSTEM_EVENTS.get(record.name)
     if renamed is None:
