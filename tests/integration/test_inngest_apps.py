@@ -7,6 +7,7 @@ CLI: one event bus."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from stepline_server.model import CronTrigger, RunRecord, RunStatus
@@ -174,3 +176,20 @@ def test_stepline_apps_sync_asks_the_sdk_to_register_again(setup: Setup) -> None
     assert status == 200 and "error" not in json.loads(answer), answer
     after = {a.app_id: a for a in setup.server.call(engine.list_apps())}[setup.app.app_id]
     assert after.synced_at_ms > before.synced_at_ms
+
+
+def test_the_v0_run_endpoints_serve_the_event_and_the_memo(setup: Setup) -> None:
+    s = setup
+    s.send("test/three", {"n": 5})
+    run = s.one("three-steps")
+    url = f"{s.server.http_url}/v0/runs/{run.id}"
+    headers = {}
+    if "INNGEST_SIGNING_KEY" in s.sdk_env:  # the PyPI SDK's bearer: sha256 of the key's bytes
+        assert httpx.get(f"{url}/actions").status_code == 401
+        hashed = hashlib.sha256(bytes.fromhex(SIGNING_KEY.rsplit("-", 1)[1])).hexdigest()
+        headers = {"Authorization": f"Bearer {hashed}"}
+    (event,) = httpx.get(f"{url}/batch", headers=headers).json()
+    assert (event["name"], event["data"]) == ("test/three", {"n": 5})
+    actions = httpx.get(f"{url}/actions", headers=headers).json()
+    assert actions == {st.step_id: {"data": json.loads(st.output or "")} for st in run.steps}
+    assert sorted(v["data"] for v in actions.values()) == [1, 2, 3]
