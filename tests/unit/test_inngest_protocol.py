@@ -254,3 +254,21 @@ def test_seeded_event_ids_repeat_for_a_retried_send() -> None:
     assert first == [seeded_id(seed, i) for i in range(3)]
     assert len(set(first)) == 3 and all(len(i) == 26 for i in first)
     assert seeded_id("1764471600000,other", 0) != first[0]
+
+
+def test_a_streamed_answer_is_unwrapped() -> None:
+    """INNGEST_STREAMING=force: 201, keep-alive spaces, then {body, headers, status}."""
+    inner = json.dumps([{"id": sha1("one"), "op": "StepRun", "displayName": "one", "data": 2}])
+    streamed = b"   " + json.dumps({"body": inner, "headers": {}, "status": 206}).encode()
+    assert answer(201, streamed) == (StepCompleted(step_id=sha1("one"), name="one",
+                                                   output="2"),)
+    with pytest.raises(AppAnswerError, match="streamed answer"):
+        answer(201, b"    ")
+
+
+def test_retry_after_as_a_date_is_clamped_to_a_day() -> None:
+    (failed,) = answer(500, {"name": "E", "message": "later"},
+                       {"Retry-After": "2999-01-01T00:00:00Z"})
+    assert failed.retry_after_ms == 86_400_000
+    (failed,) = answer(500, {"name": "E", "message": "soon"}, {"Retry-After": "0"})
+    assert failed.retry_after_ms == 1000
