@@ -64,6 +64,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bridge.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.

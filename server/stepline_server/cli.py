@@ -39,6 +39,7 @@ from stepline_server.settings import (
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_HTTP_ADDRESS,
     Settings,
+    parse_retention,
     sqlite_url,
 )
 
@@ -86,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_steps_per_run=args.max_steps_per_run,
                          filter_budget_ms=args.filter_budget_ms,
                          lease_seconds=args.lease_seconds, insecure=args.insecure or None,
-                         server_id=args.server_id,
+                         retention_seconds=args.retention, server_id=args.server_id,
                          allow_app_hosts=_host_list(args.allow_app_hosts),
                          **_tls_flags(args))
     open_to = _open_to_the_network(settings)
@@ -444,6 +445,13 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _retention(text: str) -> float:
+    try:
+        return parse_retention(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _time(text: str) -> int:
     """A point in time, in ms: a duration back from now (30m, 1h, 2d) or an ISO 8601 time
     (local time unless it names its offset)."""
@@ -504,6 +512,9 @@ def _add_server_commands(commands: Any) -> None:
                        help="most a CEL filter may be estimated to cost on one event "
                             "(default 5)")
     serve.add_argument("--lease-seconds", type=float, help="how long a worker holds a run")
+    serve.add_argument("--retention", type=_retention, metavar="DURATION",
+                       help="delete ended runs this long after they end: 30d, 12h, or 0/forever "
+                            "(default 30d; STEPLINE_RETENTION; functions may declare their own)")
     serve.add_argument("--server-id", help="this server's stable id among the servers on the "
                                            "database (default: HOSTNAME:ADDRESS); started "
                                            "again under it, it releases its old leases at once")

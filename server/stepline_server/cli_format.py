@@ -297,10 +297,19 @@ def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
         rows.append([
             f.function_id + (" (archived)" if f.archived else ""), f.app_id, str(f.version),
             str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
+            _retention_text(f),
             truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
         ])
     return table(["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED", "CANCELLED",
-                  "ACTIVE", "TRIGGERS"], rows)
+                  "ACTIVE", "RETENTION", "TRIGGERS"], rows)
+
+
+def _retention_text(f: run_service_pb2.FunctionInfo) -> str:
+    """The retention in force; "(server)" when it is the server's, not the function's own."""
+    if not f.HasField("retention"):
+        return "-"  # a server before retention
+    text = formatting.retention(f.retention.ToMilliseconds())
+    return text if f.config.HasField("retention") else f"{text} (server)"
 
 
 def workers_table(workers: Sequence[run_service_pb2.WorkerInfo]) -> str:

@@ -28,6 +28,16 @@ def duration(ms: int | float | None) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
+def retention(ms: int) -> str:
+    """A retention: "forever" for 0, "30 d", "12 h", else as a duration."""
+    if ms <= 0:
+        return "forever"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size} {unit}"
+    return duration(ms)
+
+
 def iso(ms: int | None) -> str | None:
     """ISO 8601 in UTC, to the millisecond; None for no time or "never"."""
     if ms is None or ms >= _NEVER_MS:

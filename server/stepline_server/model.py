@@ -148,6 +148,8 @@ class FunctionSpec:
     cancel_on: tuple[CancelOn, ...] = ()
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    # How long its ended runs are kept: None the server's retention, 0 forever.
+    retention_ms: int | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -174,6 +176,8 @@ class FunctionSpec:
         if self.start_timeout_ms is not None or self.finish_timeout_ms is not None:
             config["timeouts"] = {"start_ms": self.start_timeout_ms,
                                   "finish_ms": self.finish_timeout_ms}
+        if self.retention_ms is not None:  # absent otherwise: older configs stay unchanged
+            config["retention_ms"] = self.retention_ms
         return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
@@ -191,6 +195,13 @@ def policy_from_config(config_json: str) -> RunPolicy:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def retention_from_config(config_json: str) -> int | None:
+    """A function's own retention in ms (None: the server's; 0: forever)."""
+    value = json.loads(config_json).get("retention_ms")
+    return None if value is None else int(value)
+
+
 def function_spec_from_config(function_id: str, config_json: str) -> FunctionSpec:
     """The inverse of FunctionSpec.config_json: a stored function as it was declared."""
     config: dict[str, Any] = json.loads(config_json)
@@ -203,7 +214,8 @@ def function_spec_from_config(function_id: str, config_json: str) -> FunctionSpe
     return FunctionSpec(id=function_id, name=config.get("name") or function_id,
                         triggers=tuple(triggers), retries=int(config["retries"]),
                         cancel_on=policy.cancel_on, start_timeout_ms=policy.start_timeout_ms,
-                        finish_timeout_ms=policy.finish_timeout_ms)
+                        finish_timeout_ms=policy.finish_timeout_ms,
+                        retention_ms=retention_from_config(config_json))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +297,8 @@ class FunctionInfo:
     created_at_ms: int
     updated_at_ms: int
     stats: FunctionStats
+    # The retention in force (its own or the server's), in ms; 0: forever.
+    retention_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,6 +341,8 @@ class QueueItem:
     # "" for the run itself; a step id for one of its parallel steps.
     target_step_id: str = ""
     traceparent: str | None = None
+    # When it became due (set by a claim; 0 otherwise).
+    due_at_ms: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -381,6 +397,8 @@ class Dispatch:
     steps: tuple[MemoStep, ...]
     # Set for a parallel step: the worker replays the run and executes only this step.
     target_step_id: str = ""
+    # When it was due: the scheduling lag metric counts from here to the hand-over.
+    due_at_ms: int = 0
 
     @property
     def key(self) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
 from stepline_server.engine.cron import CronScheduler
+from stepline_server.engine.retention import Pruner
 from stepline_server.engine.timed import TimedLoop
 from stepline_server.engine.timeouts import DeadlineWatch
 from stepline_server.errors import Unavailable
@@ -75,6 +76,7 @@ class SteplineServer:
         self.bridge.add_protocol(InngestProtocol())
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
+        self.pruner = Pruner(self.engine)
         self.heartbeat: _Heartbeat | None = None
         self.port = 0
         self.tracing = tracing_from_env(tracer_provider)
@@ -143,6 +145,7 @@ class SteplineServer:
             asyncio.create_task(self.bridge.run(), name="stepline-bridge"),
             asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
             asyncio.create_task(self.cron.run(), name="stepline-cron"),
+            asyncio.create_task(self.pruner.run(), name="stepline-pruner"),
             asyncio.create_task(
                 dialect.listen(self.settings.database_url, self.dispatcher.wake,
                                self._stop_listening), name="stepline-listen"),
@@ -198,6 +201,7 @@ class SteplineServer:
         self.dispatcher.stop()
         self.deadlines.stop()
         self.cron.stop()
+        self.pruner.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         await self._health.enter_graceful_shutdown()

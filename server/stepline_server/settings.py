@@ -27,6 +27,11 @@ DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 1.0
 DEFAULT_EVENT_DEDUP_SECONDS = 24 * 3600.0
+# Ended runs (and their steps, attempts, waits, and events no run refers to) are deleted this
+# long after they end; 0 keeps them forever. Functions may declare their own (FunctionConfig).
+DEFAULT_RETENTION_SECONDS = 30 * 86400.0
+# How often the pruner looks for history past its retention.
+DEFAULT_PRUNE_SECONDS = 60.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 DEFAULT_RETRY_BASE_SECONDS = 1.0
 DEFAULT_RETRY_MAX_SECONDS = 600.0
@@ -48,6 +53,23 @@ _EMPTY_MEANS_OFF = frozenset({"http_address"})
 def _names(text: str) -> tuple[str, ...]:
     """A comma-separated list of host names."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+_RETENTION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h|d|w)")
+_RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_retention(text: str) -> float:
+    """A retention in seconds: a duration such as "30d", "12h" or "90m", or "0"/"forever" (keep
+    everything)."""
+    value = text.strip().lower()
+    if value in {"0", "forever"}:
+        return 0.0
+    match = _RETENTION.fullmatch(value)
+    if match is None:
+        raise ValueError(f'expected a duration like "30d", "12h" or "90m", or "forever", '
+                         f"got {text!r}")
+    return float(match.group(1)) * _RETENTION_UNITS[match.group(2)]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -74,6 +96,9 @@ class Settings:
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     poll_seconds: float = DEFAULT_POLL_SECONDS
     event_dedup_seconds: float = DEFAULT_EVENT_DEDUP_SECONDS
+    # 0: forever. Set with a duration ("30d", "12h") or "forever" (parse_retention).
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    prune_seconds: float = DEFAULT_PRUNE_SECONDS
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     # SQLite only: FULL syncs the WAL on every commit (accepted = on disk even after power loss);
     # NORMAL survives process crashes but not power loss.
@@ -127,6 +152,8 @@ class Settings:
             "heartbeat_seconds": ("STEPLINE_HEARTBEAT_SECONDS", float),
             "poll_seconds": ("STEPLINE_POLL_SECONDS", float),
             "event_dedup_seconds": ("STEPLINE_EVENT_DEDUP_SECONDS", float),
+            "retention_seconds": ("STEPLINE_RETENTION", parse_retention),
+            "prune_seconds": ("STEPLINE_PRUNE_SECONDS", float),
             "shutdown_grace_seconds": ("STEPLINE_SHUTDOWN_GRACE_SECONDS", float),
             "sqlite_synchronous": ("STEPLINE_SQLITE_SYNCHRONOUS", str),
             "retry_base_seconds": ("STEPLINE_RETRY_BASE_SECONDS", float),
@@ -150,8 +177,8 @@ class Settings:
                 try:
                     values[attr] = kind(raw)
                 except ValueError as exc:
-                    raise ValueError(f"{var}={raw!r}: expected {getattr(kind, '__name__', kind)}"
-                                     ) from exc
+                    expected = (f"expected {kind.__name__}" if kind in (int, float) else exc)
+                    raise ValueError(f"{var}={raw!r}: {expected}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
@@ -169,6 +196,9 @@ class Settings:
         if not 1 <= self.max_steps_per_run <= MAX_STEPS_PER_RUN:
             raise ValueError(f"max_steps_per_run must be between 1 and {MAX_STEPS_PER_RUN}, "
                              f"got {self.max_steps_per_run}")
+        if self.retention_seconds < 0 or self.prune_seconds <= 0:
+            raise ValueError("retention_seconds must be at least 0 (0: forever) and "
+                             "prune_seconds positive")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "

@@ -59,6 +59,11 @@ def optional_ms(message: Any, name: str, path: str | None = None) -> int | None:
     return ms(getattr(message, name), path or name)
 
 
+# The longest retention a function may declare (zero keeps its runs forever).
+MAX_RETENTION_DAYS = 100 * 365
+MAX_RETENTION_MS = MAX_RETENTION_DAYS * 86_400_000
+
+
 def timestamp(value_ms: int | None) -> Timestamp | None:
     if value_ms is None or value_ms >= NEVER_MS:  # "never": a suspension without a timeout
         return None
@@ -174,7 +179,24 @@ def _function(app_id: str, fn: common_pb2.FunctionConfig, path: str) -> Function
         cancel_on=tuple(_cancel_on(c, f"{path}.cancel_on[{j}]")
                         for j, c in enumerate(fn.cancel_on)),
         start_timeout_ms=_positive_ms(fn.timeouts, "start", f"{path}.timeouts.start"),
-        finish_timeout_ms=_positive_ms(fn.timeouts, "finish", f"{path}.timeouts.finish"))
+        finish_timeout_ms=_positive_ms(fn.timeouts, "finish", f"{path}.timeouts.finish"),
+        retention_ms=_retention_ms(fn, f"{path}.retention"))
+
+
+def _retention_ms(fn: common_pb2.FunctionConfig, field: str) -> int | None:
+    """Unset: the server's retention; zero: forever; else at least a second, at most
+    MAX_RETENTION_MS."""
+    if not fn.HasField("retention"):
+        return None
+    value = fn.retention
+    if value.seconds < 0 or value.nanos < 0 or value.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, f"must be a positive duration (or zero: forever), got "
+                                     f"{value.seconds}s {value.nanos}ns")
+    result = value.seconds * 1000 + value.nanos // 1_000_000
+    if 0 < result < 1000 or result > MAX_RETENTION_MS:
+        raise InvalidArgument(field, f"must be between 1 second and {MAX_RETENTION_DAYS} days "
+                                     f"(or zero: forever), got {result} ms")
+    return result
 
 
 def _no_duplicate_triggers(triggers: tuple[Trigger, ...], field: str) -> None:
@@ -236,4 +258,4 @@ def function_config_to_proto(spec: FunctionSpec) -> common_pb2.FunctionConfig:
         cancel_on=[common_pb2.CancelOn(event=c.event, expression=c.expression,
                                        timeout=duration(c.timeout_ms))
                    for c in spec.cancel_on],
-        timeouts=timeouts)
+        timeouts=timeouts, retention=duration(spec.retention_ms))

@@ -84,7 +84,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         server = Process(
             [sys.executable, "-m", "stepline_server", "serve", "--address", "127.0.0.1:0",
-             "--database-url", f"sqlite:///{workdir / 'cli.db'}"],
+             "--database-url", f"sqlite:///{workdir / 'cli.db'}", "--retention", "14d"],
             cwd=workdir, env=_env(STEPLINE_RETRY_BASE_SECONDS="0.05",
                                   STEPLINE_SHUTDOWN_GRACE_SECONDS="1",
                                   STEPLINE_HTTP_ADDRESS="127.0.0.1:0"))
@@ -318,7 +318,9 @@ def test_functions_show_their_runs(url: str) -> None:
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED",
-                                "CANCELLED", "ACTIVE", "TRIGGERS"]
+                                "CANCELLED", "ACTIVE", "RETENTION", "TRIGGERS"]
+    # The server's retention (--retention 14d), the function declaring none of its own.
+    assert "14 d (server)" in next(line for line in lines if line.startswith("cli-e2e:greet "))
     greet = next(line.split() for line in lines if line.startswith("cli-e2e:greet "))
     assert greet[1:3] == ["cli-e2e", "1"]
     assert int(greet[3]) >= 1 and greet[-1] == "test/cli.greet"

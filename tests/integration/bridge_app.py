@@ -8,7 +8,7 @@
     flaky        step a fails on its first attempt, then succeeds
     sleepy       step a, a 100 ms sleep, then the run ends
     parallel     two parallel steps p1, p2 (target_step_id), then the run ends with both
-    slow         sleeps 2 s (or ?sleep=S in the URL) before step a, then ends
+    slow         sleeps 2 s (or ?sleep=S in the URL; at most --sleep-cap) before step a
     html, truncated, unknown-op, not-found, proxy-502
                  step a properly, then that kind of bad answer for every later request
 
@@ -65,6 +65,7 @@ class App:
         self.sign_with = sign_with
         self.sync_args = sync
         self.requests = 0
+        self.traceparents: list[str] = []
 
     async def sync(self, request: Request) -> Response:
         await run_in_threadpool(self._register, str(request.url))
@@ -82,9 +83,13 @@ class App:
     async def count(self, request: Request) -> Response:
         return Response(str(self.requests))
 
+    async def traces(self, request: Request) -> Response:
+        return Response(json.dumps(self.traceparents), media_type="application/json")
+
     async def handle(self, request: Request) -> Response:
         body = await request.body()
         self.requests += 1
+        self.traceparents.append(request.headers.get("traceparent", ""))
         if self.key:
             why = verify(body, request.headers.get(SIGNATURE), [self.key])
             if why is not None:
@@ -94,7 +99,8 @@ class App:
         failed = {s.step_id for s in work.steps if s.HasField("error")}
         fid = work.function_id
         if fid == "slow":
-            await asyncio.sleep(float(request.query_params.get("sleep", "2")))
+            await asyncio.sleep(min(float(request.query_params.get("sleep", "2")),
+                                    self.sync_args.sleep_cap))
         if fid in BAD and "a" in memo:
             return BAD[fid]()
         ops = plan(fid, work, memo, failed)
@@ -178,13 +184,15 @@ def main() -> None:
     parser.add_argument("--key", default="")
     parser.add_argument("--sign-with", default=None)
     parser.add_argument("--server", default="")
+    parser.add_argument("--sleep-cap", type=float, default=3600.0)
     parser.add_argument("--app-id", default="web")
     parser.add_argument("--functions", type=lambda text: text.split(","), default=[])
     args = parser.parse_args()
     app = App(args.key, args.key if args.sign_with is None else args.sign_with, args)
     web = Starlette(routes=[Route("/api/stepline", app.handle, methods=["POST"]),
                             Route("/api/stepline", app.sync, methods=["PUT"]),
-                            Route("/requests", app.count, methods=["GET"])])
+                            Route("/requests", app.count, methods=["GET"]),
+                            Route("/traceparents", app.traces, methods=["GET"])])
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit it: an answer's headers and body, written apart, must not

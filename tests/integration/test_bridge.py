@@ -5,6 +5,7 @@ boundary, and applies its answers with the same engine paths as a worker stream'
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_an_app_that_is_down_fails_the_attempt_after_retries_then_recovers(
     down = start_run(bridge_server, url, "three")
     assert down.status == FAILED
     assert down.error.name == "AppUnreachable"
-    assert down.error.message.startswith(f"{url}: ConnectError")
+    assert down.error.message.startswith(f"{url}: ClientConnectorError: Cannot connect to host")
     # With retries, the run outlives the outage: the app comes back on its port, the retry
     # reaches it.
     register(bridge_server, url, function("three", "go/three", retries=50))
@@ -247,18 +248,22 @@ def requests_served(app: AppProcess) -> int:
         return int(answer.read())
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_every_call_checks_the_address_not_only_registration(
-        server: ServerThread, start_app: Callable[..., AppProcess]) -> None:
+        server: ServerThread, start_app: Callable[..., AppProcess], host: str) -> None:
     """An app row this server would have refused (written by a replica with other settings,
-    or a name that resolved elsewhere at registration) is still never called."""
+    or a name that resolved elsewhere at registration) is still never called: an IP literal
+    is checked before the request, a name where it is resolved for the connection."""
     app = start_app()
+    url = app.url.replace("127.0.0.1", host)
     specs = wire.functions_from_proto("web", [function("three", "go/three", retries=0)], "f")
     server.call(server.server.engine.register_app(
-        AppEndpoint(app_id="web", url=app.url, protocol="stepline"), specs))
+        AppEndpoint(app_id="web", url=url, protocol="stepline"), specs))
     run = server.wait_run(send(server, "go/three"))
     assert run.status == FAILED
     assert run.error.name == "AppUrlRefused"
-    assert "127.0.0.1 resolves to 127.0.0.1, a private, loopback" in run.error.message
+    assert f"{host} resolves to " in run.error.message
+    assert "a private, loopback or link-local address" in run.error.message
     assert requests_served(app) == 0
 
 
@@ -288,3 +293,36 @@ def test_a_run_cancelled_during_its_request_frees_the_slot(
              function("slow", "go/slow", retries=0))
     run = server.wait_run(send(server, "go/three2"))
     assert run.status == COMPLETED, run.error
+
+
+def test_each_request_carries_the_runs_traceparent(
+        bridge_server: ServerThread, start_app: Callable[..., AppProcess]) -> None:
+    app = start_app()
+    first = start_run(bridge_server, app.url, "three")
+    second = bridge_server.wait_run(send(bridge_server, "go/three"))
+    assert first.status == second.status == COMPLETED
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/traceparents", timeout=5) as got:
+        sent = json.loads(got.read())
+    assert len(sent) == 8  # a, b, c and the run's end, for each run
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", t) for t in sent)
+    assert len(set(sent[:4])) == len(set(sent[4:])) == 1  # one run span per run
+    assert sent[0] != sent[4]
+    assert second.id != first.id
+
+
+def test_a_server_stopping_mid_request_charges_nothing(
+        make_server: Callable[..., ServerThread], start_app: Callable[..., AppProcess]) -> None:
+    """The request of a stopping server is abandoned after the grace; its lease goes back
+    uncharged, and the next server serves the run (retries=0: a charged attempt would fail
+    it)."""
+    first = make_server(allow_app_hosts=("127.0.0.1",), shutdown_grace_seconds=0.2)
+    app = start_app()
+    register(first, app.url + "?sleep=30", function("slow", "go/slow", retries=0))
+    run_id = send(first, "go/slow")
+    wait_until(lambda: requests_served(app) == 1, what="the request")
+    first.stop()
+    app.stop()  # the same app again, answering at once this time
+    start_app("--sleep-cap", "0", port=app.port)
+    run = make_server(allow_app_hosts=("127.0.0.1",)).wait_run(run_id)
+    assert run.status == COMPLETED, run.error
+    assert [(s.step_id, s.attempts) for s in run.steps] == [("a", 1)]

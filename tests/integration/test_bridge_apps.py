@@ -4,6 +4,7 @@ last sync; URLs on internal addresses are refused unless the operator lists them
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -148,4 +149,28 @@ def test_sync_refuses_internal_urls_and_says_when_the_app_is_down(
     with channel, pytest.raises(grpc.RpcError) as caught:
         stub.SyncApp(fs.SyncAppRequest(url=f"http://127.0.0.1:{port}/api"))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "did not answer the sync (ConnectError" in (caught.value.details() or "")
+    details = caught.value.details() or ""
+    assert "did not answer the sync (ClientConnectorError: Cannot connect" in details
+
+
+def test_listing_and_syncing_apps_need_an_admin_key(
+        make_server: Callable[..., ServerThread], tmp_path: Path) -> None:
+    signing = "signkey-test-0123456789abcdef0123456789abcdef"
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[[keys]]\nkind = "signing"\nkey = "{signing}"\napps = ["web"]\n'
+                    '[[keys]]\nkind = "admin"\nkey = "admin-0123456789abcdef"\n')
+    server = make_server(keys_file=str(keys), key="admin-0123456789abcdef")
+    channel, stub = _functions_stub(server)
+    with channel:
+        for call in (lambda m: stub.ListApps(fs.ListAppsRequest(), metadata=m),
+                     lambda m: stub.SyncApp(fs.SyncAppRequest(url="https://example.com/"),
+                                            metadata=m)):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(None)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as caught:
+                call([("authorization", f"Bearer {signing}")])
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = stub.ListApps(fs.ListAppsRequest(),
+                               metadata=[("authorization", "Bearer admin-0123456789abcdef")])
+        assert list(listed.apps) == []

@@ -217,12 +217,23 @@ def _strict_json(raw: bytes) -> None:
     json.loads(raw, parse_constant=refuse)
 
 
+# An HTTP app's URL (the bridge): none, garbage that never reaches DNS, and forms the URL
+# policy refuses (internal addresses, other schemes, bad ports, credentials).
+APP_URLS = st.one_of(
+    st.just(""), st.text(max_size=40).filter(lambda t: "://" not in t),
+    st.sampled_from(["http://127.0.0.1:9/x", "https://10.0.0.1/", "ftp://example.com/",
+                     "http://[::1/", "http://example.com:99999/", "http://u:p@127.0.0.1/",
+                     "http://169.254.169.254/latest", "http://0.0.0.0/"]))
+
+
 def test_register_functions_never_fails_inside(api: Api, database_url: str) -> None:
     @FUZZ
-    @given(IDS, st.lists(function_configs(), max_size=3))
-    def check(app_id: str, configs: list[common_pb2.FunctionConfig]) -> None:
+    @given(IDS, st.lists(function_configs(), max_size=3), APP_URLS, st.text(max_size=140))
+    def check(app_id: str, configs: list[common_pb2.FunctionConfig], url: str,
+              sdk: str) -> None:
         before = row_counts(database_url)
-        request = fs.RegisterFunctionsRequest(app_id=app_id, functions=configs)
+        request = fs.RegisterFunctionsRequest(app_id=app_id, functions=configs, url=url,
+                                              sdk=sdk)
         if _call(lambda: api.functions.RegisterFunctions(request)) is not grpc.StatusCode.OK:
             assert row_counts(database_url) == before
 

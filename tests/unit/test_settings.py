@@ -74,3 +74,44 @@ def test_limits_have_inngests_defaults_and_are_settable() -> None:
         Settings.from_env({"STEPLINE_MAX_STEPS_PER_RUN": "10001"})
     with pytest.raises(ValueError, match="max_event_bytes must be positive"):
         Settings.from_env({"STEPLINE_MAX_EVENT_BYTES": "0"})
+
+
+def test_retention_reads_durations_and_forever() -> None:
+    assert Settings().retention_seconds == 30 * 86400
+    assert Settings.from_env({"STEPLINE_RETENTION": "7d"}).retention_seconds == 7 * 86400
+    assert Settings.from_env({"STEPLINE_RETENTION": "12h"}).retention_seconds == 12 * 3600
+    assert Settings.from_env({"STEPLINE_RETENTION": "forever"}).retention_seconds == 0
+    assert Settings.from_env({"STEPLINE_RETENTION": "0"}).retention_seconds == 0
+    with pytest.raises(ValueError, match=r"STEPLINE_RETENTION='a month'.*30d"):
+        Settings.from_env({"STEPLINE_RETENTION": "a month"})
+    with pytest.raises(ValueError, match="retention_seconds"):
+        Settings(retention_seconds=-1).validate()
+
+
+def test_retention_reads_as_it_was_set() -> None:
+    from stepline_server.formatting import retention
+
+    assert [retention(ms) for ms in (0, 30 * 86_400_000, 12 * 3_600_000, 90_000, 1500)] == [
+        "forever", "30 d", "12 h", "90 s", "1.50 s"]
+
+
+def test_the_cli_lists_the_retention_in_force() -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    from stepline.v1 import common_pb2
+    from stepline.v1 import run_service_pb2 as rs
+    from stepline_server.cli_format import functions_table
+
+    own = rs.FunctionInfo(function_id="a:own", app_id="a", retention=Duration(seconds=7 * 86400),
+                          config=common_pb2.FunctionConfig(
+                              id="own", retention=Duration(seconds=7 * 86400)))
+    server = rs.FunctionInfo(function_id="a:dflt", app_id="a",
+                             retention=Duration(seconds=30 * 86400),
+                             config=common_pb2.FunctionConfig(id="dflt"))
+    kept = rs.FunctionInfo(function_id="a:kept", app_id="a", retention=Duration(),
+                           config=common_pb2.FunctionConfig(id="kept", retention=Duration()))
+    lines = functions_table([own, server, kept]).splitlines()
+    assert "RETENTION" in lines[0]
+    assert "7 d" in lines[1] and "(server)" not in lines[1]
+    assert "30 d (server)" in lines[2]
+    assert "forever" in lines[3]

@@ -24,6 +24,7 @@ from stepline._function import (
     check_function_id,
     failure_function,
     parse_cancel_on,
+    parse_retention,
     parse_timeouts,
     parse_triggers,
 )
@@ -92,6 +93,7 @@ class Stepline:
         cancel_on: CancelOnLike | Sequence[CancelOnLike] | None = None,
         timeouts: Mapping[str, DurationLike] | Timeouts | None = None,
         on_failure: Callable[..., Any] | None = None,
+        retention: DurationLike | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function: `@app.function(id="send-welcome", trigger="user/signup")`.
 
@@ -100,6 +102,9 @@ class Stepline:
         {"event": name, "if": CEL} or {"cron": schedule, "tz": zone}, or a list of these.
         `cancel_on`: [{"event": name, "if": CEL, "timeout": duration}] or CancelOn(...)s.
         `timeouts`: {"start": duration, "finish": duration}, either optional.
+        `retention`: how long the server keeps the history of an ended run ("7d", "12h", a
+        timedelta, seconds; 0 or "forever" keeps it forever); None: the server's (--retention,
+        30 days by default).
         `on_failure`: a handler(ctx) run as function f"{id}-failure" when a run fails for good;
         its ctx.event.data is {"function_id" (the full name, "<app_id>:<id>"), "run_id",
         "error", "event"}.
@@ -111,6 +116,7 @@ class Stepline:
         triggers = parse_triggers(trigger, f"{where}: trigger")
         cancels = parse_cancel_on(cancel_on, f"{where}: cancel_on")
         limits = parse_timeouts(timeouts, f"{where}: timeouts")
+        keep = parse_retention(retention, f"{where}: retention")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InvalidUsageError(
                 f"{where}: retries must be a non-negative integer; got {retries!r}")
@@ -123,7 +129,7 @@ class Stepline:
             if not callable(handler):
                 raise InvalidUsageError(f"{where}: expected a function to decorate")
             function = Function(id, name or id, handler, triggers, retries, cancels, limits,
-                                app_id=self.app_id)
+                                app_id=self.app_id, retention=keep)
             declared = [function]
             if on_failure is not None:
                 declared.append(failure_function(function, on_failure))

@@ -126,6 +126,8 @@ class Function:
     cancel_on: tuple[CancelOn, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     app_id: str = ""
+    # How long the server keeps an ended run's history: None its default, zero forever.
+    retention: timedelta | None = None
 
     @property
     def full_name(self) -> str:
@@ -150,6 +152,8 @@ class Function:
             config.timeouts.start.CopyFrom(duration_proto(self.timeouts.start))
         if self.timeouts.finish is not None:
             config.timeouts.finish.CopyFrom(duration_proto(self.timeouts.finish))
+        if self.retention is not None:
+            config.retention.CopyFrom(duration_proto(self.retention))
         return config
 
 
@@ -160,7 +164,7 @@ def failure_function(function: Function, handler: Callable[..., Any]) -> Functio
     when = f"event.data.function_id == {cel_string(function.full_name)}"
     return Function(f"{function.id}-failure", f"{function.name} (on failure)", handler,
                     (EventTrigger(FUNCTION_FAILED, when),), function.retries,
-                    app_id=function.app_id)
+                    app_id=function.app_id, retention=function.retention)
 
 
 def cel_string(text: str) -> str:
@@ -241,6 +245,19 @@ def parse_cancel_on(cancel_on: CancelOnLike | Sequence[CancelOnLike] | None,
         result.append(CancelOn(str(_text(item.event, f"{where}.event")),
                                _text(item.if_, f"{where}.if", optional=True), timeout))
     return tuple(result)
+
+
+def parse_retention(retention: DurationLike | None, what: str) -> timedelta | None:
+    """None (the server's retention), "forever" or 0 (keep forever), or a duration of at least
+    a second ("7d", "12h", seconds, a timedelta)."""
+    if retention is None:
+        return None
+    if isinstance(retention, str) and retention.strip().lower() == "forever":
+        return timedelta(0)
+    value = parse_duration(retention, what, allow_zero=True)
+    if timedelta(0) < value < timedelta(seconds=1):
+        raise InvalidUsageError(f'{what}: must be at least 1s, or 0/"forever"; got {retention!r}')
+    return value
 
 
 def parse_timeouts(timeouts: Mapping[str, DurationLike] | Timeouts | None,

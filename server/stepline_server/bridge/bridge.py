@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 
-import httpx
+import aiohttp
 
 from stepline._signing import sign, verify
 from stepline_server.auth import Keyring
@@ -55,6 +55,7 @@ UNREACHABLE_TRIES = 5
 # A sync's PUT (the app registers before it answers), and how much of its answer is shown.
 SYNC_TIMEOUT_SECONDS = 30.0
 SYNC_ANSWER_CHARS = 2000
+READ_CHUNK_BYTES = 64 * 1024
 
 
 class _Unreachable(Exception):
@@ -78,8 +79,9 @@ class Bridge:
         # Bigger answers are refused: a report of many steps' outputs, with JSON's overhead.
         self.max_answer_bytes = settings.grpc_max_message_bytes
         self.connections: dict[str, HttpConnection] = {}  # by app id
+        self._retiring: set[HttpConnection] = set()
         self.refusals = Refusals(dispatcher)
-        self._client: httpx.AsyncClient | None = None
+        self.client = transport.Client(self.policy, settings.app_timeout_seconds)
         self._reload = asyncio.Event()
         self._stopped = False
         self.engine.on_apps_changed(self._app_changed)
@@ -87,12 +89,6 @@ class Bridge:
     def add_protocol(self, protocol: AppProtocol) -> None:
         """Serve apps whose endpoint names `protocol.name` (the Inngest protocol adds itself)."""
         self.protocols[protocol.name] = protocol
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:  # made on the loop it is used on
-            self._client = transport.client(self.policy, self.settings.app_timeout_seconds)
-        return self._client
 
     def _app_changed(self, app_id: str, http: bool) -> None:
         if http or app_id in self.connections:
@@ -127,13 +123,18 @@ class Bridge:
             conn = self.connections.get(endpoint.app_id)
             if conn is None:
                 self._open(endpoint, function_ids)
-            else:
-                conn.endpoint = endpoint
-                conn.worker_id = endpoint.url
+                continue
+            conn.endpoint = endpoint  # the requests that follow go to its new URL
+            conn.worker_id = endpoint.url
+            if conn.function_ids != function_ids:
                 conn.function_ids = function_ids
+                self.dispatcher.wake()
         gone = set(self.connections) - {e.app_id for e in served}
         for app_id in gone:  # no longer served over HTTP: what is in flight finishes
-            self.dispatcher.remove(self.connections.pop(app_id))
+            conn = self.connections.pop(app_id)
+            self.dispatcher.remove(conn)
+            self._retiring.add(conn)
+        self._retiring = {c for c in self._retiring if c.exchanges}
 
     def _open(self, endpoint: AppEndpoint, function_ids: list[str]) -> None:
         conn = HttpConnection(
@@ -145,8 +146,12 @@ class Bridge:
         log.info("bridge: serving app %s at %s (%s) as %s", endpoint.app_id, endpoint.url,
                  endpoint.protocol, conn.id)
 
+    def _all(self) -> list[HttpConnection]:
+        """The apps' connections, and those of apps no longer served with requests under way."""
+        return [*self.connections.values(), *self._retiring]
+
     async def heartbeat(self) -> None:
-        for conn in list(self.connections.values()):
+        for conn in self._all():
             if conn.inflight:
                 await self.engine.heartbeat(conn.id, sorted(conn.inflight))
 
@@ -155,14 +160,13 @@ class Bridge:
         abandoned (their leases are released with the server's)."""
         self._stopped = True
         self._reload.set()
-        tasks = {t for conn in self.connections.values() for t in conn.exchanges}
+        tasks = {t for conn in self._all() for t in conn.exchanges}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        await self.client.close()
 
     # -- sync: ask an app to register again ---------------------------------------------------
     async def sync(self, url: str, field: str = "url") -> tuple[int, str]:
@@ -173,13 +177,16 @@ class Bridge:
         check_form(url, field)
         await self.policy.check_url(url, field)
         try:
-            response = await self.client.put(url, content=b"", timeout=SYNC_TIMEOUT_SECONDS)
+            self.client.check_literal(url)
+            async with self.client.session.put(url, data=b"", timeout=aiohttp.ClientTimeout(
+                    total=SYNC_TIMEOUT_SECONDS)) as response:
+                text = await response.text(errors="replace")
+                return response.status, text[:SYNC_ANSWER_CHARS]
         except RefusedAddress as exc:
             raise InvalidArgument(field, str(exc)) from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise FailedPrecondition(f"{field}: the app at {url} did not answer the sync "
-                                     f"({type(exc).__name__}: {exc})") from None
-        return response.status_code, response.text[:SYNC_ANSWER_CHARS]
+                                     f"({_cause(exc)})") from None
 
     # -- one leased item: requests until the ack is RELEASE -------------------------------------
     async def exchange(self, conn: HttpConnection, work: Dispatch) -> None:
@@ -288,28 +295,36 @@ class Bridge:
                     ) -> tuple[int, dict[str, str], bytes]:
         """The HTTP exchange; failures to reach the app raise _Unreachable."""
         try:
+            self.client.check_literal(call.url)
             return await self._exchange_bytes(call, headers)
-        except httpx.ConnectTimeout as exc:
-            raise _Unreachable(f"ConnectTimeout: {exc}") from None
-        except httpx.TimeoutException:
-            raise AppAnswerError("AppTimeout", f"{call.url}: no answer within "
-                                 f"{self.settings.app_timeout_seconds:g}s") from None
-        except httpx.TransportError as exc:
-            raise _Unreachable(f"{type(exc).__name__}: {exc}" if str(exc)
-                               else type(exc).__name__) from None
         except RefusedAddress as exc:
             raise AppAnswerError("AppUrlRefused", f"{call.url}: {exc}") from None
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _Unreachable(_cause(exc)) from None
+        except TimeoutError:
+            raise AppAnswerError("AppTimeout", f"{call.url}: no answer within "
+                                 f"{self.settings.app_timeout_seconds:g}s") from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, RefusedAddress):
+                raise AppAnswerError("AppUrlRefused", f"{call.url}: {exc.__cause__}") from None
+            raise _Unreachable(_cause(exc)) from None
 
     async def _exchange_bytes(self, call: OutgoingCall, headers: Mapping[str, str]
                               ) -> tuple[int, dict[str, str], bytes]:
-        async with self.client.stream("POST", call.url, headers=headers,
-                                      content=call.body) as response:
+        async with self.client.session.post(call.url, data=call.body,
+                                            headers=headers) as response:
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
                 size += len(chunk)
                 if size > self.max_answer_bytes:
                     raise AppAnswerError("AnswerTooLarge", f"the app's answer is over "
                                          f"{self.max_answer_bytes} bytes")
                 chunks.append(chunk)
-            return response.status_code, dict(response.headers), b"".join(chunks)
+            return (response.status, {k.lower(): v for k, v in response.headers.items()},
+                    b"".join(chunks))
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

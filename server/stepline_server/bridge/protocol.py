@@ -51,7 +51,8 @@ class AppAnswerError(Exception):
 
 
 class AppProtocol(Protocol):
-    """A wire protocol of the bridge."""
+    """A wire protocol of the bridge, registered with Bridge.add_protocol (bridge/bridge.py);
+    an app's endpoint names its protocol (AppEndpoint.protocol)."""
 
     name: str
     # Where signatures travel, both ways (stepline._signing has the one scheme).
@@ -64,5 +65,8 @@ class AppProtocol(Protocol):
     def answer(self, work: Dispatch, endpoint: AppEndpoint, status: int,
                headers: Mapping[str, str], body: bytes) -> OpsBatch:
         """The report the app's answer amounts to. Raises AppUnreachableAnswer or
-        AppAnswerError; a signature is checked by the bridge before this is called."""
+        AppAnswerError. `headers` has lower-case names. The bridge checks the signature of a
+        2xx answer before this is called, when the app has a signing key (other answers are
+        errors whatever they say, so an unsigned proxy's 502 stays an infrastructure
+        failure)."""
         ...

@@ -9,9 +9,11 @@ request), its body `{"error": {"name": ..., "message": ...}}`: one failed attemp
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -27,7 +29,7 @@ from stepline_server.bridge.protocol import (
 from stepline_server.dispatch import convert
 from stepline_server.errors import InvalidArgument
 from stepline_server.limits import PayloadLimits
-from stepline_server.model import Dispatch, OpsBatch
+from stepline_server.model import Dispatch, MemoStep, OpsBatch
 
 NAME = "stepline"
 SIGNATURE_HEADER = "X-Stepline-Signature"
@@ -46,8 +48,13 @@ class SteplineJson:
         self.limits = limits
 
     def call(self, work: Dispatch, endpoint: AppEndpoint) -> OutgoingCall:
-        message = convert.dispatch_to_proto(work).dispatch
-        body = json.dumps(json_format.MessageToDict(message), separators=(",", ":")).encode()
+        # The memo is written straight in the JSON mapping: through protobuf, it cost 9 ms per
+        # request of a run with 1,000 steps (each request carries the whole memo).
+        message = convert.dispatch_to_proto(replace(work, steps=())).dispatch
+        document = json_format.MessageToDict(message)
+        if work.steps:
+            document["steps"] = [_memo_json(step) for step in work.steps]
+        body = json.dumps(document, separators=(",", ":")).encode()
         return OutgoingCall(url=endpoint.url, body=body,
                             headers={"Content-Type": "application/json"})
 
@@ -65,6 +72,16 @@ class SteplineJson:
             return convert.ops_from_proto(message, self.limits, app_id=endpoint.app_id)
         except InvalidArgument as exc:
             raise AppAnswerError("InvalidOps", str(exc)) from None
+
+
+def _memo_json(step: MemoStep) -> dict[str, Any]:
+    """A StepResult in protobuf's JSON mapping (bytes as base64, empty fields left out)."""
+    if step.error is None:
+        return {"stepId": step.step_id,
+                "output": base64.b64encode((step.output or "null").encode()).decode()}
+    error = {k: v for k, v in (("name", step.error.name), ("message", step.error.message),
+                               ("stack", step.error.stack)) if v}
+    return {"stepId": step.step_id, "error": error}
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

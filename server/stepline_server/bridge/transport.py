@@ -1,73 +1,86 @@
-"""The bridge's HTTP client: one pooled, keep-alive httpx client per server, whose connections
-go only to addresses the URL policy allows (urls.py). The check happens where the connection is
-made: the host is resolved, every address checked, and the socket opened to a checked address
-(TLS still verifies and names the original host), so a name that resolves differently between
-registration, check and connect cannot reach an internal address."""
+"""The bridge's HTTP client: one pooled, keep-alive aiohttp session per server, whose
+connections go only to addresses the URL policy allows (urls.py). The check happens where the
+connection is made: the resolver the session connects through checks every address a name
+resolves to and hands on only checked ones, which the connection then uses (TLS still verifies
+and names the original host), so a name that resolves differently between registration, check
+and connect cannot reach an internal address. An IP literal is checked before each request
+(aiohttp does not resolve it). Kept-alive connections were checked when made.
+
+aiohttp rather than httpx: httpcore's pool walks (and polls) every open connection on each
+request, which stalled the server's event loop for seconds with hundreds of requests in flight
+(bench/bridge.py, figure 4)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-import typing
+from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from stepline_server.bridge.urls import RefusedAddress, UrlPolicy, resolve
+from stepline_server.bridge.urls import RefusedAddress, UrlPolicy
 
-# Idle connections kept open per server (keep-alive), across apps; the apps' in-flight caps
-# bound the open ones.
-KEEPALIVE_CONNECTIONS = 256
+# Idle connections are kept open this long (keep-alive); the apps' in-flight caps bound the
+# open ones, so the pool itself has no limit.
 KEEPALIVE_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+# Resolved names are reused this long (they were checked when resolved).
+DNS_CACHE_SECONDS = 10
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's own backend, connecting only to addresses the policy allows."""
+class GuardedResolver(AbstractResolver):
+    """Resolves through aiohttp's threaded resolver; refuses names with a refused address."""
 
     def __init__(self, policy: UrlPolicy) -> None:
         self.policy = policy
-        self.inner = httpcore.AnyIOBackend()
+        self.inner = aiohttp.ThreadedResolver()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
-                          local_address: str | None = None,
-                          socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        for result in results:  # every answer must pass, not only the one connected to
+            self.policy.check_address(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class Client:
+    """The session, made on the loop it is used on (at the first request)."""
+
+    def __init__(self, policy: UrlPolicy, timeout_seconds: float) -> None:
+        self.policy = policy
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=min(timeout_seconds, CONNECT_TIMEOUT_SECONDS))
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS,
+                ttl_dns_cache=DNS_CACHE_SECONDS, resolver=GuardedResolver(self.policy))
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, auto_decompress=False,
+                trust_env=False, skip_auto_headers=("Accept-Encoding",))
+        return self._session
+
+    def check_literal(self, url: str) -> None:
+        """An IP-literal host is checked here (names are, by the resolver)."""
         if self.policy.any_url:
-            return await self.inner.connect_tcp(host, port, timeout, local_address,
-                                                socket_options)
+            return
+        host = urlsplit(url).hostname or ""
         try:
-            addresses = await resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve ({exc})") from exc
-        for address in addresses:  # every answer must pass, not only the one connected to
-            self.policy.check_address(host, address)
-        return await self.inner.connect_tcp(addresses[0], port, timeout, local_address,
-                                            socket_options)
+            ipaddress.ip_address(host)
+        except ValueError:
+            return
+        self.policy.check_address(host, host)
 
-    async def connect_unix_socket(
-            self, path: str, timeout: float | None = None,  # noqa: ASYNC109
-            socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise RefusedAddress("the bridge does not call Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a pool whose connections GuardedBackend makes (httpx takes no
-    network backend, so the pool it built is replaced by one that uses it)."""
-
-    def __init__(self, policy: UrlPolicy) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=None,
-            max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_SECONDS, network_backend=GuardedBackend(policy),
-            # A request's headers and body are written apart: never wait for a delayed ACK.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-
-
-def client(policy: UrlPolicy, timeout_seconds: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=GuardedTransport(policy), trust_env=False,
-                             timeout=httpx.Timeout(timeout_seconds, connect=min(
-                                 timeout_seconds, 10.0)), follow_redirects=False)
+__all__ = ["Client", "GuardedResolver", "RefusedAddress"]

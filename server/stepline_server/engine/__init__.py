@@ -25,6 +25,9 @@ Where things happen:
     a run ends                   ops._Report._finish (its worker's report), lifecycle.end_runs
                                  (cancel, timeout, lost workers); then lifecycle.after_end
     telemetry is told            observe.Observers, after the commit (Tx.after_commit)
+    history is pruned            retention.Pruner: ended runs past their retention, then
+                                 events no run refers to (store/pruning.py), batch by batch
+    an event id is used again    store/events.insert: a row runs refer to is moved aside
 
 Everything that takes a transaction runs on the store's writer thread: `Database.write` and
 `submit_batched` jobs, and every function here that takes a `Tx` or a `TxContext`. Those never

@@ -48,7 +48,7 @@ from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import servers as server_store
 from stepline_server.store import workers as worker_store
-from stepline_server.store.database import head_revision, schema_revision
+from stepline_server.store.database import head_revision, known_revisions, schema_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -257,7 +257,7 @@ class Engine:
                 Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
                          attempt=item.attempt, max_attempts=item.max_attempts,
                          event=events[item.run_id], steps=tuple(memo.get(item.run_id, ())),
-                         target_step_id=item.target_step_id)
+                         target_step_id=item.target_step_id, due_at_ms=item.due_at_ms)
                 for item in items
             ]
 
@@ -275,17 +275,21 @@ class Engine:
             revision = await self.db.read(schema_revision)
         except Exception as exc:  # any failure to read is the answer
             return f"the database is unreachable ({type(exc).__name__})"
-        if revision != head_revision():
+        if revision is None or (revision in known_revisions() and revision != head_revision()):
             return f"the database schema is at {revision}, this server expects {head_revision()}"
+        # A revision unknown here was applied by a newer replica while this one runs: it only
+        # added to the schema (README, "Upgrades"), so this server keeps serving until it is
+        # upgraded in turn (a restart would refuse: store.database.migrate).
         return None
 
     async def next_due_ms(self, function_ids: list[str]) -> int | None:
         return await self.db.read(lambda conn: queue_store.next_due(conn, function_ids))
 
-    async def queue_depth(self) -> int:
-        """Runs and parallel steps ready to be dispatched now, on every server (metrics)."""
+    async def backlog(self) -> tuple[int, list[tuple[str, int, int]]]:
+        """Now, and per function the runs and parallel steps ready to be dispatched on any
+        server with the oldest one's due time (metrics)."""
         now = now_ms()
-        return await self.db.read(lambda conn: queue_store.ready_count(conn, now))
+        return now, await self.db.read(lambda conn: queue_store.backlog(conn, now))
 
     def submit_ops(self, owner: str, batch: OpsBatch) -> asyncio.Future[AckAction]:
         """Queue a worker's ops for commit (in arrival order); the future gives the ack."""

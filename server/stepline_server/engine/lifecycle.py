@@ -243,11 +243,10 @@ def after_end(ctx: TxContext, endings: list[Ending], *, waits_deleted: bool = Fa
 
 def _system_events(ctx: TxContext, endings: list[Ending], listened: frozenset[str]) -> None:
     conn = ctx.tx.conn
-    event_ids = run_store.event_ids(conn, [e.item.run_id for e in endings])
-    triggers = {r.id: r for r in event_store.get_many(conn, sorted(set(event_ids.values())))}
+    triggers = run_store.events_of(conn, [e.item.run_id for e in endings])
     records: list[EventRecord] = []
     for e in endings:
-        trigger = triggers.get(event_ids.get(e.item.run_id, ""))
+        trigger = triggers.get(e.item.run_id)
         if trigger is not None and trigger.name in SYSTEM_EVENTS:
             continue  # a listener's own end announces nothing: no feedback loops
         data = {

@@ -3,11 +3,12 @@ a page at a time. Engine delegates here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
 from stepline_server import names
+from stepline_server.engine.retention import retention_in_force
 from stepline_server.errors import InvalidArgument, NotFound
 from stepline_server.ids import now_ms
 from stepline_server.model import (
@@ -19,6 +20,7 @@ from stepline_server.model import (
     WorkerInfo,
     function_spec_from_config,
 )
+from stepline_server.settings import Settings
 from stepline_server.store import events as event_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import runs as run_store
@@ -82,6 +84,14 @@ async def list_events(engine: Engine, *, name: str | None, limit: int, page_toke
     return await engine.db.read(query)
 
 
+def _function_info(row: Any, stats: FunctionStats, settings: Settings) -> FunctionInfo:
+    spec = function_spec_from_config(row.id, row.config)
+    return FunctionInfo(spec=spec, app_id=row.app_id, version=row.version,
+                        archived=bool(row.archived), created_at_ms=row.created_at_ms,
+                        updated_at_ms=row.updated_at_ms, stats=stats,
+                        retention_ms=retention_in_force(spec.retention_ms, settings))
+
+
 async def list_functions(engine: Engine, *, app_id: str | None, include_archived: bool,
                          limit: int | None = None, page_token: str = "",
                          function_id: str | None = None) -> tuple[list[FunctionInfo], str]:
@@ -98,11 +108,7 @@ async def list_functions(engine: Engine, *, app_id: str | None, include_archived
         every = limit is None and function_id is None  # one grouped query, no list of ids
         stats = run_store.function_stats(
             conn, since, None if every else [row.id for row in rows]) if rows else {}
-        return [FunctionInfo(spec=function_spec_from_config(row.id, row.config),
-                             app_id=row.app_id, version=row.version,
-                             archived=bool(row.archived), created_at_ms=row.created_at_ms,
-                             updated_at_ms=row.updated_at_ms,
-                             stats=stats.get(row.id, _NO_STATS))
+        return [_function_info(row, stats.get(row.id, _NO_STATS), engine.settings)
                 for row in rows], more
 
     infos, more = await engine.db.read(query)

@@ -8,7 +8,7 @@ logged and dropped). No observer sees uncommitted work.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from stepline_server.model import (
@@ -54,6 +54,10 @@ class Observer:
         """Dispatches, as (run_id, target_step_id, lease), whose worker was lost (its stream
         broke) before it reported how they ended."""
 
+    def rows_pruned(self, counts: Mapping[str, int], seconds: float) -> None:
+        """One pruning transaction deleted these rows (by table), in `seconds` (from its
+        submission to its commit)."""
+
     def filter_skipped(self, kind: str) -> None:
         """A CEL filter over its cost budget was not evaluated on an event (no match). `kind`:
         trigger, wait_for_event or cancel."""
@@ -92,6 +96,10 @@ class Observers(Observer):
                       ) -> None:
         for o in self._all:
             _guard(o.attempts_lost, dispatches, lost_at_ms)
+
+    def rows_pruned(self, counts: Mapping[str, int], seconds: float) -> None:
+        for o in self._all:
+            _guard(o.rows_pruned, counts, seconds)
 
     def filter_skipped(self, kind: str) -> None:
         for o in self._all:

@@ -77,7 +77,8 @@ def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Callable[[],
             started.reserved.append(owner)
             started.placed.append((owner, Dispatch(
                 run_id=run_id, function_id=start.function_id, lease=1, attempt=0,
-                max_attempts=start.policy.max_attempts, event=start.event, steps=())))
+                max_attempts=start.policy.max_attempts, event=start.event, steps=(),
+                due_at_ms=now)))
         else:
             started.queued += 1
             tx.notify = True

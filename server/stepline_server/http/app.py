@@ -49,7 +49,8 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
     keyring = keyring or Keyring()
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(
-        duration=formatting.duration, timestamp=views.timestamp, iso=views.iso,
+        duration=formatting.duration, retention=formatting.retention,
+        timestamp=views.timestamp, iso=views.iso,
         pretty_json=views.pretty_json, compact_json=views.compact_json, percent=views.percent,
         json_value=views.json_value, local_id=names.local_id)
     templates.env.globals["success_rate"] = views.success_rate

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from stepline_server.engine.observe import Observer, RunEnd
+from stepline_server.ids import now_ms
 from stepline_server.model import (
     AckAction,
     Dispatch,
@@ -32,10 +33,15 @@ if TYPE_CHECKING:
     from stepline_server.engine import Engine
 
 log = logging.getLogger(__name__)
-# The queue depth costs a query: several scrapes within this interval share one.
+# The queue depth costs a query (one, grouped by function): scrapes within this interval share
+# it.
 QUEUE_DEPTH_TTL_SECONDS = 2.0
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                         60.0, 300.0, math.inf)
+# Due to dispatched: a few ms when workers keep up; seconds to minutes when they do not.
+LAG_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                       300.0, 900.0, math.inf)
+PRUNE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, math.inf)
 
 
 class Metrics(Observer):
@@ -63,6 +69,16 @@ class Metrics(Observer):
             "stepline_filters_skipped", "CEL filters not evaluated on an event because their "
             "estimated cost was over the budget (counted as no match), by kind (trigger, "
             "wait_for_event, cancel).", ["kind"], registry=self.registry)
+        self._scheduling_lag = Histogram(
+            "stepline_scheduling_lag_seconds", "From the time a run (or parallel step) was due "
+            "to its dispatch to a worker.", ["function"], buckets=LAG_SECONDS_BUCKETS,
+            registry=self.registry)
+        self._pruned = Counter(
+            "stepline_pruned_rows", "Rows deleted by the pruner (history past its retention), "
+            "by table.", ["table"], registry=self.registry)
+        self._prune_batch = Histogram(
+            "stepline_prune_batch_seconds", "Each pruning transaction, from its submission to "
+            "the writer to its commit.", buckets=PRUNE_SECONDS_BUCKETS, registry=self.registry)
         self._gauges = _Gauges(engine, dispatcher)
         self.registry.register(self._gauges)
 
@@ -78,6 +94,9 @@ class Metrics(Observer):
         # A fresh run's first dispatch: no attempt used, no step recorded, not a parallel step.
         if work.attempt == 0 and not work.steps and not work.target_step_id:
             self._runs_started.labels(work.function_id).inc()
+        if work.due_at_ms:
+            lag = max(0, now_ms() - work.due_at_ms) / 1000
+            self._scheduling_lag.labels(work.function_id).observe(lag)
 
     def ops_committed(self, owner: str, batch: OpsBatch, result: AckAction | BaseException,
                       committed_at_ms: int) -> None:
@@ -99,50 +118,77 @@ class Metrics(Observer):
     def filter_skipped(self, kind: str) -> None:
         self._filters_skipped.labels(kind).inc()
 
+    def rows_pruned(self, counts: Mapping[str, int], seconds: float) -> None:
+        for table, count in counts.items():
+            if count:
+                self._pruned.labels(table).inc(count)
+        self._prune_batch.observe(seconds)
+
 
 class _Gauges(Collector):
-    """Values read at scrape time: the ready queue (a query, cached) and this server's
-    connected workers and their slots."""
+    """Values read at scrape time: the ready queue per function (a query, cached) and this
+    server's connected workers and their slots."""
 
     def __init__(self, engine: Engine, dispatcher: Dispatcher) -> None:
         self._engine = engine
         self._dispatcher = dispatcher
-        self._queue_depth = math.nan  # until the first successful query
-        self._queue_depth_at = -math.inf
+        self._backlog: _Backlog | None = None  # until the first successful query
+        self._backlog_at = -math.inf
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._queue_depth_at < QUEUE_DEPTH_TTL_SECONDS:
+            if time.monotonic() - self._backlog_at < QUEUE_DEPTH_TTL_SECONDS:
                 return
             try:
-                self._queue_depth = float(await self._engine.queue_depth())
+                self._backlog = await self._engine.backlog()
             except Exception:  # a scrape must not fail because the database is briefly away
                 log.warning("metrics: could not count the ready queue", exc_info=True)
                 return
-            self._queue_depth_at = time.monotonic()
+            self._backlog_at = time.monotonic()
 
     def describe(self) -> Iterable[Metric]:
-        return self._families(0.0, [])
+        return self._families((0, []), [])
 
     def collect(self) -> Iterable[Metric]:
         # Worker streams only: HTTP apps' connections (the bridge) are no workers.
-        return self._families(self._queue_depth, [
+        return self._families(self._backlog, [
             c for c in self._dispatcher.connections.values() if c.kind == "stream"])
 
     @staticmethod
-    def _families(queue_depth: float, connections: Sequence[WorkerConnection]) -> list[Metric]:
+    def _families(backlog: _Backlog | None, connections: Sequence[WorkerConnection]
+                  ) -> list[Metric]:
         depth = GaugeMetricFamily(
             "stepline_queue_depth", "Runs and parallel steps ready to be dispatched now "
-            "(all servers on this database).", value=queue_depth)
-        workers = GaugeMetricFamily(
-            "stepline_workers_connected", "Worker streams connected to this server.",
-            value=len(connections))
-        slots = GaugeMetricFamily(
-            "stepline_worker_slots", "Slots of the workers connected to this server.",
-            labels=["state"])
-        # A draining worker's idle slots are neither in use nor free.
-        slots.add_metric(["in_use"], sum(min(c.slots, len(c.inflight) + c.reserved)
-                                         for c in connections))
-        slots.add_metric(["free"], sum(c.free for c in connections))
-        return [depth, workers, slots]
+            "(all servers on this database).",
+            value=math.nan if backlog is None else sum(ready for _, ready, _ in backlog[1]))
+        by_function = GaugeMetricFamily(
+            "stepline_function_queue_depth", "Runs and parallel steps of a function ready to "
+            "be dispatched now (all servers); functions with none are absent.",
+            labels=["function"])
+        oldest = GaugeMetricFamily(
+            "stepline_oldest_due_seconds", "How long the oldest ready item of a function has "
+            "been due without being dispatched (all servers).", labels=["function"])
+        now, rows = backlog or (0, [])
+        for function_id, ready, oldest_due_ms in rows:
+            by_function.add_metric([function_id], ready)
+            oldest.add_metric([function_id], max(0, now - oldest_due_ms) / 1000)
+        return [depth, by_function, oldest, *_worker_families(connections)]
+
+
+def _worker_families(connections: Sequence[WorkerConnection]) -> list[Metric]:
+    workers = GaugeMetricFamily(
+        "stepline_workers_connected", "Worker streams connected to this server.",
+        value=len(connections))
+    slots = GaugeMetricFamily(
+        "stepline_worker_slots", "Slots of the workers connected to this server.",
+        labels=["state"])
+    # A draining worker's idle slots are neither in use nor free.
+    slots.add_metric(["in_use"], sum(min(c.slots, len(c.inflight) + c.reserved)
+                                     for c in connections))
+    slots.add_metric(["free"], sum(c.free for c in connections))
+    return [workers, slots]
+
+
+# (now, [(function, ready items, the oldest one's due time)]), all in ms.
+_Backlog = tuple[int, list[tuple[str, int, int]]]

@@ -21,6 +21,7 @@ from stepline_server.model import (
     WorkerInfo,
 )
 from stepline_server.wire import (
+    duration,
     error_to_proto,
     event_to_proto,
     function_config_to_proto,
@@ -102,7 +103,8 @@ def function_info_to_proto(info: FunctionInfo) -> run_service_pb2.FunctionInfo:
         archived=info.archived, created_at=timestamp(info.created_at_ms),
         updated_at=timestamp(info.updated_at_ms),
         stats=run_service_pb2.FunctionStats(runs=s.runs, completed=s.completed, failed=s.failed,
-                                            cancelled=s.cancelled, active=s.active))
+                                            cancelled=s.cancelled, active=s.active),
+        retention=duration(info.retention_ms))
 
 
 def app_to_proto(app: AppInfo) -> function_service_pb2.App:

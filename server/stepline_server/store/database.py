@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -139,9 +140,35 @@ def schema_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer Stepline than this one."""
+
+
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every migration this code knows, oldest to head."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 def migrate(url: str) -> None:
-    """Bring the schema up to date (Alembic `upgrade head`)."""
-    command.upgrade(alembic_config(url), "head")
+    """Bring the schema up to date (Alembic `upgrade head`). Refuses a database that a newer
+    Stepline migrated: its migrations are unknown here, and this code was never tested on it.
+    (A server already running when a newer replica migrates keeps running: migrations only
+    expand the schema within a release series; see README, "Upgrades".)"""
+    config = alembic_config(url)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = schema_revision(conn)
+    finally:
+        engine.dispose()
+    if current is not None and current not in known_revisions():
+        raise SchemaTooNew(
+            f"the database schema is at migration {current}, newer than this server knows "
+            f"(its newest is {head_revision()}): a newer Stepline upgraded it. Start the newer "
+            "version (upgrading every replica), or restore the backup taken before the upgrade")
+    command.upgrade(config, "head")
 
 
 def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any],

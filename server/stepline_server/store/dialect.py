@@ -131,6 +131,20 @@ def insert_or_replace(dialect_name: str, table: Table, *, replace_if: Any) -> An
     ).returning(*key)
 
 
+# Advisory lock keys (PostgreSQL): arbitrary, fixed, ours.
+PRUNER_LOCK = 0x5354_4550_5052_554E  # "STEPPRUN"
+
+
+def try_exclusive(conn: Connection, key: int) -> bool:
+    """Take the transaction-scoped lock `key` if no other transaction holds it (PostgreSQL:
+    pg_try_advisory_xact_lock, released at commit; never waits). SQLite: always True, its
+    writer is one process's."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                             {"key": key}).scalar())
+
+
 def byte_length(dialect_name: str, column: Any) -> Any:
     """The length of a text column in bytes (UTF-8), not characters."""
     if dialect_name == "postgresql":

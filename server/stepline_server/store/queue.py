@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
@@ -82,7 +83,7 @@ def _claim(where: Any) -> Hot:
                                  else_=queue.c.deadline_ms),
                 deadline_kind=case((queue.c.deadline_kind == "start", "finish"),
                                    else_=queue.c.deadline_kind))
-        .returning(*_ITEM_COLUMNS))
+        .returning(*_ITEM_COLUMNS, queue.c.due_at_ms))
 
 
 # One statement: pick the oldest due items and lease them. SQLite holds the write lock: one
@@ -132,7 +133,7 @@ def claim(conn: Connection, owner: str, function_ids: list[str], limit: int, now
     statement = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
     rows = statement.rows(conn, {"function_ids": function_ids, "now": now_ms, "limit": limit,
                                  "owner": owner, "until": now_ms + lease_ms})
-    return [_item(row) for row in rows]
+    return [replace(_item(row), due_at_ms=row.due_at_ms) for row in rows]
 
 
 # Every step's transaction runs these (see hot.py).
@@ -298,13 +299,20 @@ def next_due(conn: Connection, function_ids: list[str]) -> int | None:
     return None if due is None else int(due)
 
 
-_READY_COUNT = select(func.count()).select_from(queue).where(_claimable(bindparam("now")))
+_BACKLOG = (
+    select(queue.c.function_id, func.count().label("ready"),
+           func.min(queue.c.due_at_ms).label("oldest_due_ms"))
+    .where(_claimable(bindparam("now")))
+    .group_by(queue.c.function_id)
+)
 
 
-def ready_count(conn: Connection, now_ms: int) -> int:
-    """Items ready to be claimed now (the queue depth metric). The queue holds unfinished runs
+def backlog(conn: Connection, now_ms: int) -> list[tuple[str, int, int]]:
+    """(function, items ready to be claimed now, the oldest one's due time), per function with
+    any (the queue depth metrics). One statement over the queue, which holds unfinished runs
     only; scrapes are cached by the caller."""
-    return int(conn.execute(_READY_COUNT, {"now": now_ms}).scalar() or 0)
+    return [(row.function_id, int(row.ready), int(row.oldest_due_ms))
+            for row in conn.execute(_BACKLOG, {"now": now_ms})]
 
 
 def set_step_count(conn: Connection, run_id: str, step_count: int) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.model import (
     ErrorInfo,
+    EventRecord,
     FunctionStats,
     MemoStep,
     RunRecord,
@@ -169,7 +170,8 @@ def output_bytes(conn: Connection, run_ids: list[str]) -> dict[str, int]:
     return found
 
 
-def events_of(conn: Connection, run_ids: list[str]) -> dict[str, Any]:
+def events_of(conn: Connection, run_ids: list[str]) -> dict[str, EventRecord]:
+    """The trigger event of each run, by run id."""
     rows = _EVENTS_OF.rows(conn, {"run_ids": run_ids})
     return {row.run_id: row_to_event(row) for row in rows}
 
@@ -255,17 +257,6 @@ def list_(
 def status_of(conn: Connection, run_id: str) -> RunStatus | None:
     value = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
     return None if value is None else RunStatus(value)
-
-
-_EVENT_IDS = Hot(select(runs.c.id, runs.c.event_id).where(
-    runs.c.id.in_(bindparam("run_ids", expanding=True))))
-
-
-def event_ids(conn: Connection, run_ids: list[str]) -> dict[str, str]:
-    """The triggering event id of each run."""
-    if not run_ids:
-        return {}
-    return {row.id: row.event_id for row in _EVENT_IDS.rows(conn, {"run_ids": run_ids})}
 
 
 # -- replays (engine/replays.py) -------------------------------------------------------------------

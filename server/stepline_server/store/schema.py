@@ -86,6 +86,8 @@ runs = Table(
     Index("ix_runs_status_created", "status", "created_at_ms"),
     # The runs an event triggered (ListEvents, ListRuns by event name).
     Index("ix_runs_event", "event_id"),
+    # The pruner: a function's runs that ended before its retention's cutoff (NULL: unended).
+    Index("ix_runs_function_ended", "function_id", "ended_at_ms"),
 )
 
 # A step's final result, written once; a sleep, wait or invoke is written when it begins (status

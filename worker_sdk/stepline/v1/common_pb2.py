@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stepline/v1/common.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x05 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\"g\n\x07Trigger\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.stepline.v1.EventTriggerH\x00\x12(\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x18.stepline.v1.CronTriggerH\x00\x42\x06\n\x04kind\"0\n\x0c\x45ventTrigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"1\n\x0b\x43ronTrigger\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"\xc7\x01\n\x0e\x46unctionConfig\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x08triggers\x18\x03 \x03(\x0b\x32\x14.stepline.v1.Trigger\x12\x14\n\x07retries\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12(\n\tcancel_on\x18\x05 \x03(\x0b\x32\x15.stepline.v1.CancelOn\x12\'\n\x08timeouts\x18\x06 \x01(\x0b\x32\x15.stepline.v1.TimeoutsB\n\n\x08_retries\"Y\n\x08\x43\x61ncelOn\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x08Timeouts\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\tErrorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"b\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfoH\x00\x42\x08\n\x06result\"6\n\nRetryAfter\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stepline/v1/common.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x05 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\"g\n\x07Trigger\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.stepline.v1.EventTriggerH\x00\x12(\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x18.stepline.v1.CronTriggerH\x00\x42\x06\n\x04kind\"0\n\x0c\x45ventTrigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"1\n\x0b\x43ronTrigger\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"\xf5\x01\n\x0e\x46unctionConfig\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x08triggers\x18\x03 \x03(\x0b\x32\x14.stepline.v1.Trigger\x12\x14\n\x07retries\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12(\n\tcancel_on\x18\x05 \x03(\x0b\x32\x15.stepline.v1.CancelOn\x12\'\n\x08timeouts\x18\x06 \x01(\x0b\x32\x15.stepline.v1.Timeouts\x12,\n\tretention\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\n\n\x08_retries\"Y\n\x08\x43\x61ncelOn\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x08Timeouts\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\tErrorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"b\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfoH\x00\x42\x08\n\x06result\"6\n\nRetryAfter\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CRONTRIGGER']._serialized_start=385
   _globals['_CRONTRIGGER']._serialized_end=434
   _globals['_FUNCTIONCONFIG']._serialized_start=437
-  _globals['_FUNCTIONCONFIG']._serialized_end=636
-  _globals['_CANCELON']._serialized_start=638
-  _globals['_CANCELON']._serialized_end=727
-  _globals['_TIMEOUTS']._serialized_start=729
-  _globals['_TIMEOUTS']._serialized_end=824
-  _globals['_ERRORINFO']._serialized_start=826
-  _globals['_ERRORINFO']._serialized_end=883
-  _globals['_STEPRESULT']._serialized_start=885
-  _globals['_STEPRESULT']._serialized_end=983
-  _globals['_RETRYAFTER']._serialized_start=985
-  _globals['_RETRYAFTER']._serialized_end=1039
+  _globals['_FUNCTIONCONFIG']._serialized_end=682
+  _globals['_CANCELON']._serialized_start=684
+  _globals['_CANCELON']._serialized_end=773
+  _globals['_TIMEOUTS']._serialized_start=775
+  _globals['_TIMEOUTS']._serialized_end=870
+  _globals['_ERRORINFO']._serialized_start=872
+  _globals['_ERRORINFO']._serialized_end=929
+  _globals['_STEPRESULT']._serialized_start=931
+  _globals['_STEPRESULT']._serialized_end=1029
+  _globals['_RETRYAFTER']._serialized_start=1031
+  _globals['_RETRYAFTER']._serialized_end=1085
 # @@protoc_insertion_point(module_scope)

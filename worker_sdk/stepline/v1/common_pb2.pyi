@@ -51,20 +51,22 @@ class CronTrigger(_message.Message):
     def __init__(self, schedule: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
 
 class FunctionConfig(_message.Message):
-    __slots__ = ("id", "name", "triggers", "retries", "cancel_on", "timeouts")
+    __slots__ = ("id", "name", "triggers", "retries", "cancel_on", "timeouts", "retention")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     CANCEL_ON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     triggers: _containers.RepeatedCompositeFieldContainer[Trigger]
     retries: int
     cancel_on: _containers.RepeatedCompositeFieldContainer[CancelOn]
     timeouts: Timeouts
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., retries: _Optional[int] = ..., cancel_on: _Optional[_Iterable[_Union[CancelOn, _Mapping]]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ...) -> None: ...
+    retention: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., triggers: _Optional[_Iterable[_Union[Trigger, _Mapping]]] = ..., retries: _Optional[int] = ..., cancel_on: _Optional[_Iterable[_Union[CancelOn, _Mapping]]] = ..., timeouts: _Optional[_Union[Timeouts, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CancelOn(_message.Message):
     __slots__ = ("event", "expression", "timeout")

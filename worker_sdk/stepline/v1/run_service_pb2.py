@@ -22,65 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepline/v1/run_service.proto\x12\x0bstepline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\x97\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12!\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x12.stepline.v1.Event\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x05steps\x18\x0b \x03(\x0b\x32\x11.stepline.v1.Step\x12\x15\n\rparent_run_id\x18\x0c \x01(\t\x12\x15\n\rsource_run_id\x18\r \x01(\t\"\xb3\x02\n\x04Step\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0e\x61ttempt_errors\x18\t \x03(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0c\n\x04kind\x18\n \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"\xf0\x01\n\x0fListRunsRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_name\x18\x07 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.stepline.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"\"\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x11ReplayRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"7\n\x14RerunFromStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\"6\n\x15RerunFromStepResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"H\n\x11ListEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.stepline.v1.EventEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\nEventEntry\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.stepline.v1.Event\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07run_ids\x18\x03 \x03(\t\"g\n\x14ListFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x15ListFunctionsResponse\x12,\n\tfunctions\x18\x01 \x03(\x0b\x32\x19.stepline.v1.FunctionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x02\n\x0c\x46unctionInfo\x12\x13\n\x0b\x66unction_id\x18\x08 \x01(\t\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x10\n\x08\x61rchived\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05stats\x18\x07 \x01(\x0b\x32\x1a.stepline.v1.FunctionStats\"c\n\rFunctionStats\x12\x0c\n\x04runs\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x03\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.stepline.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x02\n\nWorkerInfo\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66unction_ids\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x14\n\x0cslots_in_use\x18\x07 \x01(\x05\x12\x0b\n\x03sdk\x18\x08 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x0b \x01(\x08*\xd2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07*\xa9\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x01\x12\x16\n\x12STEP_STATUS_FAILED\x10\x02\x12\x18\n\x14STEP_STATUS_SLEEPING\x10\x03\x12\x17\n\x13STEP_STATUS_WAITING\x10\x04\x12\x18\n\x14STEP_STATUS_INVOKING\x10\x05\x32\x81\x05\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.stepline.v1.GetRunRequest\x1a\x1b.stepline.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.stepline.v1.CancelRunRequest\x1a\x1e.stepline.v1.CancelRunResponse\x12J\n\tReplayRun\x12\x1d.stepline.v1.ReplayRunRequest\x1a\x1e.stepline.v1.ReplayRunResponse\x12V\n\rRerunFromStep\x12!.stepline.v1.RerunFromStepRequest\x1a\".stepline.v1.RerunFromStepResponse\x12M\n\nListEvents\x12\x1e.stepline.v1.ListEventsRequest\x1a\x1f.stepline.v1.ListEventsResponse\x12V\n\rListFunctions\x12!.stepline.v1.ListFunctionsRequest\x1a\".stepline.v1.ListFunctionsResponse\x12P\n\x0bListWorkers\x12\x1f.stepline.v1.ListWorkersRequest\x1a .stepline.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstepline/v1/run_service.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\x97\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12!\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x12.stepline.v1.Event\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12%\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x05steps\x18\x0b \x03(\x0b\x32\x11.stepline.v1.Step\x12\x15\n\rparent_run_id\x18\x0c \x01(\t\x12\x15\n\rsource_run_id\x18\r \x01(\t\"\xb3\x02\n\x04Step\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0e\x61ttempt_errors\x18\t \x03(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x0c\n\x04kind\x18\n \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0eGetRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"\xf0\x01\n\x0fListRunsRequest\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_name\x18\x07 \x01(\t\"K\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.stepline.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x11\x43\x61ncelRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"\"\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x11ReplayRunResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"7\n\x14RerunFromStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\"6\n\x15RerunFromStepResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.stepline.v1.Run\"H\n\x11ListEventsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.stepline.v1.EventEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\nEventEntry\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.stepline.v1.Event\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07run_ids\x18\x03 \x03(\t\"g\n\x14ListFunctionsRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x15ListFunctionsResponse\x12,\n\tfunctions\x18\x01 \x03(\x0b\x32\x19.stepline.v1.FunctionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x02\n\x0c\x46unctionInfo\x12\x13\n\x0b\x66unction_id\x18\x08 \x01(\t\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x10\n\x08\x61rchived\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05stats\x18\x07 \x01(\x0b\x32\x1a.stepline.v1.FunctionStats\x12,\n\tretention\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\"c\n\rFunctionStats\x12\x0c\n\x04runs\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x03\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.stepline.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x99\x02\n\nWorkerInfo\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66unction_ids\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x14\n\x0cslots_in_use\x18\x07 \x01(\x05\x12\x0b\n\x03sdk\x18\x08 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x0b \x01(\x08*\xd2\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x17\n\x13RUN_STATUS_SLEEPING\x10\x03\x12\x16\n\x12RUN_STATUS_WAITING\x10\x04\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x07*\xa9\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x01\x12\x16\n\x12STEP_STATUS_FAILED\x10\x02\x12\x18\n\x14STEP_STATUS_SLEEPING\x10\x03\x12\x17\n\x13STEP_STATUS_WAITING\x10\x04\x12\x18\n\x14STEP_STATUS_INVOKING\x10\x05\x32\x81\x05\n\nRunService\x12\x41\n\x06GetRun\x12\x1a.stepline.v1.GetRunRequest\x1a\x1b.stepline.v1.GetRunResponse\x12G\n\x08ListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\x12J\n\tCancelRun\x12\x1d.stepline.v1.CancelRunRequest\x1a\x1e.stepline.v1.CancelRunResponse\x12J\n\tReplayRun\x12\x1d.stepline.v1.ReplayRunRequest\x1a\x1e.stepline.v1.ReplayRunResponse\x12V\n\rRerunFromStep\x12!.stepline.v1.RerunFromStepRequest\x1a\".stepline.v1.RerunFromStepResponse\x12M\n\nListEvents\x12\x1e.stepline.v1.ListEventsRequest\x1a\x1f.stepline.v1.ListEventsResponse\x12V\n\rListFunctions\x12!.stepline.v1.ListFunctionsRequest\x1a\".stepline.v1.ListFunctionsResponse\x12P\n\x0bListWorkers\x12\x1f.stepline.v1.ListWorkersRequest\x1a .stepline.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=2820
-  _globals['_RUNSTATUS']._serialized_end=3030
-  _globals['_STEPSTATUS']._serialized_start=3033
-  _globals['_STEPSTATUS']._serialized_end=3202
-  _globals['_RUN']._serialized_start=106
-  _globals['_RUN']._serialized_end=513
-  _globals['_STEP']._serialized_start=516
-  _globals['_STEP']._serialized_end=823
-  _globals['_GETRUNREQUEST']._serialized_start=825
-  _globals['_GETRUNREQUEST']._serialized_end=856
-  _globals['_GETRUNRESPONSE']._serialized_start=858
-  _globals['_GETRUNRESPONSE']._serialized_end=905
-  _globals['_LISTRUNSREQUEST']._serialized_start=908
-  _globals['_LISTRUNSREQUEST']._serialized_end=1148
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1150
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1225
-  _globals['_CANCELRUNREQUEST']._serialized_start=1227
-  _globals['_CANCELRUNREQUEST']._serialized_end=1277
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1279
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1329
-  _globals['_REPLAYRUNREQUEST']._serialized_start=1331
-  _globals['_REPLAYRUNREQUEST']._serialized_end=1365
-  _globals['_REPLAYRUNRESPONSE']._serialized_start=1367
-  _globals['_REPLAYRUNRESPONSE']._serialized_end=1417
-  _globals['_RERUNFROMSTEPREQUEST']._serialized_start=1419
-  _globals['_RERUNFROMSTEPREQUEST']._serialized_end=1474
-  _globals['_RERUNFROMSTEPRESPONSE']._serialized_start=1476
-  _globals['_RERUNFROMSTEPRESPONSE']._serialized_end=1530
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1532
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1604
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1606
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1692
-  _globals['_EVENTENTRY']._serialized_start=1694
-  _globals['_EVENTENTRY']._serialized_end=1807
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1809
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1912
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1914
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=2008
-  _globals['_FUNCTIONINFO']._serialized_start=2011
-  _globals['_FUNCTIONINFO']._serialized_end=2281
-  _globals['_FUNCTIONSTATS']._serialized_start=2283
-  _globals['_FUNCTIONSTATS']._serialized_end=2382
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2384
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2443
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2445
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2533
-  _globals['_WORKERINFO']._serialized_start=2536
-  _globals['_WORKERINFO']._serialized_end=2817
-  _globals['_RUNSERVICE']._serialized_start=3205
-  _globals['_RUNSERVICE']._serialized_end=3846
+  _globals['_RUNSTATUS']._serialized_start=2898
+  _globals['_RUNSTATUS']._serialized_end=3108
+  _globals['_STEPSTATUS']._serialized_start=3111
+  _globals['_STEPSTATUS']._serialized_end=3280
+  _globals['_RUN']._serialized_start=138
+  _globals['_RUN']._serialized_end=545
+  _globals['_STEP']._serialized_start=548
+  _globals['_STEP']._serialized_end=855
+  _globals['_GETRUNREQUEST']._serialized_start=857
+  _globals['_GETRUNREQUEST']._serialized_end=888
+  _globals['_GETRUNRESPONSE']._serialized_start=890
+  _globals['_GETRUNRESPONSE']._serialized_end=937
+  _globals['_LISTRUNSREQUEST']._serialized_start=940
+  _globals['_LISTRUNSREQUEST']._serialized_end=1180
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1182
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1257
+  _globals['_CANCELRUNREQUEST']._serialized_start=1259
+  _globals['_CANCELRUNREQUEST']._serialized_end=1309
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1311
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1361
+  _globals['_REPLAYRUNREQUEST']._serialized_start=1363
+  _globals['_REPLAYRUNREQUEST']._serialized_end=1397
+  _globals['_REPLAYRUNRESPONSE']._serialized_start=1399
+  _globals['_REPLAYRUNRESPONSE']._serialized_end=1449
+  _globals['_RERUNFROMSTEPREQUEST']._serialized_start=1451
+  _globals['_RERUNFROMSTEPREQUEST']._serialized_end=1506
+  _globals['_RERUNFROMSTEPRESPONSE']._serialized_start=1508
+  _globals['_RERUNFROMSTEPRESPONSE']._serialized_end=1562
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1564
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1636
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1638
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1724
+  _globals['_EVENTENTRY']._serialized_start=1726
+  _globals['_EVENTENTRY']._serialized_end=1839
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1841
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1944
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1946
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=2040
+  _globals['_FUNCTIONINFO']._serialized_start=2043
+  _globals['_FUNCTIONINFO']._serialized_end=2359
+  _globals['_FUNCTIONSTATS']._serialized_start=2361
+  _globals['_FUNCTIONSTATS']._serialized_end=2460
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2462
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2521
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2523
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2611
+  _globals['_WORKERINFO']._serialized_start=2614
+  _globals['_WORKERINFO']._serialized_end=2895
+  _globals['_RUNSERVICE']._serialized_start=3283
+  _globals['_RUNSERVICE']._serialized_end=3924
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from stepline.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
@@ -226,7 +227,7 @@ class ListFunctionsResponse(_message.Message):
     def __init__(self, functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FunctionInfo(_message.Message):
-    __slots__ = ("function_id", "config", "app_id", "version", "archived", "created_at", "updated_at", "stats")
+    __slots__ = ("function_id", "config", "app_id", "version", "archived", "created_at", "updated_at", "stats", "retention")
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +236,7 @@ class FunctionInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     function_id: str
     config: _common_pb2.FunctionConfig
     app_id: str
@@ -243,7 +245,8 @@ class FunctionInfo(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     stats: FunctionStats
-    def __init__(self, function_id: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.FunctionConfig, _Mapping]] = ..., app_id: _Optional[str] = ..., version: _Optional[int] = ..., archived: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stats: _Optional[_Union[FunctionStats, _Mapping]] = ...) -> None: ...
+    retention: _duration_pb2.Duration
+    def __init__(self, function_id: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.FunctionConfig, _Mapping]] = ..., app_id: _Optional[str] = ..., version: _Optional[int] = ..., archived: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stats: _Optional[_Union[FunctionStats, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class FunctionStats(_message.Message):
     __slots__ = ("runs", "completed", "failed", "cancelled", "active")

@@ -3,7 +3,8 @@
 last sync. Expand-only: a new table.
 
 Revision ID: 0009
-Revises: 0008
+Revises: 0010 (main shipped 0010_retention on 0008 first: a database already at 0010 must
+still get this table, so it follows 0010)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
