@@ -62,9 +62,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check server worker_sdk tests examples bench chaos
 	$(BIN)/mypy server worker_sdk
 
-bench: $(STAMP)
+bench: $(STAMP) inngest-node
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bridge.py
+	$(BIN)/python bench/inngest_http.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.
