@@ -4,6 +4,7 @@ the precise errors for bad requests and unsupported endpoints."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,3 +166,16 @@ def test_the_dashboard_says_which_flow_control_is_not_enforced(
     assert "Not enforced by Stepline" in page
     assert "concurrency: [{&#34;limit&#34;: 2}]" in page and "rateLimit" in page
     assert "Not enforced" not in httpx.get(f"{dev_server.http_url}/functions/shop:plain").text
+
+
+def test_register_refuses_a_key_bound_to_another_app(keyed_server: ServerThread) -> None:
+    """The signing key is bound to pyapp and tsapp: it cannot register an app called shop."""
+    hashed = hashlib.sha256(bytes.fromhex(SIGNING_KEY.rsplit("-", 1)[1])).hexdigest()
+    body = {"appname": "shop", "url": "http://127.0.0.1:9/",
+            "functions": [{"id": "shop-f", "triggers": [{"event": "e"}]}]}
+    answer = httpx.post(f"{keyed_server.http_url}/fn/register", json=body,
+                        headers={"Authorization": f"Bearer {hashed}"})
+    assert answer.status_code == 403 and "not bound to app 'shop'" in answer.json()["error"]
+    # Without a key, not even a malformed payload is looked at.
+    assert httpx.post(f"{keyed_server.http_url}/fn/register",
+                      content=b"{junk").status_code == 401

@@ -125,10 +125,13 @@ async def register(request: Request) -> Response:
         return _answer(request, {"error": f"this is a {kind} server and the SDK expects "
                                  f"{expected!r}: set INNGEST_DEV for a dev server, or "
                                  "INNGEST_BASE_URL and keys for a server with keys"}, 400)
+    token = bearer(request.headers.get("authorization", ""))
     try:
+        # A caller without a signing key learns nothing about its payload; then the key must
+        # be bound to the app the payload names.
+        services(request).keyring.authorize(token, Need.APP)
         found = registration(await _body(request), dev=kind == "dev")
-        services(request).keyring.authorize(
-            bearer(request.headers.get("authorization", "")), Need.APP, found.endpoint.app_id)
+        services(request).keyring.authorize(token, Need.APP, found.endpoint.app_id)
         settings = services(request).engine.settings
         await UrlPolicy.of(settings.allow_app_hosts, any_url=settings.any_app_url).check_url(
             found.endpoint.url, "url")
