@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup ts ts-test ts-example dev-ts chromium dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
+.PHONY: setup ts ts-test ts-example dev-ts chromium inngest-node dev test test-sqlite test-postgres proto proto-check lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ ts: $(TS_STAMP)
 ts-test: $(TS_STAMP)
 	cd $(TS) && npm test --silent
 
+# The official npm Inngest SDK (examples/inngest/ts, from its lock file) for the Inngest tests
+# and the TypeScript example; Node 20 or later.
+INNGEST_NODE := examples/inngest/ts/node_modules/.installed
+$(INNGEST_NODE): examples/inngest/ts/package-lock.json
+	cd examples/inngest/ts && npm ci --no-audit --no-fund
+	touch $@
+
+inngest-node: $(INNGEST_NODE)
+
 # Debian's Chromium for the dashboard's browser tests (they fail, saying why, without it).
 chromium:
 	-@.ci/install-chromium
@@ -47,13 +56,13 @@ ts-example: $(TS_STAMP)
 	$(TS)/node_modules/.bin/tsc -p examples/signup-ts/tsconfig.json
 
 # Lint first: a style slip fails CI like a failing test.
-test: $(STAMP) $(TS_STAMP) chromium proto-check lint ts-test
+test: $(STAMP) $(TS_STAMP) chromium inngest-node proto-check lint ts-test
 	$(BIN)/python -m pytest -q tests
 
-test-sqlite: $(STAMP) $(TS_STAMP) chromium
+test-sqlite: $(STAMP) $(TS_STAMP) chromium inngest-node
 	$(BIN)/python -m pytest -q tests --backend sqlite
 
-test-postgres: $(STAMP) $(TS_STAMP) chromium
+test-postgres: $(STAMP) $(TS_STAMP) chromium inngest-node
 	$(BIN)/python -m pytest -q tests --backend postgres
 
 proto: $(STAMP)
@@ -77,10 +86,11 @@ lint: $(STAMP)
 	$(BIN)/mypy server worker_sdk
 
 # Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
-bench: $(STAMP) $(TS_STAMP)
+bench: $(STAMP) $(TS_STAMP) inngest-node
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bridge.py
 	$(BIN)/python bench/typescript.py
+	$(BIN)/python bench/inngest_http.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.

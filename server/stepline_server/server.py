@@ -25,6 +25,7 @@ from stepline.v1 import (
 )
 from stepline_server.auth import keyring_from
 from stepline_server.bridge.bridge import Bridge
+from stepline_server.bridge.inngest import InngestProtocol
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.worker_stream import WorkerService
 from stepline_server.engine import Engine
@@ -73,6 +74,7 @@ class SteplineServer:
         self.dispatcher = Dispatcher(self.engine, self.server_id, settings.poll_seconds)
         # Apps served over HTTP; other protocols add themselves (bridge.add_protocol).
         self.bridge = Bridge(self.dispatcher, self.keyring)
+        self.bridge.add_protocol(InngestProtocol())
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.pruner = Pruner(self.engine)

@@ -31,7 +31,7 @@ from stepline_server.errors import (
     SteplineServerError,
     Unavailable,
 )
-from stepline_server.http import api, controls, login, pages, views
+from stepline_server.http import api, controls, inngest, login, pages, views
 from stepline_server.http.metrics import Metrics
 from stepline_server.http.state import Services, services
 
@@ -55,7 +55,7 @@ def create_app(engine: Engine, dispatcher: Dispatcher, metrics: Metrics,
         json_value=views.json_value, local_id=names.local_id)
     templates.env.globals["success_rate"] = views.success_rate
     routes: list[BaseRoute] = [
-        *login.routes, *controls.routes, *pages.routes, *api.routes,
+        *login.routes, *controls.routes, *pages.routes, *api.routes, *inngest.routes,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
@@ -152,7 +152,8 @@ class KnownHostMiddleware:
     """Answers the dashboard and its API only under names the operator gave (and IP literals
     and localhost). A page on a name that an attacker re-points to this address (DNS rebinding)
     would otherwise be same-origin with the dashboard, and could read /api and cancel runs.
-    /metrics and /healthz answer under any name: scrapers and probes use their own."""
+    /metrics and /healthz answer under any name: scrapers and probes use their own, and so do
+    the Inngest API's paths (SDKs authenticate with keys there, never with a cookie)."""
 
     OPEN = ("/metrics", "/healthz", "/readyz")
 
@@ -161,7 +162,8 @@ class KnownHostMiddleware:
         self.names = frozenset(name.lower() for name in ("localhost", *names))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+        if (scope["type"] == "http" and scope["path"] not in self.OPEN
+                and not scope["path"].startswith(inngest.PREFIXES)):
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             if not self.known(host):
                 response = JSONResponse(

@@ -27,6 +27,8 @@ from stepline_server.http.state import services
 COOKIE = "stepline_session"
 SESSION_SECONDS = 12 * 3600
 OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/login", "/logout")
+# The Inngest API (http/inngest.py) checks its own keys: event keys in the path, signing keys.
+SELF_AUTHENTICATED = ("/e/", "/fn/", "/v0/", "/v1/", "/invoke/")
 
 
 def key_id(key: Key) -> str:
@@ -72,7 +74,8 @@ class KeysMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or not self.keyring.enabled
-                or scope["path"] in OPEN_PATHS or scope["path"].startswith("/static/")):
+                or scope["path"] in OPEN_PATHS
+                or scope["path"].startswith(("/static/", *SELF_AUTHENTICATED))):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
