@@ -57,13 +57,13 @@ ts-example: $(TS_STAMP)
 
 # Lint first: a style slip fails CI like a failing test.
 test: $(STAMP) $(TS_STAMP) chromium inngest-node proto-check lint ts-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests examples/signup
 
 test-sqlite: $(STAMP) $(TS_STAMP) chromium inngest-node
-	$(BIN)/python -m pytest -q tests --backend sqlite
+	$(BIN)/python -m pytest -q tests examples/signup --backend sqlite
 
 test-postgres: $(STAMP) $(TS_STAMP) chromium inngest-node
-	$(BIN)/python -m pytest -q tests --backend postgres
+	$(BIN)/python -m pytest -q tests examples/signup --backend postgres
 
 proto: $(STAMP)
 	rm -f worker_sdk/stepline/v1/*_pb2*.py worker_sdk/stepline/v1/*_pb2*.pyi
