@@ -25,8 +25,11 @@ $(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
 
 ts: $(TS_STAMP)
 
+# The SDK's tests, then the TypeScript example's own (examples/signup-ts/functions.test.ts).
 ts-test: $(TS_STAMP)
 	cd $(TS) && npm test --silent
+	$(MAKE) --no-print-directory ts-example
+	node --test examples/signup-ts/dist/functions.test.js
 
 # The official npm Inngest SDK (examples/inngest/ts, from its lock file) for the Inngest tests
 # and the TypeScript example; Node 20 or later.
