@@ -1,20 +1,5 @@
-"""Run a function in-process, without a server, for its unit tests.
-
-    from stepline.testing import run
-
-    result = run(send_welcome_email, event={"name": "user/signup.completed",
-                                            "data": {"userId": "usr_1"}},
-                 steps={"send-email": "msg_1"})
-    assert result.output == {"messageId": "msg_1"}
-    assert result.step_names == ["fetch-user", "send-email"]
-
-The function runs through the SDK's own executor (the RunExecution the worker uses): this
-module plays the server's part, answering each op the execution reports and dispatching the run
-again with the memoized steps, as the server does. Steps without a stub run their real code;
-a stubbed step returns the stub (or raises it, if it is an exception) instead. Sleeps end at
-once on a fake clock, waits get the event you give (or time out), invokes return their stub,
-and failures are retried per the function's `retries` without waiting.
-"""
+"""The server's part in stepline.testing: answers the ops the SDK's executor reports, as the
+server would, and dispatches the run again with its memoized steps until it ends."""
 
 from __future__ import annotations
 
@@ -22,139 +7,32 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stepline import _config
-from stepline._events import (
-    Event,
-    EventInput,
-    EventLike,
-    _event_message,
-    event_from_json,
-    event_from_proto,
-)
+from stepline._events import Event, EventInput, event_from_json, event_from_proto
 from stepline._execution import RunExecution
-from stepline._function import EventTrigger, Function
+from stepline._function import Function
 from stepline._step import Step, encode_json, error_info
 from stepline.errors import SteplineError
+from stepline.testing._records import (
+    ErrorRecord,
+    InvokeRecord,
+    RunResult,
+    SleepRecord,
+    StepRecord,
+    Stubs,
+    TestingError,
+    WaitRecord,
+)
 from stepline.v1 import common_pb2
 from stepline.v1 import worker_service_pb2 as ws
-
-__all__ = [
-    "ErrorRecord",
-    "InvokeRecord",
-    "RunResult",
-    "SleepRecord",
-    "StepRecord",
-    "TestingError",
-    "WaitRecord",
-    "run",
-    "run_async",
-]
 
 # A run that needs more dispatches than this is looping (a step failing forever, say).
 MAX_DISPATCHES = 1000
 CONTINUE = ws.ACK_ACTION_CONTINUE
 RELEASE = ws.ACK_ACTION_RELEASE
-Stubs = Mapping[str, Any]
-
-
-class TestingError(SteplineError):
-    """The run could not be carried out in the test: an invoke without a stub, a bad stub, or a
-    run that never ends. Raised by run(); the function's own failures are `result.error`."""
-
-    __test__ = False  # not a pytest test class
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ErrorRecord:
-    """An error as the server stores it: the exception's class name, message and traceback."""
-
-    name: str
-    message: str
-    stack: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepRecord:
-    """A step that got its result, in the order results came. `kind`: "run", "sleep", "wait",
-    "invoke" or "send". `attempts`: how many times it ran (1 unless it was retried)."""
-
-    id: str
-    name: str
-    kind: str
-    output: Any = None
-    error: ErrorRecord | None = None
-    attempts: int = 1
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SleepRecord:
-    """A sleep or sleep_until, on the fake clock: it began at `started_at`, ended at `woke_at`."""
-
-    id: str
-    name: str
-    duration: timedelta | None
-    until: datetime | None
-    started_at: datetime
-    woke_at: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WaitRecord:
-    """A wait_for_event: what it waited for, and the event it got (None: it timed out)."""
-
-    id: str
-    name: str
-    event: str
-    if_: str | None
-    timeout: timedelta
-    result: Event | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InvokeRecord:
-    """An invoke: the function and data it was called with, and its stubbed outcome."""
-
-    id: str
-    name: str
-    function_id: str
-    data: Any
-    output: Any = None
-    error: ErrorRecord | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunResult:
-    """How the run ended, and what it did on the way."""
-
-    output: Any
-    error: ErrorRecord | None
-    steps: tuple[StepRecord, ...]
-    sent_events: tuple[Event, ...]
-    sleeps: tuple[SleepRecord, ...]
-    waits: tuple[WaitRecord, ...]
-    invokes: tuple[InvokeRecord, ...]
-    dispatches: int
-    now: datetime
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-    @property
-    def step_names(self) -> list[str]:
-        return [s.name for s in self.steps]
-
-    def step(self, name_or_id: str) -> StepRecord:
-        """The step with this id, else the first one with this name; KeyError if none."""
-        by_id = [s for s in self.steps if s.id == name_or_id]
-        by_name = [s for s in self.steps if s.name == name_or_id]
-        if by_id or by_name:
-            return (by_id or by_name)[0]
-        raise KeyError(f"no step {name_or_id!r}; the run's steps: {self.step_names}")
 
 
 def _lookup(stubs: Stubs, step_id: str, name: str) -> tuple[bool, Any]:
@@ -178,10 +56,10 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-class _TestStep(Step):
+class TestStep(Step):
     """The real step tools, except that a stubbed step's callable is replaced by its stub."""
 
-    def __init__(self, execution: _TestExecution) -> None:
+    def __init__(self, execution: TestExecution) -> None:
         super().__init__(execution)
         self._test = execution
 
@@ -197,8 +75,8 @@ class _TestStep(Step):
         return output
 
 
-class _TestExecution(RunExecution):
-    def __init__(self, driver: _Driver, dispatch: ws.Dispatch) -> None:
+class TestExecution(RunExecution):
+    def __init__(self, driver: Driver, dispatch: ws.Dispatch) -> None:
         super().__init__(driver, dispatch, driver.function, step_pool=driver.pool,
                          body_pool=driver.pool,
                          max_payload_bytes=_config.SERVE_MAX_PAYLOAD_BYTES)
@@ -206,14 +84,14 @@ class _TestExecution(RunExecution):
         self.executing: dict[str, str] = {}  # step id -> name, of steps that passed the gate
 
     def new_step(self) -> Step:
-        return _TestStep(self)
+        return TestStep(self)
 
     async def gate(self, step_id: str, name: str) -> None:
         await super().gate(step_id, name)
         self.executing[step_id] = name
 
 
-class _Driver:
+class Driver:
     """Plays the server: answers the ops the execution reports, and dispatches the run again
     until it ends."""
 
@@ -411,7 +289,7 @@ class _Driver:
     async def drive(self) -> int:
         for count in range(1, MAX_DISPATCHES + 1):
             self.reported = False
-            await _TestExecution(self, self.dispatch()).execute()
+            await TestExecution(self, self.dispatch()).execute()
             if self.problem is not None:
                 raise TestingError(self.problem)
             if self.ended:
@@ -426,57 +304,3 @@ class _Driver:
                          sent_events=tuple(self.sent), sleeps=tuple(self.sleeps),
                          waits=tuple(self.wait_records), invokes=tuple(self.invoke_records),
                          dispatches=dispatches, now=self.clock)
-
-
-def _trigger_event(function: Function, event: EventLike | Event | None,
-                   now: datetime) -> common_pb2.Event:
-    if event is None:
-        names = [t.name for t in function.triggers if isinstance(t, EventTrigger)]
-        event = {"name": names[0] if names else "stepline/test", "data": {}}
-    if isinstance(event, Event):
-        event = EventInput(event.name, event.data, id=event.id or None, ts=event.ts,
-                           user=event.user)
-    message = _event_message(event, "event")
-    message.id = message.id or "evt_test"
-    if not message.HasField("ts"):
-        message.ts.FromDatetime(now)
-    return message
-
-
-async def run_async(function: Function, *, event: EventLike | Event | None = None,
-                    steps: Stubs | None = None, waits: Stubs | None = None,
-                    invokes: Stubs | None = None, run_id: str = "run_test",
-                    now: datetime | None = None) -> RunResult:
-    """run(), for a test that already has an event loop running (an async test)."""
-    if not isinstance(function, Function):
-        raise TestingError(f"function: expected what @app.function(...) returns; got "
-                           f"{function!r}")
-    clock = now if now is not None else datetime.now(UTC)
-    with ThreadPoolExecutor(4, thread_name_prefix="stepline-test") as pool:
-        driver = _Driver(function, _trigger_event(function, event, clock), stubs=steps or {},
-                         waits=waits or {}, invokes=invokes or {}, run_id=run_id, now=clock,
-                         pool=pool)
-        dispatches = await driver.drive()
-    return driver.result(dispatches)
-
-
-def run(function: Function, *, event: EventLike | Event | None = None,
-        steps: Stubs | None = None, waits: Stubs | None = None,
-        invokes: Stubs | None = None, run_id: str = "run_test",
-        now: datetime | None = None) -> RunResult:
-    """Run `function` to its end in this process, with no server, and return what happened.
-
-    `event`: the trigger (a dict with "name" and "data", an EventInput or an Event; default: an
-    event of the function's first trigger with empty data). `steps`: results of `step.run`
-    steps by step id or name; a value is returned instead of calling the step's function, an
-    exception instance is raised by it (and retried like any failure). Steps without a stub run
-    for real. `waits`: the event each wait_for_event gets, by id or name (None or no entry: it
-    times out). `invokes`: each invoke's result by id or name (an exception fails it; an
-    invoke without a stub raises TestingError). `now`: where the fake clock starts (default
-    the current time); sleeps and timed-out waits move it on, instantly.
-
-    The function's own failure is `result.error`, not an exception: run() raises only
-    TestingError, when the run cannot be carried out.
-    """
-    return asyncio.run(run_async(function, event=event, steps=steps, waits=waits,
-                                 invokes=invokes, run_id=run_id, now=now))
