@@ -201,7 +201,8 @@ class Driver:
         self.wait_records.append(WaitRecord(
             id=op.step_id, name=op.name, event=op.event, if_=op.expression or None,
             timeout=timeout, result=event_from_json(value)))
-        self._result(StepRecord(id=op.step_id, name=op.name, kind="wait", output=value),
+        self._result(StepRecord(id=op.step_id, name=op.name, kind="wait_for_event",
+                                output=value),
                      common_pb2.StepResult(step_id=op.step_id,
                                            output=json.dumps(value).encode()))
         return RELEASE
@@ -255,7 +256,7 @@ class Driver:
         events = [event_from_proto(message) for message in op.events]
         self.sent.extend(events)
         ids = {"ids": [event.id for event in events]}
-        self._result(StepRecord(id=op.step_id, name=op.name, kind="send", output=ids),
+        self._result(StepRecord(id=op.step_id, name=op.name, kind="send_event", output=ids),
                      common_pb2.StepResult(step_id=op.step_id,
                                            output=json.dumps(ids).encode()))
         return CONTINUE

@@ -32,8 +32,9 @@ class ErrorRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
-    """A step that got its result, in the order results came. `kind`: "run", "sleep", "wait",
-    "invoke" or "send". `attempts`: how many times it ran (1 unless it was retried)."""
+    """A step that got its result, in the order results came. `kind`, as the server names it:
+    "run", "sleep", "wait_for_event", "invoke" or "send_event". `attempts`: how many times it
+    ran (1 unless it was retried)."""
 
     id: str
     name: str

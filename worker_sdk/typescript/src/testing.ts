@@ -36,7 +36,7 @@ export interface ErrorRecord { name: string; message: string; stack: string }
 export interface StepRecord {
   id: string;
   name: string;
-  kind: "run" | "sleep" | "wait" | "invoke" | "send";
+  kind: "run" | "sleep" | "wait_for_event" | "invoke" | "send_event";
   output: unknown;
   error: ErrorRecord | null;
   attempts: number;
@@ -273,7 +273,8 @@ class Driver implements SessionLink {
       ts: new Date(value.ts), user: value.user };
     this.waitRecords.push({ id: op.stepId, name: op.name, event: op.event,
       if: op.expression || null, timeoutMs, result: event });
-    this.result({ id: op.stepId, name: op.name, kind: "wait", output: value, error: null },
+    this.result({ id: op.stepId, name: op.name, kind: "wait_for_event", output: value,
+      error: null },
       { stepId: op.stepId, output: json(value) });
     return "ACK_ACTION_RELEASE";
   }
@@ -324,7 +325,7 @@ class Driver implements SessionLink {
     const events = op.events.map((m) => eventFromMessage(m));
     this.sent.push(...events);
     const ids = { ids: events.map((e) => e.id) };
-    this.result({ id: op.stepId, name: op.name, kind: "send", output: ids, error: null },
+    this.result({ id: op.stepId, name: op.name, kind: "send_event", output: ids, error: null },
       { stepId: op.stepId, output: json(ids) });
     return "ACK_ACTION_CONTINUE";
   }
