@@ -323,6 +323,12 @@ def test_run_async_runs_inside_a_running_loop() -> None:
 
     assert asyncio.run(main()).output["c"] == "n=8"
 
+    async def wrong() -> RunResult:
+        return run(steps_fn, event={"name": "t/steps", "data": {"n": 2}})
+
+    with pytest.raises(TestingError, match=r"use `await run_async\(\.\.\.\)` there"):
+        asyncio.run(wrong())
+
 
 def test_a_function_that_never_ends_is_a_testing_error() -> None:
     @app.function(id="forever", trigger="t/f")

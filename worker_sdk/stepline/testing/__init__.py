@@ -101,5 +101,12 @@ def run(function: Function, *, event: EventLike | Event | None = None,
     The function's own failure is `result.error`, not an exception: run() raises only
     TestingError, when the run cannot be carried out.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop running here: the usual case
+    else:
+        raise TestingError("run() was called with an event loop running (an async test); "
+                           "use `await run_async(...)` there")
     return asyncio.run(run_async(function, event=event, steps=steps, waits=waits,
                                  invokes=invokes, run_id=run_id, now=now))
