@@ -82,7 +82,7 @@ proto-check: $(STAMP)
 	done; rm -rf $$tmp
 
 lint: $(STAMP)
-	$(BIN)/ruff check server worker_sdk tests examples bench chaos
+	$(BIN)/ruff check server worker_sdk tests examples bench chaos conformance
 	$(BIN)/mypy server worker_sdk
 
 # Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
