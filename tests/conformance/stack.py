@@ -32,7 +32,8 @@ FUNCTIONS = ("sequential", "memo", "retry", "non-retriable", "retry-after", "sle
 RETRY_BASE_SECONDS = 0.2
 SERVER_ENV = {"STEPLINE_RETRY_BASE_SECONDS": str(RETRY_BASE_SECONDS),
               "STEPLINE_LEASE_SECONDS": "2", "STEPLINE_HEARTBEAT_SECONDS": "0.5",
-              "STEPLINE_POLL_SECONDS": "0.2", "STEPLINE_ALLOW_APP_HOSTS": "127.0.0.1"}
+              "STEPLINE_POLL_SECONDS": "0.2", "STEPLINE_ALLOW_APP_HOSTS": "127.0.0.1",
+              "STEPLINE_SHUTDOWN_GRACE_SECONDS": "0.5"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -238,7 +238,7 @@ def test_non_determinism_is_detected(stack: Stack) -> None:
 # -- last: scenarios that kill or restart processes ----------------------------------------
 
 def test_worker_killed_mid_step(stack: Stack) -> None:
-    event, key = stack.send("conformance/slow", {"seconds": 3})
+    event, key = stack.send("conformance/slow", {"seconds": 2})
     wait_for(lambda: stack.records(key, "work", "start"), 30, "the slow step to start")
     stack.restart_app(KILL)
     run = stack.ended("slow", event, timeout=60)
