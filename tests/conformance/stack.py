@@ -31,7 +31,7 @@ FUNCTIONS = ("sequential", "memo", "retry", "non-retriable", "retry-after", "sle
 # taken back within seconds), frequent heartbeats, calls to apps on the loopback address.
 RETRY_BASE_SECONDS = 0.2
 SERVER_ENV = {"STEPLINE_RETRY_BASE_SECONDS": str(RETRY_BASE_SECONDS),
-              "STEPLINE_LEASE_SECONDS": "2", "STEPLINE_HEARTBEAT_SECONDS": "0.5",
+              "STEPLINE_LEASE_SECONDS": "4", "STEPLINE_HEARTBEAT_SECONDS": "1",
               "STEPLINE_POLL_SECONDS": "0.2", "STEPLINE_ALLOW_APP_HOSTS": "127.0.0.1",
               "STEPLINE_SHUTDOWN_GRACE_SECONDS": "0.5"}
 

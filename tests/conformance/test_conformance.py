@@ -238,14 +238,16 @@ def test_non_determinism_is_detected(stack: Stack) -> None:
 # -- last: scenarios that kill or restart processes ----------------------------------------
 
 def test_worker_killed_mid_step(stack: Stack) -> None:
-    event, key = stack.send("conformance/slow", {"seconds": 2})
+    event, key = stack.send("conformance/slow", {"seconds": 3})
     wait_for(lambda: stack.records(key, "work", "start"), 30, "the slow step to start")
     stack.restart_app(KILL)
     run = stack.ended("slow", event, timeout=60)
     assert run.status == COMPLETED, run.error
     assert output(run) == "worked"
     assert len(stack.records(key, "work", "start")) == 2  # taken back and run again
-    assert len(stack.records(key, "work", "end")) == 1  # the killed one never finished
+    # The killed one never finished; the second, longer than a silent worker may stay (2.5 s),
+    # was kept by heartbeats and ran once.
+    assert len(stack.records(key, "work", "end")) == 1
     if not stack.sdk.http:  # a lost stream worker uses up the attempt (protocol guide, §6)
         assert run.steps[0].attempts == 2
 
