@@ -85,8 +85,9 @@ proto-check: $(STAMP)
 	done; rm -rf $$tmp
 
 lint: $(STAMP)
-	$(BIN)/ruff check server worker_sdk tests examples bench chaos
+	$(BIN)/ruff check server worker_sdk tests examples bench chaos conformance
 	$(BIN)/mypy server worker_sdk
+	MYPYPATH=worker_sdk $(BIN)/mypy conformance
 
 # Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
 bench: $(STAMP) $(TS_STAMP) inngest-node
