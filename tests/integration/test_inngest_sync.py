@@ -17,7 +17,7 @@ import pytest
 from stepline_server.errors import FailedPrecondition
 from stepline_server.model import AppInfo, RunStatus
 from tests.harness import ServerThread
-from tests.inngest_apps.procs import KINDS, InngestApp, sdk_send, start_app
+from tests.inngest_apps.procs import KINDS, InngestApp, free_port, sdk_send, start_app
 
 SIGNING_KEY = "signkey-test-d53be0e313dafc373126a280e6d0b7a9caf2431dd49634e0b04d00dec15f99d2"
 OTHER_KEY = "signkey-test-bb50261fae6a41eb1509f7ccc9628bd9863a7df4b1c47ff92129dfca310d242b"
@@ -28,8 +28,8 @@ EVENT_KEY = "evt-key-for-the-inngest-sync-tests"
 def apps(tmp_path: Path) -> Iterator[Callable[..., InngestApp]]:
     started: list[InngestApp] = []
 
-    def start(kind: str, env: dict[str, str]) -> InngestApp:
-        app = start_app(kind, f"{kind}app", env, tmp_path / f"{kind}-{len(started)}.log")
+    def start(kind: str, env: dict[str, str], port: int | None = None) -> InngestApp:
+        app = start_app(kind, f"{kind}app", env, tmp_path / f"{kind}-{len(started)}.log", port)
         started.append(app)
         return app
 
@@ -39,7 +39,7 @@ def apps(tmp_path: Path) -> Iterator[Callable[..., InngestApp]]:
 
 
 def keyed(make_server: Callable[..., ServerThread], signing_keys: str) -> ServerThread:
-    return make_server(http_address="127.0.0.1:0", allow_app_hosts=("127.0.0.1",),
+    return make_server(http_address="127.0.0.1:0", allow_app_hosts=("127.0.0.1", "localhost"),
                        signing_keys=signing_keys, event_keys=EVENT_KEY)
 
 
@@ -107,14 +107,47 @@ def test_an_sdk_in_dev_mode_is_synced_out_of_band(
     assert app_rows(server)[app.app_id].sdk.startswith("py:" if kind == "py" else "js:")
 
 
-def test_an_sdk_that_declines_in_band_sync_is_synced_out_of_band(
+def test_an_sdk_that_declines_in_band_sync_is_synced_out_of_band_and_probed(
         make_server: Callable[..., ServerThread], apps: Callable[..., InngestApp]) -> None:
     server = keyed(make_server, f"tsapp={SIGNING_KEY}")
     app = apps("ts", production(server) | {"INNGEST_ALLOW_IN_BAND_SYNC": "false"})
-    status, answer = sync(server, app.url)
+    status, answer = sync(server, app.url)  # registered out-of-band, then the probe passes
     assert status == 200, answer
     assert "sync" not in json.loads(answer)
-    assert app.app_id in app_rows(server)
+    assert app_rows(server)[app.app_id].url == app.url
+
+
+def test_an_out_of_band_registration_at_a_url_without_the_app_fails_the_trust_probe(
+        make_server: Callable[..., ServerThread], apps: Callable[..., InngestApp]) -> None:
+    server = keyed(make_server, f"tsapp={SIGNING_KEY}")
+    elsewhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    app = apps("ts", production(server) | {"INNGEST_ALLOW_IN_BAND_SYNC": "false",
+                                           "INNGEST_SERVE_ORIGIN": elsewhere})
+    with pytest.raises(FailedPrecondition, match=f"registered {elsewhere}/api/inngest, which "
+                                                 "failed the trust probe"):
+        sync(server, app.url)
+    # The register call held the key, so it stands; the sync says its runs would fail.
+    assert app_rows(server)[app.app_id].url.startswith(elsewhere)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_in_band_answer_naming_another_url_is_registered_only_after_the_trust_probe(
+        make_server: Callable[..., ServerThread], apps: Callable[..., InngestApp],
+        kind: str) -> None:
+    server = keyed(make_server, f"{kind}app={SIGNING_KEY}")
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = apps(kind, production(server) | {"INNGEST_SERVE_ORIGIN": dead})
+    with pytest.raises(FailedPrecondition, match="failed the trust probe"):
+        sync(server, app.url)
+    assert app.app_id not in app_rows(server)
+    app.stop()
+    # Its serve origin another name of its own address: the probe reaches it, it holds the key.
+    port = free_port()
+    app = apps(kind, production(server) | {"INNGEST_SERVE_ORIGIN": f"http://localhost:{port}"},
+               port)
+    status, answer = sync(server, app.url)
+    assert (status, json.loads(answer)["sync"]) == (200, "in-band"), answer
+    assert app_rows(server)[app.app_id].url == f"http://localhost:{port}/api/inngest"
 
 
 @pytest.mark.parametrize("kind", KINDS)

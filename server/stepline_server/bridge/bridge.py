@@ -186,14 +186,56 @@ class Bridge:
         in-band answer is not signed with a key of the app it names."""
         check_form(url, field)
         await self.policy.check_url(url, field)
+        before = {a.app_id: a.synced_at_ms for a in await self.engine.list_apps()}
         for key in await self._sync_keys(url):
             status, headers, body = await self._put(url, field, key)
             if inngest_sync.answered_in_band(status, headers):
-                return 200, await self._register_in_band(key, headers, body, field)
+                return 200, await self._register_in_band(url, key, headers, body, field)
             if status != 401:  # handled out-of-band (or failed) by the app itself
-                return status, body.decode(errors="replace")[:SYNC_ANSWER_CHARS]
+                return await self._out_of_band(status, body, before, field)
         status, _, body = await self._put(url, field, None)
+        return await self._out_of_band(status, body, before, field)
+
+    async def _out_of_band(self, status: int, body: bytes, before: Mapping[str, int],
+                           field: str) -> tuple[int, str]:
+        """The app's answer to an out-of-band PUT. With keys, each Inngest app it registered
+        must then pass the trust probe at the URL it registered (the register call proved
+        the key; the probe proves that URL is an app that holds it)."""
+        if 200 <= status < 300 and self.keyring.enabled:
+            for app in await self.engine.list_apps():
+                if app.protocol == "inngest" and app.synced_at_ms != before.get(app.app_id):
+                    await self._trust_probe(app.app_id, app.url, field)
         return status, body.decode(errors="replace")[:SYNC_ANSWER_CHARS]
+
+    async def _trust_probe(self, app_id: str, url: str, field: str) -> None:
+        """`POST <url>?probe=trust`, signed; the SDK answers a signed 200 only when it holds
+        the key. FailedPrecondition (the registration stands) when it does not."""
+        keys = self.keyring.signing_keys(app_id)[:1]
+        headers, body = inngest_sync.probe_request()
+        if keys:
+            headers[inngest_sync.SIGNATURE_HEADER] = sign(body, keys[0])
+        probe_url = f"{url}{'&' if '?' in url else '?'}probe=trust"
+        why = await self._probe_answer(probe_url, headers, body, keys)
+        if why is not None:
+            raise FailedPrecondition(
+                f"{field}: app {app_id!r} registered {url}, which failed the trust probe "
+                f"({why}); its runs will fail until the app serves there with its signing key "
+                "(check INNGEST_SERVE_ORIGIN or the serve path, and the key)")
+
+    async def _probe_answer(self, url: str, headers: Mapping[str, str], body: bytes,
+                            keys: list[str]) -> str | None:
+        """Why the probe's answer is not a signed 200, or None."""
+        try:
+            self.client.check_literal(url)
+            async with self.client.session.post(url, data=body, headers=headers, timeout=(
+                    aiohttp.ClientTimeout(total=SYNC_TIMEOUT_SECONDS))) as response:
+                answer = await response.content.read(SYNC_ANSWER_CHARS)
+                got = {k.lower(): v for k, v in response.headers.items()}
+        except (aiohttp.ClientError, TimeoutError, RefusedAddress) as exc:
+            return f"no answer: {_cause(exc)}"
+        if response.status != 200:
+            return f"it answered {response.status}: {answer[:200]!r}"
+        return verify(answer, got.get(inngest_sync.SIGNATURE_HEADER.lower()), keys)
 
     async def _sync_keys(self, url: str) -> list[str]:
         if not self.keyring.enabled:
@@ -223,9 +265,10 @@ class Bridge:
             raise FailedPrecondition(f"{field}: the app at {url} did not answer the sync "
                                      f"({_cause(exc)})") from None
 
-    async def _register_in_band(self, key: str, headers: Mapping[str, str], body: bytes,
-                                field: str) -> str:
-        """The app's signed in-band answer registered as /fn/register would register it."""
+    async def _register_in_band(self, url: str, key: str, headers: Mapping[str, str],
+                                body: bytes, field: str) -> str:
+        """The app's signed in-band answer registered as /fn/register would register it; a
+        URL in it other than `url` must first pass the trust probe."""
         why = verify(body, headers.get(inngest_sync.SIGNATURE_HEADER.lower()),
                      [key])
         if why is not None:
@@ -244,6 +287,8 @@ class Bridge:
             raise FailedPrecondition(f"{field}: the app {app_id!r} answered in-band: {exc}"
                                      ) from None
         await self.policy.check_url(found.endpoint.url, f"{field} (the in-band answer's url)")
+        if found.endpoint.url != url:  # the SDK's serve origin: not the URL that answered
+            await self._trust_probe(app_id, found.endpoint.url, field)
         changes = await self.engine.register_app(found.endpoint, found.specs)
         answer: dict[str, Any] = {"message": f"app {app_id} synced in-band", "modified": bool(
             changes.created or changes.updated or changes.archived), "sync": "in-band"}

@@ -31,6 +31,13 @@ def in_band_request(url: str) -> tuple[dict[str, str], bytes]:
              "X-Inngest-Server-Kind": "cloud"}, canonical({"url": url}))
 
 
+def probe_request() -> tuple[dict[str, str], bytes]:
+    """The trust probe's headers (without the signature) and body (`POST <url>?probe=trust`;
+    both SDKs check the signature and answer a signed 200 with an empty body)."""
+    return ({"Content-Type": "application/json", "X-Inngest-Server-Kind": "cloud"},
+            canonical({}))
+
+
 def answered_in_band(status: int, headers: Mapping[str, str]) -> bool:
     """`headers` with lower-case names."""
     return status == 200 and headers.get(SYNC_KIND_HEADER.lower()) == IN_BAND
