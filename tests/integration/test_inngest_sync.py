@@ -8,6 +8,9 @@ synced out-of-band, as the Inngest dev server does."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,11 +20,19 @@ import pytest
 from stepline_server.errors import FailedPrecondition
 from stepline_server.model import AppInfo, RunStatus
 from tests.harness import ServerThread
-from tests.inngest_apps.procs import KINDS, InngestApp, free_port, sdk_send, start_app
+from tests.inngest_apps.procs import (
+    KINDS,
+    REPO,
+    InngestApp,
+    free_port,
+    sdk_send,
+    start_app,
+)
 
 SIGNING_KEY = "signkey-test-d53be0e313dafc373126a280e6d0b7a9caf2431dd49634e0b04d00dec15f99d2"
 OTHER_KEY = "signkey-test-bb50261fae6a41eb1509f7ccc9628bd9863a7df4b1c47ff92129dfca310d242b"
 EVENT_KEY = "evt-key-for-the-inngest-sync-tests"
+ADMIN_KEY = "admin-key-for-the-inngest-sync-tests"
 
 
 @pytest.fixture
@@ -40,7 +51,7 @@ def apps(tmp_path: Path) -> Iterator[Callable[..., InngestApp]]:
 
 def keyed(make_server: Callable[..., ServerThread], signing_keys: str) -> ServerThread:
     return make_server(http_address="127.0.0.1:0", allow_app_hosts=("127.0.0.1", "localhost"),
-                       signing_keys=signing_keys, event_keys=EVENT_KEY)
+                       signing_keys=signing_keys, event_keys=EVENT_KEY, admin_keys=ADMIN_KEY)
 
 
 def production(server: ServerThread, key: str = SIGNING_KEY) -> dict[str, str]:
@@ -172,3 +183,17 @@ def test_an_in_band_answer_for_an_app_the_key_is_not_bound_to_is_refused(
     with pytest.raises(FailedPrecondition, match=f"{kind}app.*not bound to app"):
         sync(server, app.url)
     assert app.app_id not in app_rows(server)
+
+
+def test_stepline_apps_sync_syncs_in_band(make_server: Callable[..., ServerThread],
+                                          apps: Callable[..., InngestApp]) -> None:
+    server = keyed(make_server, f"pyapp={SIGNING_KEY}")
+    app = apps("py", production(server))
+    done = subprocess.run(
+        [sys.executable, "-m", "stepline_server", "apps", "sync", app.url, "--url",
+         server.address], env={**os.environ, "STEPLINE_ADMIN_KEY": ADMIN_KEY},
+        cwd=REPO, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"{app.url} answered HTTP 200" in done.stdout.decode()
+    assert '"sync": "in-band"' in done.stdout.decode()
+    assert app_rows(server)["pyapp"].url == app.url
