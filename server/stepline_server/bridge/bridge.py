@@ -229,7 +229,7 @@ class Bridge:
             self.client.check_literal(url)
             async with self.client.session.post(url, data=body, headers=headers, timeout=(
                     aiohttp.ClientTimeout(total=SYNC_TIMEOUT_SECONDS))) as response:
-                answer = await response.content.read(SYNC_ANSWER_CHARS)
+                answer = await _read_at_most(response, SYNC_ANSWER_CHARS)
                 got = {k.lower(): v for k, v in response.headers.items()}
         except (aiohttp.ClientError, TimeoutError, RefusedAddress) as exc:
             return f"no answer: {_cause(exc)}"
@@ -256,7 +256,7 @@ class Bridge:
             self.client.check_literal(url)
             async with self.client.session.put(url, data=body, headers=headers, timeout=(
                     aiohttp.ClientTimeout(total=SYNC_TIMEOUT_SECONDS))) as response:
-                answer = await response.content.read(self.max_answer_bytes)
+                answer = await _read_at_most(response, self.max_answer_bytes)
                 return (response.status, {k.lower(): v for k, v in response.headers.items()},
                         answer)
         except RefusedAddress as exc:
@@ -432,6 +432,19 @@ class Bridge:
                 chunks.append(chunk)
             return (response.status, {k.lower(): v for k, v in response.headers.items()},
                     b"".join(chunks))
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole answer, or its first `limit` bytes (a bigger one is not what was asked for:
+    its signature fails, or its JSON does, with a precise message)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+        chunks.append(chunk[:limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 def _cause(exc: BaseException) -> str:
