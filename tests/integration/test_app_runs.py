@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -223,3 +224,27 @@ def test_an_apps_signing_key_reaches_its_own_apps_runs_only(
             signed.ListRuns(rs.ListRunsRequest())
         assert listing.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert server.runs.GetRun(rs.GetRunRequest(run_id=invoice_run)).run.id == invoice_run
+
+
+@pytest.fixture
+def replicas(postgres: Any) -> Iterator[tuple[ServerThread, ServerThread]]:
+    """Two servers on one fresh PostgreSQL database (SQLite is one server per file)."""
+    name = postgres.create()
+    servers = (ServerThread(postgres.url(name)), ServerThread(postgres.url(name)))
+    yield servers
+    for server in servers:
+        server.stop()
+    postgres.drop(name)
+
+
+def test_a_wait_sees_a_run_ended_by_another_replica(
+        replicas: tuple[ServerThread, ServerThread], start_worker: Callable[..., WorkerThread],
+        apps: list[Stepline]) -> None:
+    """The run ends on replica b, where its worker is; a's observers never hear of that end, so
+    the wait on replica a sees it by re-reading the run. PostgreSQL only. (How soon is
+    measured by bench/app_runs.py, not asserted.)"""
+    a, b = replicas
+    start_worker(shop_app(b, apps))
+    caller = Stepline("shop", url=a.address)
+    apps.append(caller)
+    assert caller.invoke_sync("score", {"x": 50}, timeout=30)["score"] == 100
