@@ -6,7 +6,8 @@ the idempotency key: a repeat answers with the run the first call started).
 
 A wait ends when the run ends. This server learns of the runs it ends from the `runs_ended`
 observer, at once; a run ended by another replica of the same database is seen by re-reading
-the run every POLL_SECONDS. Each wait is bounded by its timeout (at most MAX_WAIT_SECONDS).
+its status, ever less often (up to every POLL_SECONDS). Each wait is bounded by its timeout
+(at most MAX_WAIT_SECONDS).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 INVOKED_EVENT = lifecycle.FUNCTION_INVOKED
 MAX_WAIT_SECONDS = 60.0
-# How often a wait re-reads its run, for ends committed by another server on the database.
+# How often a wait re-reads its run's status, for ends committed by another server on the
+# database: first after FIRST_POLL_SECONDS, then twice as long each time, up to POLL_SECONDS.
+FIRST_POLL_SECONDS = 0.05
 POLL_SECONDS = 1.0
 ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
@@ -86,13 +89,8 @@ class RunWaiters(Observer):
         self._waiting.setdefault(run_id, set()).add(woken)
         try:
             run = await engine.get_run(run_id)
-            while run.status not in ENDED:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(left, POLL_SECONDS))
-                woken.clear()
+            if run.status not in ENDED:
+                await self._until_ended(engine, run_id, woken, deadline)
                 run = await engine.get_run(run_id)
             return run
         finally:
@@ -101,3 +99,20 @@ class RunWaiters(Observer):
                 waiting.discard(woken)
                 if not waiting:
                     del self._waiting[run_id]
+
+    @staticmethod
+    async def _until_ended(engine: Engine, run_id: str, woken: asyncio.Event,
+                           deadline: float) -> None:
+        """Until this server ends the run (`woken`), its status read says it ended (another
+        server ended it: read after FIRST_POLL_SECONDS, then ever less often, up to every
+        POLL_SECONDS), or the deadline."""
+        pause = FIRST_POLL_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(left, pause))
+            if woken.is_set():
+                return
+            status = await engine.db.read(lambda conn: run_store.status_of(conn, run_id))
+            if status is None or status in ENDED:
+                return
+            pause = min(pause * 2, POLL_SECONDS)
