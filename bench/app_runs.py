@@ -7,7 +7,8 @@ Starts a server process on a fresh database and a worker process of bench/_worke
 WaitRun woken by the run's end on the same server). On PostgreSQL it also starts a second
 server on the same database and times invokes sent to it while the worker stays on the first:
 the wait there sees the end by re-reading the run's status (after 50 ms, then ever less often,
-at most a second apart), so that figure shows the cost of a wait on another replica. Prints one line per figure and one JSON line.
+at most a second apart), so that figure shows the cost of a wait on another replica. Prints
+one line per figure and one JSON line.
 
     .venv/bin/python bench/app_runs.py [--backend sqlite|postgres|all] [--calls 200]
 """
