@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -248,3 +249,33 @@ def test_a_wait_sees_a_run_ended_by_another_replica(
     caller = Stepline("shop", url=a.address)
     apps.append(caller)
     assert caller.invoke_sync("score", {"x": 50}, timeout=30)["score"] == 100
+
+
+def test_waits_answer_when_their_server_stops_and_go_on_with_the_next(
+        make_server: Callable[..., ServerThread], start_worker: Callable[..., WorkerThread],
+        apps: list[Stepline]) -> None:
+    first = make_server()
+    shop = shop_app(first, apps)
+    shop.register_sync()
+    run_id = shop.start_sync("score", {"x": 8})  # no worker yet: it stays queued
+    with ThreadPoolExecutor(2) as pool, grpc.insecure_channel(first.address) as channel:
+        stub = run_service_pb2_grpc.RunServiceStub(channel)
+        raw = pool.submit(stub.WaitRun, rs.WaitRunRequest(run_id=run_id,
+                                                          timeout=Duration(seconds=60)))
+        awaited = pool.submit(shop.wait_run_sync, run_id, timeout=60)
+        wait_until(lambda: _waits(first) == 2, what="both waits in progress")
+        first.stop()
+        # The long poll answers within the shutdown's grace, the run unfinished...
+        answer = raw.result(timeout=30)
+        assert not answer.ended and answer.run.status == rs.RUN_STATUS_QUEUED
+        # ...and the SDK's wait tries again until a server answers: the run ends there.
+        second = make_server(address=first.address)
+        start_worker(shop)
+        run = awaited.result(timeout=60)
+    assert run.status is RunStatus.COMPLETED and run.output["score"] == 16
+    assert second.get_run(run_id).status == rs.RUN_STATUS_COMPLETED
+
+
+def _waits(server: ServerThread) -> int:
+    waiters = server.server.engine._waiters
+    return 0 if waiters is None else sum(len(w) for w in waiters._waiting.values())

@@ -260,22 +260,19 @@ class Stepline:
                        ) -> _runs.RunInfo:
         """The run once it has ended (completed, failed or cancelled); RunTimeoutError when
         it has not within `timeout` (None: no limit)."""
-        limit = _runs.timeout_seconds(timeout)
+        wait = _runs.WaitLoop(run_id, _runs.timeout_seconds(timeout), time.monotonic)
         stub = run_service_pb2_grpc.RunServiceStub(self._channel())
-        clock = asyncio.get_running_loop().time
-        end = None if limit is None else clock() + limit
         while True:
-            request, deadline = _runs.wait_request(_runs.check_run_id(run_id),
-                                                   None if end is None else end - clock())
+            request, deadline = wait.request()
             try:
                 response = await stub.WaitRun(request, timeout=deadline,
                                               metadata=self.call_metadata())
             except grpc.aio.AioRpcError as exc:
-                raise _client_error(exc) from None
-            if response.ended:
-                return _runs.run_info(response.run)
-            if end is not None and clock() >= end:
-                raise _runs.RunTimeoutError(run_id, limit or 0.0)
+                await asyncio.sleep(wait.failed(_client_error(exc)))
+                continue
+            run = wait.answered(response)
+            if run is not None:
+                return run
 
     async def get_run(self, run_id: str) -> _runs.RunInfo:
         """A run's status, output and error (NOT_FOUND: no such run)."""
@@ -315,16 +312,19 @@ class Stepline:
     def wait_run_sync(self, run_id: str, *, timeout: DurationLike | None = None
                       ) -> _runs.RunInfo:
         """`wait_run` for code without an event loop."""
-        limit = _runs.timeout_seconds(timeout)
-        end = None if limit is None else time.monotonic() + limit
+        wait = _runs.WaitLoop(run_id, _runs.timeout_seconds(timeout), time.monotonic)
+        stub = run_service_pb2_grpc.RunServiceStub(self._sync_stub_channel())
         while True:
-            request, deadline = _runs.wait_request(_runs.check_run_id(run_id),
-                                                   None if end is None else end - time.monotonic())
-            response = self._call_sync("WaitRun", request, deadline)
-            if response.ended:
-                return _runs.run_info(response.run)
-            if end is not None and time.monotonic() >= end:
-                raise _runs.RunTimeoutError(run_id, limit or 0.0)
+            request, deadline = wait.request()
+            try:
+                response = stub.WaitRun(request, timeout=deadline,
+                                        metadata=self.call_metadata())
+            except grpc.RpcError as exc:
+                time.sleep(wait.failed(_client_error(exc)))
+                continue
+            run = wait.answered(response)
+            if run is not None:
+                return run
 
     def get_run_sync(self, run_id: str) -> _runs.RunInfo:
         """`get_run` for code without an event loop."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from stepline._durations import DurationLike, parse_duration
 from stepline._events import MAX_ID_LENGTH, _json_object
 from stepline._function import Function, check_app_id, check_function_id
-from stepline.errors import InvalidUsageError, SteplineError
+from stepline.errors import ClientError, InvalidUsageError, SteplineError
 from stepline.v1 import common_pb2, run_service_pb2
 
 # The server answers a wait after at most this long (RunService.WaitRun); a longer wait is
@@ -23,6 +23,11 @@ from stepline.v1 import common_pb2, run_service_pb2
 MAX_WAIT_SECONDS = 60.0
 # The call's deadline is the wait plus this margin (the server answers at the wait's end).
 DEADLINE_MARGIN_SECONDS = 15.0
+# A wait tries an unavailable server again after 0.1 s, 0.2 s, ... at most 2 s apart, for at
+# most 30 s in a row.
+FIRST_RETRY_SECONDS = 0.1
+MAX_RETRY_SECONDS = 2.0
+UNAVAILABLE_LIMIT_SECONDS = 30.0
 
 
 class RunStatus(enum.StrEnum):
@@ -138,14 +143,53 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def wait_request(run_id: str, left_s: float | None) -> tuple[run_service_pb2.WaitRunRequest,
-                                                             float]:
-    """One WaitRun call of a wait with `left_s` to go (None: no end), and its deadline."""
-    wait = MAX_WAIT_SECONDS if left_s is None else max(0.0, min(left_s, MAX_WAIT_SECONDS))
-    duration = Duration()
-    duration.FromMilliseconds(max(1, int(wait * 1000)))
-    return (run_service_pb2.WaitRunRequest(run_id=run_id, timeout=duration),
-            wait + DEADLINE_MARGIN_SECONDS)
+class WaitLoop:
+    """One wait for a run, as WaitRun calls (each at most MAX_WAIT_SECONDS) until it ends or
+    `limit_s` passes (None: no limit). A server that is unavailable (restarting, a replica
+    stopping) is tried again with backoff, for at most UNAVAILABLE_LIMIT_SECONDS in a row."""
+
+    def __init__(self, run_id: str, limit_s: float | None, clock: Callable[[], float]) -> None:
+        self.run_id = check_run_id(run_id)
+        self.limit_s = limit_s
+        self._clock = clock
+        self._end = None if limit_s is None else clock() + limit_s
+        self._unavailable_since: float | None = None
+        self._pause = FIRST_RETRY_SECONDS
+
+    def request(self) -> tuple[run_service_pb2.WaitRunRequest, float]:
+        """The next call, and its deadline (seconds)."""
+        left = MAX_WAIT_SECONDS if self._end is None else self._end - self._clock()
+        wait = max(0.0, min(left, MAX_WAIT_SECONDS))
+        duration = Duration()
+        duration.FromMilliseconds(max(1, int(wait * 1000)))
+        return (run_service_pb2.WaitRunRequest(run_id=self.run_id, timeout=duration),
+                wait + DEADLINE_MARGIN_SECONDS)
+
+    def answered(self, response: run_service_pb2.WaitRunResponse) -> RunInfo | None:
+        """The run if it ended; RunTimeoutError once the limit has passed; else None."""
+        self._unavailable_since = None
+        self._pause = FIRST_RETRY_SECONDS
+        if response.ended:
+            return run_info(response.run)
+        self._check_limit()
+        return None
+
+    def failed(self, error: ClientError) -> float:
+        """The pause before trying again after `error`; raises it unless the server was
+        unavailable (for less than UNAVAILABLE_LIMIT_SECONDS)."""
+        now = self._clock()
+        if error.code != "UNAVAILABLE":
+            raise error
+        self._unavailable_since = self._unavailable_since or now
+        if now - self._unavailable_since > UNAVAILABLE_LIMIT_SECONDS:
+            raise error
+        self._check_limit()
+        pause, self._pause = self._pause, min(self._pause * 2, MAX_RETRY_SECONDS)
+        return pause if self._end is None else max(0.0, min(pause, self._end - now))
+
+    def _check_limit(self) -> None:
+        if self._end is not None and self._clock() >= self._end:
+            raise RunTimeoutError(self.run_id, self.limit_s or 0.0)
 
 
 # -- answers ------------------------------------------------------------------------------------

@@ -491,6 +491,12 @@ class Engine:
             self.observers.add(self._waiters)
         return await self._waiters.wait(self, run_id, timeout_s)
 
+    def stop_waits(self) -> None:
+        """Shutting down: the waits in progress answer now (their callers wait elsewhere)."""
+        if self._waiters is None:
+            self._waiters = invocations.RunWaiters()
+        self._waiters.close()
+
     # -- replays and listings (engine/replays.py, engine/listings.py) ------------------------
     async def replay_run(self, run_id: str) -> RunRecord:
         """A new run of the same function for the same trigger event (source_run_id set)."""

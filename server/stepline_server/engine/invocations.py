@@ -76,6 +76,15 @@ class RunWaiters(Observer):
 
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """The server is stopping: every wait answers now (its run unfinished, unless it
+        ended), within the shutdown's grace, and new waits do not wait."""
+        self._closed = True
+        for waits in self._waiting.values():
+            for woken in waits:
+                woken.set()
 
     def runs_ended(self, ends: Sequence[RunEnd]) -> None:
         for end in ends:
@@ -89,7 +98,7 @@ class RunWaiters(Observer):
         self._waiting.setdefault(run_id, set()).add(woken)
         try:
             run = await engine.get_run(run_id)
-            if run.status not in ENDED:
+            if run.status not in ENDED and not self._closed:
                 await self._until_ended(engine, run_id, woken, deadline)
                 run = await engine.get_run(run_id)
             return run

@@ -1,5 +1,6 @@
 // Runs from app code: what `Stepline.start`, `invoke`, `getRun`, `waitRun` and `cancelRun` send
 // (RunService.InvokeFunction, GetRun, WaitRun, CancelRun) and the records they return.
+import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { parseDuration, type DurationLike } from "./durations.js";
 import { ClientError, InvalidUsageError, SteplineError } from "./errors.js";
@@ -11,6 +12,9 @@ import { durationMs, toMs, type Duration, type ErrorInfo, type Timestamp } from 
 export const MAX_WAIT_MS = 60_000;
 /** A call's deadline is its wait plus this margin. */
 const DEADLINE_MARGIN_MS = 15_000;
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 2_000;
+const UNAVAILABLE_LIMIT_MS = 30_000;
 
 export type RunStatus =
   | "queued" | "running" | "sleeping" | "waiting" | "completed" | "failed" | "cancelled"
@@ -156,19 +160,39 @@ export function timeoutMs(options: WaitOptions | undefined): number | undefined 
   return timeout === undefined ? undefined : parseDuration(timeout, "timeout", true);
 }
 
-/** Wait for a run to end, one WaitRun call (at most a minute) after another. */
+/**
+ * Wait for a run to end, one WaitRun call (at most a minute) after another. An unavailable
+ * server (restarting, a replica stopping) is tried again after 100 ms, 200 ms, ... at most 2 s
+ * apart, for at most 30 s in a row.
+ */
 export async function waitRun(client: RunServiceClient, metadata: () => grpc.Metadata,
   runId: string, limitMs: number | undefined): Promise<RunInfo> {
   checkRunId(runId);
   const end = limitMs === undefined ? undefined : Date.now() + limitMs;
+  const timedOut = (): boolean => end !== undefined && Date.now() >= end;
+  let unavailableSince: number | undefined;
+  let pause = FIRST_RETRY_MS;
   for (;;) {
     const left = end === undefined ? MAX_WAIT_MS : Math.max(0, Math.min(end - Date.now(), MAX_WAIT_MS));
     const request = { runId, timeout: durationMs(Math.max(1, left)) };
     const options = { deadline: new Date(Date.now() + left + DEADLINE_MARGIN_MS) };
-    const response = await call<{ run: RunMessage; ended: boolean }>(
-      (callback) => client.WaitRun(request, metadata(), options, callback));
+    let response: { run: RunMessage; ended: boolean };
+    try {
+      response = await call((callback) => client.WaitRun(request, metadata(), options, callback));
+    } catch (error) {
+      const now = Date.now();
+      unavailableSince ??= now;
+      if (!(error instanceof ClientError) || error.code !== "UNAVAILABLE"
+        || now - unavailableSince > UNAVAILABLE_LIMIT_MS) throw error;
+      if (timedOut()) throw new RunTimeoutError(runId, limitMs ?? 0);
+      await sleep(end === undefined ? pause : Math.max(0, Math.min(pause, end - now)));
+      pause = Math.min(pause * 2, MAX_RETRY_MS);
+      continue;
+    }
+    unavailableSince = undefined;
+    pause = FIRST_RETRY_MS;
     if (response.ended) return runInfo(response.run);
-    if (end !== undefined && Date.now() >= end) throw new RunTimeoutError(runId, limitMs ?? 0);
+    if (timedOut()) throw new RunTimeoutError(runId, limitMs ?? 0);
   }
 }
 
