@@ -182,6 +182,12 @@ def test_bad_requests_name_the_field(server: ServerThread, apps: list[Stepline])
             stub.InvokeFunction(request)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (refused.value.details() or "").startswith(field), refused.value.details()
+    stub.PauseFunction(rs.PauseFunctionRequest(function_id="shop:score"))
+    with pytest.raises(ClientError) as paused:
+        shop.start_sync("score", {"x": 1})
+    assert paused.value.code == "FAILED_PRECONDITION"
+    assert paused.value.message.startswith("function_id: function 'shop:score' is paused")
+    stub.ResumeFunction(rs.ResumeFunctionRequest(function_id="shop:score"))
     run_id = shop.start_sync("score", {"x": 1})
     with pytest.raises(grpc.RpcError) as negative:
         stub.WaitRun(rs.WaitRunRequest(run_id=run_id, timeout=Duration(seconds=-1)))

@@ -28,6 +28,7 @@ from stepline_server.model import EventRecord, RunRecord, RunStatus
 from stepline_server.store import Tx
 from stepline_server.store import events as event_store
 from stepline_server.store import functions as function_store
+from stepline_server.store import pauses as pause_store
 from stepline_server.store import runs as run_store
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ async def invoke_function(engine: Engine, function_id: str, event: EventRecord) 
         if policy is None:
             raise NotFound(f"function_id: no function {function_id!r} is registered (or it "
                            "is archived)")
+        if pause_store.paused(conn, [function_id]):
+            raise FailedPrecondition(f"function_id: function {function_id!r} is paused; "
+                                     "resume it to invoke it")
         fresh = event_store.insert(conn, [event], now_ms(), engine.dedup_ms)
         if fresh[0]:
             [run_id] = start([RunStart(function_id=function_id, policy=policy, event=event)])

@@ -150,7 +150,8 @@ class RunServiceServicer:
     def InvokeFunction(self, request, context):
         """Start a run of one function directly, with the given data, from app code (Inngest's
         invoke, Temporal's start): its trigger event is named "stepline/function.invoked". The
-        function's app's signing key (or an admin key) may call it.
+        function's app's signing key (or an admin key) may call it. NOT_FOUND: no such function
+        (or archived); FAILED_PRECONDITION: it is paused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
