@@ -34,7 +34,7 @@ from stepline.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
 )
-from stepline_server import cli_bulk, cli_format
+from stepline_server import cli_bulk, cli_format, cli_invoke
 from stepline_server.auth import Keyring, keyring_from
 from stepline_server.settings import (
     DEFAULT_GRPC_ADDRESS,
@@ -599,6 +599,7 @@ def _add_client_commands(commands: Any) -> None:
     cli_bulk.add_selection_arguments(cancel, _time, what="cancel", statuses=[
         "queued", "running", "sleeping", "waiting"])
     cancel.set_defaults(handler=_client(cmd_cancel))
+    cli_invoke.add_invoke_command(commands, common, _json_object, _client)
     _add_operation_commands(commands, common)
 
 

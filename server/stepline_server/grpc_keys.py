@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from stepline_server.auth import Key, Keyring, Need, bearer
+from stepline_server.auth import Key, KeyKind, Keyring, Need, bearer
 from stepline_server.errors import PermissionDenied
 
 _PACKAGE = "/stepline.v1."
@@ -20,6 +20,12 @@ _NEEDS = {
     f"{_PACKAGE}EventService/SendEvent": Need.SEND_EVENTS,
     f"{_PACKAGE}FunctionService/RegisterFunctions": Need.APP,
     f"{_PACKAGE}WorkerService/Connect": Need.APP,
+    # Runs from app code: an app's signing key, for its apps' functions and runs (the handlers
+    # call require_app once they know the app); an admin key for any.
+    f"{_PACKAGE}RunService/GetRun": Need.APP,
+    f"{_PACKAGE}RunService/CancelRun": Need.APP,
+    f"{_PACKAGE}RunService/InvokeFunction": Need.APP,
+    f"{_PACKAGE}RunService/WaitRun": Need.APP,
 }
 # The caller's key while its call is handled (None: the server has no keys).
 _caller: contextvars.ContextVar[Key | None] = contextvars.ContextVar("stepline_caller",
@@ -28,6 +34,8 @@ _caller: contextvars.ContextVar[Key | None] = contextvars.ContextVar("stepline_c
 
 def need_of(method: str) -> Need | None:
     """What a method needs; None for the open ones (health checks, reflection)."""
+    if method in _NEEDS:
+        return _NEEDS[method]
     if method.startswith(f"{_PACKAGE}RunService/"):
         return Need.ADMIN
     if method.startswith(_PACKAGE):
@@ -41,6 +49,12 @@ def require_app(app_id: str) -> None:
     if key is not None and not key.may_act_for(app_id):
         raise PermissionDenied(f"authorization: {key.label or 'this signing key'} is not bound "
                                f"to app {app_id!r}; use that app's signing key")
+
+
+def caller_is_limited() -> bool:
+    """The caller's key acts for some apps only (a signing key)."""
+    key = _caller.get()
+    return key is not None and key.kind is not KeyKind.ADMIN
 
 
 def _authorize(keyring: Keyring, need: Need, context: grpc.aio.ServicerContext) -> None:

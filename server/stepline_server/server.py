@@ -213,6 +213,7 @@ class SteplineServer:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         await self._health.enter_graceful_shutdown()
+        self.engine.stop_waits()  # WaitRun long polls answer within the grace
         grace = self.settings.shutdown_grace_seconds
         await asyncio.gather(self.bridge.stop(grace),
                              self._grpc.stop(grace) if self._grpc is not None else _nothing())

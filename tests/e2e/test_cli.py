@@ -338,3 +338,34 @@ def test_workers_show_the_connected_worker(url: str) -> None:
     assert len(lines) == 2, listed.stdout
     assert " cli-e2e " in lines[1] and " ready " in lines[1] and " python/" in lines[1]
     assert lines[1].endswith("cli-e2e:greet, cli-e2e:nap")
+
+
+def test_invoke_prints_the_output_or_the_error(url: str) -> None:
+    done = stepline("invoke", "cli-e2e:greet", '{"name": "Ida"}', "--timeout", "30s", url=url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "HELLO, IDA"}
+    assert done.stderr.startswith("run ")
+    failed = stepline("invoke", "cli-e2e:greet", '{"nom": "Ida"}', url=url)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert "failed: KeyError: 'name'" in failed.stderr
+    missing = stepline("invoke", "cli-e2e:nope", url=url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("stepline invoke: function_id: no function 'cli-e2e:nope' "
+                                      "is registered (or it is archived) (NOT_FOUND)")
+    bare = stepline("invoke", "greet", url=url)
+    assert bare.returncode == 1 and "function_id" in bare.stderr and "cli-e2e:greet" in bare.stderr
+
+
+def test_invoke_times_out_and_the_run_goes_on(url: str) -> None:
+    timed_out = stepline("invoke", "cli-e2e:nap", "--timeout", "200ms", url=url)
+    assert timed_out.returncode == 1
+    run_id = timed_out.stderr.split()[1]
+    assert f"run {run_id} did not end within 0.2s; it goes on" in timed_out.stderr
+    assert stepline("cancel", run_id, url=url).returncode == 0
+    started = stepline("invoke", "cli-e2e:nap", "--no-wait", "--id", "nap-once", url=url)
+    assert started.returncode == 0, started.stderr
+    again = stepline("invoke", "cli-e2e:nap", "--no-wait", "--id", "nap-once", url=url)
+    assert again.stdout == started.stdout and "started before" in again.stderr
+    assert stepline("cancel", started.stdout.strip(), url=url).returncode == 0
+    bad = stepline("invoke", "cli-e2e:nap", "[1]", url=url)
+    assert bad.returncode == 2 and "expected a JSON object" in bad.stderr

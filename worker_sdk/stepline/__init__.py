@@ -14,6 +14,7 @@ from stepline._function import (
     on_cron,
     on_event,
 )
+from stepline._runs import RunError, RunFailedError, RunInfo, RunStatus, RunTimeoutError
 from stepline._step import Step, SyncStep
 from stepline._worker import Worker
 from stepline.errors import (
@@ -43,6 +44,11 @@ __all__ = [
     "NonRetriableError",
     "RegisterResult",
     "RetryAfterError",
+    "RunError",
+    "RunFailedError",
+    "RunInfo",
+    "RunStatus",
+    "RunTimeoutError",
     "Step",
     "StepError",
     "Stepline",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from stepline import _config, _tracing
+from stepline import _config, _runs, _tracing
 from stepline._channel import ServerAddress
 from stepline._durations import DurationLike
 from stepline._events import EventInput
@@ -35,6 +36,8 @@ from stepline.v1 import (
     event_service_pb2_grpc,
     function_service_pb2,
     function_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
 )
 
 
@@ -222,6 +225,123 @@ class Stepline:
         _tracing.stamp(request.events)
         try:
             return str(stub.SendEvent(request, metadata=self.call_metadata(sending=True)).ids[0])
+        except grpc.RpcError as exc:
+            raise _client_error(exc) from None
+
+    # -- runs from app code (stepline/_runs.py) -------------------------------------------------
+    async def start(self, function: Function | str, data: Mapping[str, Any] | None = None, *,
+                    id: str | None = None) -> str:
+        """Start a run of `function` with `data` as its event's data; return the run's id once
+        the server has committed it. `function`: a Function, the id of one of this app's
+        ("score"), or the full name of any app's ("other-app:score"). `id`: an idempotency key
+        (a repeat returns the first call's run). Sent with the signing key: it must act for the
+        function's app. An unknown function raises ClientError NOT_FOUND."""
+        stub = run_service_pb2_grpc.RunServiceStub(self._channel())
+        request = _runs.invoke_request(self.app_id, function, data, id)
+        try:
+            response = await stub.InvokeFunction(request, metadata=self.call_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise _client_error(exc) from None
+        return str(response.run_id)
+
+    async def invoke(self, function: Function | str, data: Mapping[str, Any] | None = None, *,
+                     timeout: DurationLike | None = None,  # noqa: ASYNC109
+                     id: str | None = None) -> Any:
+        """Start a run (as `start`) and return its output once it completes. A failed or
+        cancelled run raises RunFailedError (with the run's error); no end within `timeout`
+        (None: wait as long as it takes) raises RunTimeoutError, a TimeoutError with the
+        run's id: the run goes on."""
+        limit = _runs.timeout_seconds(timeout)
+        run_id = await self.start(function, data, id=id)
+        return _runs.outcome(await self.wait_run(run_id, timeout=limit))
+
+    async def wait_run(self, run_id: str, *,
+                       timeout: DurationLike | None = None,  # noqa: ASYNC109
+                       ) -> _runs.RunInfo:
+        """The run once it has ended (completed, failed or cancelled); RunTimeoutError when
+        it has not within `timeout` (None: no limit)."""
+        wait = _runs.WaitLoop(run_id, _runs.timeout_seconds(timeout), time.monotonic)
+        stub = run_service_pb2_grpc.RunServiceStub(self._channel())
+        while True:
+            request, deadline = wait.request()
+            try:
+                response = await stub.WaitRun(request, timeout=deadline,
+                                              metadata=self.call_metadata())
+            except grpc.aio.AioRpcError as exc:
+                await asyncio.sleep(wait.failed(_client_error(exc)))
+                continue
+            run = wait.answered(response)
+            if run is not None:
+                return run
+
+    async def get_run(self, run_id: str) -> _runs.RunInfo:
+        """A run's status, output and error (NOT_FOUND: no such run)."""
+        stub = run_service_pb2_grpc.RunServiceStub(self._channel())
+        request = run_service_pb2.GetRunRequest(run_id=_runs.check_run_id(run_id))
+        try:
+            response = await stub.GetRun(request, metadata=self.call_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise _client_error(exc) from None
+        return _runs.run_info(response.run)
+
+    async def cancel_run(self, run_id: str, reason: str = "") -> _runs.RunInfo:
+        """Cancel an unfinished run (recorded as its error's message); returns the run.
+        A run that already ended raises ClientError FAILED_PRECONDITION."""
+        stub = run_service_pb2_grpc.RunServiceStub(self._channel())
+        request = run_service_pb2.CancelRunRequest(run_id=_runs.check_run_id(run_id),
+                                                   reason=reason)
+        try:
+            response = await stub.CancelRun(request, metadata=self.call_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise _client_error(exc) from None
+        return _runs.run_info(response.run)
+
+    def start_sync(self, function: Function | str, data: Mapping[str, Any] | None = None, *,
+                   id: str | None = None) -> str:
+        """`start` for code without an event loop."""
+        return str(self._call_sync("InvokeFunction",
+                                   _runs.invoke_request(self.app_id, function, data, id)).run_id)
+
+    def invoke_sync(self, function: Function | str, data: Mapping[str, Any] | None = None, *,
+                    timeout: DurationLike | None = None, id: str | None = None) -> Any:
+        """`invoke` for code without an event loop."""
+        limit = _runs.timeout_seconds(timeout)
+        run_id = self.start_sync(function, data, id=id)
+        return _runs.outcome(self.wait_run_sync(run_id, timeout=limit))
+
+    def wait_run_sync(self, run_id: str, *, timeout: DurationLike | None = None
+                      ) -> _runs.RunInfo:
+        """`wait_run` for code without an event loop."""
+        wait = _runs.WaitLoop(run_id, _runs.timeout_seconds(timeout), time.monotonic)
+        stub = run_service_pb2_grpc.RunServiceStub(self._sync_stub_channel())
+        while True:
+            request, deadline = wait.request()
+            try:
+                response = stub.WaitRun(request, timeout=deadline,
+                                        metadata=self.call_metadata())
+            except grpc.RpcError as exc:
+                time.sleep(wait.failed(_client_error(exc)))
+                continue
+            run = wait.answered(response)
+            if run is not None:
+                return run
+
+    def get_run_sync(self, run_id: str) -> _runs.RunInfo:
+        """`get_run` for code without an event loop."""
+        request = run_service_pb2.GetRunRequest(run_id=_runs.check_run_id(run_id))
+        return _runs.run_info(self._call_sync("GetRun", request).run)
+
+    def cancel_run_sync(self, run_id: str, reason: str = "") -> _runs.RunInfo:
+        """`cancel_run` for code without an event loop."""
+        request = run_service_pb2.CancelRunRequest(run_id=_runs.check_run_id(run_id),
+                                                   reason=reason)
+        return _runs.run_info(self._call_sync("CancelRun", request).run)
+
+    def _call_sync(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        stub = run_service_pb2_grpc.RunServiceStub(self._sync_stub_channel())
+        try:
+            return getattr(stub, method)(request, timeout=timeout,
+                                         metadata=self.call_metadata())
         except grpc.RpcError as exc:
             raise _client_error(exc) from None
 

@@ -16,6 +16,7 @@ from stepline_server.engine import (
     attempts,
     bulk,
     cron,
+    invocations,
     lifecycle,
     listings,
     pauses,
@@ -100,6 +101,7 @@ class Engine:
                                             sizes=self._sizes)
         db.on_notify = self._ready
         self._on_bulk: list[Callable[[], None]] = []
+        self._waiters: invocations.RunWaiters | None = None
 
     def _context(self, tx: Tx, now: int, start: Starter | None = None) -> TxContext:
         """For engine logic inside a transaction. Without `start`, runs it starts are queued
@@ -470,6 +472,30 @@ class Engine:
 
         await self.db.write(job)
         return await self.get_run(run_id)
+
+    # -- runs from app code (engine/invocations.py) ---------------------------------------
+    @property
+    def dedup_ms(self) -> int:
+        return self._dedup_ms
+
+    async def invoke_function(self, function_id: str, event: EventRecord
+                              ) -> invocations.Invocation:
+        """Start a run of one function (by full name) for `event`, its trigger; a repeated
+        event id answers with the run it started."""
+        return await invocations.invoke_function(self, function_id, event)
+
+    async def wait_run(self, run_id: str, timeout_s: float) -> RunRecord:
+        """The run once it has ended, or as it is after `timeout_s` (at most a minute)."""
+        if self._waiters is None:
+            self._waiters = invocations.RunWaiters()
+            self.observers.add(self._waiters)
+        return await self._waiters.wait(self, run_id, timeout_s)
+
+    def stop_waits(self) -> None:
+        """Shutting down: the waits in progress answer now (their callers wait elsewhere)."""
+        if self._waiters is None:
+            self._waiters = invocations.RunWaiters()
+        self._waiters.close()
 
     # -- replays and listings (engine/replays.py, engine/listings.py) ------------------------
     async def replay_run(self, run_id: str) -> RunRecord:

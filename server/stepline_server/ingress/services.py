@@ -19,20 +19,23 @@ from stepline_server import names, wire
 from stepline_server.bridge.bridge import Bridge
 from stepline_server.bridge.urls import UrlPolicy
 from stepline_server.controls import BulkKind, BulkOperation, PauseMode
-from stepline_server.engine import Engine
+from stepline_server.engine import Engine, invocations
 from stepline_server.errors import InvalidArgument
-from stepline_server.grpc_keys import require_app
+from stepline_server.grpc_keys import caller_is_limited, require_app
+from stepline_server.ids import new_id, now_ms
 from stepline_server.ingress import controls, convert
 from stepline_server.limits import (
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
     MAX_SDK_LENGTH,
     PayloadLimits,
+    check_event_id,
     check_length,
     check_run_id,
     check_step_id,
+    json_text,
 )
-from stepline_server.model import AppEndpoint
+from stepline_server.model import AppEndpoint, EventRecord
 from stepline_server.telemetry import traceparent
 
 # The wire protocol of apps that register a URL with RegisterFunctions (bridge/stepline_json.py).
@@ -100,15 +103,47 @@ class FunctionService(function_service_pb2_grpc.FunctionServiceServicer):
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
+    """Every method needs an admin key, but GetRun, CancelRun, InvokeFunction and WaitRun:
+    an app's signing key may call those for its apps' functions and runs (grpc_keys.py)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._limits = PayloadLimits.of(engine.settings)
 
     async def GetRun(
         self, request: run_service_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.GetRunResponse:
         check_run_id(request.run_id)
         run = await self.engine.get_run(request.run_id)
+        require_app(names.split(run.function_id)[0])
         return run_service_pb2.GetRunResponse(run=convert.run_to_proto(run))
+
+    async def InvokeFunction(
+        self, request: run_service_pb2.InvokeFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.InvokeFunctionResponse:
+        function_id = await self.engine.function_name(request.function_id, "function_id")
+        require_app(names.split(function_id)[0])
+        check_event_id(request.id, "id")
+        data = json_text(request.data, "data", self._limits.event_bytes, default="{}",
+                         object_only=True)
+        event = EventRecord(id=request.id or new_id(), name=invocations.INVOKED_EVENT,
+                            data=data, ts_ms=now_ms(),
+                            traceparent=traceparent.from_metadata(context.invocation_metadata()))
+        invoked = await self.engine.invoke_function(function_id, event)
+        return run_service_pb2.InvokeFunctionResponse(
+            run_id=invoked.run_id, event_id=invoked.event_id, started=invoked.started)
+
+    async def WaitRun(
+        self, request: run_service_pb2.WaitRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.WaitRunResponse:
+        check_run_id(request.run_id)
+        run = await self.engine.get_run(request.run_id)  # NOT_FOUND, and the app's key, first
+        require_app(names.split(run.function_id)[0])
+        timeout_ms = wire.duration_ms(request.timeout, "timeout", allow_zero=True)
+        timeout_s = timeout_ms / 1000 if timeout_ms else invocations.MAX_WAIT_SECONDS
+        run = await self.engine.wait_run(request.run_id, timeout_s)
+        return run_service_pb2.WaitRunResponse(run=convert.run_to_proto(run),
+                                               ended=run.status in invocations.ENDED)
 
     async def ListRuns(
         self, request: run_service_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
@@ -140,6 +175,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> run_service_pb2.CancelRunResponse:
         check_run_id(request.run_id)
         check_length(request.reason, "reason", MAX_REASON_LENGTH)
+        if caller_is_limited():  # a signing key cancels only its apps' runs
+            target = await self.engine.get_run(request.run_id)
+            require_app(names.split(target.function_id)[0])
         run = await self.engine.cancel_run(request.run_id, request.reason)
         return run_service_pb2.CancelRunResponse(run=convert.run_to_proto(run))
 

@@ -296,6 +296,42 @@ class ResumeFunctionResponse(_message.Message):
     pause: FunctionPause
     def __init__(self, pause: _Optional[_Union[FunctionPause, _Mapping]] = ...) -> None: ...
 
+class InvokeFunctionRequest(_message.Message):
+    __slots__ = ("function_id", "data", "id")
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    function_id: str
+    data: bytes
+    id: str
+    def __init__(self, function_id: _Optional[str] = ..., data: _Optional[bytes] = ..., id: _Optional[str] = ...) -> None: ...
+
+class InvokeFunctionResponse(_message.Message):
+    __slots__ = ("run_id", "event_id", "started")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    event_id: str
+    started: bool
+    def __init__(self, run_id: _Optional[str] = ..., event_id: _Optional[str] = ..., started: _Optional[bool] = ...) -> None: ...
+
+class WaitRunRequest(_message.Message):
+    __slots__ = ("run_id", "timeout")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, run_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WaitRunResponse(_message.Message):
+    __slots__ = ("run", "ended")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    ended: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...
+
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id", "reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,16 @@ class RunServiceStub:
                 request_serializer=stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.InvokeFunction = channel.unary_unary(
+                '/stepline.v1.RunService/InvokeFunction',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.InvokeFunctionRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.InvokeFunctionResponse.FromString,
+                _registered_method=True)
+        self.WaitRun = channel.unary_unary(
+                '/stepline.v1.RunService/WaitRun',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.WaitRunRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.WaitRunResponse.FromString,
+                _registered_method=True)
         self.ReplayRun = channel.unary_unary(
                 '/stepline.v1.RunService/ReplayRun',
                 request_serializer=stepline_dot_v1_dot_run__service__pb2.ReplayRunRequest.SerializeToString,
@@ -117,7 +127,8 @@ class RunServiceServicer:
     """
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a run with its steps. Apps call it with their signing key for their own apps' runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -129,7 +140,27 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel an unfinished run (FAILED_PRECONDITION once it ended). Apps call it with their
+        signing key for their own apps' runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeFunction(self, request, context):
+        """Start a run of one function directly, with the given data, from app code (Inngest's
+        invoke, Temporal's start): its trigger event is named "stepline/function.invoked". The
+        function's app's signing key (or an admin key) may call it. NOT_FOUND: no such function
+        (or archived); FAILED_PRECONDITION: it is paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitRun(self, request, context):
+        """Wait for a run to end: returns as soon as it has ended, or when the wait's timeout passes
+        (the run unfinished). A long poll: call it again to wait longer. Same keys as GetRun.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -235,6 +266,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'InvokeFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvokeFunction,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.InvokeFunctionRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.InvokeFunctionResponse.SerializeToString,
+            ),
+            'WaitRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitRun,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.WaitRunRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.WaitRunResponse.SerializeToString,
             ),
             'ReplayRun': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplayRun,
@@ -379,6 +420,60 @@ class RunService:
             '/stepline.v1.RunService/CancelRun',
             stepline_dot_v1_dot_run__service__pb2.CancelRunRequest.SerializeToString,
             stepline_dot_v1_dot_run__service__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/InvokeFunction',
+            stepline_dot_v1_dot_run__service__pb2.InvokeFunctionRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.InvokeFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/WaitRun',
+            stepline_dot_v1_dot_run__service__pb2.WaitRunRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.WaitRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,11 @@ import {
   type FunctionOptions, type Handler,
 } from "./function.js";
 import { loadServices, type EventMessage } from "./proto.js";
+import {
+  call, checkRunId, invokeRequest, outcome, runInfo, timeoutMs, waitRun, type InvokeOptions,
+  type RunInfo, type RunServiceClient, type StartOptions, type WaitOptions,
+} from "./runs.js";
+import type { Jsonified } from "./step.js";
 import { header } from "./tracing.js";
 import { Worker, type WorkerHost, type WorkerOptions } from "./worker.js";
 
@@ -35,6 +40,7 @@ export class Stepline implements WorkerHost {
   private readonly signingKey: string | undefined;
   private readonly eventKey: string | undefined;
   private eventClient: grpc.Client | null = null;
+  private runClient: RunServiceClient | null = null;
 
   constructor(options: SteplineOptions) {
     this.appId = checkAppId(options?.appId);
@@ -118,6 +124,74 @@ export class Stepline implements WorkerHost {
     });
   }
 
+  // -- runs from app code (runs.ts); sent with the signing key, which must act for the
+  // function's app ----------------------------------------------------------------------------
+
+  /**
+   * Start a run of `fn` (a function, the id of one of this app's, or "other-app:id") with
+   * `data` as its event's data; resolves to the run's id once the server has committed it.
+   * An unknown function rejects with ClientError NOT_FOUND.
+   */
+  async start<TData extends JsonObject>(fn: SteplineFunction<TData, unknown> | string,
+    data?: TData,
+    options?: StartOptions): Promise<string> {
+    const request = invokeRequest(this.appId, fn, data, options);
+    const client = this.runs();
+    const response = await call<{ runId: string }>(
+      (callback) => client.InvokeFunction(request, this.metadata(), callback));
+    return response.runId;
+  }
+
+  /**
+   * Start a run (as `start`) and resolve to its output once it completes: typed by the
+   * function's result (as JSON carries it) when given the function itself. A failed or
+   * cancelled run rejects with RunFailedError (its error); no end within `timeout` rejects with
+   * RunTimeoutError (with the run's id): the run goes on.
+   */
+  invoke<TData extends JsonObject, TResult>(fn: SteplineFunction<TData, TResult>, data: TData,
+    options?: InvokeOptions): Promise<Jsonified<Awaited<TResult>>>;
+  invoke<TOutput = unknown>(fn: string, data?: JsonObject, options?: InvokeOptions
+  ): Promise<TOutput>;
+  async invoke(fn: SteplineFunction<never, unknown> | string, data?: JsonObject,
+    options?: InvokeOptions): Promise<unknown> {
+    const limit = timeoutMs(options);
+    const runId = await this.start(fn as SteplineFunction<JsonObject, unknown> | string, data,
+      options);
+    return outcome(await waitRun(this.runs(), () => this.metadata(), runId, limit));
+  }
+
+  /** The run once it has ended; RunTimeoutError when it has not within `timeout`. */
+  waitRun(runId: string, options?: WaitOptions): Promise<RunInfo> {
+    const limit = timeoutMs(options);
+    return waitRun(this.runs(), () => this.metadata(), runId, limit);
+  }
+
+  /** A run's status, output and error (ClientError NOT_FOUND: no such run). */
+  async getRun(runId: string): Promise<RunInfo> {
+    const client = this.runs();
+    const request = { runId: checkRunId(runId) };
+    const response = await call<{ run: Parameters<typeof runInfo>[0] }>(
+      (callback) => client.GetRun(request, this.metadata(), callback));
+    return runInfo(response.run);
+  }
+
+  /** Cancel an unfinished run (ClientError FAILED_PRECONDITION once it ended). */
+  async cancelRun(runId: string, reason = ""): Promise<RunInfo> {
+    const client = this.runs();
+    const request = { runId: checkRunId(runId), reason };
+    const response = await call<{ run: Parameters<typeof runInfo>[0] }>(
+      (callback) => client.CancelRun(request, this.metadata(), callback));
+    return runInfo(response.run);
+  }
+
+  private runs(): RunServiceClient {
+    if (this.runClient === null) {
+      const { RunService } = loadServices();
+      this.runClient = new RunService(this.target, this.credentials()) as RunServiceClient;
+    }
+    return this.runClient;
+  }
+
   /** A worker for this app's functions; `await worker.run()` serves until SIGTERM/SIGINT. */
   worker(options: WorkerOptions = {}): Worker {
     return new Worker(this, options);
@@ -127,5 +201,7 @@ export class Stepline implements WorkerHost {
   close(): void {
     this.eventClient?.close();
     this.eventClient = null;
+    this.runClient?.close();
+    this.runClient = null;
   }
 }

@@ -69,7 +69,7 @@ export function checkAppId(value: unknown): string {
   return value;
 }
 
-function checkFunctionId(value: unknown): string {
+export function checkFunctionId(value: unknown): string {
   if (typeof value !== "string" || !value) {
     throw new InvalidUsageError("function id: expected a non-empty string");
   }

@@ -15,3 +15,7 @@ export {
 export { StepIds } from "./ids.js";
 export { stepSpanId } from "./tracing.js";
 export { sentEventId } from "./events.js";
+export {
+  RunFailedError, RunTimeoutError, type InvokeOptions, type RunError, type RunInfo, type RunStatus,
+  type StartOptions, type WaitOptions,
+} from "./runs.js";

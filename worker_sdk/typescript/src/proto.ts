@@ -137,6 +137,7 @@ type ServiceClient = new (
 interface Services {
   WorkerService: ServiceClient;
   EventService: ServiceClient;
+  RunService: ServiceClient;
 }
 
 let services: Services | undefined;
@@ -145,7 +146,8 @@ let services: Services | undefined;
 export function loadServices(): Services {
   if (services === undefined) {
     const definition = protoLoader.loadSync(
-      ["stepline/v1/worker_service.proto", "stepline/v1/event_service.proto"],
+      ["stepline/v1/worker_service.proto", "stepline/v1/event_service.proto",
+        "stepline/v1/run_service.proto"],
       { includeDirs: [protosDir()], longs: String, enums: String, defaults: true, oneofs: true },
     );
     const loaded = grpc.loadPackageDefinition(definition) as unknown as {

@@ -58,6 +58,30 @@ const typedEvent: Event<{ a: number }> = { name: "n", data: { a: 1 }, id: "", ts
 // @ts-expect-error: data is typed
 typedEvent.data.a = "one";
 
+// Runs from app code: invoke given a declared function resolves to its result (as JSON).
+const scorer = app.createFunction({ id: "scorer", trigger: "score" },
+  async () => ({ score: 1, at: new Date() }));
+async function fromAppCode(): Promise<void> {
+  const result = await app.invoke(scorer, { x: 1 }, { timeout: "30s" });
+  const score: number = result.score;
+  const at: string = result.at;
+  // @ts-expect-error: the output has no such field
+  void result.rank;
+  // @ts-expect-error: a timeout is milliseconds or a duration string
+  await app.invoke("scorer", {}, { timeout: new Date() });
+  // @ts-expect-error: data is a JSON object
+  await app.start("scorer", "text");
+  const named = await app.invoke<{ total: number }>("other-app:total", {});
+  const total: number = named.total;
+  const run = await app.getRun(await app.start("scorer"));
+  const status: "queued" | "running" | "sleeping" | "waiting" | "completed" | "failed"
+    | "cancelled" | "unknown" = run.status;
+  // @ts-expect-error: status is one of the run statuses
+  const wrongStatus: "done" = run.status;
+  void [score, at, total, status, wrongStatus];
+}
+void fromAppCode;
+
 // stepline/testing: run() takes the function's event data type and gives its output type.
 import { run } from "../src/testing.js";
 import type { Context } from "../src/index.js";
