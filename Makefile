@@ -25,8 +25,11 @@ $(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
 
 ts: $(TS_STAMP)
 
+# The SDK's tests, then the TypeScript example's own (examples/signup-ts/functions.test.ts).
 ts-test: $(TS_STAMP)
 	cd $(TS) && npm test --silent
+	$(MAKE) --no-print-directory ts-example
+	node --test examples/signup-ts/dist/functions.test.js
 
 # The official npm Inngest SDK (examples/inngest/ts, from its lock file) for the Inngest tests
 # and the TypeScript example; Node 20 or later.
@@ -57,13 +60,13 @@ ts-example: $(TS_STAMP)
 
 # Lint first: a style slip fails CI like a failing test.
 test: $(STAMP) $(TS_STAMP) chromium inngest-node proto-check lint ts-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests examples/signup
 
 test-sqlite: $(STAMP) $(TS_STAMP) chromium inngest-node
-	$(BIN)/python -m pytest -q tests --backend sqlite
+	$(BIN)/python -m pytest -q tests examples/signup --backend sqlite
 
 test-postgres: $(STAMP) $(TS_STAMP) chromium inngest-node
-	$(BIN)/python -m pytest -q tests --backend postgres
+	$(BIN)/python -m pytest -q tests examples/signup --backend postgres
 
 proto: $(STAMP)
 	rm -f worker_sdk/stepline/v1/*_pb2*.py worker_sdk/stepline/v1/*_pb2*.pyi
@@ -82,8 +85,9 @@ proto-check: $(STAMP)
 	done; rm -rf $$tmp
 
 lint: $(STAMP)
-	$(BIN)/ruff check server worker_sdk tests examples bench chaos
+	$(BIN)/ruff check server worker_sdk tests examples bench chaos conformance
 	$(BIN)/mypy server worker_sdk
+	MYPYPATH=worker_sdk $(BIN)/mypy conformance
 
 # Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
 bench: $(STAMP) $(TS_STAMP) inngest-node
@@ -91,6 +95,7 @@ bench: $(STAMP) $(TS_STAMP) inngest-node
 	$(BIN)/python bench/bridge.py
 	$(BIN)/python bench/typescript.py
 	$(BIN)/python bench/inngest_http.py
+	$(BIN)/python bench/inngest_checkpoint.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.

@@ -139,6 +139,25 @@ def test_the_install_has_none_of_the_servers_dependencies(sdk_venv: SdkVenv) -> 
     assert found["present"] == [], found
 
 
+def test_stepline_testing_runs_a_function_from_the_install(sdk_venv: SdkVenv) -> None:
+    """stepline.testing needs only the SDK: an app's tests run where the app is installed."""
+    app_dir = sdk_venv.root / "testing-app"
+    app_dir.mkdir()
+    (app_dir / "sdk_only_app.py").write_text(APP)
+    probe = textwrap.dedent("""
+        import json
+        from stepline.testing import run
+        from sdk_only_app import double_it
+        real = run(double_it, event={"name": "test/sdk-only.double", "data": {"n": 21}})
+        stubbed = run(double_it, event={"name": "test/sdk-only.double", "data": {"n": 1}},
+                      steps={"double": 5})
+        print(json.dumps([real.output, real.step_names, stubbed.output]))
+    """)
+    result = sdk_venv.run("python", "-c", probe, cwd=app_dir)
+    _checked(result, "the stepline.testing probe")
+    assert json.loads(result.stdout) == [{"doubled": 42}, ["double"], {"doubled": 5}]
+
+
 def test_a_worker_and_the_client_commands_run_from_the_install(
         sdk_venv: SdkVenv, server_address: str) -> None:
     app_dir = sdk_venv.root / "app"

@@ -49,10 +49,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_app(kind: str, app_id: str, env: dict[str, str], log: Path) -> InngestApp:
+def start_app(kind: str, app_id: str, env: dict[str, str], log: Path,
+              port: int | None = None) -> InngestApp:
     """Start the scenario app of `kind` with the SDK settings in `env` (INNGEST_DEV, or
-    INNGEST_BASE_URL and keys) and wait until it serves."""
-    port = free_port()
+    INNGEST_BASE_URL and keys) on `port` (a free one by default) and wait until it serves."""
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
     full_env |= {"APP_ID": app_id, "PORT": str(port), "PYTHONPATH": str(REPO),
                  "NODE_PATH": str(NODE_MODULES), **env}

@@ -80,3 +80,22 @@ def sync_code_with_the_async_context(ctx: Context) -> int:
     # A plain function annotated `Context` gets a SyncStep at run time: mypy points it out.
     user = ctx.step.run("fetch", fetch, "u1")
     return len(user)  # type: ignore[arg-type]
+
+
+# stepline.testing: run() and what its result holds.
+def testing_helpers() -> None:
+    from stepline import testing
+
+    result = testing.run(async_fn, event={"name": "t/a", "data": {}}, steps={"fetch": {"id": "x"}},
+                         waits={"upgrade": None}, invokes={}, now=None)
+    assert_type(result, testing.RunResult)
+    assert_type(result.error, testing.ErrorRecord | None)
+    assert_type(result.steps, tuple[testing.StepRecord, ...])
+    assert_type(result.step("fetch"), testing.StepRecord)
+    assert_type(result.step_names, list[str])
+    assert_type(result.sent_events, tuple[Event, ...])
+    assert_type(result.sleeps, tuple[testing.SleepRecord, ...])
+    assert_type(result.waits[0].result, Event | None)
+    assert_type(result.failed, bool)
+    testing.run(fetch, event={"name": "t/a"})  # type: ignore[arg-type]
+    testing.run(async_fn, steps=["fetch"])  # type: ignore[arg-type]

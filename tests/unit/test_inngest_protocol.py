@@ -12,11 +12,11 @@ import pytest
 import rfc8785
 
 from stepline_server.bridge.inngest import InngestProtocol
+from stepline_server.bridge.inngest_register import registration
 from stepline_server.bridge.inngest_wire import duration_ms, instant_ms
 from stepline_server.bridge.protocol import AppAnswerError, AppUnreachableAnswer
 from stepline_server.errors import InvalidArgument
 from stepline_server.http.inngest import seeded_id
-from stepline_server.http.inngest_register import registration
 from stepline_server.model import (
     AppEndpoint,
     CronTrigger,

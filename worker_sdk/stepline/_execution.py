@@ -270,6 +270,11 @@ class RunExecution:
         self.release(await self.send([op]))
 
     # -- running the function ------------------------------------------------------------------
+    def new_step(self) -> Step:
+        """The step tools the function gets (stepline.testing gives its own, which answer
+        stubbed steps)."""
+        return Step(self)
+
     def _context(self, step: StepT) -> Context[StepT]:
         return Context(event=event_from_proto(self.dispatch.event), run_id=self.run_id,
                        function_id=self.function.id, attempt=self.dispatch.attempt, step=step)
@@ -285,7 +290,7 @@ class RunExecution:
 
     async def _execute(self) -> None:
         loop = asyncio.get_running_loop()
-        step = Step(self)
+        step = self.new_step()
         ctx = self._context(step) if self.function.is_async else self._context(
             SyncStep(step, loop))
         try:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Mapping
+from typing import Any
 
 import aiohttp
 
 from stepline._signing import sign, verify
-from stepline_server.auth import Keyring
-from stepline_server.bridge import stepline_json, transport
+from stepline_server.auth import KeyKind, Keyring, Need
+from stepline_server.bridge import inngest_sync, stepline_json, transport
 from stepline_server.bridge.connection import HttpConnection, next_dispatch
+from stepline_server.bridge.inngest_register import registration
 from stepline_server.bridge.pacing import Pacer
 from stepline_server.bridge.protocol import (
     AppAnswerError,
@@ -35,7 +38,7 @@ from stepline_server.bridge.protocol import (
 from stepline_server.bridge.urls import RefusedAddress, UrlPolicy, check_form
 from stepline_server.dispatch.dispatcher import Dispatcher
 from stepline_server.dispatch.refusals import Refusals, explained
-from stepline_server.errors import FailedPrecondition, InvalidArgument
+from stepline_server.errors import FailedPrecondition, InvalidArgument, SteplineServerError
 from stepline_server.ids import now_ms
 from stepline_server.limits import PayloadLimits
 from stepline_server.model import (
@@ -56,6 +59,8 @@ UNREACHABLE_TRIES = 5
 # A sync's PUT (the app registers before it answers), and how much of its answer is shown.
 SYNC_TIMEOUT_SECONDS = 30.0
 SYNC_ANSWER_CHARS = 2000
+# A sync of a new URL tries in-band with at most this many of the configured signing keys.
+MAX_SYNC_KEYS = 5
 READ_CHUNK_BYTES = 64 * 1024
 
 
@@ -172,23 +177,127 @@ class Bridge:
 
     # -- sync: ask an app to register again ---------------------------------------------------
     async def sync(self, url: str, field: str = "url") -> tuple[int, str]:
-        """PUT to the app's URL, as an Inngest dev server does: the app then registers itself
-        (RegisterFunctions, or /fn/register). Returns the app's status and answer (its start).
-        Raises InvalidArgument for a URL the policy refuses, FailedPrecondition when the app
-        cannot be reached."""
+        """Ask the app at `url` to register (again). With signing keys for it (those of the
+        app registered at `url`; for a new URL, each configured signing key in turn), first
+        in-band: a signed PUT that an Inngest SDK in production mode answers with its signed
+        app config, registered here (inngest_sync.py). Otherwise, and when the app refuses
+        the signature, the out-of-band PUT of an Inngest dev server: the app then registers
+        itself (RegisterFunctions, or /fn/register). Returns the app's status and answer (its
+        start). Raises InvalidArgument for a URL the policy refuses or an in-band answer that
+        is not a register payload, FailedPrecondition when the app cannot be reached or its
+        in-band answer is not signed with a key of the app it names."""
         check_form(url, field)
         await self.policy.check_url(url, field)
+        before = {a.app_id: a.synced_at_ms for a in await self.engine.list_apps()}
+        for key in await self._sync_keys(url):
+            status, headers, body = await self._put(url, field, key)
+            if inngest_sync.answered_in_band(status, headers):
+                return 200, await self._register_in_band(url, key, headers, body, field)
+            if status != 401:  # handled out-of-band (or failed) by the app itself
+                return await self._out_of_band(status, body, before, field)
+        status, _, body = await self._put(url, field, None)
+        return await self._out_of_band(status, body, before, field)
+
+    async def _out_of_band(self, status: int, body: bytes, before: Mapping[str, int],
+                           field: str) -> tuple[int, str]:
+        """The app's answer to an out-of-band PUT. With keys, each Inngest app it registered
+        must then pass the trust probe at the URL it registered (the register call proved
+        the key; the probe proves that URL is an app that holds it)."""
+        if 200 <= status < 300 and self.keyring.enabled:
+            for app in await self.engine.list_apps():
+                if app.protocol == "inngest" and app.synced_at_ms != before.get(app.app_id):
+                    await self._trust_probe(app.app_id, app.url, field)
+        return status, body.decode(errors="replace")[:SYNC_ANSWER_CHARS]
+
+    async def _trust_probe(self, app_id: str, url: str, field: str) -> None:
+        """`POST <url>?probe=trust`, signed; the SDK answers a signed 200 only when it holds
+        the key. FailedPrecondition (the registration stands) when it does not."""
+        keys = self.keyring.signing_keys(app_id)[:1]
+        headers, body = inngest_sync.probe_request()
+        if keys:
+            headers[inngest_sync.SIGNATURE_HEADER] = sign(body, keys[0])
+        probe_url = f"{url}{'&' if '?' in url else '?'}probe=trust"
+        why = await self._probe_answer(probe_url, headers, body, keys)
+        if why is not None:
+            raise FailedPrecondition(
+                f"{field}: app {app_id!r} registered {url}, which failed the trust probe "
+                f"({why}); its runs will fail until the app serves there with its signing key "
+                "(check INNGEST_SERVE_ORIGIN or the serve path, and the key)")
+
+    async def _probe_answer(self, url: str, headers: Mapping[str, str], body: bytes,
+                            keys: list[str]) -> str | None:
+        """Why the probe's answer is not a signed 200, or None."""
         try:
             self.client.check_literal(url)
-            async with self.client.session.put(url, data=b"", timeout=aiohttp.ClientTimeout(
-                    total=SYNC_TIMEOUT_SECONDS)) as response:
-                text = await response.text(errors="replace")
-                return response.status, text[:SYNC_ANSWER_CHARS]
+            async with self.client.session.post(url, data=body, headers=headers, timeout=(
+                    aiohttp.ClientTimeout(total=SYNC_TIMEOUT_SECONDS))) as response:
+                answer = await _read_at_most(response, SYNC_ANSWER_CHARS)
+                got = {k.lower(): v for k, v in response.headers.items()}
+        except (aiohttp.ClientError, TimeoutError, RefusedAddress) as exc:
+            return f"no answer: {_cause(exc)}"
+        if response.status != 200:
+            return f"it answered {response.status}: {answer[:200]!r}"
+        return verify(answer, got.get(inngest_sync.SIGNATURE_HEADER.lower()), keys)
+
+    async def _sync_keys(self, url: str) -> list[str]:
+        if not self.keyring.enabled:
+            return []
+        known = [a.app_id for a in await self.engine.list_apps() if a.url == url]
+        keys = [k for app_id in known for k in self.keyring.signing_keys(app_id)[:1]]
+        if not known:
+            keys = [k.secret for k in self.keyring.configured() if k.kind is KeyKind.SIGNING]
+        return keys[:MAX_SYNC_KEYS]
+
+    async def _put(self, url: str, field: str, key: str | None
+                   ) -> tuple[int, dict[str, str], bytes]:
+        """One PUT: in-band and signed with `key`, or the plain out-of-band one."""
+        headers, body = inngest_sync.in_band_request(url) if key else ({}, b"")
+        if key:
+            headers[inngest_sync.SIGNATURE_HEADER] = sign(body, key)
+        try:
+            self.client.check_literal(url)
+            async with self.client.session.put(url, data=body, headers=headers, timeout=(
+                    aiohttp.ClientTimeout(total=SYNC_TIMEOUT_SECONDS))) as response:
+                answer = await _read_at_most(response, self.max_answer_bytes)
+                return (response.status, {k.lower(): v for k, v in response.headers.items()},
+                        answer)
         except RefusedAddress as exc:
             raise InvalidArgument(field, str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise FailedPrecondition(f"{field}: the app at {url} did not answer the sync "
                                      f"({_cause(exc)})") from None
+
+    async def _register_in_band(self, url: str, key: str, headers: Mapping[str, str],
+                                body: bytes, field: str) -> str:
+        """The app's signed in-band answer registered as /fn/register would register it; a
+        URL in it other than `url` must first pass the trust probe."""
+        why = verify(body, headers.get(inngest_sync.SIGNATURE_HEADER.lower()),
+                     [key])
+        if why is not None:
+            raise FailedPrecondition(f"{field}: the app's in-band sync answer is refused: {why}")
+        try:
+            found = registration(inngest_sync.register_payload(json.loads(body)), dev=False)
+        except ValueError as exc:
+            raise FailedPrecondition(f"{field}: the app's in-band sync answer is not "
+                                     f"JSON: {exc}") from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(field, f"the app's in-band sync answer: {exc}") from None
+        app_id = found.endpoint.app_id
+        try:
+            self.keyring.authorize(key, Need.APP, app_id)
+        except SteplineServerError as exc:
+            raise FailedPrecondition(f"{field}: the app {app_id!r} answered in-band: {exc}"
+                                     ) from None
+        await self.policy.check_url(found.endpoint.url, f"{field} (the in-band answer's url)")
+        if found.endpoint.url != url:  # the SDK's serve origin: not the URL that answered
+            await self._trust_probe(app_id, found.endpoint.url, field)
+        changes = await self.engine.register_app(found.endpoint, found.specs)
+        answer: dict[str, Any] = {"message": f"app {app_id} synced in-band", "modified": bool(
+            changes.created or changes.updated or changes.archived), "sync": "in-band"}
+        if found.not_enforced:
+            answer["warning"] = ("flow control is stored but not enforced by Stepline: "
+                                 + "; ".join(found.not_enforced))
+        return json.dumps(answer)
 
     # -- one leased item: requests until the ack is RELEASE -------------------------------------
     async def exchange(self, conn: HttpConnection, work: Dispatch) -> None:
@@ -327,6 +436,19 @@ class Bridge:
                 chunks.append(chunk)
             return (response.status, {k.lower(): v for k, v in response.headers.items()},
                     b"".join(chunks))
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole answer, or its first `limit` bytes (a bigger one is not what was asked for:
+    its signature fails, or its JSON does, with a precise message)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+        chunks.append(chunk[:limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 def _cause(exc: BaseException) -> str:

@@ -21,12 +21,12 @@ from starlette.routing import Route
 from stepline_server import names
 from stepline_server.auth import Need, bearer
 from stepline_server.bridge.inngest import memo_of
+from stepline_server.bridge.inngest_register import registration
 from stepline_server.bridge.inngest_wire import event_json
 from stepline_server.bridge.urls import UrlPolicy
 from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument, NotFound, SteplineServerError
 from stepline_server.http import params
-from stepline_server.http.inngest_register import registration
 from stepline_server.http.login import SELF_AUTHENTICATED
 from stepline_server.http.state import services
 from stepline_server.limits import PayloadLimits, parse_json

@@ -257,6 +257,11 @@ export class RunExecution {
   }
 
   // -- running the function --------------------------------------------------------------------
+  /** The step tools the function gets (stepline/testing gives its own, which answer stubs). */
+  protected newStep(): Step {
+    return new Step(this);
+  }
+
   async execute(): Promise<void> {
     try {
       await otelContext.with(this.trace.bodyContext(), () => this.executeBody());
@@ -268,7 +273,7 @@ export class RunExecution {
   private async executeBody(): Promise<void> {
     const ctx: Context<never> = {
       event: eventFromMessage(this.dispatch.event) as Event<never>, runId: this.runId,
-      functionId: this.fn.id, attempt: this.dispatch.attempt, step: new Step(this),
+      functionId: this.fn.id, attempt: this.dispatch.attempt, step: this.newStep(),
       signal: this.abort.signal,
     };
     const body = (async () => this.fn.handler(ctx))().then(

@@ -57,3 +57,23 @@ app.createFunction({ id: "bad2", trigger: "x", retries: "3" }, () => null);
 const typedEvent: Event<{ a: number }> = { name: "n", data: { a: 1 }, id: "", ts: null, user: null };
 // @ts-expect-error: data is typed
 typedEvent.data.a = "one";
+
+// stepline/testing: run() takes the function's event data type and gives its output type.
+import { run } from "../src/testing.js";
+import type { Context } from "../src/index.js";
+
+const greet = app.createFunction({ id: "greet", trigger: "t/greet" },
+  async ({ event, step }: Context<{ name: string }>) => {
+    const text = await step.run("greet", () => `hi ${event.data.name}`);
+    return { text, at: new Date() };
+  });
+void (async () => {
+  const result = await run(greet, { event: { data: { name: "Ada" } }, steps: { greet: "hey" } });
+  const text: string | undefined = result.output?.text;
+  const at: string | undefined = result.output?.at; // a Date comes back as its JSON text
+  // @ts-expect-error: the output is typed; there is no such field
+  void result.output?.missing;
+  // @ts-expect-error: the event data is typed
+  await run(greet, { event: { data: { name: 3 } } });
+  void [text, at];
+})();
