@@ -1,6 +1,6 @@
 """The HTTP bridge's figures, next to the worker stream's, on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/bridge.py [--backend sqlite|postgres|all] [--quick]
+    .venv/bin/python bench/bridge.py [--backend sqlite|postgres|all] [--quick] [--lag-only]
 
 The HTTP app is tests/integration/bridge_app.py (Stepline's JSON protocol answered by hand, in
 its own uvicorn process; one step per request unless said), registered with RegisterFunctions
@@ -23,7 +23,9 @@ and a URL; the server is `stepline serve` in its own process, as in bench/run.py
    loop that sleeps 5 ms and records how late it wakes; 500 events sent in one SendEvent; the
    probe's samples from the send until all 500 runs completed. p50/p99/max lag, and the most
    requests seen in flight at once (aim: p99 at most 10 ms). Two waves: the first opens the
-   500 connections to the app (cold), the second reuses them (warm, kept alive).
+   500 connections to the app (cold), the second reuses them (warm, kept alive). The events
+   are built before the probe starts (this process's work holds the GIL the server needs),
+   and the start-up heap is frozen as `stepline serve` does. `--lag-only`: this figure alone.
 """
 
 from __future__ import annotations
