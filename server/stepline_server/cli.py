@@ -36,6 +36,7 @@ from stepline.v1 import (
 )
 from stepline_server import cli_bulk, cli_format, cli_invoke
 from stepline_server.auth import Keyring, keyring_from
+from stepline_server.heap import freeze_startup_heap
 from stepline_server.settings import (
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_HTTP_ADDRESS,
@@ -209,6 +210,7 @@ async def _serve(server_class: type[SteplineServer], settings: Settings,
             logging.getLogger(__name__).exception("start-up failed")
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CommandError(f"cannot start the server: {first_line}") from None
+    freeze_startup_heap()
     if server.http_url:
         print(f"{DASHBOARD_PREFIX}{server.http_url}", flush=True)
     announce(server.url)

@@ -36,6 +36,7 @@ from stepline_server.engine.timed import TimedLoop
 from stepline_server.engine.timeouts import DeadlineWatch
 from stepline_server.errors import Unavailable
 from stepline_server.grpc_keys import AuthInterceptor
+from stepline_server.heap import freeze_startup_heap
 from stepline_server.http import HttpListener, Metrics, create_app
 from stepline_server.ids import derived_server_id
 from stepline_server.ingress.interceptors import ErrorInterceptor
@@ -238,6 +239,7 @@ class SteplineServer:
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully."""
         await self.start()
+        freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

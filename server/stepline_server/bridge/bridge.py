@@ -28,6 +28,7 @@ from stepline_server.auth import KeyKind, Keyring, Need
 from stepline_server.bridge import inngest_sync, stepline_json, transport
 from stepline_server.bridge.connection import HttpConnection, next_dispatch
 from stepline_server.bridge.inngest_register import registration
+from stepline_server.bridge.pacing import Pacer
 from stepline_server.bridge.protocol import (
     AppAnswerError,
     AppProtocol,
@@ -87,6 +88,7 @@ class Bridge:
         self._retiring: set[HttpConnection] = set()
         self.refusals = Refusals(dispatcher)
         self.client = transport.Client(self.policy, settings.app_timeout_seconds)
+        self.pacer = Pacer()  # requests built and answers read a few per loop iteration
         self._reload = asyncio.Event()
         self._stopped = False
         self.engine.on_apps_changed(self._app_changed)
@@ -353,6 +355,7 @@ class Bridge:
         if protocol is None:
             raise AppAnswerError("UnknownProtocol", f"app {endpoint.app_id!r} registered "
                                  f"protocol {endpoint.protocol!r}, which this server lacks")
+        await self.pacer.turn()
         call = protocol.call(work, endpoint)
         keys = self.keyring.signing_keys(endpoint.app_id)
         headers = {**call.headers, "traceparent": traceparent.for_dispatch(work)}
@@ -366,6 +369,7 @@ class Bridge:
                 raise _Gone
             try:
                 status, answer_headers, body = await self._post(conn, work, call, headers)
+                await self.pacer.turn()
                 return self._read(protocol, work, endpoint, keys, status, answer_headers, body)
             except _Unreachable as exc:
                 cause = str(exc)
