@@ -85,13 +85,16 @@ def _spawn(name: str, args: list[str], log_path: Path, *, stdout_pipe: bool,
 
 
 def start_server(database_url: str, log_path: Path, *, timeout: float = 60.0,
-                 env: dict[str, str] | None = None) -> tuple[Child, int]:
+                 env: dict[str, str] | None = None, http_port: int = 0,
+                 extra_args: tuple[str, ...] = ()) -> tuple[Child, int]:
     """`python -m stepline_server serve` on a free loopback port; return it and its port.
+    `http_port`: where its HTTP port (dashboard, bridge routes) listens; 0: any free one.
 
     The server logs at WARNING (the per-run activity log is off, as in production `serve`).
     """
     args = ["-m", "stepline_server", "serve", "--address", "127.0.0.1:0",
-            "--http-address", "127.0.0.1:0", "--database-url", database_url]
+            "--http-address", f"127.0.0.1:{http_port}", "--database-url", database_url,
+            *extra_args]
     child = _spawn("server", args, log_path, stdout_pipe=True, env=env)
     try:
         port = _read_port(child, timeout)

@@ -58,12 +58,10 @@ def measure(name: str, runs: int) -> list[dict[str, object]]:
     children: list[_proc.Child] = []
     try:
         http_port = free_port()
-        server = _proc._spawn("server", [
-            "-m", "stepline_server", "serve", "--address", "127.0.0.1:0", "--http-address",
-            f"127.0.0.1:{http_port}", "--database-url", backend.url,
-            "--allow-app-hosts", "127.0.0.1"], backend.workdir / "server.log", stdout_pipe=True)
+        server, _ = _proc.start_server(
+            backend.url, backend.workdir / "server.log", http_port=http_port,
+            extra_args=("--allow-app-hosts", "127.0.0.1"))
         children.append(server)
-        _proc._read_port(server, 60)
         base = f"http://127.0.0.1:{http_port}"
         app_port = free_port()
         children.append(_node_app(app_port, base, backend))

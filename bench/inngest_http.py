@@ -103,12 +103,10 @@ def measure(name: str, runs: int) -> dict[str, object]:
     children: list[_proc.Child] = []
     try:
         http_port = free_port()
-        server = _proc._spawn("server", [
-            "-m", "stepline_server", "serve", "--address", "127.0.0.1:0", "--http-address",
-            f"127.0.0.1:{http_port}", "--database-url", backend.url,
-            "--allow-app-hosts", "127.0.0.1"], backend.workdir / "server.log", stdout_pipe=True)
+        server, port = _proc.start_server(
+            backend.url, backend.workdir / "server.log", http_port=http_port,
+            extra_args=("--allow-app-hosts", "127.0.0.1"))
         children.append(server)
-        port = _proc._read_port(server, 60)
         base = f"http://127.0.0.1:{http_port}"
         children.append(_proc.start_worker("bench._worker_app:app", f"127.0.0.1:{port}", 8,
                                            backend.workdir / "worker.log"))
