@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepline_server.flow import NO_FLOW, FlowControl
+
 # Due time of a suspension without a timeout (an invoke): far beyond any real date.
 NEVER_MS = 2**62  # also in formatting.py
 
@@ -137,6 +139,8 @@ class RunPolicy:
     cancel_on: tuple[CancelOn, ...] = ()
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    # Flow control (flow.py); falsy when the function declares none.
+    flow: FlowControl = NO_FLOW
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +154,7 @@ class FunctionSpec:
     finish_timeout_ms: int | None = None
     # How long its ended runs are kept: None the server's retention, 0 forever.
     retention_ms: int | None = None
+    flow: FlowControl = NO_FLOW
 
     @property
     def max_attempts(self) -> int:
@@ -159,7 +164,7 @@ class FunctionSpec:
     def policy(self) -> RunPolicy:
         return RunPolicy(max_attempts=self.max_attempts, cancel_on=self.cancel_on,
                          start_timeout_ms=self.start_timeout_ms,
-                         finish_timeout_ms=self.finish_timeout_ms)
+                         finish_timeout_ms=self.finish_timeout_ms, flow=self.flow)
 
     def config_json(self) -> str:
         triggers = [
@@ -178,6 +183,8 @@ class FunctionSpec:
                                   "finish_ms": self.finish_timeout_ms}
         if self.retention_ms is not None:  # absent otherwise: older configs stay unchanged
             config["retention_ms"] = self.retention_ms
+        if self.flow:  # absent otherwise, likewise
+            config["flow"] = self.flow.to_json()
         return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
@@ -192,6 +199,7 @@ def policy_from_config(config_json: str) -> RunPolicy:
                         for c in config.get("cancel_on") or ()),
         start_timeout_ms=timeouts.get("start_ms"),
         finish_timeout_ms=timeouts.get("finish_ms"),
+        flow=FlowControl.from_json(config.get("flow")),
     )
 
 
@@ -215,7 +223,7 @@ def function_spec_from_config(function_id: str, config_json: str) -> FunctionSpe
                         triggers=tuple(triggers), retries=int(config["retries"]),
                         cancel_on=policy.cancel_on, start_timeout_ms=policy.start_timeout_ms,
                         finish_timeout_ms=policy.finish_timeout_ms,
-                        retention_ms=retention_from_config(config_json))
+                        retention_ms=retention_from_config(config_json), flow=policy.flow)
 
 
 @dataclass(frozen=True, slots=True)

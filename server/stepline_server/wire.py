@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2
-from stepline_server import names
+from stepline_server import flow, names
 from stepline_server.engine import cron, expressions
 from stepline_server.errors import InvalidArgument
 from stepline_server.ids import new_id, now_ms
@@ -180,7 +180,109 @@ def _function(app_id: str, fn: common_pb2.FunctionConfig, path: str) -> Function
                         for j, c in enumerate(fn.cancel_on)),
         start_timeout_ms=_positive_ms(fn.timeouts, "start", f"{path}.timeouts.start"),
         finish_timeout_ms=_positive_ms(fn.timeouts, "finish", f"{path}.timeouts.finish"),
-        retention_ms=_retention_ms(fn, f"{path}.retention"))
+        retention_ms=_retention_ms(fn, f"{path}.retention"),
+        flow=flow_control_from_proto(fn, path, has_cancel_on=bool(fn.cancel_on)))
+
+
+# -- flow control -------------------------------------------------------------------------------
+_SCOPES = {common_pb2.Concurrency.SCOPE_UNSPECIFIED: flow.Scope.FN,
+           common_pb2.Concurrency.SCOPE_FN: flow.Scope.FN,
+           common_pb2.Concurrency.SCOPE_ENV: flow.Scope.ENV,
+           common_pb2.Concurrency.SCOPE_ACCOUNT: flow.Scope.ACCOUNT}
+_SCOPE_PROTO = {flow.Scope.FN: common_pb2.Concurrency.SCOPE_FN,
+                flow.Scope.ENV: common_pb2.Concurrency.SCOPE_ENV,
+                flow.Scope.ACCOUNT: common_pb2.Concurrency.SCOPE_ACCOUNT}
+_MODES = {common_pb2.Singleton.MODE_SKIP: flow.SingletonMode.SKIP,
+          common_pb2.Singleton.MODE_CANCEL: flow.SingletonMode.CANCEL}
+_MODE_PROTO = {mode: value for value, mode in _MODES.items()}
+
+
+def flow_control_from_proto(fn: common_pb2.FunctionConfig, path: str, *,
+                            has_cancel_on: bool) -> flow.FlowControl:
+    """A FunctionConfig's flow control settings, checked (flow.check) and their CEL compiled."""
+    def required_ms(message: Any, name: str, field: str) -> int:
+        value = _positive_ms(message, name, field)
+        if value is None:
+            raise InvalidArgument(field, "is required")
+        return value
+
+    concurrency = tuple(
+        flow.Concurrency(limit=c.limit, key=c.key, scope=_SCOPES.get(c.scope, flow.Scope.FN))
+        for c in fn.concurrency)
+    throttle = rate_limit = debounce = batching = singleton = None
+    if fn.HasField("throttle"):
+        t = fn.throttle
+        throttle = flow.Throttle(
+            limit=t.limit, period_ms=required_ms(t, "period", f"{path}.throttle.period"),
+            burst=t.burst if t.HasField("burst") else 1, key=t.key)
+    if fn.HasField("rate_limit"):
+        r = fn.rate_limit
+        rate_limit = flow.RateLimit(
+            limit=r.limit, period_ms=required_ms(r, "period", f"{path}.rate_limit.period"),
+            key=r.key)
+    if fn.HasField("debounce"):
+        d = fn.debounce
+        debounce = flow.Debounce(
+            period_ms=required_ms(d, "period", f"{path}.debounce.period"), key=d.key,
+            timeout_ms=_positive_ms(d, "timeout", f"{path}.debounce.timeout"))
+    if fn.HasField("batch_events"):
+        b = fn.batch_events
+        batching = flow.Batching(
+            max_size=b.max_size,
+            timeout_ms=required_ms(b, "timeout", f"{path}.batch_events.timeout"), key=b.key)
+    if fn.HasField("singleton"):
+        mode = _MODES.get(fn.singleton.mode)
+        if mode is None:
+            raise InvalidArgument(f"{path}.singleton.mode", "must be MODE_SKIP or MODE_CANCEL")
+        singleton = flow.Singleton(mode=mode, key=fn.singleton.key)
+    settings = flow.FlowControl(
+        concurrency=concurrency, throttle=throttle, rate_limit=rate_limit, debounce=debounce,
+        priority=fn.priority.run if fn.HasField("priority") else "", batching=batching,
+        idempotency=fn.idempotency, singleton=singleton)
+    return check_flow_control(settings, path, has_cancel_on=has_cancel_on)
+
+
+def check_flow_control(settings: flow.FlowControl, path: str, *, has_cancel_on: bool
+                       ) -> flow.FlowControl:
+    """Values, combinations and CEL of flow control settings, whatever their source."""
+    flow.check(settings, path, has_cancel_on=has_cancel_on)
+    for source, field in flow.expressions_of(settings, path):
+        check_length(source, field, flow.MAX_KEY_EXPRESSION)
+        expressions.compile_expression(source, field, expressions.TRIGGER_VARIABLES)
+    return settings
+
+
+def flow_control_to_proto(settings: flow.FlowControl) -> dict[str, Any]:
+    """FunctionConfig fields (keyword arguments) of flow control settings."""
+    fields: dict[str, Any] = {}
+    if settings.concurrency:
+        fields["concurrency"] = [common_pb2.Concurrency(limit=c.limit, key=c.key,
+                                                        scope=_SCOPE_PROTO[c.scope])
+                                 for c in settings.concurrency]
+    if settings.throttle:
+        t = settings.throttle
+        fields["throttle"] = common_pb2.Throttle(limit=t.limit, period=duration(t.period_ms),
+                                                 burst=t.burst, key=t.key)
+    if settings.rate_limit:
+        r = settings.rate_limit
+        fields["rate_limit"] = common_pb2.RateLimit(limit=r.limit, period=duration(r.period_ms),
+                                                    key=r.key)
+    if settings.debounce:
+        d = settings.debounce
+        fields["debounce"] = common_pb2.Debounce(period=duration(d.period_ms), key=d.key,
+                                                 timeout=duration(d.timeout_ms))
+    if settings.priority:
+        fields["priority"] = common_pb2.Priority(run=settings.priority)
+    if settings.batching:
+        b = settings.batching
+        fields["batch_events"] = common_pb2.Batching(max_size=b.max_size,
+                                                     timeout=duration(b.timeout_ms), key=b.key)
+    if settings.idempotency:
+        fields["idempotency"] = settings.idempotency
+    if settings.singleton:
+        fields["singleton"] = common_pb2.Singleton(mode=_MODE_PROTO[settings.singleton.mode],
+                                                   key=settings.singleton.key)
+    return fields
 
 
 def _retention_ms(fn: common_pb2.FunctionConfig, field: str) -> int | None:
@@ -258,4 +360,5 @@ def function_config_to_proto(spec: FunctionSpec) -> common_pb2.FunctionConfig:
         cancel_on=[common_pb2.CancelOn(event=c.event, expression=c.expression,
                                        timeout=duration(c.timeout_ms))
                    for c in spec.cancel_on],
-        timeouts=timeouts, retention=duration(spec.retention_ms))
+        timeouts=timeouts, retention=duration(spec.retention_ms),
+        **flow_control_to_proto(spec.flow))

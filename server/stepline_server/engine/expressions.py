@@ -57,6 +57,14 @@ class Expression:
         except Exception:
             return False
 
+    def value(self, variables: Mapping[str, Any]) -> Any:
+        """What the expression evaluates to; None when evaluating fails (flow control keys)."""
+        context = variables if isinstance(variables, dict) else dict(variables)
+        try:
+            return self._program.execute(context)
+        except Exception:
+            return None
+
     def matches_within(self, variables: Mapping[str, Any], budget_ns: int) -> bool | None:
         """`matches` on what the expression reads of `variables`; None, without evaluating,
         when its estimated cost is over `budget_ns` (see cel_cost.py)."""

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from stepline_server.engine import matching
+from stepline_server.engine import flow_starts, matching
+from stepline_server.engine.flow_starts import PLAIN, Queueing
 from stepline_server.model import Dispatch, EventRecord, RunPolicy, RunStatus
 from stepline_server.store import Tx
 from stepline_server.store import queue as queue_store
@@ -67,12 +68,18 @@ def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Callable[[],
     new_runs: list[NewRun] = []
     items: list[NewQueueItem] = []
     cancel_waits: list[NewWait] = []
-    for start in starts:
-        run_id = new_id()
+    run_events: list[tuple[str, tuple[EventRecord, ...]]] = []
+    admitted = (flow_starts.admit(tx, starts, now, new_id)
+                if any(s.policy.flow for s in starts) else [(s, PLAIN) for s in starts])
+    for start, queueing in admitted:
+        run_id = queueing.run_id or new_id()
         started.run_ids.append(run_id)
-        owner = placement.reserve(start.function_id) if placement else None
+        owner = (placement.reserve(start.function_id)
+                 if placement and queueing.placeable else None)
         new_runs.append(_new_run(run_id, start, now, placed=owner is not None))
-        items.append(_new_item(run_id, start, now, owner, lease_ms))
+        items.append(_new_item(run_id, start, now, owner, lease_ms, queueing))
+        if queueing.events:
+            run_events.append((run_id, queueing.events))
         if owner is not None:
             started.reserved.append(owner)
             started.placed.append((owner, Dispatch(
@@ -88,6 +95,10 @@ def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Callable[[],
         run_store.create(tx.conn, new_runs)
         queue_store.enqueue(tx.conn, items)
         wait_store.insert(tx.conn, cancel_waits)
+        if run_events:
+            run_store.add_events(tx.conn, [(run_id, position, event.id)
+                                           for run_id, batch in run_events
+                                           for position, event in enumerate(batch)])
     return started
 
 
@@ -99,8 +110,8 @@ def _new_run(run_id: str, start: RunStart, now: int, *, placed: bool) -> NewRun:
                   parent_step_id=start.parent_step_id, source_run_id=start.source_run_id)
 
 
-def _new_item(run_id: str, start: RunStart, now: int, owner: str | None, lease_ms: int
-              ) -> NewQueueItem:
+def _new_item(run_id: str, start: RunStart, now: int, owner: str | None, lease_ms: int,
+              queueing: Queueing) -> NewQueueItem:
     """The run's queue item: queued, or leased to `owner` (placed on a local worker)."""
     policy = start.policy
     deadline_kind, deadline_ms = None, None
@@ -115,9 +126,12 @@ def _new_item(run_id: str, start: RunStart, now: int, owner: str | None, lease_m
         deadline_kind = "start"
         deadline_ms = None if policy.start_timeout_ms is None else now + policy.start_timeout_ms
     return NewQueueItem(
-        run_id=run_id, function_id=start.function_id, due_at_ms=now,
+        run_id=run_id, function_id=start.function_id,
+        due_at_ms=now if queueing.due_at_ms is None else queueing.due_at_ms,
         max_attempts=policy.max_attempts, parent_run_id=start.parent_run_id,
         parent_step_id=start.parent_step_id, finish_timeout_ms=policy.finish_timeout_ms,
         traceparent=start.event.traceparent, deadline_kind=deadline_kind,
         deadline_ms=deadline_ms, lease=1 if owner is not None else 0, lease_owner=owner,
-        lease_until_ms=None if owner is None else now + lease_ms)
+        lease_until_ms=None if owner is None else now + lease_ms, ckey1=queueing.ckey1,
+        ckey2=queueing.ckey2, held=queueing.held, held_key=queueing.held_key,
+        held_order_ms=queueing.held_order_ms)

@@ -59,7 +59,9 @@ def enqueue(conn: Connection, items: list[NewQueueItem]) -> None:
              "lease_until_ms": i.lease_until_ms, "step_count": i.step_count,
              "deadline_kind": i.deadline_kind, "deadline_ms": i.deadline_ms,
              "finish_timeout_ms": i.finish_timeout_ms, "parent_run_id": i.parent_run_id,
-             "parent_step_id": i.parent_step_id, "traceparent": i.traceparent}
+             "parent_step_id": i.parent_step_id, "traceparent": i.traceparent,
+             "ckey1": i.ckey1, "ckey2": i.ckey2, "held": i.held, "held_key": i.held_key,
+             "held_order_ms": i.held_order_ms}
             for i in items])
 
 

@@ -53,6 +53,12 @@ class NewQueueItem:
     parent_run_id: str | None = None
     parent_step_id: str | None = None
     traceparent: str | None = None
+    # Flow control (schema.queue): concurrency keys, hold reason, parking.
+    ckey1: str | None = None
+    ckey2: str | None = None
+    held: str | None = None
+    held_key: str | None = None
+    held_order_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,7 +31,7 @@ from stepline_server.store.records import (
     RunFinish,
     error_json,
 )
-from stepline_server.store.schema import events, queue, runs, step_failures, steps
+from stepline_server.store.schema import events, queue, run_events, runs, step_failures, steps
 
 _INSERT_RUNS = Hot(runs.insert())
 # The status test sits in SET, not WHERE: a WHERE on status tempts SQLite's planner to walk the
@@ -323,3 +323,13 @@ def function_stats(conn: Connection, since_ms: int, function_ids: list[str] | No
             runs=row.runs, completed=int(row.completed), failed=int(row.failed),
             cancelled=int(row.cancelled), active=row.runs - ended)
     return found
+
+
+_ADD_EVENTS = Hot(run_events.insert())
+
+
+def add_events(conn: Connection, rows: list[tuple[str, int, str]]) -> None:
+    """Events of batched runs: (run_id, position, event_id)."""
+    if rows:
+        _ADD_EVENTS.execute_many(conn, [{"run_id": r, "position": p, "event_id": e}
+                                        for r, p, e in rows])

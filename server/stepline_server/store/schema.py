@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -154,9 +155,27 @@ queue = Table(
     Column("parent_step_id", String(300), nullable=True),
     # W3C trace context of the run (from its trigger event), for telemetry at every dispatch.
     Column("traceparent", String(128), nullable=True),
+    # Flow control (engine/flow*.py); NULL for functions without it.
+    # Concurrency: the keys whose slots the item's steps take (flow_keys ids, kind
+    # "concurrency"), one per limit.
+    Column("ckey1", String(300), nullable=True),
+    Column("ckey2", String(300), nullable=True),
+    # Why a queued run is held back: "concurrency", "throttle", "debounce", "batch", "priority".
+    Column("held", String(16), nullable=True),
+    # Parked for want of a slot of this concurrency key: due_at_ms is NEVER_MS until a slot
+    # frees; then it becomes held_order_ms again (its place: enqueue time, moved by priority).
+    Column("held_key", String(300), nullable=True),
+    Column("held_order_ms", BigInteger, nullable=True),
     Index("ix_queue_claim", "function_id", "due_at_ms"),
     Index("ix_queue_owner", "lease_owner"),
     Index("ix_queue_deadline", "deadline_ms"),
+    Index("ix_queue_ckey1", "ckey1", "due_at_ms", sqlite_where=text("ckey1 IS NOT NULL"),
+          postgresql_where=text("ckey1 IS NOT NULL")),
+    Index("ix_queue_ckey2", "ckey2", "due_at_ms", sqlite_where=text("ckey2 IS NOT NULL"),
+          postgresql_where=text("ckey2 IS NOT NULL")),
+    Index("ix_queue_parked", "held_key", "held_order_ms",
+          sqlite_where=text("held_key IS NOT NULL"),
+          postgresql_where=text("held_key IS NOT NULL")),
 )
 
 # Pending matches of incoming events (model.MatchKind): step.wait_for_event (kind
@@ -303,4 +322,56 @@ apps = Table(
     Column("framework", String(64), nullable=False),
     Column("synced_at_ms", BigInteger, nullable=False),
     Column("extra", Text, nullable=False),  # JSON text, protocol-specific
+)
+
+# Flow control state, one row per (kind, key), read and written under a row lock in the
+# transactions that start or claim work, so limits hold across replicas. `key` is the key's id
+# (engine/flow_keys.py: the owning function, or "*" for env/account scope, and a digest of the
+# key's value). Kinds and their columns:
+#   concurrency  a lock object for the key's slots (counts are taken from the queue)
+#   throttle     GCRA: tat_ms, the theoretical arrival time of the next start
+#   rate_limit   GCRA likewise; events over it are skipped (flow_skips)
+#   idempotency  expires_ms: until then the key starts no run
+#   singleton    run_id: the key's run, while it is unfinished
+#   debounce     run_id: the queued run the next event replaces the event of; first_ms
+#   batch        run_id: the open batch's run, count its events so far; first_ms
+flow_keys = Table(
+    "flow_keys",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("key", String(300), primary_key=True),
+    Column("function_id", String(257), nullable=True),  # NULL for env/account scope
+    Column("value", Text, nullable=False),  # the key's value, for listings ("" without a key)
+    Column("run_id", String(32), nullable=True),
+    Column("tat_ms", BigInteger, nullable=True),
+    Column("count", Integer, nullable=False),
+    Column("first_ms", BigInteger, nullable=True),
+    # When the row may be deleted (retention pruner); NULL: while its run is unfinished.
+    Column("expires_ms", BigInteger, nullable=True),
+    Index("ix_flow_keys_expires", "expires_ms"),
+    Index("ix_flow_keys_function", "function_id"),
+)
+
+# Events that started no run of a function because of its flow control: visible, not silent.
+flow_skips = Table(
+    "flow_skips",
+    metadata,
+    Column("function_id", String(257), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("reason", String(16), nullable=False),  # flow.SkipReason
+    Column("key", Text, nullable=False),  # the key's value ("" without a key)
+    Column("skipped_at_ms", BigInteger, nullable=False),
+    Index("ix_flow_skips_function", "function_id", "skipped_at_ms"),
+    Index("ix_flow_skips_time", "skipped_at_ms"),
+)
+
+# The events of a batched run (FunctionConfig.batch_events), in arrival order; runs.event_id
+# is the first of them.
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("event_id", String(128), nullable=False),
+    Index("ix_run_events_event", "event_id"),  # the pruner keeps a batched run's events
 )

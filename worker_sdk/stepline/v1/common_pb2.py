@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stepline/v1/common.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x05 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\"g\n\x07Trigger\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.stepline.v1.EventTriggerH\x00\x12(\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x18.stepline.v1.CronTriggerH\x00\x42\x06\n\x04kind\"0\n\x0c\x45ventTrigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"1\n\x0b\x43ronTrigger\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"\xf5\x01\n\x0e\x46unctionConfig\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x08triggers\x18\x03 \x03(\x0b\x32\x14.stepline.v1.Trigger\x12\x14\n\x07retries\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12(\n\tcancel_on\x18\x05 \x03(\x0b\x32\x15.stepline.v1.CancelOn\x12\'\n\x08timeouts\x18\x06 \x01(\x0b\x32\x15.stepline.v1.Timeouts\x12,\n\tretention\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\n\n\x08_retries\"Y\n\x08\x43\x61ncelOn\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x08Timeouts\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\tErrorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"b\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfoH\x00\x42\x08\n\x06result\"6\n\nRetryAfter\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stepline/v1/common.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x02ts\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x05 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\"g\n\x07Trigger\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.stepline.v1.EventTriggerH\x00\x12(\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x18.stepline.v1.CronTriggerH\x00\x42\x06\n\x04kind\"0\n\x0c\x45ventTrigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"1\n\x0b\x43ronTrigger\x12\x10\n\x08schedule\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"\xb8\x04\n\x0e\x46unctionConfig\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x08triggers\x18\x03 \x03(\x0b\x32\x14.stepline.v1.Trigger\x12\x14\n\x07retries\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12(\n\tcancel_on\x18\x05 \x03(\x0b\x32\x15.stepline.v1.CancelOn\x12\'\n\x08timeouts\x18\x06 \x01(\x0b\x32\x15.stepline.v1.Timeouts\x12,\n\tretention\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\x0b\x63oncurrency\x18\x08 \x03(\x0b\x32\x18.stepline.v1.Concurrency\x12\'\n\x08throttle\x18\t \x01(\x0b\x32\x15.stepline.v1.Throttle\x12*\n\nrate_limit\x18\n \x01(\x0b\x32\x16.stepline.v1.RateLimit\x12\'\n\x08\x64\x65\x62ounce\x18\x0b \x01(\x0b\x32\x15.stepline.v1.Debounce\x12\'\n\x08priority\x18\x0c \x01(\x0b\x32\x15.stepline.v1.Priority\x12+\n\x0c\x62\x61tch_events\x18\r \x01(\x0b\x32\x15.stepline.v1.Batching\x12\x13\n\x0bidempotency\x18\x0e \x01(\t\x12)\n\tsingleton\x18\x0f \x01(\x0b\x32\x16.stepline.v1.SingletonB\n\n\x08_retries\"\xa8\x01\n\x0b\x43oncurrency\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0b\n\x03key\x18\x02 \x01(\t\x12-\n\x05scope\x18\x03 \x01(\x0e\x32\x1e.stepline.v1.Concurrency.Scope\"N\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SCOPE_FN\x10\x01\x12\r\n\tSCOPE_ENV\x10\x02\x12\x11\n\rSCOPE_ACCOUNT\x10\x03\"o\n\x08Throttle\x12\r\n\x05limit\x18\x01 \x01(\x05\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\x05\x62urst\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0b\n\x03key\x18\x04 \x01(\tB\x08\n\x06_burst\"R\n\tRateLimit\x12\r\n\x05limit\x18\x01 \x01(\x05\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0b\n\x03key\x18\x03 \x01(\t\"n\n\x08\x44\x65\x62ounce\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0b\n\x03key\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x17\n\x08Priority\x12\x0b\n\x03run\x18\x01 \x01(\t\"U\n\x08\x42\x61tching\x12\x10\n\x08max_size\x18\x01 \x01(\x05\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0b\n\x03key\x18\x03 \x01(\t\"\x81\x01\n\tSingleton\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x04mode\x18\x02 \x01(\x0e\x32\x1b.stepline.v1.Singleton.Mode\"<\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_SKIP\x10\x01\x12\x0f\n\x0bMODE_CANCEL\x10\x02\"Y\n\x08\x43\x61ncelOn\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\x08Timeouts\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\tErrorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\t\"b\n\nStepResult\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x10\n\x06output\x18\x02 \x01(\x0cH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfoH\x00\x42\x08\n\x06result\"6\n\nRetryAfter\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Durationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,15 +42,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CRONTRIGGER']._serialized_start=385
   _globals['_CRONTRIGGER']._serialized_end=434
   _globals['_FUNCTIONCONFIG']._serialized_start=437
-  _globals['_FUNCTIONCONFIG']._serialized_end=682
-  _globals['_CANCELON']._serialized_start=684
-  _globals['_CANCELON']._serialized_end=773
-  _globals['_TIMEOUTS']._serialized_start=775
-  _globals['_TIMEOUTS']._serialized_end=870
-  _globals['_ERRORINFO']._serialized_start=872
-  _globals['_ERRORINFO']._serialized_end=929
-  _globals['_STEPRESULT']._serialized_start=931
-  _globals['_STEPRESULT']._serialized_end=1029
-  _globals['_RETRYAFTER']._serialized_start=1031
-  _globals['_RETRYAFTER']._serialized_end=1085
+  _globals['_FUNCTIONCONFIG']._serialized_end=1005
+  _globals['_CONCURRENCY']._serialized_start=1008
+  _globals['_CONCURRENCY']._serialized_end=1176
+  _globals['_CONCURRENCY_SCOPE']._serialized_start=1098
+  _globals['_CONCURRENCY_SCOPE']._serialized_end=1176
+  _globals['_THROTTLE']._serialized_start=1178
+  _globals['_THROTTLE']._serialized_end=1289
+  _globals['_RATELIMIT']._serialized_start=1291
+  _globals['_RATELIMIT']._serialized_end=1373
+  _globals['_DEBOUNCE']._serialized_start=1375
+  _globals['_DEBOUNCE']._serialized_end=1485
+  _globals['_PRIORITY']._serialized_start=1487
+  _globals['_PRIORITY']._serialized_end=1510
+  _globals['_BATCHING']._serialized_start=1512
+  _globals['_BATCHING']._serialized_end=1597
+  _globals['_SINGLETON']._serialized_start=1600
+  _globals['_SINGLETON']._serialized_end=1729
+  _globals['_SINGLETON_MODE']._serialized_start=1669
+  _globals['_SINGLETON_MODE']._serialized_end=1729
+  _globals['_CANCELON']._serialized_start=1731
+  _globals['_CANCELON']._serialized_end=1820
+  _globals['_TIMEOUTS']._serialized_start=1822
+  _globals['_TIMEOUTS']._serialized_end=1917
+  _globals['_ERRORINFO']._serialized_start=1919
+  _globals['_ERRORINFO']._serialized_end=1976
+  _globals['_STEPRESULT']._serialized_start=1978
+  _globals['_STEPRESULT']._serialized_end=2076
+  _globals['_RETRYAFTER']._serialized_start=2078
+  _globals['_RETRYAFTER']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

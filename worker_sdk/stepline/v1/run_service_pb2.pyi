@@ -47,7 +47,7 @@ STEP_STATUS_WAITING: StepStatus
 STEP_STATUS_INVOKING: StepStatus
 
 class Run(_message.Message):
-    __slots__ = ("id", "function_id", "status", "event", "output", "error", "attempt", "created_at", "started_at", "ended_at", "steps", "parent_run_id", "source_run_id")
+    __slots__ = ("id", "function_id", "status", "event", "output", "error", "attempt", "created_at", "started_at", "ended_at", "steps", "parent_run_id", "source_run_id", "held", "held_until")
     ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class Run(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_UNTIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     function_id: str
     status: RunStatus
@@ -74,7 +76,9 @@ class Run(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[Step]
     parent_run_id: str
     source_run_id: str
-    def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., parent_run_id: _Optional[str] = ..., source_run_id: _Optional[str] = ...) -> None: ...
+    held: str
+    held_until: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., function_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., parent_run_id: _Optional[str] = ..., source_run_id: _Optional[str] = ..., held: _Optional[str] = ..., held_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("step_id", "name", "status", "output", "error", "attempts", "started_at", "ended_at", "attempt_errors", "kind")
@@ -499,3 +503,35 @@ class WorkerInfo(_message.Message):
     last_heartbeat: _timestamp_pb2.Timestamp
     draining: bool
     def __init__(self, connection_id: _Optional[str] = ..., server_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., app_id: _Optional[str] = ..., function_ids: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., slots_in_use: _Optional[int] = ..., sdk: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class Skip(_message.Message):
+    __slots__ = ("function_id", "event_id", "reason", "key", "skipped_at")
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_AT_FIELD_NUMBER: _ClassVar[int]
+    function_id: str
+    event_id: str
+    reason: str
+    key: str
+    skipped_at: _timestamp_pb2.Timestamp
+    def __init__(self, function_id: _Optional[str] = ..., event_id: _Optional[str] = ..., reason: _Optional[str] = ..., key: _Optional[str] = ..., skipped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSkipsRequest(_message.Message):
+    __slots__ = ("function_id", "page_size", "page_token")
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    function_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, function_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSkipsResponse(_message.Message):
+    __slots__ = ("skips", "next_page_token")
+    SKIPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    skips: _containers.RepeatedCompositeFieldContainer[Skip]
+    next_page_token: str
+    def __init__(self, skips: _Optional[_Iterable[_Union[Skip, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -120,6 +120,11 @@ class RunServiceStub:
                 request_serializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.SerializeToString,
                 response_deserializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.FromString,
                 _registered_method=True)
+        self.ListSkips = channel.unary_unary(
+                '/stepline.v1.RunService/ListSkips',
+                request_serializer=stepline_dot_v1_dot_run__service__pb2.ListSkipsRequest.SerializeToString,
+                response_deserializer=stepline_dot_v1_dot_run__service__pb2.ListSkipsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -249,6 +254,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSkips(self, request, context):
+        """Events that started no run because of a function's flow control (rate limit, idempotency,
+        singleton skip), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +349,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ResumeFunction,
                     request_deserializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.FromString,
                     response_serializer=stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.SerializeToString,
+            ),
+            'ListSkips': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSkips,
+                    request_deserializer=stepline_dot_v1_dot_run__service__pb2.ListSkipsRequest.FromString,
+                    response_serializer=stepline_dot_v1_dot_run__service__pb2.ListSkipsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -798,6 +816,33 @@ class RunService:
             '/stepline.v1.RunService/ResumeFunction',
             stepline_dot_v1_dot_run__service__pb2.ResumeFunctionRequest.SerializeToString,
             stepline_dot_v1_dot_run__service__pb2.ResumeFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSkips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stepline.v1.RunService/ListSkips',
+            stepline_dot_v1_dot_run__service__pb2.ListSkipsRequest.SerializeToString,
+            stepline_dot_v1_dot_run__service__pb2.ListSkipsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stepline.v1 import common_pb2 as stepline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stepline/v1/worker_service.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xb2\x01\n\rWorkerMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.stepline.v1.HelloH\x00\x12\x1f\n\x03ops\x18\x02 \x01(\x0b\x32\x10.stepline.v1.OpsH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.stepline.v1.HeartbeatH\x00\x12#\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.stepline.v1.DrainH\x00\x42\t\n\x07message\"\xb6\x01\n\rServerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.stepline.v1.WelcomeH\x00\x12)\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x15.stepline.v1.DispatchH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.stepline.v1.AckH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.stepline.v1.CancelH\x00\x42\t\n\x07message\"\x90\x01\n\x05Hello\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\tfunctions\x18\x03 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\r\n\x05slots\x18\x04 \x01(\x05\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\"\xa5\x01\n\x07Welcome\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_payload_bytes\x18\x04 \x01(\x03\"\x0b\n\tHeartbeat\"\x07\n\x05\x44rain\"\xdd\x01\n\x08\x44ispatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12\r\n\x05lease\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12!\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Event\x12&\n\x05steps\x18\x07 \x03(\x0b\x32\x17.stepline.v1.StepResult\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0etarget_step_id\x18\t \x01(\t\"|\n\x03Ops\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x66unction_id\x18\x04 \x01(\t\x12\x1c\n\x03ops\x18\x05 \x03(\x0b\x32\x0f.stepline.v1.Op\x12\x16\n\x0etarget_step_id\x18\x06 \x01(\t\"\xac\x03\n\x02Op\x12\x34\n\x0estep_completed\x18\x01 \x01(\x0b\x32\x1a.stepline.v1.StepCompletedH\x00\x12.\n\x0bstep_failed\x18\x02 \x01(\x0b\x32\x17.stepline.v1.StepFailedH\x00\x12\x32\n\rrun_completed\x18\x03 \x01(\x0b\x32\x19.stepline.v1.RunCompletedH\x00\x12,\n\nrun_failed\x18\x04 \x01(\x0b\x32\x16.stepline.v1.RunFailedH\x00\x12#\n\x05sleep\x18\x05 \x01(\x0b\x32\x12.stepline.v1.SleepH\x00\x12\x33\n\x0ewait_for_event\x18\x06 \x01(\x0b\x32\x19.stepline.v1.WaitForEventH\x00\x12%\n\x06invoke\x18\x07 \x01(\x0b\x32\x13.stepline.v1.InvokeH\x00\x12.\n\x0bsend_events\x18\x08 \x01(\x0b\x32\x17.stepline.v1.SendEventsH\x00\x12\'\n\x07planned\x18\t \x01(\x0b\x32\x14.stepline.v1.PlannedH\x00\x42\x04\n\x02op\"n\n\rStepCompleted\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\x0c\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\nStepFailed\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x15\n\rnon_retriable\x18\x04 \x01(\x08\x12,\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x17.stepline.v1.RetryAfter\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1e\n\x0cRunCompleted\x12\x0e\n\x06output\x18\x01 \x01(\x0c\"w\n\tRunFailed\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x15\n\rnon_retriable\x18\x02 \x01(\x08\x12,\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x17.stepline.v1.RetryAfter\"~\n\x05Sleep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"|\n\x0cWaitForEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\nexpression\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"v\n\x06Invoke\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\nSendEvents\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.stepline.v1.Event\"2\n\x07Planned\x12\'\n\x05steps\x18\x01 \x03(\x0b\x32\x18.stepline.v1.PlannedStep\",\n\x0bPlannedStep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"u\n\x03\x41\x63k\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.stepline.v1.AckAction\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\"(\n\x06\x43\x61ncel\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*q\n\tAckAction\x12\x1a\n\x16\x41\x43K_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_ACTION_CONTINUE\x10\x01\x12\x16\n\x12\x41\x43K_ACTION_RELEASE\x10\x02\x12\x17\n\x13\x41\x43K_ACTION_REJECTED\x10\x03\x32V\n\rWorkerService\x12\x45\n\x07\x43onnect\x12\x1a.stepline.v1.WorkerMessage\x1a\x1a.stepline.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stepline/v1/worker_service.proto\x12\x0bstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18stepline/v1/common.proto\"\xb2\x01\n\rWorkerMessage\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.stepline.v1.HelloH\x00\x12\x1f\n\x03ops\x18\x02 \x01(\x0b\x32\x10.stepline.v1.OpsH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.stepline.v1.HeartbeatH\x00\x12#\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.stepline.v1.DrainH\x00\x42\t\n\x07message\"\xb6\x01\n\rServerMessage\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.stepline.v1.WelcomeH\x00\x12)\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x15.stepline.v1.DispatchH\x00\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x10.stepline.v1.AckH\x00\x12%\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x13.stepline.v1.CancelH\x00\x42\t\n\x07message\"\x90\x01\n\x05Hello\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\tfunctions\x18\x03 \x03(\x0b\x32\x1b.stepline.v1.FunctionConfig\x12\r\n\x05slots\x18\x04 \x01(\x05\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\"\xa5\x01\n\x07Welcome\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_payload_bytes\x18\x04 \x01(\x03\"\x0b\n\tHeartbeat\"\x07\n\x05\x44rain\"\x81\x02\n\x08\x44ispatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12\r\n\x05lease\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12!\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x12.stepline.v1.Event\x12&\n\x05steps\x18\x07 \x03(\x0b\x32\x17.stepline.v1.StepResult\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0etarget_step_id\x18\t \x01(\t\x12\"\n\x06\x65vents\x18\n \x03(\x0b\x32\x12.stepline.v1.Event\"|\n\x03Ops\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x66unction_id\x18\x04 \x01(\t\x12\x1c\n\x03ops\x18\x05 \x03(\x0b\x32\x0f.stepline.v1.Op\x12\x16\n\x0etarget_step_id\x18\x06 \x01(\t\"\xac\x03\n\x02Op\x12\x34\n\x0estep_completed\x18\x01 \x01(\x0b\x32\x1a.stepline.v1.StepCompletedH\x00\x12.\n\x0bstep_failed\x18\x02 \x01(\x0b\x32\x17.stepline.v1.StepFailedH\x00\x12\x32\n\rrun_completed\x18\x03 \x01(\x0b\x32\x19.stepline.v1.RunCompletedH\x00\x12,\n\nrun_failed\x18\x04 \x01(\x0b\x32\x16.stepline.v1.RunFailedH\x00\x12#\n\x05sleep\x18\x05 \x01(\x0b\x32\x12.stepline.v1.SleepH\x00\x12\x33\n\x0ewait_for_event\x18\x06 \x01(\x0b\x32\x19.stepline.v1.WaitForEventH\x00\x12%\n\x06invoke\x18\x07 \x01(\x0b\x32\x13.stepline.v1.InvokeH\x00\x12.\n\x0bsend_events\x18\x08 \x01(\x0b\x32\x17.stepline.v1.SendEventsH\x00\x12\'\n\x07planned\x18\t \x01(\x0b\x32\x14.stepline.v1.PlannedH\x00\x42\x04\n\x02op\"n\n\rStepCompleted\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\x0c\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\nStepFailed\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x15\n\rnon_retriable\x18\x04 \x01(\x08\x12,\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x17.stepline.v1.RetryAfter\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1e\n\x0cRunCompleted\x12\x0e\n\x06output\x18\x01 \x01(\x0c\"w\n\tRunFailed\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.stepline.v1.ErrorInfo\x12\x15\n\rnon_retriable\x18\x02 \x01(\x08\x12,\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x17.stepline.v1.RetryAfter\"~\n\x05Sleep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"|\n\x0cWaitForEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\nexpression\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"v\n\x06Invoke\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\nSendEvents\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.stepline.v1.Event\"2\n\x07Planned\x12\'\n\x05steps\x18\x01 \x03(\x0b\x32\x18.stepline.v1.PlannedStep\",\n\x0bPlannedStep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"u\n\x03\x41\x63k\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12&\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x16.stepline.v1.AckAction\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\"(\n\x06\x43\x61ncel\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*q\n\tAckAction\x12\x1a\n\x16\x41\x43K_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_ACTION_CONTINUE\x10\x01\x12\x16\n\x12\x41\x43K_ACTION_RELEASE\x10\x02\x12\x17\n\x13\x41\x43K_ACTION_REJECTED\x10\x03\x32V\n\rWorkerService\x12\x45\n\x07\x43onnect\x12\x1a.stepline.v1.WorkerMessage\x1a\x1a.stepline.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACKACTION']._serialized_start=2805
-  _globals['_ACKACTION']._serialized_end=2918
+  _globals['_ACKACTION']._serialized_start=2841
+  _globals['_ACKACTION']._serialized_end=2954
   _globals['_WORKERMESSAGE']._serialized_start=141
   _globals['_WORKERMESSAGE']._serialized_end=319
   _globals['_SERVERMESSAGE']._serialized_start=322
@@ -49,35 +49,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAIN']._serialized_start=834
   _globals['_DRAIN']._serialized_end=841
   _globals['_DISPATCH']._serialized_start=844
-  _globals['_DISPATCH']._serialized_end=1065
-  _globals['_OPS']._serialized_start=1067
-  _globals['_OPS']._serialized_end=1191
-  _globals['_OP']._serialized_start=1194
-  _globals['_OP']._serialized_end=1622
-  _globals['_STEPCOMPLETED']._serialized_start=1624
-  _globals['_STEPCOMPLETED']._serialized_end=1734
-  _globals['_STEPFAILED']._serialized_start=1737
-  _globals['_STEPFAILED']._serialized_end=1936
-  _globals['_RUNCOMPLETED']._serialized_start=1938
-  _globals['_RUNCOMPLETED']._serialized_end=1968
-  _globals['_RUNFAILED']._serialized_start=1970
-  _globals['_RUNFAILED']._serialized_end=2089
-  _globals['_SLEEP']._serialized_start=2091
-  _globals['_SLEEP']._serialized_end=2217
-  _globals['_WAITFOREVENT']._serialized_start=2219
-  _globals['_WAITFOREVENT']._serialized_end=2343
-  _globals['_INVOKE']._serialized_start=2345
-  _globals['_INVOKE']._serialized_end=2463
-  _globals['_SENDEVENTS']._serialized_start=2465
-  _globals['_SENDEVENTS']._serialized_end=2544
-  _globals['_PLANNED']._serialized_start=2546
-  _globals['_PLANNED']._serialized_end=2596
-  _globals['_PLANNEDSTEP']._serialized_start=2598
-  _globals['_PLANNEDSTEP']._serialized_end=2642
-  _globals['_ACK']._serialized_start=2644
-  _globals['_ACK']._serialized_end=2761
-  _globals['_CANCEL']._serialized_start=2763
-  _globals['_CANCEL']._serialized_end=2803
-  _globals['_WORKERSERVICE']._serialized_start=2920
-  _globals['_WORKERSERVICE']._serialized_end=3006
+  _globals['_DISPATCH']._serialized_end=1101
+  _globals['_OPS']._serialized_start=1103
+  _globals['_OPS']._serialized_end=1227
+  _globals['_OP']._serialized_start=1230
+  _globals['_OP']._serialized_end=1658
+  _globals['_STEPCOMPLETED']._serialized_start=1660
+  _globals['_STEPCOMPLETED']._serialized_end=1770
+  _globals['_STEPFAILED']._serialized_start=1773
+  _globals['_STEPFAILED']._serialized_end=1972
+  _globals['_RUNCOMPLETED']._serialized_start=1974
+  _globals['_RUNCOMPLETED']._serialized_end=2004
+  _globals['_RUNFAILED']._serialized_start=2006
+  _globals['_RUNFAILED']._serialized_end=2125
+  _globals['_SLEEP']._serialized_start=2127
+  _globals['_SLEEP']._serialized_end=2253
+  _globals['_WAITFOREVENT']._serialized_start=2255
+  _globals['_WAITFOREVENT']._serialized_end=2379
+  _globals['_INVOKE']._serialized_start=2381
+  _globals['_INVOKE']._serialized_end=2499
+  _globals['_SENDEVENTS']._serialized_start=2501
+  _globals['_SENDEVENTS']._serialized_end=2580
+  _globals['_PLANNED']._serialized_start=2582
+  _globals['_PLANNED']._serialized_end=2632
+  _globals['_PLANNEDSTEP']._serialized_start=2634
+  _globals['_PLANNEDSTEP']._serialized_end=2678
+  _globals['_ACK']._serialized_start=2680
+  _globals['_ACK']._serialized_end=2797
+  _globals['_CANCEL']._serialized_start=2799
+  _globals['_CANCEL']._serialized_end=2839
+  _globals['_WORKERSERVICE']._serialized_start=2956
+  _globals['_WORKERSERVICE']._serialized_end=3042
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,7 @@ class Drain(_message.Message):
     def __init__(self) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("run_id", "function_id", "lease", "attempt", "max_attempts", "event", "steps", "traceparent", "target_step_id")
+    __slots__ = ("run_id", "function_id", "lease", "attempt", "max_attempts", "event", "steps", "traceparent", "target_step_id", "events")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class Dispatch(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TARGET_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     function_id: str
     lease: int
@@ -103,7 +104,8 @@ class Dispatch(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[_common_pb2.StepResult]
     traceparent: str
     target_step_id: str
-    def __init__(self, run_id: _Optional[str] = ..., function_id: _Optional[str] = ..., lease: _Optional[int] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.StepResult, _Mapping]]] = ..., traceparent: _Optional[str] = ..., target_step_id: _Optional[str] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
+    def __init__(self, run_id: _Optional[str] = ..., function_id: _Optional[str] = ..., lease: _Optional[int] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.StepResult, _Mapping]]] = ..., traceparent: _Optional[str] = ..., target_step_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
 
 class Ops(_message.Message):
     __slots__ = ("run_id", "lease", "seq", "function_id", "ops", "target_step_id")

@@ -1,0 +1,81 @@
+"""Flow control at run starts: which new runs start, and how each is queued.
+
+`admit` is called by starts.start_runs, inside the transaction that starts the runs, for the
+starts of functions that declare flow control (the others never reach it: their cost does not
+change). In order, for each start:
+
+1. lossy limits (flow_limits.skip): rate limit, idempotency, singleton; a skipped start is
+   recorded (flow_skips), and a singleton in mode cancel cancels the key's unfinished run;
+2. deferral (flow_deferred.defer): debounce and batching fold the start into a queued run of
+   its key, or open a new one due later;
+3. start time (flow_limits.start_due): throttle reserves the start's slot (GCRA), priority moves
+   its place in the queue;
+4. concurrency (flow_concurrency.place): the queue item gets its keys, and is parked when they
+   have no free slot.
+
+Every step locks the rows it decides on (store flow_keys), so the decisions hold across
+replicas on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stepline_server.model import EventRecord
+
+if TYPE_CHECKING:
+    from stepline_server.engine.starts import RunStart
+    from stepline_server.store import Tx
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Queueing:
+    """How a run admitted under flow control is queued (defaults: as any run, due now)."""
+
+    run_id: str | None = None  # chosen beforehand (debounce and batch rows point at the run)
+    due_at_ms: int | None = None  # None: now
+    held: str | None = None  # why it is held back (schema.queue.held)
+    ckey1: str | None = None
+    ckey2: str | None = None
+    held_key: str | None = None  # parked for a slot of this concurrency key
+    held_order_ms: int | None = None
+    # Batching: the run's events (its trigger first), written to run_events.
+    events: tuple[EventRecord, ...] = ()
+
+    @property
+    def placeable(self) -> bool:
+        """Whether the run may be leased to a local worker in the transaction that starts it:
+        only when nothing holds it back (no later due time, no concurrency keys to count)."""
+        return (self.due_at_ms is None and self.held is None and self.ckey1 is None
+                and self.ckey2 is None)
+
+
+PLAIN = Queueing()
+
+
+def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str]
+          ) -> list[tuple[RunStart, Queueing]]:
+    """The starts that become runs, each with how it is queued; the others were skipped
+    (recorded) or folded into a queued run."""
+    from stepline_server.engine import flow_concurrency, flow_deferred, flow_limits
+
+    admitted: list[tuple[RunStart, Queueing]] = []
+    for start in starts:
+        settings = start.policy.flow
+        if not settings:
+            admitted.append((start, PLAIN))
+            continue
+        # Replays and reruns are an operator's decision: only the limits on execution apply.
+        if start.source_run_id is None:
+            if flow_limits.skip(tx, start, now):
+                continue
+            queueing = flow_deferred.defer(tx, start, now, new_id)
+            if queueing is None:
+                continue
+            queueing = flow_limits.start_due(tx, start, queueing, now)
+        else:
+            queueing = PLAIN
+        admitted.append((start, flow_concurrency.place(tx, start, queueing, now)))
+    return admitted
