@@ -1,0 +1,87 @@
+"""Flow control state rows (schema.flow_keys): taken under a row lock by the transactions that
+start or claim work, so that two servers deciding on one key take turns (PostgreSQL; SQLite's
+writer is one process's, its transactions are serial anyway)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from stepline_server.store.schema import flow_keys
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRow:
+    kind: str
+    key: str
+    function_id: str | None
+    value: str
+    run_id: str | None
+    tat_ms: int | None
+    count: int
+    first_ms: int | None
+    expires_ms: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRef:
+    """A row to lock: created (empty) when absent."""
+
+    kind: str
+    key: str
+    function_id: str | None
+    value: str
+
+
+def _row(row: Any) -> KeyRow:
+    return KeyRow(kind=row.kind, key=row.key, function_id=row.function_id, value=row.value,
+                  run_id=row.run_id, tat_ms=row.tat_ms, count=row.count, first_ms=row.first_ms,
+                  expires_ms=row.expires_ms)
+
+
+def lock(conn: Connection, refs: Iterable[KeyRef]) -> dict[tuple[str, str], KeyRow]:
+    """Lock these rows (creating the missing ones) in one fixed order, so that transactions
+    locking several never deadlock; return them by (kind, key)."""
+    wanted = sorted({(r.kind, r.key): r for r in refs}.values(), key=lambda r: (r.kind, r.key))
+    if not wanted:
+        return {}
+    insert: Any = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(flow_keys)
+    conn.execute(insert.on_conflict_do_nothing(), [
+        {"kind": r.kind, "key": r.key, "function_id": r.function_id, "value": r.value,
+         "count": 0} for r in wanted])
+    query = (select(flow_keys)
+             .where(tuple_(flow_keys.c.kind, flow_keys.c.key).in_([(r.kind, r.key)
+                                                                  for r in wanted]))
+             .order_by(flow_keys.c.kind, flow_keys.c.key))
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    return {(row.kind, row.key): _row(row) for row in conn.execute(query)}
+
+
+def save(conn: Connection, kind: str, key: str, **values: Any) -> None:
+    """Write columns of a row this transaction locked."""
+    conn.execute(update(flow_keys)
+                 .where(flow_keys.c.kind == kind, flow_keys.c.key == key).values(**values))
+
+
+def delete(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    if keys:
+        conn.execute(flow_keys.delete().where(
+            tuple_(flow_keys.c.kind, flow_keys.c.key).in_(keys)))
+
+
+def prune(conn: Connection, now_ms: int, limit: int) -> int:
+    """Delete up to `limit` rows whose state no longer matters (expires_ms passed)."""
+    expired = (select(flow_keys.c.kind, flow_keys.c.key)
+               .where(flow_keys.c.expires_ms < now_ms).limit(limit))
+    rows = [(r.kind, r.key) for r in conn.execute(expired)]
+    if rows:
+        conn.execute(flow_keys.delete().where(
+            and_(tuple_(flow_keys.c.kind, flow_keys.c.key).in_(rows),
+                 flow_keys.c.expires_ms < now_ms)))
+    return len(rows)
