@@ -3,7 +3,7 @@ PLACEHOLDER: no keys; to be implemented."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stepline_server.engine.flow_starts import Queueing
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from stepline_server.store import Tx
 
 
-def place(tx: Tx, start: RunStart, queueing: Queueing, now: int) -> Queueing:
+def place(tx: Tx, start: RunStart, queueing: Queueing, now: int,
+          call: dict[tuple[str, str], Any]) -> Queueing:
     """The run's concurrency keys; parked when a key has no free slot."""
     return queueing

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stepline_server.model import EventRecord
 
@@ -61,6 +61,9 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str]
     (recorded) or folded into a queued run."""
     from stepline_server.engine import flow_concurrency, flow_deferred, flow_limits
 
+    # State the stages keep for this call (keyed by their own names): several starts of one
+    # call may share a key whose rows they changed, and whose runs are not inserted yet.
+    call: dict[tuple[str, str], Any] = {}
     admitted: list[tuple[RunStart, Queueing]] = []
     for start in starts:
         settings = start.policy.flow
@@ -69,13 +72,13 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str]
             continue
         # Replays and reruns are an operator's decision: only the limits on execution apply.
         if start.source_run_id is None:
-            if flow_limits.skip(tx, start, now):
+            if flow_limits.skip(tx, start, now, call):
                 continue
-            queueing = flow_deferred.defer(tx, start, now, new_id)
+            queueing = flow_deferred.defer(tx, start, now, new_id, call)
             if queueing is None:
                 continue
-            queueing = flow_limits.start_due(tx, start, queueing, now)
+            queueing = flow_limits.start_due(tx, start, queueing, now, call)
         else:
             queueing = PLAIN
-        admitted.append((start, flow_concurrency.place(tx, start, queueing, now)))
+        admitted.append((start, flow_concurrency.place(tx, start, queueing, now, call)))
     return admitted
