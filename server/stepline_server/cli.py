@@ -371,6 +371,16 @@ def cmd_events(channel: grpc.Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_skips(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = run_service_pb2_grpc.RunServiceStub(channel)
+    response = stub.ListSkips(run_service_pb2.ListSkipsRequest(
+        function_id=args.function or "", page_size=args.limit), timeout=CALL_TIMEOUT_SECONDS)
+    print(cli_format.skips_table(response.skips))
+    if response.next_page_token:
+        print(f"(showing the newest {len(response.skips)}; raise --limit for more)")
+    return 0
+
+
 def _every_page(fetch: Callable[[str], Any], field: str) -> list[Any]:
     """The `field` items of every page: `fetch(page_token)` makes one call."""
     items: list[Any] = []
@@ -626,6 +636,15 @@ def _add_operation_commands(commands: Any, common: argparse.ArgumentParser) -> N
     events.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
                         help=f"at most N events (default {DEFAULT_LIST_LIMIT})")
     events.set_defaults(handler=_client(cmd_events))
+    skips = commands.add_parser(
+        "skips", parents=[common], help="list events that started no run because of a "
+                                        "function's flow control (rate limit, idempotency, "
+                                        "singleton), newest first")
+    skips.add_argument("function", metavar="FUNCTION", nargs="?",
+                       help="only skips of this function, by its full name APP_ID:FUNCTION_ID")
+    skips.add_argument("--limit", type=_limit, default=DEFAULT_LIST_LIMIT, metavar="N",
+                       help=f"at most N skips (default {DEFAULT_LIST_LIMIT})")
+    skips.set_defaults(handler=_client(cmd_skips))
     functions = commands.add_parser(
         "functions", parents=[common], help="list registered functions with their runs of the "
                                             "last 24 hours")

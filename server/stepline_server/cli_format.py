@@ -279,6 +279,14 @@ def events_table(entries: Sequence[run_service_pb2.EventEntry]) -> str:
     return table(["EVENT ID", "NAME", "RECEIVED", "RUNS"], rows)
 
 
+def skips_table(skips: Sequence[run_service_pb2.Skip]) -> str:
+    if not skips:
+        return "no skips"
+    rows = [[local_time(_ms(s, "skipped_at")), s.function_id, s.reason, s.event_id,
+             s.key or "-"] for s in skips]
+    return table(["SKIPPED", "FUNCTION", "REASON", "EVENT ID", "KEY"], rows)
+
+
 def _trigger_text(trigger: common_pb2.Trigger) -> str:
     if trigger.WhichOneof("kind") == "cron":
         zone = f" ({trigger.cron.timezone})" if trigger.cron.timezone else ""

@@ -286,6 +286,17 @@ class EventEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FlowSkip:
+    """An event that started no run of a function because of its flow control."""
+
+    function_id: str
+    event_id: str
+    reason: str  # flow.SkipReason
+    key: str  # the key's value ("" without a key)
+    skipped_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionStats:
     """Runs created in the last 24 hours, by outcome so far (active: not ended yet)."""
 

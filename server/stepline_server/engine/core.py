@@ -40,6 +40,7 @@ from stepline_server.model import (
     ErrorInfo,
     EventEntry,
     EventRecord,
+    FlowSkip,
     FunctionChanges,
     FunctionInfo,
     FunctionSpec,
@@ -56,6 +57,7 @@ from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
 from stepline_server.store import apps as app_store
 from stepline_server.store import bulk as bulk_store
+from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import pauses as pause_store
 from stepline_server.store import queue as queue_store
@@ -109,10 +111,11 @@ class Engine:
         if start is None:
             def start(starts: list[RunStart]) -> list[str]:
                 return start_runs(tx, starts, now, new_id=new_id, placement=None,
-                                  lease_ms=self._lease_ms).run_ids
-        return TxContext(tx, now, start, self._dedup_ms, self._cancelled,
-                         self._system_listeners, self.observers,
-                         filter_budget_ns=int(self.settings.filter_budget_ms * 1e6))
+                                  lease_ms=self._lease_ms, context=context).run_ids
+        context = TxContext(tx, now, start, self._dedup_ms, self._cancelled,
+                            self._system_listeners, self.observers,
+                            filter_budget_ns=int(self.settings.filter_budget_ms * 1e6))
+        return context
 
     def _system_listeners(self, conn: Connection) -> frozenset[str]:
         """Names of system events some function subscribes to. Writer thread only; cached for
@@ -169,8 +172,12 @@ class Engine:
         started = Started()
 
         def start(tx: Tx, starts: list[RunStart]) -> list[str]:
-            new = start_runs(tx, starts, now_ms(), new_id=new_id, placement=placement,
-                             lease_ms=self._lease_ms)
+            now = now_ms()
+            # Flow control's skips act on other runs (flow_limits): they need a context.
+            context = (self._context(tx, now, functools.partial(start, tx))
+                       if any(s.policy.flow for s in starts) else None)
+            new = start_runs(tx, starts, now, new_id=new_id, placement=placement,
+                             lease_ms=self._lease_ms, context=context)
             started.extend(new)
             return new.run_ids
 
@@ -510,6 +517,17 @@ class Engine:
                           ) -> tuple[list[EventEntry], str]:
         """Events newest first, each with the runs it triggered; and the next page's token."""
         return await listings.list_events(self, name=name, limit=limit, page_token=page_token)
+
+    async def list_skips(self, *, function_id: str | None, limit: int, page_token: str
+                         ) -> tuple[list[FlowSkip], str]:
+        """Events that started no run because of flow control, newest first (of one function,
+        by full name, or all); and the next page's token."""
+        return await listings.list_skips(self, function_id=function_id, limit=limit,
+                                         page_token=page_token)
+
+    async def count_skips(self, function_id: str) -> int:
+        """The function's skips still kept (the pruner drops them past the retention)."""
+        return await self.db.read(lambda conn: skip_store.count(conn, function_id))
 
     async def list_functions(self, *, app_id: str | None = None, include_archived: bool = False,
                              limit: int | None = None, page_token: str = ""

@@ -40,6 +40,7 @@ DEFAULT_TIMEZONE = "UTC"
 MAX_SCHEDULE_LENGTH = 256  # the columns of cron_schedules
 MAX_TIMEZONE_LENGTH = 64
 BATCH = 500  # due schedules fired per transaction
+UNPAIRED_RUN = "(see flow control)"  # a tick's run when flow control skipped or folded some
 CONTENDED_SECONDS = 0.1  # due rows another server is firing: look again this soon
 BROKEN_RETRY_MS = 3600_000  # a row whose ticks cannot be computed is retried hourly
 _PREFIX = re.compile(r"^(?:CRON_)?TZ=(\S*)(?: (.*))?$")
@@ -311,7 +312,11 @@ class CronScheduler(TimedLoop):
         starts = [RunStart(function_id=row.function_id, policy=policy_from_config(row.config),
                            event=event)
                   for (row, event), new in zip(ticks, fresh, strict=True) if new]
-        run_ids = iter(start(starts) if starts else [])
+        started = start(starts) if starts else []
+        # Flow control may skip ticks or fold them into a queued run: then the runs no longer
+        # pair with the ticks (the skips are recorded by flow control).
+        run_ids = iter(started if len(started) == len(starts)
+                       else [UNPAIRED_RUN] * len(starts))
         result = _Round(full=len(rows) >= BATCH)
         for (row, event), new in zip(ticks, fresh, strict=True):
             result.fired.append((row.function_id, row.position, event.ts_ms,

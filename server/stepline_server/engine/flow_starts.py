@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from stepline_server.model import EventRecord
 
 if TYPE_CHECKING:
+    from stepline_server.engine.context import TxContext
     from stepline_server.engine.starts import RunStart
     from stepline_server.store import Tx
 
@@ -55,10 +56,12 @@ class Queueing:
 PLAIN = Queueing()
 
 
-def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str]
-          ) -> list[tuple[RunStart, Queueing]]:
+def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
+          context: TxContext | None) -> list[tuple[RunStart, Queueing]]:
     """The starts that become runs, each with how it is queued; the others were skipped
-    (recorded) or folded into a queued run."""
+    (recorded) or folded into a queued run. `context` (what skips need: a singleton cancel
+    ends a run, a skipped invoke resumes its parent) may be None only for replays and
+    reruns."""
     from stepline_server.engine import flow_concurrency, flow_deferred, flow_limits
 
     # State the stages keep for this call (keyed by their own names): several starts of one
@@ -72,12 +75,13 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str]
             continue
         # Replays and reruns are an operator's decision: only the limits on execution apply.
         if start.source_run_id is None:
-            if flow_limits.skip(tx, start, now, call):
+            assert context is not None, "new runs are started with a TxContext"
+            if flow_limits.skip(context, start, call):
                 continue
             queueing = flow_deferred.defer(tx, start, now, new_id, call)
             if queueing is None:
                 continue
-            queueing = flow_limits.start_due(tx, start, queueing, now, call)
+            queueing = flow_limits.start_due(tx, start, queueing, now, call, new_id)
         else:
             queueing = PLAIN
         admitted.append((start, flow_concurrency.place(tx, start, queueing, now, call)))

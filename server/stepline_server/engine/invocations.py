@@ -63,7 +63,15 @@ async def invoke_function(engine: Engine, function_id: str, event: EventRecord) 
                                      "resume it to invoke it")
         fresh = event_store.insert(conn, [event], now_ms(), engine.dedup_ms)
         if fresh[0]:
-            [run_id] = start([RunStart(function_id=function_id, policy=policy, event=event)])
+            started = start([RunStart(function_id=function_id, policy=policy, event=event)])
+            if not started:
+                # Nothing is kept of it (the skip rolls back with this error): the caller
+                # decides whether to call again.
+                raise FailedPrecondition(f"function_id: the flow control of function "
+                                         f"{function_id!r} started no run for this event "
+                                         "(rate limit, idempotency, singleton, debounce or "
+                                         "batching)")
+            [run_id] = started
             return Invocation(run_id=run_id, event_id=event.id, started=True)
         earlier = run_store.run_ids_by_event(conn, [event.id]).get(event.id, [])
         if not earlier:

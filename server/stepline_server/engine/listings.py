@@ -13,6 +13,7 @@ from stepline_server.errors import InvalidArgument, NotFound
 from stepline_server.ids import now_ms
 from stepline_server.model import (
     EventEntry,
+    FlowSkip,
     FunctionInfo,
     FunctionStats,
     RunRecord,
@@ -22,6 +23,7 @@ from stepline_server.model import (
 )
 from stepline_server.settings import Settings
 from stepline_server.store import events as event_store
+from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import workers as worker_store
@@ -87,6 +89,13 @@ async def list_events(engine: Engine, *, name: str | None, limit: int, page_toke
                 for record, received in page], token
 
     return await engine.db.read(query)
+
+
+async def list_skips(engine: Engine, *, function_id: str | None, limit: int, page_token: str
+                     ) -> tuple[list[FlowSkip], str]:
+    cursor = _cursor(page_token)
+    return await engine.db.read(lambda conn: skip_store.list_(
+        conn, function_id=function_id, limit=limit, cursor=cursor))
 
 
 def _function_info(row: Any, stats: FunctionStats, settings: Settings) -> FunctionInfo:

@@ -62,6 +62,10 @@ class Observer:
         """A CEL filter over its cost budget was not evaluated on an event (no match). `kind`:
         trigger, wait_for_event or cancel."""
 
+    def flow_skipped(self, function_id: str, reason: str) -> None:
+        """An event started no run of the function because of its flow control (`reason`: a
+        flow.SkipReason value)."""
+
 
 class Observers(Observer):
     """Fans out to the registered observers, isolating their failures."""
@@ -104,6 +108,10 @@ class Observers(Observer):
     def filter_skipped(self, kind: str) -> None:
         for o in self._all:
             _guard(o.filter_skipped, kind)
+
+    def flow_skipped(self, function_id: str, reason: str) -> None:
+        for o in self._all:
+            _guard(o.flow_skipped, function_id, reason)
 
 
 def _guard(method: object, *args: object) -> None:

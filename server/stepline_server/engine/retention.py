@@ -15,7 +15,8 @@ from stepline_server.engine.timed import TimedLoop
 from stepline_server.ids import now_ms
 from stepline_server.model import retention_from_config
 from stepline_server.settings import Settings
-from stepline_server.store import Tx
+from stepline_server.store import Tx, flow_state
+from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import pruning as prune_store
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 # transaction may hold the writer: a step's commit queued behind one waits little.
 BATCH_RUNS = 25
 BATCH_EVENTS = 200
+BATCH_FLOW = 200  # flow_skips or flow_keys rows: one row each, like events
 # Between two batches the pruner leaves the writer alone WRITER_SHARE times as long as the last
 # batch took (at least MIN_PAUSE_SECONDS): it takes at most a tenth of the writer's time, so a
 # backlog (the first round after months, or a retention shortened) drains without slowing the
@@ -48,6 +50,14 @@ def event_cutoff_ms(settings: Settings, now: int) -> int | None:
     return now - int(keep_seconds * 1000)
 
 
+def _prune_skips(conn: Connection, cutoff_ms: int) -> dict[str, int]:
+    return {"flow_skips": skip_store.prune(conn, cutoff_ms, BATCH_FLOW)}
+
+
+def _prune_keys(conn: Connection, now_ms: int) -> dict[str, int]:
+    return {"flow_keys": flow_state.prune(conn, now_ms, BATCH_FLOW)}
+
+
 class Pruner(TimedLoop):
     """One per server; every `prune_seconds` it deletes what is past retention, a batch per
     transaction. Replicas on one PostgreSQL take turns batch by batch (an advisory lock held
@@ -64,9 +74,9 @@ class Pruner(TimedLoop):
         return self.poll_seconds
 
     async def prune(self) -> dict[str, int]:
-        """One round: every function's runs past retention, then old events no run refers to.
-        Returns the rows deleted, by table (tables without any left out); stops early when
-        another replica prunes."""
+        """One round: every function's runs past retention, then old events no run refers to,
+        then flow control's old skips and expired state rows. Returns the rows deleted, by
+        table (tables without any left out); stops early when another replica prunes."""
         now = now_ms()
         total: dict[str, int] = {}
         plan = await self.engine.db.read(lambda conn: self._plan(conn, now))
@@ -77,6 +87,7 @@ class Pruner(TimedLoop):
                 break
         else:
             await self._prune_events(now, total)
+            await self._prune_flow(now, total)
         return {table: count for table, count in total.items() if count}
 
     async def _prune_events(self, now: int, total: dict[str, int]) -> None:
@@ -85,6 +96,17 @@ class Pruner(TimedLoop):
             events = functools.partial(prune_store.prune_events, cutoff_ms=events_cutoff,
                                        limit=BATCH_EVENTS)
             await self._drain(events, "events", BATCH_EVENTS, total)
+
+    async def _prune_flow(self, now: int, total: dict[str, int]) -> None:
+        """Flow control's leftovers: skips past the server's retention, and state rows whose
+        state is as good as a fresh row's (expires_ms passed)."""
+        keep_ms = retention_in_force(None, self.engine.settings)
+        if keep_ms > 0:
+            skips = functools.partial(_prune_skips, cutoff_ms=now - keep_ms)
+            if not await self._drain(skips, "flow_skips", BATCH_FLOW, total):
+                return
+        await self._drain(functools.partial(_prune_keys, now_ms=now), "flow_keys", BATCH_FLOW,
+                          total)
 
     def _plan(self, conn: Connection, now: int) -> list[tuple[str, int]]:
         """(function, cutoff) of the functions with at least one run to prune: a probe each."""

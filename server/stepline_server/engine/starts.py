@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stepline_server.engine import flow_starts, matching
 from stepline_server.engine.flow_starts import PLAIN, Queueing
@@ -15,6 +15,9 @@ from stepline_server.store import queue as queue_store
 from stepline_server.store import runs as run_store
 from stepline_server.store import waits as wait_store
 from stepline_server.store.records import NewQueueItem, NewRun, NewWait
+
+if TYPE_CHECKING:
+    from stepline_server.engine.context import TxContext
 
 
 class Placement(Protocol):
@@ -60,16 +63,18 @@ class Started:
 
 
 def start_runs(tx: Tx, starts: list[RunStart], now: int, *, new_id: Callable[[], str],
-               placement: Placement | None, lease_ms: int) -> Started:
+               placement: Placement | None, lease_ms: int,
+               context: TxContext | None = None) -> Started:
     """Create the runs (and their queue items and cancel_on waits). A run whose function has a
     local worker with a free slot is leased to it at once (`placement`); others are queued and
-    other servers are woken."""
+    other servers are woken. Flow control may skip starts (flow_starts): `context` is needed
+    then (only replays and reruns go without)."""
     started = Started()
     new_runs: list[NewRun] = []
     items: list[NewQueueItem] = []
     cancel_waits: list[NewWait] = []
     run_events: list[tuple[str, tuple[EventRecord, ...]]] = []
-    admitted = (flow_starts.admit(tx, starts, now, new_id)
+    admitted = (flow_starts.admit(tx, starts, now, new_id, context)
                 if any(s.policy.flow for s in starts) else [(s, PLAIN) for s in starts])
     for start, queueing in admitted:
         run_id = queueing.run_id or new_id()

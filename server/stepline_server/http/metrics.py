@@ -69,6 +69,10 @@ class Metrics(Observer):
             "stepline_filters_skipped", "CEL filters not evaluated on an event because their "
             "estimated cost was over the budget (counted as no match), by kind (trigger, "
             "wait_for_event, cancel).", ["kind"], registry=self.registry)
+        self._flow_skips = Counter(
+            "stepline_flow_skips", "Events that started no run of a function because of its "
+            "flow control, by reason (rate_limit, idempotency, singleton).",
+            ["function", "reason"], registry=self.registry)
         self._scheduling_lag = Histogram(
             "stepline_scheduling_lag_seconds", "From the time a run (or parallel step) was due "
             "to its dispatch to a worker.", ["function"], buckets=LAG_SECONDS_BUCKETS,
@@ -117,6 +121,9 @@ class Metrics(Observer):
 
     def filter_skipped(self, kind: str) -> None:
         self._filters_skipped.labels(kind).inc()
+
+    def flow_skipped(self, function_id: str, reason: str) -> None:
+        self._flow_skips.labels(function_id, reason).inc()
 
     def rows_pruned(self, counts: Mapping[str, int], seconds: float) -> None:
         for table, count in counts.items():

@@ -89,6 +89,9 @@ async def run_rerun(request: Request) -> Response:
 
 
 # -- functions ------------------------------------------------------------------------------
+RECENT_SKIPS = 20  # a function's page lists its newest skips (flow control), and counts all
+
+
 async def functions_page(request: Request) -> Response:
     archived = request.query_params.get("archived") in ("1", "true")
     infos, _ = await services(request).engine.list_functions(include_archived=archived)
@@ -105,8 +108,11 @@ async def function_page(request: Request) -> Response:
     runs, _ = await engine.list_runs(function_id=info.spec.id, status=None,
                                      limit=api.RECENT_RUNS, page_token="")
     pause = (await engine.function_pauses([info.spec.id])).get(info.spec.id)
+    skips, _ = await engine.list_skips(function_id=info.spec.id, limit=RECENT_SKIPS,
+                                       page_token="")
     return render(request, "function.html", {
         "page": "functions", "function": info, "runs": runs, "pause": pause,
+        "skips": skips, "skip_count": await engine.count_skips(info.spec.id) if skips else 0,
         "not_enforced": await inngest.flow_control(engine, info.spec.id),
         "poll_url": f"/api/functions/{info.spec.id}",
     })

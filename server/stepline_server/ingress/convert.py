@@ -13,6 +13,7 @@ from stepline_server.limits import check_length
 from stepline_server.model import (
     AppInfo,
     EventEntry,
+    FlowSkip,
     FunctionInfo,
     RunRecord,
     RunStatus,
@@ -97,6 +98,12 @@ def event_entry_to_proto(entry: EventEntry) -> run_service_pb2.EventEntry:
     return run_service_pb2.EventEntry(event=event_to_proto(entry.record),
                                       received_at=timestamp(entry.received_at_ms),
                                       run_ids=list(entry.run_ids))
+
+
+def skip_to_proto(skip: FlowSkip) -> run_service_pb2.Skip:
+    return run_service_pb2.Skip(function_id=skip.function_id, event_id=skip.event_id,
+                                reason=skip.reason, key=skip.key,
+                                skipped_at=timestamp(skip.skipped_at_ms))
 
 
 def function_info_to_proto(info: FunctionInfo) -> run_service_pb2.FunctionInfo:

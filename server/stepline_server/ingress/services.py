@@ -206,6 +206,18 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             events=[convert.event_entry_to_proto(e) for e in entries],
             next_page_token=token)
 
+    async def ListSkips(
+        self, request: run_service_pb2.ListSkipsRequest, context: grpc.aio.ServicerContext
+    ) -> run_service_pb2.ListSkipsResponse:
+        check_length(request.function_id, "function_id", names.MAX_FULL_NAME_LENGTH)
+        function_id = (await self.engine.function_name(request.function_id, "function_id")
+                       if request.function_id else None)
+        skips, token = await self.engine.list_skips(
+            function_id=function_id, limit=_page_size(request.page_size),
+            page_token=request.page_token)
+        return run_service_pb2.ListSkipsResponse(
+            skips=[convert.skip_to_proto(s) for s in skips], next_page_token=token)
+
     async def ListFunctions(
         self, request: run_service_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
     ) -> run_service_pb2.ListFunctionsResponse:
