@@ -32,6 +32,7 @@ from stepline.v1 import event_service_pb2 as es
 from stepline.v1 import function_service_pb2 as fs
 from stepline.v1 import run_service_pb2 as rs
 from stepline.v1 import worker_service_pb2 as ws
+from stepline_server.store import schema
 from stepline_server.store.schema import queue
 from tests.harness import ServerThread, WorkerThread, wait_until
 from tests.integration.rawworker import function
@@ -430,3 +431,34 @@ def test_bad_settings_are_refused_naming_the_field(server: ServerThread, setting
     for caught in (registered.value, hello.value):
         assert caught.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"functions[0].{field}" in (caught.details() or ""), caught.details()
+
+
+# -- pruning ------------------------------------------------------------------------------------
+def test_the_pruner_drops_old_skips_and_spent_state_rows(
+        make_server: Callable[..., ServerThread], database_url: str) -> None:
+    server = make_server(retention_seconds=2.0, prune_seconds=3600.0)
+    app = echo_app(server, "prn", "prn/go",
+                   rate_limit=common_pb2.RateLimit(limit=1, period=seconds(1)),
+                   singleton=common_pb2.Singleton(mode=common_pb2.Singleton.MODE_SKIP))
+    worker = WorkerThread(app)
+    sender = Sender(server.address)
+    try:
+        (run_id,) = sender.send("prn/go", {}, {}).run_ids
+        assert server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
+    finally:
+        sender.close()
+        worker.stop()
+    engine = create_engine(database_url)
+
+    def kinds() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(schema.flow_keys.c.kind)).scalars())
+
+    try:
+        assert kinds() == ["rate_limit", "singleton"]
+        assert len(skips_of(server, "prn:fn")) == 1
+        time.sleep(2.2)  # past the retention (2 s) and the rate limit's period (1 s)
+        server.call(server.server.pruner.prune())  # (the loop may have done some of it)
+        assert kinds() == [] and not skips_of(server, "prn:fn")
+    finally:
+        engine.dispose()

@@ -183,7 +183,7 @@ def start_due(tx: Tx, start: RunStart, queueing: Queueing, now: int,
     if pending is not None and pending[0] is start:
         queueing = replace(queueing, run_id=queueing.run_id or new_id())
         assert queueing.run_id is not None
-        flow_state.save(tx.conn, SINGLETON, pending[1], run_id=queueing.run_id)
+        flow_state.save(tx.conn, SINGLETON, pending[1], run_id=queueing.run_id, first_ms=now)
         call.setdefault(_STARTED, set()).add(queueing.run_id)
     flow = start.policy.flow
     if flow.throttle:

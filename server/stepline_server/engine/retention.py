@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 BATCH_RUNS = 25
 BATCH_EVENTS = 200
 BATCH_FLOW = 200  # flow_skips or flow_keys rows: one row each, like events
+# A singleton row whose run is gone (pruned) is dropped once it is this old: a run started a
+# moment ago may not be visible to the pruner's statement yet.
+SINGLETON_GRACE_MS = 3_600_000
 # Between two batches the pruner leaves the writer alone WRITER_SHARE times as long as the last
 # batch took (at least MIN_PAUSE_SECONDS): it takes at most a tenth of the writer's time, so a
 # backlog (the first round after months, or a retention shortened) drains without slowing the
@@ -58,6 +61,12 @@ def _prune_keys(conn: Connection, now_ms: int) -> dict[str, int]:
     return {"flow_keys": flow_state.prune(conn, now_ms, BATCH_FLOW)}
 
 
+def _prune_singletons(conn: Connection, now_ms: int) -> dict[str, int]:
+    """Singleton rows of ended runs: their key is free, as if never used."""
+    return {"flow_keys": flow_state.prune_runs_rows(conn, "singleton", now_ms - SINGLETON_GRACE_MS,
+                                                    BATCH_FLOW)}
+
+
 class Pruner(TimedLoop):
     """One per server; every `prune_seconds` it deletes what is past retention, a batch per
     transaction. Replicas on one PostgreSQL take turns batch by batch (an advisory lock held
@@ -74,11 +83,14 @@ class Pruner(TimedLoop):
         return self.poll_seconds
 
     async def prune(self) -> dict[str, int]:
-        """One round: every function's runs past retention, then old events no run refers to,
-        then flow control's old skips and expired state rows. Returns the rows deleted, by
-        table (tables without any left out); stops early when another replica prunes."""
+        """One round: flow control's old skips and spent state rows (before the runs they may
+        name are pruned), every function's runs past retention, then old events no run refers
+        to. Returns the rows deleted, by table (tables without any left out); stops early when
+        another replica prunes."""
         now = now_ms()
         total: dict[str, int] = {}
+        if not await self._prune_flow(now, total):
+            return {table: count for table, count in total.items() if count}
         plan = await self.engine.db.read(lambda conn: self._plan(conn, now))
         for function_id, cutoff in plan:
             runs = functools.partial(prune_store.prune_runs, function_id=function_id,
@@ -87,7 +99,6 @@ class Pruner(TimedLoop):
                 break
         else:
             await self._prune_events(now, total)
-            await self._prune_flow(now, total)
         return {table: count for table, count in total.items() if count}
 
     async def _prune_events(self, now: int, total: dict[str, int]) -> None:
@@ -97,16 +108,21 @@ class Pruner(TimedLoop):
                                        limit=BATCH_EVENTS)
             await self._drain(events, "events", BATCH_EVENTS, total)
 
-    async def _prune_flow(self, now: int, total: dict[str, int]) -> None:
-        """Flow control's leftovers: skips past the server's retention, and state rows whose
-        state is as good as a fresh row's (expires_ms passed)."""
+    async def _prune_flow(self, now: int, total: dict[str, int]) -> bool:
+        """Flow control's leftovers: skips past the server's retention, state rows whose state
+        is as good as a fresh row's (expires_ms passed), singleton rows of ended runs. False
+        when another replica prunes."""
         keep_ms = retention_in_force(None, self.engine.settings)
+        batches: list[tuple[prune_store.Batch, str]] = [
+            (functools.partial(_prune_keys, now_ms=now), "flow_keys"),
+            (functools.partial(_prune_singletons, now_ms=now), "flow_keys")]
         if keep_ms > 0:
-            skips = functools.partial(_prune_skips, cutoff_ms=now - keep_ms)
-            if not await self._drain(skips, "flow_skips", BATCH_FLOW, total):
-                return
-        await self._drain(functools.partial(_prune_keys, now_ms=now), "flow_keys", BATCH_FLOW,
-                          total)
+            batches.insert(0, (functools.partial(_prune_skips, cutoff_ms=now - keep_ms),
+                               "flow_skips"))
+        for batch, table in batches:
+            if not await self._drain(batch, table, BATCH_FLOW, total):
+                return False
+        return True
 
     def _plan(self, conn: Connection, now: int) -> list[tuple[str, int]]:
         """(function, cutoff) of the functions with at least one run to prune: a probe each."""

@@ -8,11 +8,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select, tuple_, update
+from sqlalchemy import and_, exists, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from stepline_server.store.schema import flow_keys
+from stepline_server.model import RunStatus
+from stepline_server.store.schema import flow_keys, runs
+
+_ENDED = [RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,4 +87,21 @@ def prune(conn: Connection, now_ms: int, limit: int) -> int:
         conn.execute(flow_keys.delete().where(
             and_(tuple_(flow_keys.c.kind, flow_keys.c.key).in_(rows),
                  flow_keys.c.expires_ms < now_ms)))
+    return len(rows)
+
+
+def prune_runs_rows(conn: Connection, kind: str, set_before_ms: int, limit: int) -> int:
+    """Delete up to `limit` rows of `kind` that name a run (singleton) once that run ended, or
+    once it is gone (pruned) and the row was set before `set_before_ms` (first_ms). A start
+    that names a new run in the row meanwhile is safe: its run is not visible to this
+    statement as ended, and its first_ms is recent."""
+    ended = exists().where(runs.c.id == flow_keys.c.run_id, runs.c.status.in_(_ENDED))
+    gone = and_(~exists().where(runs.c.id == flow_keys.c.run_id),
+                flow_keys.c.first_ms < set_before_ms)
+    done = and_(flow_keys.c.kind == kind, flow_keys.c.run_id.is_not(None), or_(ended, gone))
+    rows = [(r.kind, r.key) for r in conn.execute(
+        select(flow_keys.c.kind, flow_keys.c.key).where(done).limit(limit))]
+    if rows:
+        conn.execute(flow_keys.delete().where(
+            tuple_(flow_keys.c.kind, flow_keys.c.key).in_(rows), done))
     return len(rows)
