@@ -357,6 +357,37 @@ def test_a_skipped_invoke_fails_the_invoking_step(server: ServerThread, sender: 
     assert [s.reason for s in skips_of(server, "inv:child")] == ["rate_limit"]
 
 
+def test_skips_apply_to_api_invokes_and_events_sent_by_steps(
+        server: ServerThread, sender: Sender, start_worker: Any) -> None:
+    app = Stepline("via", url=server.address)
+
+    @app.function(id="limited", trigger="via/limited")
+    def limited(ctx: Any) -> Any:
+        return ctx.step.run("c", lambda: ctx.event.data)
+
+    with_flow(limited, idempotency="event.data.k")
+
+    @app.function(id="fan", trigger="via/fan")
+    def fan(ctx: Any) -> Any:
+        return ctx.step.send_event("out", [{"name": "via/limited", "data": {"k": k}}
+                                           for k in ("x", "x", "y")])
+
+    start_worker(app)
+    (fan_run,) = sender.send("via/fan", {}).run_ids
+    assert server.wait_run(fan_run).status == rs.RUN_STATUS_COMPLETED
+    wait_until(lambda: len(server.run_ids_for("via:limited")) == 2, what="two runs")
+    assert [(s.reason, s.key) for s in skips_of(server, "via:limited")] == [("idempotency", "x")]
+
+    invoked = server.runs.InvokeFunction(rs.InvokeFunctionRequest(
+        function_id="via:limited", data=b'{"k": "z"}'))
+    assert server.wait_run(invoked.run_id).status == rs.RUN_STATUS_COMPLETED
+    with pytest.raises(grpc.RpcError) as caught:
+        server.runs.InvokeFunction(rs.InvokeFunctionRequest(
+            function_id="via:limited", data=b'{"k": "z"}'))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "flow control" in (caught.value.details() or "")
+
+
 # -- replicas -----------------------------------------------------------------------------------
 @pytest.fixture
 def replicas(postgres: Any) -> Iterator[tuple[ServerThread, ServerThread]]:
