@@ -272,11 +272,12 @@ def test_throttle_spaces_starts_by_gcra_in_order(
     assert len(sent.run_ids) == len(expected)  # nothing dropped
     runs = [server.wait_run(r, timeout=30) for r in sent.run_ids]
     assert all(r.status == rs.RUN_STATUS_COMPLETED for r in runs)
-    starts = [r.started_at.ToMilliseconds() for r in runs]
-    offsets = [(s - starts[0]) / 1000 for s in starts]
+    # From the commit that started them all (the server's clock, like the start times).
+    offsets = [(r.started_at.ToMilliseconds() - r.created_at.ToMilliseconds()) / 1000
+               for r in runs]
     for got, want in zip(offsets, expected, strict=True):
         # Never before its slot (the due time holds it); late by at most a loaded box's delay.
-        assert want - 0.15 <= got <= want + 1.5, offsets
+        assert want - 0.01 <= got <= want + 1.5, offsets
     assert offsets == sorted(offsets), offsets  # in the order they came
 
 
@@ -486,10 +487,16 @@ def test_the_pruner_drops_old_skips_and_spent_state_rows(
             return sorted(conn.execute(select(schema.flow_keys.c.kind)).scalars())
 
     try:
-        assert kinds() == ["rate_limit", "singleton"]
+        # (The pruner's loop may already have dropped the rate limit's row: spent after 1 s.)
+        assert "singleton" in kinds()
         assert len(skips_of(server, "prn:fn")) == 1
         time.sleep(2.2)  # past the retention (2 s) and the rate limit's period (1 s)
-        server.call(server.server.pruner.prune())  # (the loop may have done some of it)
-        assert kinds() == [] and not skips_of(server, "prn:fn")
+
+        def pruned() -> bool:
+            # A round of the loop holds the turn: this one then stops early; try again.
+            server.call(server.server.pruner.prune())
+            return kinds() == [] and not skips_of(server, "prn:fn")
+
+        wait_until(pruned, timeout=20, what="skips and state rows pruned")
     finally:
         engine.dispose()
