@@ -402,31 +402,40 @@ def replicas(postgres: Any) -> Iterator[tuple[ServerThread, ServerThread]]:
 
 
 def test_rate_limit_holds_across_replicas(replicas: tuple[ServerThread, ServerThread]) -> None:
+    """Four senders over two servers, each call with two keys, in opposite orders: exactly
+    `limit` runs per key, and no deadlock between calls locking the same keys."""
     a, b = replicas
     app = echo_app(a, "rep", "rep/go", rate_limit=common_pb2.RateLimit(
-        limit=5, period=seconds(3600)))
+        limit=5, period=seconds(3600), key="event.data.k"))
     WorkerThread(app).stop()  # registers the function
     started: list[str] = []
     lock = threading.Lock()
+    failures: list[BaseException] = []
 
-    def send_from(server: ServerThread) -> None:
+    def send_from(server: ServerThread, keys: tuple[str, str]) -> None:
         sender = Sender(server.address)
         try:
-            for i in range(10):
-                got = sender.send("rep/go", {"i": i}, {"i": i}).run_ids
+            for _ in range(10):
+                got = sender.send("rep/go", *[{"k": k} for k in keys]).run_ids
                 with lock:
                     started.extend(got)
+        except BaseException as exc:
+            failures.append(exc)
         finally:
             sender.close()
 
-    threads = [threading.Thread(target=send_from, args=(s,)) for s in (a, b, a, b)]
+    threads = [threading.Thread(target=send_from, args=(server, keys))
+               for server in (a, b) for keys in (("x", "y"), ("y", "x"))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert len(started) == 5, started
+    assert not failures, failures
+    assert len(started) == 10, started
     assert sorted(a.run_ids_for("rep:fn")) == sorted(started)
-    assert len(skips_of(b, "rep:fn")) == 80 - 5
+    keys = [json.loads(a.get_run(r).event.data)["k"] for r in started]
+    assert sorted(keys) == ["x"] * 5 + ["y"] * 5
+    assert len(skips_of(b, "rep:fn")) == 80 - 10
 
 
 # -- bad settings -------------------------------------------------------------------------------

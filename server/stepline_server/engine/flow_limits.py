@@ -13,6 +13,7 @@ locks, so two servers starting runs of one key take turns and the limit holds ac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,11 @@ RATE_LIMIT = "rate_limit"
 IDEMPOTENCY = "idempotency"
 SINGLETON = "singleton"
 THROTTLE = "throttle"
-# call state: the runs this call started, by singleton key id (not inserted yet: no queue row).
+# call state: the runs this call started that singleton rows name (not inserted yet: they have
+# no queue row).
 _STARTED = ("flow_limits", "singleton runs")
+# call state: each start's rows, by id(start) (see lock_keys).
+_REFS = ("flow_limits", "refs")
 # call state: (start, singleton key id) of the start that passed `skip` and whose run id
 # start_due writes into the row (the stages take one start at a time).
 _PENDING = ("flow_limits", "singleton pending")
@@ -52,13 +56,26 @@ class _Verdict:
     writes: dict[str, Any]
 
 
+def lock_keys(tx: Tx, starts: list[RunStart], call: dict[tuple[str, str], Any]) -> None:
+    """Lock the rows of every start of a call at once, before any decision: locking them start
+    by start would take two keys in opposite orders in two concurrent calls (a deadlock on
+    PostgreSQL); one `lock` takes them in its fixed order."""
+    refs = {id(start): _refs(start) for start in starts}
+    call[_REFS] = refs
+    flow_state.lock(tx.conn, [ref for kinds in refs.values() for ref in kinds.values()])
+
+
+def _refs_of(start: RunStart, call: dict[tuple[str, str], Any]) -> dict[str, KeyRef]:
+    known: dict[int, dict[str, KeyRef]] = call.get(_REFS, {})
+    return known[id(start)] if id(start) in known else _refs(start)
+
+
 def skip(context: TxContext, start: RunStart, call: dict[tuple[str, str], Any]) -> bool:
     """Whether the start is skipped (rate limit, idempotency, singleton skip), recorded."""
     flow = start.policy.flow
     if not (flow.rate_limit or flow.idempotency or flow.singleton):
         return False
-    variables = flow_keys.variables_of(start.event)
-    refs = _refs(start, variables)
+    refs = {kind: ref for kind, ref in _refs_of(start, call).items() if kind != THROTTLE}
     rows = flow_state.lock(context.tx.conn, refs.values())
     now = context.now
     verdicts: dict[str, _Verdict] = {}
@@ -85,10 +102,11 @@ def skip(context: TxContext, start: RunStart, call: dict[tuple[str, str], Any]) 
     return False
 
 
-def _refs(start: RunStart, variables: dict[str, Any]) -> dict[str, KeyRef]:
-    """The rows of the start's lossy limits, by kind."""
+def _refs(start: RunStart) -> dict[str, KeyRef]:
+    """The rows of the start's limits, by kind."""
     flow = start.policy.flow
     owner = start.function_id
+    variables = flow_keys.variables_of(start.event)
     keyed: list[tuple[str, str]] = []
     if flow.idempotency:
         keyed.append((IDEMPOTENCY, flow.idempotency))
@@ -96,6 +114,8 @@ def _refs(start: RunStart, variables: dict[str, Any]) -> dict[str, KeyRef]:
         keyed.append((RATE_LIMIT, flow.rate_limit.key))
     if flow.singleton:
         keyed.append((SINGLETON, flow.singleton.key))
+    if flow.throttle:
+        keyed.append((THROTTLE, flow.throttle.key))
     refs = {}
     for kind, source in keyed:
         value = flow_keys.key_value(source, start.event, variables)
@@ -119,7 +139,7 @@ def _rate_limit(row: KeyRow, now: int, limit: int, period_ms: int) -> _Verdict:
     tat = max(row.tat_ms or now, now)
     if tat - now > period_ms - emission:
         return _Verdict(SkipReason.RATE_LIMIT, row.value, {})
-    new_tat = int(tat + emission)
+    new_tat = math.ceil(tat + emission)  # rounded up: never more than the limit
     return _Verdict(None, row.value, {"tat_ms": new_tat, "expires_ms": new_tat})
 
 
@@ -187,29 +207,26 @@ def start_due(tx: Tx, start: RunStart, queueing: Queueing, now: int,
         call.setdefault(_STARTED, set()).add(queueing.run_id)
     flow = start.policy.flow
     if flow.throttle:
-        queueing = _throttle(tx, start, queueing, now)
+        queueing = _throttle(tx, start, _refs_of(start, call)[THROTTLE], queueing, now)
     if flow.priority:
         queueing = _priority(start, queueing, now)
     return queueing
 
 
-def _throttle(tx: Tx, start: RunStart, queueing: Queueing, now: int) -> Queueing:
+def _throttle(tx: Tx, start: RunStart, ref: KeyRef, queueing: Queueing, now: int
+              ) -> Queueing:
     """GCRA on starts, not lossy: T = period/limit, tolerance tau = burst * T. The start's slot
     is max(now, tat - tau) with tat = max(row.tat, now), then tat moves on by T: after idle
     1 + burst runs start at once, then one every T, in the order they came; the row's lock
     makes the reservation exact across replicas."""
     throttle = start.policy.flow.throttle
     assert throttle is not None
-    value = flow_keys.key_value(throttle.key, start.event)
-    key = flow_keys.key_id(start.function_id, value)
-    (row,) = flow_state.lock(tx.conn, [KeyRef(kind=THROTTLE, key=key,
-                                              function_id=start.function_id,
-                                              value=flow_keys.shown(value))]).values()
+    (row,) = flow_state.lock(tx.conn, [ref]).values()
     emission = throttle.period_ms / throttle.limit
     tat = max(row.tat_ms or now, now)
-    slot = max(now, int(tat - throttle.burst * emission))
-    new_tat = int(tat + emission)
-    flow_state.save(tx.conn, THROTTLE, key, tat_ms=new_tat, expires_ms=new_tat)
+    slot = max(now, math.ceil(tat - throttle.burst * emission))
+    new_tat = math.ceil(tat + emission)  # rounded up: never more than the limit
+    flow_state.save(tx.conn, THROTTLE, ref.key, tat_ms=new_tat, expires_ms=new_tat)
     if slot <= now:
         return queueing
     due = max(slot, queueing.due_at_ms or now)

@@ -14,7 +14,9 @@ change). In order, for each start:
    have no free slot.
 
 Every step locks the rows it decides on (store flow_keys), so the decisions hold across
-replicas on PostgreSQL.
+replicas on PostgreSQL. The rows of rate limit, idempotency, singleton and throttle are locked
+for all the starts of a call at once, first (flow_limits.lock_keys), in one fixed order: two
+calls starting runs of the same keys cannot deadlock on them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
     # State the stages keep for this call (keyed by their own names): several starts of one
     # call may share a key whose rows they changed, and whose runs are not inserted yet.
     call: dict[tuple[str, str], Any] = {}
+    flow_limits.lock_keys(tx, [s for s in starts if s.policy.flow and s.source_run_id is None],
+                          call)
     admitted: list[tuple[RunStart, Queueing]] = []
     for start in starts:
         settings = start.policy.flow
