@@ -20,7 +20,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import create_engine, select
 
-from stepline import Stepline
+from stepline import Stepline, on_cron
 from stepline._function import Function
 from stepline.v1 import (
     common_pb2,
@@ -387,6 +387,24 @@ def test_skips_apply_to_api_invokes_and_events_sent_by_steps(
             function_id="via:limited", data=b'{"k": "z"}'))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "flow control" in (caught.value.details() or "")
+
+
+def test_cron_ticks_over_a_rate_limit_are_skipped_and_the_schedule_goes_on(
+        server: ServerThread, start_worker: Any) -> None:
+    app = Stepline("tick", url=server.address)
+
+    @app.function(id="fn", trigger=on_cron("* * * * * *"))
+    def fn(ctx: Any) -> Any:
+        return ctx.event.data["tick_ms"]
+
+    with_flow(fn, rate_limit=common_pb2.RateLimit(limit=1, period=seconds(60)))
+    start_worker(app)
+    wait_until(lambda: len(skips_of(server, "tick:fn")) >= 3, timeout=20, what="three skips")
+    (run_id,) = server.run_ids_for("tick:fn")
+    assert server.wait_run(run_id).status == rs.RUN_STATUS_COMPLETED
+    skips = skips_of(server, "tick:fn")
+    assert all(s.reason == "rate_limit" and s.event_id.startswith("cron:tick:fn:")
+               for s in skips), skips
 
 
 # -- replicas -----------------------------------------------------------------------------------
