@@ -1,0 +1,126 @@
+"""Debounce and event batching through a real server and real Python workers: how many runs
+start, when, and with which events (ctx.event, ctx.events)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import grpc
+
+from stepline import Stepline
+from stepline.testing import run as run_locally
+from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
+from tests.flow_functions import batching, debounce, with_flow
+from tests.harness import ServerThread, wait_until
+
+
+def _outputs(server: ServerThread, function_id: str, count: int, timeout: float = 20
+             ) -> list[Any]:
+    """The outputs of the function's runs once `count` of them ended (oldest run first)."""
+    def ended() -> bool:
+        ids = server.run_ids_for(function_id)
+        return len(ids) >= count and all(server.get_run(i).output for i in ids)
+
+    wait_until(ended, timeout=timeout, what=f"{count} runs of {function_id}")
+    runs = [server.get_run(i) for i in server.run_ids_for(function_id)]
+    return [json.loads(r.output) for r in sorted(runs, key=lambda r: r.created_at.ToMilliseconds())]
+
+
+def _echo_app(server: ServerThread, app_id: str, flow: common_pb2.FunctionConfig) -> Stepline:
+    """An app whose function `f` returns the data of ctx.event and of each of ctx.events."""
+    app = Stepline(app_id, url=server.address)
+
+    @app.function(id="f", trigger="t/e")
+    async def f(ctx: Any) -> Any:
+        events = await ctx.step.run("events", lambda: [e.data for e in ctx.events])
+        return {"event": ctx.event.data, "events": events}
+
+    with_flow(app, f, flow)
+    return app
+
+
+def test_debounce_starts_one_run_with_the_last_event(server: ServerThread,
+                                                      start_worker: Any) -> None:
+    app = _echo_app(server, "deb", debounce(1.0))
+    start_worker(app)
+    for i in range(5):
+        app.send_sync("t/e", {"i": i})
+        time.sleep(0.2)
+    (output,) = _outputs(server, "deb:f", 1)
+    assert output == {"event": {"i": 4}, "events": [{"i": 4}]}
+    time.sleep(1.2)  # nothing else starts
+    assert len(server.run_ids_for("deb:f")) == 1
+
+
+def test_debounce_keys_debounce_apart(server: ServerThread, start_worker: Any) -> None:
+    app = _echo_app(server, "debk", debounce(1.0, key="event.data.user"))
+    start_worker(app)
+    for i in range(4):
+        app.send_sync("t/e", {"user": "a" if i % 2 else "b", "i": i})
+    outputs = _outputs(server, "debk:f", 2)
+    assert sorted(o["event"]["i"] for o in outputs) == [2, 3]
+
+
+def test_debounce_timeout_caps_a_steady_stream(server: ServerThread, start_worker: Any) -> None:
+    app = _echo_app(server, "debt", debounce(1.0, timeout=2.0))
+    start_worker(app)
+    first = time.monotonic()
+    started_at = None
+    while time.monotonic() - first < 4.0:
+        app.send_sync("t/e", {"t": time.monotonic() - first})
+        if started_at is None and any(server.get_run(i).started_at.ToMilliseconds()
+                                      for i in server.run_ids_for("debt:f")):
+            started_at = time.monotonic() - first
+        time.sleep(0.3)
+    # Events never stop for a second: only the timeout starts a run, 2 s after the first event.
+    assert started_at is not None and started_at < 3.0, started_at
+    (output, *_) = _outputs(server, "debt:f", 2)
+    assert 1.5 <= output["event"]["t"] <= 2.2
+
+
+def test_batches_of_max_size_then_the_timeout(server: ServerThread, start_worker: Any) -> None:
+    app = _echo_app(server, "bat", batching(5, 1.0))
+    start_worker(app)
+    for i in range(12):
+        app.send_sync("t/e", {"i": i})
+    outputs = _outputs(server, "bat:f", 3)
+    assert [[e["i"] for e in o["events"]] for o in outputs] == [
+        [0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert [o["event"]["i"] for o in outputs] == [0, 5, 10]
+
+
+def test_one_send_of_25_events_makes_batches_of_10_10_5(server: ServerThread,
+                                                        start_worker: Any) -> None:
+    app = _echo_app(server, "bat25", batching(10, 1.0))
+    start_worker(app)
+    with grpc.insecure_channel(server.address) as channel:
+        event_service_pb2_grpc.EventServiceStub(channel).SendEvent(
+            event_service_pb2.SendEventRequest(events=[
+                common_pb2.Event(name="t/e", data=json.dumps({"i": i}).encode())
+                for i in range(25)]))
+    outputs = _outputs(server, "bat25:f", 3)  # created in the same millisecond
+    assert sorted([e["i"] for e in o["events"]] for o in outputs) == [
+        list(range(10)), list(range(10, 20)), list(range(20, 25))]
+
+
+def test_batch_keys_collect_apart(server: ServerThread, start_worker: Any) -> None:
+    app = _echo_app(server, "batk", batching(2, 1.0, key="event.data.user"))
+    start_worker(app)
+    for i, user in enumerate("abab"):
+        app.send_sync("t/e", {"user": user, "i": i})
+    outputs = _outputs(server, "batk:f", 2)
+    assert sorted([e["i"] for e in o["events"]] for o in outputs) == [[0, 2], [1, 3]]
+
+
+def test_the_testing_helper_gives_a_batch() -> None:
+    app = Stepline("local")
+
+    @app.function(id="f", trigger="t/e")
+    def f(ctx: Any) -> Any:
+        return [e.data["i"] for e in ctx.events], ctx.event.data["i"]
+
+    result = run_locally(f, events=[{"name": "t/e", "data": {"i": i}} for i in range(3)])
+    assert result.output == [[0, 1, 2], 0]
+    assert run_locally(f, event={"name": "t/e", "data": {"i": 7}}).output == [[7], 7]
