@@ -8,10 +8,12 @@ import time
 from typing import Any
 
 import grpc
+from sqlalchemy import create_engine, select
 
 from stepline import Stepline
 from stepline.testing import run as run_locally
 from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
+from stepline_server.store import schema
 from tests.flow_functions import batching, debounce, with_flow
 from tests.harness import ServerThread, wait_until
 
@@ -124,3 +126,24 @@ def test_the_testing_helper_gives_a_batch() -> None:
     result = run_locally(f, events=[{"name": "t/e", "data": {"i": i}} for i in range(3)])
     assert result.output == [[0, 1, 2], 0]
     assert run_locally(f, event={"name": "t/e", "data": {"i": 7}}).output == [[7], 7]
+
+
+def test_the_pruner_keeps_a_batched_runs_events_while_the_run_is_kept(
+        make_server: Any, start_worker: Any, database_url: str) -> None:
+    server = make_server(retention_seconds=1.5, event_dedup_seconds=0.2, prune_seconds=3600.0)
+    app = _echo_app(server, "batp", batching(2, 1.0))
+    start_worker(app)
+    sent = [app.send_sync("t/e", {"i": i}) for i in range(2)]
+    (output,) = _outputs(server, "batp:f", 1)
+    assert output["events"] == [{"i": 0}, {"i": 1}]
+    time.sleep(0.4)  # past the dedup window, not past the run's retention
+    prune = server.server.pruner.prune
+    assert server.call(prune()).get("events", 0) == 0  # the second is only in run_events
+    time.sleep(1.5)
+    pruned = server.call(prune())
+    assert pruned["runs"] == 1 and pruned["run_events"] == 2 and pruned["events"] == 2
+    db = create_engine(database_url)
+    with db.connect() as conn:
+        assert not conn.execute(select(schema.events.c.id).where(
+            schema.events.c.id.in_(sent))).all()
+    db.dispose()
