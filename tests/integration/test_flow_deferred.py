@@ -4,18 +4,23 @@ start, when, and with which events (ctx.event, ctx.events)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+import wsgiref.simple_server
+from pathlib import Path
 from typing import Any
 
 import grpc
 from sqlalchemy import create_engine, select
 
-from stepline import Stepline
+from stepline import Stepline, serve
 from stepline.testing import run as run_locally
 from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
 from stepline_server.store import schema
 from tests.flow_functions import batching, debounce, with_flow
 from tests.harness import ServerThread, wait_until
+from tests.inngest_apps.procs import sdk_send
+from tests.inngest_apps.procs import start_app as start_inngest_app
 
 
 def _outputs(server: ServerThread, function_id: str, count: int, timeout: float = 20
@@ -147,3 +152,44 @@ def test_the_pruner_keeps_a_batched_runs_events_while_the_run_is_kept(
         assert not conn.execute(select(schema.events.c.id).where(
             schema.events.c.id.in_(sent))).all()
     db.dispose()
+
+
+def test_a_batch_over_http_to_a_served_stepline_app(make_server: Any) -> None:
+    server = make_server(allow_app_hosts=("127.0.0.1",))
+    app = _echo_app(server, "batw", batching(3, 1.0))
+    with wsgiref.simple_server.make_server("127.0.0.1", 0, serve.wsgi(app, url=None),
+                                           handler_class=_Quiet) as httpd:
+        port = httpd.server_address[1]
+        handler = serve.wsgi(app, url=f"http://127.0.0.1:{port}/api/stepline")
+        httpd.set_app(handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            handler.sync()
+            for i in range(4):
+                app.send_sync("t/e", {"i": i})
+            outputs = _outputs(server, "batw:f", 2)
+        finally:
+            httpd.shutdown()
+    assert [o["events"] for o in outputs] == [[{"i": 0}, {"i": 1}, {"i": 2}], [{"i": 3}]]
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_batch_over_http_to_an_inngest_python_app(make_server: Any, tmp_path: Path) -> None:
+    """The official PyPI SDK's `batch_events`: its registration sets the batching, and its
+    ctx.events reads the request's `events` array."""
+    server = make_server(http_address="127.0.0.1:0", allow_app_hosts=("127.0.0.1",))
+    env = {"INNGEST_DEV": server.http_url}
+    app = start_inngest_app("py", "pyflow", env, tmp_path / "app.log")
+    try:
+        answer = app.sync()
+        assert answer.status_code == 200 and "error" not in answer.json(), answer.text
+        sdk_send(env, [{"name": "test/batch", "data": {"i": i}} for i in range(7)])
+        outputs = _outputs(server, "pyflow:batcher", 2)
+    finally:
+        app.stop()
+    assert sorted(o["events"] for o in outputs) == [[0, 1, 2, 3, 4], [5, 6]]
+    assert sorted(o["event"] for o in outputs) == [0, 5]
