@@ -193,3 +193,38 @@ def test_a_batch_over_http_to_an_inngest_python_app(make_server: Any, tmp_path: 
         app.stop()
     assert sorted(o["events"] for o in outputs) == [[0, 1, 2, 3, 4], [5, 6]]
     assert sorted(o["event"] for o in outputs) == [0, 5]
+
+
+def test_replicas_fold_one_keys_events_into_one_run(postgres: Any, start_worker: Any) -> None:
+    """Events of one key sent at once through two servers on one PostgreSQL: one debounced
+    run, and batches that each hold max_size events, every event in exactly one."""
+    name = postgres.create()
+    url = postgres.url(name)
+    a, b = ServerThread(url), ServerThread(url)
+    try:
+        debounced = _echo_app(a, "repd", debounce(3.0))
+        batched = _echo_app(b, "repb", batching(4, 30.0))
+        start_worker(debounced)
+        start_worker(batched)
+
+        def send(server: ServerThread, offset: int) -> None:
+            sender = Stepline("s", url=server.address)
+            for i in range(offset, offset + 10):
+                sender.send_sync("t/e", {"i": i})
+
+        threads = [threading.Thread(target=send, args=(s, o)) for s, o in ((a, 0), (b, 10))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        (debounce_run,) = _outputs(a, "repd:f", 1)
+        assert debounce_run["event"]["i"] in (9, 19)
+        outputs = _outputs(b, "repb:f", 5)
+        assert all(len(o["events"]) == 4 for o in outputs)
+        assert sorted(e["i"] for o in outputs for e in o["events"]) == list(range(20))
+        time.sleep(1.0)
+        assert len(a.run_ids_for("repd:f")) == 1 and len(b.run_ids_for("repb:f")) == 5
+    finally:
+        a.stop()
+        b.stop()
+        postgres.drop(name)
