@@ -3,6 +3,7 @@ start, when, and with which events (ctx.event, ctx.events)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -228,3 +229,25 @@ def test_replicas_fold_one_keys_events_into_one_run(postgres: Any, start_worker:
         a.stop()
         b.stop()
         postgres.drop(name)
+
+
+def test_every_dispatch_of_a_batched_run_carries_its_events(server: ServerThread,
+                                                             start_worker: Any) -> None:
+    """Parallel steps (dispatched apart) and the dispatch after a sleep see the whole batch."""
+    app = Stepline("batd", url=server.address)
+
+    @app.function(id="f", trigger="t/e")
+    async def f(ctx: Any) -> Any:
+        def seen() -> list[int]:
+            return [e.data["i"] for e in ctx.events]
+
+        parallel = await asyncio.gather(ctx.step.run("p1", seen), ctx.step.run("p2", seen))
+        await ctx.step.sleep("nap", "100ms")
+        return [*parallel, await ctx.step.run("after", seen)]
+
+    with_flow(app, f, batching(2, 1.0))
+    start_worker(app)
+    for i in range(2):
+        app.send_sync("t/e", {"i": i})
+    (output,) = _outputs(server, "batd:f", 1)
+    assert output == [[0, 1], [0, 1], [0, 1]]
