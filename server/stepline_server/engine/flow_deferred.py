@@ -113,15 +113,17 @@ def _debounce(tx: Tx, start: RunStart, setting: Debounce, now: int,
         if waiting is not None:
             if setting.timeout_ms is not None:
                 due = min(due, row.first_ms + setting.timeout_ms)
-            deferred_store.replace_event(tx.conn, row.run_id, start.event,
-                                         None if waiting.parked else due)
+            moved = not waiting.parked
+            deferred_store.replace_event(tx.conn, row.run_id, start.event, due if moved else None)
             flow_state.save(tx.conn, DEBOUNCE, row.key, expires_ms=due + KEEP_MS)
-            tx.notify = True  # the due time may have come closer
+            # Dispatchers sleep until the earliest due time they know: wake them if it came
+            # closer (the timeout's cap); a later one they find out when they wake.
+            tx.notify = tx.notify or (moved and due < waiting.due_at_ms)
             return None
     if setting.timeout_ms is not None:
         due = min(due, now + setting.timeout_ms)
     run_id = new_id()
-    flow_state.save(tx.conn, DEBOUNCE, row.key, run_id=run_id, first_ms=now, count=1,
+    flow_state.save(tx.conn, DEBOUNCE, row.key, run_id=run_id, first_ms=now,
                     expires_ms=due + KEEP_MS)
     state.opened[run_id] = _Opened(kind=DEBOUNCE, events=[start.event])
     return Queueing(run_id=run_id, due_at_ms=due, held=DEBOUNCE)
@@ -143,7 +145,7 @@ def _batch(tx: Tx, start: RunStart, setting: Batching, now: int,
             deferred_store.add_event(tx.conn, row.run_id, row.count, start.event.id,
                                      now if full and not waiting.parked else None)
             _save_count(tx, row, row.count + 1, setting)
-            tx.notify = tx.notify or full
+            tx.notify = tx.notify or full  # due now
             return None
     run_id = new_id()
     due = now + setting.timeout_ms

@@ -20,11 +20,12 @@ class Waiting:
     """A run's queue row, locked, while it was never dispatched."""
 
     parked: bool  # held for a concurrency slot: its due time is not the timer's to move
+    due_at_ms: int
 
 
 # The run's own item (not a parallel step's), locked so that a claim racing this decision
 # either leased it before (lease > 0: the run is gone from the key) or waits for this commit.
-_LOCK = (select(queue.c.lease, queue.c.lease_owner, queue.c.held_key)
+_LOCK = (select(queue.c.lease, queue.c.lease_owner, queue.c.held_key, queue.c.due_at_ms)
          .where(queue.c.run_id == bindparam("run_id"), queue.c.target_step_id == ""))
 
 
@@ -34,7 +35,7 @@ def waiting(conn: Connection, run_id: str) -> Waiting | None:
     row = conn.execute(query, {"run_id": run_id}).first()
     if row is None or row.lease > 0 or row.lease_owner is not None:
         return None
-    return Waiting(parked=row.held_key is not None)
+    return Waiting(parked=row.held_key is not None, due_at_ms=row.due_at_ms)
 
 
 def replace_event(conn: Connection, run_id: str, event: EventRecord, due_at_ms: int | None
