@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, select
 from stepline import Stepline, serve
 from stepline.testing import run as run_locally
 from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
-from stepline_server.store import schema
+from stepline_server.store import flow_state, schema
 from tests.flow_functions import batching, debounce, with_flow
 from tests.harness import ServerThread, wait_until
 from tests.inngest_apps.procs import sdk_send
@@ -251,3 +251,19 @@ def test_every_dispatch_of_a_batched_run_carries_its_events(server: ServerThread
         app.send_sync("t/e", {"i": i})
     (output,) = _outputs(server, "batd:f", 1)
     assert output == [[0, 1], [0, 1], [0, 1]]
+
+
+def test_the_pruner_deletes_flow_state_rows_past_their_expiry(make_server: Any,
+                                                               database_url: str) -> None:
+    server = make_server(prune_seconds=3600.0)
+    db = create_engine(database_url)
+    with db.begin() as conn:
+        refs = [flow_state.KeyRef(kind="debounce", key=k, function_id="a:f", value="")
+                for k in ("old", "new")]
+        flow_state.lock(conn, refs)
+        flow_state.save(conn, "debounce", "old", expires_ms=1)
+        flow_state.save(conn, "debounce", "new", expires_ms=2**62)
+    assert server.call(server.server.pruner.prune()) == {"flow_keys": 1}
+    with db.connect() as conn:
+        assert list(conn.execute(select(schema.flow_keys.c.key)).scalars()) == ["new"]
+    db.dispose()

@@ -64,9 +64,10 @@ class Pruner(TimedLoop):
         return self.poll_seconds
 
     async def prune(self) -> dict[str, int]:
-        """One round: every function's runs past retention, then old events no run refers to.
-        Returns the rows deleted, by table (tables without any left out); stops early when
-        another replica prunes."""
+        """One round: every function's runs past retention, then old events no run refers to,
+        then flow control state rows past their expiry (store.flow_state.prune). Returns the
+        rows deleted, by table (tables without any left out); stops early when another replica
+        prunes."""
         now = now_ms()
         total: dict[str, int] = {}
         plan = await self.engine.db.read(lambda conn: self._plan(conn, now))
@@ -77,6 +78,9 @@ class Pruner(TimedLoop):
                 break
         else:
             await self._prune_events(now, total)
+            flow_keys = functools.partial(prune_store.prune_flow_keys, now_ms=now,
+                                          limit=BATCH_EVENTS)
+            await self._drain(flow_keys, "flow_keys", BATCH_EVENTS, total)
         return {table: count for table, count in total.items() if count}
 
     async def _prune_events(self, now: int, total: dict[str, int]) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import RunStatus
-from stepline_server.store import dialect
+from stepline_server.store import dialect, flow_state
 from stepline_server.store.schema import (
     events,
     functions,
@@ -95,6 +95,11 @@ def prune_events(conn: Connection, cutoff_ms: int, limit: int) -> dict[str, int]
         ~exists().where(runs.c.event_id == events.c.id),
         ~exists().where(run_events.c.event_id == events.c.id),
         ~exists().where(held_starts.c.event_id == events.c.id))).rowcount)}
+
+
+def prune_flow_keys(conn: Connection, now_ms: int, limit: int) -> dict[str, int]:
+    """Delete up to `limit` flow control state rows whose expiry passed."""
+    return {"flow_keys": flow_state.prune(conn, now_ms, limit)}
 
 
 def take_turn(conn: Connection) -> bool:
