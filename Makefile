@@ -97,6 +97,7 @@ bench: $(STAMP) $(TS_STAMP) inngest-node
 	$(BIN)/python bench/typescript.py
 	$(BIN)/python bench/inngest_http.py
 	$(BIN)/python bench/inngest_checkpoint.py
+	$(BIN)/python bench/flow_timers.py
 
 # The fault soak, 10,000 runs per backend (7-9 minutes); it restarts the local PostgreSQL
 # cluster once. More knobs: make chaos CHAOS_ARGS='--backend sqlite --runs 2000 --seed 7'.

@@ -362,6 +362,8 @@ class QueueItem:
     traceparent: str | None = None
     # When it became due (set by a claim; 0 otherwise).
     due_at_ms: int = 0
+    # Why the run was held back at its start (flow control: schema.queue.held), or None.
+    held: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -418,6 +420,8 @@ class Dispatch:
     target_step_id: str = ""
     # When it was due: the scheduling lag metric counts from here to the hand-over.
     due_at_ms: int = 0
+    # A batched run: every event of its batch, oldest first (`event` is the first); () else.
+    events: tuple[EventRecord, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:

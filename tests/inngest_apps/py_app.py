@@ -100,7 +100,14 @@ async def ticker(ctx: inngest.Context) -> str:
     return "tick"
 
 
+@client.create_function(fn_id="batcher", trigger=inngest.TriggerEvent(event="test/batch"),
+                        batch_events=inngest.Batch(max_size=5,
+                                                   timeout=datetime.timedelta(seconds=1)))
+async def batcher(ctx: inngest.Context) -> dict[str, Any]:
+    return {"event": ctx.event.data.get("i"), "events": [e.data.get("i") for e in ctx.events]}
+
+
 functions = [three_steps, flaky, doomed, sleeper, waiter, invoker, fan_out, sender, cancellable,
-             ticker]
+             ticker, batcher]
 app = fastapi.FastAPI()
 inngest.fast_api.serve(app, client, functions)

@@ -57,6 +57,9 @@ class Context(Generic[StepT]):
     function_id: str
     attempt: int
     step: StepT
+    # Every event of a batched run (`batch_events`), oldest first, `event` being the first;
+    # (event,) for any other run.
+    events: tuple[Event, ...] = ()
 
 
 SyncContext: TypeAlias = Context[SyncStep]
@@ -276,8 +279,10 @@ class RunExecution:
         return Step(self)
 
     def _context(self, step: StepT) -> Context[StepT]:
-        return Context(event=event_from_proto(self.dispatch.event), run_id=self.run_id,
-                       function_id=self.function.id, attempt=self.dispatch.attempt, step=step)
+        event = event_from_proto(self.dispatch.event)
+        events = tuple(event_from_proto(e) for e in self.dispatch.events) or (event,)
+        return Context(event=event, run_id=self.run_id, function_id=self.function.id,
+                       attempt=self.dispatch.attempt, step=step, events=events)
 
     async def execute(self) -> None:
         body_context = self.trace.body_context()  # user spans outside steps nest under the run

@@ -93,7 +93,9 @@ def request_body(work: Dispatch, endpoint: AppEndpoint) -> dict[str, Any]:
         "disable_immediate_execution": False, "use_api": False,
         "stack": {"stack": list(memo), "current": len(memo)},
     }
-    return {"event": event, "events": [event], "steps": memo, "ctx": ctx,
+    # A batched run's events, oldest first (`event` is the first); the trigger alone otherwise.
+    events = [inngest_event(e, endpoint) for e in work.events] if work.events else [event]
+    return {"event": event, "events": events, "steps": memo, "ctx": ctx,
             "version": REQUEST_VERSION, "use_api": False}
 
 

@@ -3,8 +3,8 @@ function specs.
 
 Both SDKs are accepted as they really send it: the app id as `appName` (npm) or `appname`
 (PyPI), `deployType` or `deploy_type` (optional), every `None` stripped. Triggers, retries,
-`cancel` and `timeouts` become Stepline's own configuration; the flow-control fields are kept in
-the app's settings and named in the answer as not enforced.
+`cancel`, `timeouts`, `debounce` and `batchEvents` become Stepline's own configuration; the other
+flow-control fields are kept in the app's settings and named in the answer as not enforced.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline_server import names
+from stepline_server.bridge import inngest_flow
 from stepline_server.bridge.inngest_wire import MAX_DURATION_MS, duration_ms, local_function_id
 from stepline_server.engine import expressions
 from stepline_server.engine.cron import parse_cron
@@ -28,10 +29,11 @@ from stepline_server.limits import (
 )
 from stepline_server.model import AppEndpoint, CancelOn, CronTrigger, EventTrigger, FunctionSpec
 from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
+from stepline_server.wire import check_flow_control
 
-# Stored and shown, not enforced by Stepline yet (the answer and the dashboard say so).
-FLOW_CONTROL = ("concurrency", "throttle", "rateLimit", "debounce", "batchEvents", "priority",
-                "idempotency", "singleton")
+# Stored and shown, not enforced by Stepline yet (the answer and the dashboard say so); those of
+# inngest_flow.ENFORCED are enforced.
+FLOW_CONTROL = ("concurrency", "throttle", "rateLimit", "priority", "idempotency", "singleton")
 INNGEST_FAILED = "inngest/function.failed"
 INNGEST_FINISHED = "inngest/function.finished"
 MAX_FUNCTIONS = 1000
@@ -106,15 +108,18 @@ def _function(app_id: str, fn: Any, path: str, slugs: dict[str, str]
     if not isinstance(triggers, list) or not triggers:
         raise InvalidArgument(f"{path}.triggers", "at least one trigger is required")
     timeouts: dict[str, Any] = fn["timeouts"] if isinstance(fn.get("timeouts"), dict) else {}
+    cancel_on = tuple(_cancel(c, f"{path}.cancel[{j}]")
+                      for j, c in enumerate(fn.get("cancel") or ()))
     spec = FunctionSpec(
         id=names.full_name(app_id, local), name=name,
         triggers=tuple(_trigger(app_id, t, f"{path}.triggers[{j}]", slugs)
                        for j, t in enumerate(triggers)),
         retries=_retries(fn, path),
-        cancel_on=tuple(_cancel(c, f"{path}.cancel[{j}]")
-                        for j, c in enumerate(fn.get("cancel") or ())),
+        cancel_on=cancel_on,
         start_timeout_ms=_duration(timeouts.get("start"), f"{path}.timeouts.start"),
-        finish_timeout_ms=_duration(timeouts.get("finish"), f"{path}.timeouts.finish"))
+        finish_timeout_ms=_duration(timeouts.get("finish"), f"{path}.timeouts.finish"),
+        flow=check_flow_control(inngest_flow.flow_control(fn, path), path,
+                                has_cancel_on=bool(cancel_on)))
     flow = {key: fn[key] for key in FLOW_CONTROL if fn.get(key) not in (None, [], {})}
     return spec, flow
 

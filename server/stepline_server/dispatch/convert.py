@@ -59,7 +59,7 @@ def dispatch_to_proto(work: Dispatch) -> worker_service_pb2.ServerMessage:
         run_id=work.run_id, function_id=names.local_id(work.function_id), lease=work.lease,
         attempt=work.attempt, max_attempts=work.max_attempts, event=event_to_proto(work.event),
         steps=steps, traceparent=traceparent.for_dispatch(work),
-        target_step_id=work.target_step_id,
+        target_step_id=work.target_step_id, events=[event_to_proto(e) for e in work.events],
     ))
 
 

@@ -57,6 +57,7 @@ from stepline_server.settings import Settings
 from stepline_server.store import Database, Tx
 from stepline_server.store import apps as app_store
 from stepline_server.store import bulk as bulk_store
+from stepline_server.store import flow_deferred as deferred_store
 from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import pauses as pause_store
@@ -272,6 +273,9 @@ class Engine:
             run_store.mark_started(tx.conn, sorted({
                 item.run_id for item in items if not item.target_step_id}), now)
             events = run_store.events_of(tx.conn, [item.run_id for item in items])
+            # Only runs held back at their start (flow control) may have batch events.
+            held = sorted({item.run_id for item in items if item.held is not None})
+            batches = deferred_store.events_of(tx.conn, held) if held else {}
             # step_count counts the run's step rows: a run without any needs no memo query.
             memo = run_store.memo(tx.conn, [item.run_id for item in items if item.step_count])
             for item in items:
@@ -280,7 +284,8 @@ class Engine:
                 Dispatch(run_id=item.run_id, function_id=item.function_id, lease=item.lease,
                          attempt=item.attempt, max_attempts=item.max_attempts,
                          event=events[item.run_id], steps=tuple(memo.get(item.run_id, ())),
-                         target_step_id=item.target_step_id, due_at_ms=item.due_at_ms)
+                         target_step_id=item.target_step_id, due_at_ms=item.due_at_ms,
+                         events=batches.get(item.run_id, ()))
                 for item in items
             ]
 

@@ -44,7 +44,8 @@ class Queueing:
     ckey2: str | None = None
     held_key: str | None = None  # parked for a slot of this concurrency key
     held_order_ms: int | None = None
-    # Batching: the run's events (its trigger first), written to run_events.
+    # Batching: the run's events (its trigger first), written to run_events; final once
+    # admit returns (later starts of the call may join the batch: flow_deferred.settle).
     events: tuple[EventRecord, ...] = ()
 
     @property
@@ -89,4 +90,4 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
         else:
             queueing = PLAIN
         admitted.append((start, flow_concurrency.place(tx, start, queueing, now, call)))
-    return admitted
+    return flow_deferred.settle(admitted, call, now)

@@ -553,7 +553,9 @@ class _Report:
                 run_id=self.run_id, target_step_id=step_id, function_id=item.function_id,
                 due_at_ms=self.now, max_attempts=item.max_attempts,
                 step_count=state.next_position(), parent_run_id=item.parent_run_id,
-                parent_step_id=item.parent_step_id, traceparent=item.traceparent))
+                parent_step_id=item.parent_step_id, traceparent=item.traceparent,
+                # A batched run's steps replay with its events (see Engine.claim).
+                held=item.held))
         self.seen_steps.update(ids)
         state.requeue(NEVER_MS)
         state.wait_kind = WaitKind.PARALLEL

@@ -57,10 +57,6 @@ def _prune_skips(conn: Connection, cutoff_ms: int) -> dict[str, int]:
     return {"flow_skips": skip_store.prune(conn, cutoff_ms, BATCH_FLOW)}
 
 
-def _prune_keys(conn: Connection, now_ms: int) -> dict[str, int]:
-    return {"flow_keys": flow_state.prune(conn, now_ms, BATCH_FLOW)}
-
-
 def _prune_singletons(conn: Connection, now_ms: int) -> dict[str, int]:
     """Singleton rows of ended runs: their key is free, as if never used."""
     return {"flow_keys": flow_state.prune_runs_rows(conn, "singleton", now_ms - SINGLETON_GRACE_MS,
@@ -114,7 +110,8 @@ class Pruner(TimedLoop):
         when another replica prunes."""
         keep_ms = retention_in_force(None, self.engine.settings)
         batches: list[tuple[prune_store.Batch, str]] = [
-            (functools.partial(_prune_keys, now_ms=now), "flow_keys"),
+            (functools.partial(prune_store.prune_flow_keys, now_ms=now, limit=BATCH_FLOW),
+             "flow_keys"),
             (functools.partial(_prune_singletons, now_ms=now), "flow_keys")]
         if keep_ms > 0:
             batches.insert(0, (functools.partial(_prune_skips, cutoff_ms=now - keep_ms),

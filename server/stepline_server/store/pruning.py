@@ -9,12 +9,13 @@ from sqlalchemy import bindparam, delete, exists, select
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import RunStatus
-from stepline_server.store import dialect
+from stepline_server.store import dialect, flow_state
 from stepline_server.store.schema import (
     events,
     functions,
     held_starts,
     queue,
+    run_events,
     runs,
     step_failures,
     steps,
@@ -25,7 +26,8 @@ from stepline_server.store.schema import (
 Batch = Callable[[Connection], dict[str, int]]
 ENDED = [RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value]
 # Tables a pruned run's rows live in (besides `runs`), each keyed by run_id.
-_RUN_ROWS = {"steps": steps, "step_failures": step_failures, "waits": waits, "queue": queue}
+_RUN_ROWS = {"steps": steps, "step_failures": step_failures, "waits": waits, "queue": queue,
+             "run_events": run_events}
 
 # On ix_runs_function_ended: an index range per function, whatever the count of live runs.
 _PAST = (
@@ -36,12 +38,14 @@ _PAST = (
     .order_by(runs.c.ended_at_ms)
     .limit(bindparam("limit"))
 )
-# On ix_events_received_at; an event some run refers to (by ix_runs_event) or a start held
-# while its function is paused (ix_held_starts_event) stays.
+# On ix_events_received_at; an event some run refers to (by ix_runs_event), one of a batched
+# run's events (ix_run_events_event) or a start held while its function is paused
+# (ix_held_starts_event) stays.
 _UNREFERENCED = (
     select(events.c.id)
     .where(events.c.received_at_ms < bindparam("cutoff_ms"),
            ~exists().where(runs.c.event_id == events.c.id),
+           ~exists().where(run_events.c.event_id == events.c.id),
            ~exists().where(held_starts.c.event_id == events.c.id))
     .order_by(events.c.received_at_ms)
     .limit(bindparam("limit"))
@@ -63,7 +67,8 @@ def has_runs_past(conn: Connection, function_id: str, cutoff_ms: int) -> bool:
 def prune_runs(conn: Connection, function_id: str, cutoff_ms: int, limit: int
                ) -> dict[str, int]:
     """Delete up to `limit` runs of `function_id` that ended before `cutoff_ms`, with their
-    steps, failed attempts, waits and queue leftovers. Returns rows deleted per table."""
+    steps, failed attempts, waits, queue leftovers and batch events. Returns rows deleted per
+    table."""
     run_ids = list(conn.execute(_PAST, {"function_id": function_id, "cutoff_ms": cutoff_ms,
                                         "limit": limit}).scalars())
     counts = {"runs": 0} | dict.fromkeys(_RUN_ROWS, 0)
@@ -88,7 +93,13 @@ def prune_events(conn: Connection, cutoff_ms: int, limit: int) -> dict[str, int]
     return {"events": int(conn.execute(delete(events).where(
         events.c.id.in_(ids), events.c.received_at_ms < cutoff_ms,
         ~exists().where(runs.c.event_id == events.c.id),
+        ~exists().where(run_events.c.event_id == events.c.id),
         ~exists().where(held_starts.c.event_id == events.c.id))).rowcount)}
+
+
+def prune_flow_keys(conn: Connection, now_ms: int, limit: int) -> dict[str, int]:
+    """Delete up to `limit` flow control state rows whose expiry passed."""
+    return {"flow_keys": flow_state.prune(conn, now_ms, limit)}
 
 
 def take_turn(conn: Connection) -> bool:

@@ -97,9 +97,10 @@ class Driver:
 
     def __init__(self, function: Function, event: common_pb2.Event, *, stubs: Stubs,
                  waits: Stubs, invokes: Stubs, run_id: str, now: datetime,
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, batch: list[common_pb2.Event] | None = None) -> None:
         self.function = function
         self.event = event
+        self.batch = batch or []  # a batched run's events (`event` is the first)
         self.stubs, self.waits, self.invokes = stubs, waits, invokes
         self.run_id = run_id
         self.clock = now
@@ -285,7 +286,7 @@ class Driver:
         return ws.Dispatch(
             run_id=self.run_id, function_id=self.function.id, lease=1, attempt=attempt,
             max_attempts=self.function.retries + 1, event=self.event,
-            steps=list(self.memo.values()), target_step_id=self.target)
+            steps=list(self.memo.values()), target_step_id=self.target, events=self.batch)
 
     async def drive(self) -> int:
         for count in range(1, MAX_DISPATCHES + 1):

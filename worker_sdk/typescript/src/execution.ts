@@ -21,6 +21,9 @@ const TARGET_WAIT_MS = 5000;
 /** What a function receives: its trigger event, its run, and the step tools. */
 export interface Context<TData = JsonObject> {
   event: Event<TData>;
+  /** Every event of a batched run (`batchEvents`), oldest first, `event` being the first;
+   * `[event]` for any other run. */
+  events: Event<TData>[];
   runId: string;
   /** The function's id within its app. */
   functionId: string;
@@ -271,8 +274,10 @@ export class RunExecution {
   }
 
   private async executeBody(): Promise<void> {
+    const event = eventFromMessage(this.dispatch.event) as Event<never>;
+    const batch = (this.dispatch.events ?? []).map((e) => eventFromMessage(e) as Event<never>);
     const ctx: Context<never> = {
-      event: eventFromMessage(this.dispatch.event) as Event<never>, runId: this.runId,
+      event, events: batch.length ? batch : [event], runId: this.runId,
       functionId: this.fn.id, attempt: this.dispatch.attempt, step: this.newStep(),
       signal: this.abort.signal,
     };

@@ -40,6 +40,8 @@ export interface Dispatch {
   steps: StepResult[];
   traceparent: string;
   targetStepId: string;
+  /** A batched run's events, oldest first (`event` is the first); empty for other runs. */
+  events?: EventMessage[];
 }
 
 export type AckAction =

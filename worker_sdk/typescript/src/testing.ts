@@ -83,9 +83,16 @@ export interface RunResult<TOutput = unknown> {
 export type WaitStub = { name?: string; data?: JsonObject; id?: string; user?: JsonObject;
   ts?: Date } | null;
 
+/** An event a test gives; `name` defaults to the function's first event trigger. */
+export type TestEvent<TData> = { name?: string; data?: TData; id?: string; ts?: Date;
+  user?: JsonObject };
+
 export interface RunOptions<TData> {
   /** The trigger event; `name` defaults to the function's first event trigger. */
-  event?: { name?: string; data?: TData; id?: string; ts?: Date; user?: JsonObject };
+  event?: TestEvent<TData>;
+  /** Instead of `event`: a batched run's events (`ctx.events`, oldest first; the first is
+   * `ctx.event`). */
+  events?: TestEvent<TData>[];
   /** step.run results by step id or name: a value replaces the callback, an Error is thrown
    * by it (and retried like any failure). Steps without a stub run for real. */
   steps?: Record<string, unknown>;
@@ -171,7 +178,8 @@ class Driver implements SessionLink {
   reported = false;
 
   constructor(readonly fn: SteplineFunction<never, unknown>, readonly event: EventMessage,
-    readonly options: RunOptions<unknown>, readonly runId: string, public clock: number) {}
+    readonly options: RunOptions<unknown>, readonly runId: string, public clock: number,
+    readonly batch: EventMessage[] = []) {}
 
   sendOps(ops: Omit<Ops, "seq">): Promise<Ack> {
     let action: AckAction = "ACK_ACTION_CONTINUE";
@@ -344,7 +352,8 @@ class Driver implements SessionLink {
     this.target = this.queue.shift() ?? "";
     return { runId: this.runId, functionId: this.fn.id, lease: "1", attempt: this.used,
       maxAttempts: this.fn.config.retries + 1, event: this.event,
-      steps: [...this.memo.values()], traceparent: "", targetStepId: this.target };
+      steps: [...this.memo.values()], traceparent: "", targetStepId: this.target,
+      events: this.batch };
   }
 
   async drive(): Promise<number> {
@@ -381,8 +390,17 @@ export async function run<TData, TResult>(fn: SteplineFunction<TData, TResult>,
   options: RunOptions<TData> = {}): Promise<RunResult<Jsonified<Awaited<TResult>>>> {
   const start = (options.now ?? new Date()).getTime();
   const fnAny = fn as unknown as SteplineFunction<never, unknown>;
-  const driver = new Driver(fnAny, triggerEvent(fnAny, options.event, start),
-    options as RunOptions<unknown>, options.runId ?? "run_test", start);
+  if (options.events !== undefined && (options.event !== undefined || !options.events.length)) {
+    throw new TestingError("events: give a batch of at least one event, and no `event` (the " +
+      "batch's first event is the trigger)");
+  }
+  const batch = (options.events ?? []).map((e, i) => {
+    const message = triggerEvent(fnAny, e, start);
+    if (message.id === "evt_test") message.id = `evt_test_${i}`;
+    return message;
+  });
+  const driver = new Driver(fnAny, batch[0] ?? triggerEvent(fnAny, options.event, start),
+    options as RunOptions<unknown>, options.runId ?? "run_test", start, batch);
   const dispatches = await driver.drive();
   const steps = driver.steps;
   return {

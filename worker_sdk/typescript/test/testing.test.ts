@@ -53,6 +53,15 @@ describe("stepline/testing", () => {
       .output, ["t/second", { k: 1 }, "e9"]);
   });
 
+  it("gives a batch as ctx.events, its first event as ctx.event", async () => {
+    const batched = app.createFunction({ id: "batched", trigger: "t/b" },
+      ({ event, events }) => [event.data, events.map((e) => e.data)]);
+    const result = await run(batched, { events: [{ data: { i: 0 } }, { data: { i: 1 } }] });
+    assert.deepEqual(result.output, [{ i: 0 }, [{ i: 0 }, { i: 1 }]]);
+    assert.deepEqual((await run(batched, { event: { data: { i: 7 } } })).output,
+      [{ i: 7 }, [{ i: 7 }]]);
+  });
+
   it("retries a failing step without waiting", async () => {
     const api = flaky(2);
     const fn = app.createFunction({ id: "flaky", trigger: "t/x", retries: 2 },

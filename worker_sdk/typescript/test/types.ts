@@ -99,5 +99,13 @@ void (async () => {
   void result.output?.missing;
   // @ts-expect-error: the event data is typed
   await run(greet, { event: { data: { name: 3 } } });
+  // A batch: every event's data is typed too.
+  await run(greet, { events: [{ data: { name: "Ada" } }, { data: { name: "Bo" } }] });
+  // @ts-expect-error: the batch's event data is typed
+  await run(greet, { events: [{ data: { name: 3 } }] });
   void [text, at];
 })();
+
+// ctx.events: the batch, typed like ctx.event.
+app.createFunction({ id: "batched", trigger: "t/batch" },
+  async ({ events }: Context<{ n: number }>) => events.reduce((sum, e) => sum + e.data.n, 0));
