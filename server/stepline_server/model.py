@@ -351,6 +351,9 @@ class QueueItem:
     traceparent: str | None = None
     # When it became due (set by a claim; 0 otherwise).
     due_at_ms: int = 0
+    # Its concurrency keys (flow control), one per limit of its function.
+    ckey1: str | None = None
+    ckey2: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
