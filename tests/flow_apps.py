@@ -32,26 +32,31 @@ def limited(function: Function, *limits: tuple[int, str, str]) -> Function:
     return function
 
 
+def mark(log: str, kind: str, key: str, run_id: str) -> None:
+    """One line "<kind> <key> <run_id> <wall clock ms> <pid>": O_APPEND writes of one short
+    line are atomic across processes."""
+    with open(log, "a") as out:
+        out.write(f"{kind} {key} {run_id} {time.time() * 1000:.3f} {os.getpid()}\n")
+
+
 def record_step(log: str, key: str, run_id: str, seconds: float) -> None:
-    """A step that takes `seconds`, writing its start and end (wall clock, ms) to `log`: one
-    short O_APPEND line each, atomic across processes."""
-    with open(log, "a") as out:
-        out.write(f"start {key} {run_id} {time.time() * 1000:.3f} {os.getpid()}\n")
+    """A step that takes `seconds`, writing its start and end to `log`."""
+    mark(log, "start", key, run_id)
     time.sleep(seconds)
-    with open(log, "a") as out:
-        out.write(f"end {key} {run_id} {time.time() * 1000:.3f} {os.getpid()}\n")
+    mark(log, "end", key, run_id)
 
 
 def intervals(lines: Iterable[str]) -> dict[str, list[tuple[float, float]]]:
-    """Per key, the (start, end) of every step execution recorded by `record_step`."""
-    starts: dict[tuple[str, str], list[float]] = defaultdict(list)
+    """Per key, the (start, end) of every step execution recorded by `record_step`; a start
+    without an end (its process was killed in the step) is left out."""
+    starts: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for line in lines:
-        kind, key, run_id, at, _ = line.split()
+        kind, key, run_id, at, pid = line.split()
         if kind == "start":
-            starts[key, run_id].append(float(at))
+            starts[key, run_id, pid].append(float(at))
         else:
-            out[key].append((starts[key, run_id].pop(0), float(at)))
+            out[key].append((starts[key, run_id, pid].pop(0), float(at)))
     return out
 
 
