@@ -48,13 +48,6 @@ def _ref(function_id: str, setting: Concurrency, variables: dict[str, Any],
                   function_id=None if shared else function_id, value=flow_keys.shown(value))
 
 
-def _bare_ref(key: str) -> KeyRef:
-    """A key known by its id only (a claim, a freed slot): its row exists unless pruned."""
-    owner = key.split(flow_keys.SEPARATOR, 1)[0]
-    return KeyRef(kind=KIND, key=key, value="",
-                  function_id=None if owner == flow_keys.SHARED_OWNER else owner)
-
-
 def _limits(item: QueueItem | flow_slots.ParkedHead, policy: RunPolicy | None
             ) -> list[tuple[str, int]]:
     """(key, limit) per limit of the item's function, as registered now."""
@@ -66,22 +59,39 @@ def _limits(item: QueueItem | flow_slots.ParkedHead, policy: RunPolicy | None
 
 
 # -- a run starts --------------------------------------------------------------------------------
+def prepare(tx: Tx, starts: list[RunStart], now: int, call: dict[tuple[str, str], Any]
+            ) -> None:
+    """Lock the concurrency keys of these starts and count their admitted items, all at once
+    (one statement each for a whole SendEvent, whatever its number of keys); `place` then
+    decides each start from these counts."""
+    refs = [ref for start in starts for ref in _refs(start)]
+    if refs:
+        _count_new(tx, refs, now, call)
+
+
+def _refs(start: RunStart) -> list[KeyRef]:
+    settings = start.policy.flow.concurrency
+    if not settings:
+        return []
+    variables = flow_keys.variables_of(start.event)
+    return [_ref(start.function_id, s, variables, start) for s in settings]
+
+
 def place(tx: Tx, start: RunStart, queueing: Queueing, now: int,
           call: dict[tuple[str, str], Any]) -> Queueing:
     """The run's concurrency keys; parked when a key has no free slot."""
     settings = start.policy.flow.concurrency
     if not settings:
         return queueing
-    variables = flow_keys.variables_of(start.event)
-    refs = [_ref(start.function_id, s, variables, start) for s in settings]
+    refs = _refs(start)
     queueing = replace(queueing, ckey1=refs[0].key,
                        ckey2=refs[1].key if len(refs) > 1 else None)
     due = now if queueing.due_at_ms is None else queueing.due_at_ms
     if due > now:  # not admitted before its time: the claim that leases it checks its keys
         return queueing
-    counts = _call_counts(tx, refs, now, call)
+    _count_new(tx, refs, now, call)
     for ref, setting in zip(refs, settings, strict=True):
-        if counts[ref.key] >= setting.limit:
+        if call[KIND, ref.key] >= setting.limit:
             return replace(queueing, due_at_ms=NEVER_MS, held=flow_slots.HELD,
                            held_key=ref.key, held_order_ms=due)
     for ref in refs:
@@ -89,16 +99,15 @@ def place(tx: Tx, start: RunStart, queueing: Queueing, now: int,
     return queueing
 
 
-def _call_counts(tx: Tx, refs: list[KeyRef], now: int, call: dict[tuple[str, str], Any]
-                 ) -> dict[str, int]:
-    """Admitted items per key: counted once per call, under the key's lock, then kept up to
+def _count_new(tx: Tx, refs: list[KeyRef], now: int, call: dict[tuple[str, str], Any]
+               ) -> None:
+    """Admitted items per key, counted once per call under the key's lock, then kept up to
     date by this call's own starts (not inserted yet)."""
     new = [r for r in refs if (KIND, r.key) not in call]
     if new:
         flow_state.lock(tx.conn, new)
         for key, count in flow_slots.admitted(tx.conn, [r.key for r in new], now).items():
             call[KIND, key] = count
-    return {r.key: call[KIND, r.key] for r in refs}
 
 
 # -- a claim ---------------------------------------------------------------------------------------
@@ -114,7 +123,7 @@ def claimed(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
     keys = sorted({key for pairs in limits.values() for key, _ in pairs})
     if not keys:
         return items
-    flow_state.lock(conn, [_bare_ref(key) for key in keys])
+    flow_slots.lock_keys(conn, keys)
     counts = flow_slots.leased(conn, keys, now)
     parkings: list[flow_slots.Parking] = []
     for item in sorted(keyed, key=lambda i: i.due_at_ms, reverse=True):
@@ -163,7 +172,7 @@ def promote(tx: Tx, limits: dict[str, int], now: int) -> int:
         return 0
     conn = tx.conn
     keys = sorted(limits)
-    flow_state.lock(conn, [_bare_ref(key) for key in keys])
+    flow_slots.lock_keys(conn, keys)
     counts = flow_slots.admitted(conn, keys, now)
     unparked = sum(flow_slots.unpark_oldest(conn, key, limits[key] - counts[key])
                    for key in keys)

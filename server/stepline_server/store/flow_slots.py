@@ -19,9 +19,10 @@ from sqlalchemy import bindparam, func, literal_column, select, tuple_, union_al
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import NEVER_MS
-from stepline_server.store.schema import queue
+from stepline_server.store.hot import Hot
+from stepline_server.store.schema import flow_keys, queue
 
-HELD = "concurrency"  # schema.queue.held for a parked item
+HELD = "concurrency"  # schema.queue.held for a parked item, and the kind of its key's row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,31 +45,55 @@ class ParkedHead:
     ckey2: str | None
 
 
-def _counts(conn: Connection, keys: list[str], now_ms: int, *, leased: bool) -> dict[str, int]:
-    if not keys:
-        return {}
+def _count_statement(*, leased: bool) -> Hot:
     parts = []
     for column in (queue.c.ckey1, queue.c.ckey2):
-        where = [column.in_(keys), queue.c.due_at_ms <= now_ms]
+        where = [column.in_(bindparam("keys", expanding=True)),
+                 queue.c.due_at_ms <= bindparam("now")]
         if leased:
             where.append(queue.c.lease_owner.is_not(None))
         parts.append(select(column.label("key")).where(*where))
     both = union_all(*parts).subquery()
-    rows = conn.execute(select(both.c.key, func.count().label("n")).group_by(both.c.key))
+    return Hot(select(both.c.key, func.count().label("n")).group_by(both.c.key))
+
+
+# Every start, claim and freed slot of a keyed function runs one of these.
+_ADMITTED = _count_statement(leased=False)
+_LEASED = _count_statement(leased=True)
+
+
+def _counts(conn: Connection, statement: Hot, keys: list[str], now_ms: int) -> dict[str, int]:
     counts = dict.fromkeys(keys, 0)
-    counts.update({row.key: int(row.n) for row in rows})
+    if keys:
+        counts.update({row.key: int(row.n)
+                       for row in statement.rows(conn, {"keys": keys, "now": now_ms})})
     return counts
 
 
 def admitted(conn: Connection, keys: list[str], now_ms: int) -> dict[str, int]:
     """Per key, its items due or leased now (each counted once per key it has)."""
-    return _counts(conn, keys, now_ms, leased=False)
+    return _counts(conn, _ADMITTED, keys, now_ms)
 
 
 def leased(conn: Connection, keys: list[str], now_ms: int) -> dict[str, int]:
     """Per key, its items holding a slot: leased (an expired lease holds it until taken
     over)."""
-    return _counts(conn, keys, now_ms, leased=True)
+    return _counts(conn, _LEASED, keys, now_ms)
+
+
+_LOCK_KEYS = Hot(select(flow_keys.c.key)
+                 .where(flow_keys.c.kind == HELD,
+                        flow_keys.c.key.in_(bindparam("keys", expanding=True)))
+                 .order_by(flow_keys.c.key)
+                 .with_for_update())
+
+
+def lock_keys(conn: Connection, keys: list[str]) -> None:
+    """Lock the rows of keys that have them (every key an item carries: its start created
+    the row, flow_state.lock), in key order. SQLite's writer runs one transaction at a time:
+    nothing to lock."""
+    if keys and conn.dialect.name != "sqlite":
+        _LOCK_KEYS.rows(conn, {"keys": keys})
 
 
 def park(conn: Connection, parkings: list[Parking]) -> None:
@@ -141,10 +166,10 @@ def any_parked(conn: Connection) -> bool:
                         .where(queue.c.held_key.is_not(None)).limit(1)).first() is not None
 
 
+_PARKED_PROBE = Hot(select(queue.c.held_key).where(queue.c.held_key == bindparam("key"))
+                    .limit(1))
+
+
 def parked_among(conn: Connection, keys: list[str]) -> set[str]:
     """Those of these keys that have parked items: one index probe per key."""
-    if not keys:
-        return set()
-    probes = [select(queue.c.held_key).where(queue.c.held_key == key).limit(1)
-              .subquery().select() for key in keys]
-    return {row.held_key for row in conn.execute(union_all(*probes))}
+    return {key for key in keys if _PARKED_PROBE.rows(conn, {"key": key})}
