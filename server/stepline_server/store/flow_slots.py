@@ -15,7 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal_column, select, tuple_, union_all, update
+from sqlalchemy import (
+    String,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from stepline_server.model import NEVER_MS
@@ -168,8 +180,18 @@ def any_parked(conn: Connection) -> bool:
 
 _PARKED_PROBE = Hot(select(queue.c.held_key).where(queue.c.held_key == bindparam("key"))
                     .limit(1))
+# PostgreSQL: the keys as an array, one index probe each, in one round trip.
+_KEYS = (func.unnest(cast(bindparam("keys"), postgresql.ARRAY(String)))
+         .table_valued("key").render_derived())
+_PARKED_AMONG = Hot(select(_KEYS.c.key).where(
+    exists().where(queue.c.held_key == _KEYS.c.key)))
 
 
 def parked_among(conn: Connection, keys: list[str]) -> set[str]:
-    """Those of these keys that have parked items: one index probe per key."""
-    return {key for key in keys if _PARKED_PROBE.rows(conn, {"key": key})}
+    """Those of these keys that have parked items: one index probe per key (SQLite's are
+    calls into the library; PostgreSQL's one statement)."""
+    if not keys:
+        return set()
+    if conn.dialect.name == "sqlite":
+        return {key for key in keys if _PARKED_PROBE.rows(conn, {"key": key})}
+    return {row.key for row in _PARKED_AMONG.rows(conn, {"keys": keys})}
