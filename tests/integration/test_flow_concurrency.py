@@ -49,13 +49,16 @@ def spans(log: Path) -> dict[str, list[tuple[float, float]]]:
 
 def keyed_app(server: ServerThread, log: Path, app_id: str = "conc",
               limits: tuple[tuple[int, str, str], ...] = ((2, "event.data.k", "fn"),),
-              fn_id: str = "work", steps: int = 2) -> Stepline:
-    """A function whose runs execute `steps` recorded steps, limited by `limits`."""
+              fn_id: str = "work", steps: int = 2, nap: str = "") -> Stepline:
+    """A function whose runs execute `steps` recorded steps (with a `nap` between them),
+    limited by `limits`."""
     app = Stepline(app_id, url=server.address)
 
     @app.function(id=fn_id, trigger=f"{app_id}/{fn_id}")
     def work(ctx: Any) -> None:
         for i in range(steps):
+            if i and nap:
+                ctx.step.sleep(f"nap{i}", nap)
             ctx.step.run(f"s{i}", record_step, str(log), ctx.event.data["k"], ctx.run_id,
                          STEP_SECONDS)
 
@@ -80,6 +83,20 @@ def test_max_steps_per_key_equals_the_limit_under_load(server: ServerThread, tmp
     wait_all(server, "conc:work", 24)
     by_key = spans(log)
     assert {k: len(v) for k, v in by_key.items()} == {"a": 24, "b": 24}
+    assert {k: max_overlap(v) for k, v in by_key.items()} == {"a": 2, "b": 2}
+
+
+def test_runs_waking_up_while_their_key_is_full_wait_for_a_slot(
+        server: ServerThread, tmp_path: Path, workers: Any) -> None:
+    """Sleeping runs hold no slot, so more of a key's runs wake up than it has slots: a claim
+    parks those over the limit, and they run as slots free."""
+    log = tmp_path / "steps.log"
+    app = keyed_app(server, log, steps=3, nap="100ms")
+    workers(app, 2)
+    send_batch(server, "conc/work", [{"k": k} for _ in range(10) for k in ("a", "b")])
+    wait_all(server, "conc:work", 20)
+    by_key = spans(log)
+    assert {k: len(v) for k, v in by_key.items()} == {"a": 30, "b": 30}
     assert {k: max_overlap(v) for k, v in by_key.items()} == {"a": 2, "b": 2}
 
 
@@ -172,6 +189,28 @@ def test_removing_the_limit_releases_parked_runs(server: ServerThread, database_
     workers(plain, 1)
     wait_all(server, "conc:work", 6)
     assert max_overlap(spans(log)["a"]) > 1
+
+
+def test_a_raised_limit_unparks_runs_within_the_sweep(server: ServerThread, database_url: str,
+                                                      tmp_path: Path) -> None:
+    """No slot frees when a limit is raised: the server's sweep hands out the new slots."""
+    log = tmp_path / "steps.log"
+    keyed_app(server, log, limits=((1, "", "fn"),)).register_sync()
+    send_batch(server, "conc/work", [{"k": "a"}] * 5)
+    engine = create_engine(database_url)
+    try:
+        def parked() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(queue)
+                                        .where(queue.c.held_key.is_not(None))).scalar_one())
+
+        assert parked() == 4
+        keyed_app(server, log, limits=((3, "", "fn"),)).register_sync()
+        wait_until(lambda: parked() == 2, timeout=10, what="two more runs admitted")
+        time.sleep(1.5)  # a few more sweeps: no more than the limit
+        assert parked() == 2
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
