@@ -105,6 +105,7 @@ def _count_new(tx: Tx, refs: list[KeyRef], now: int, call: dict[tuple[str, str],
     date by this call's own starts (not inserted yet)."""
     new = [r for r in refs if (KIND, r.key) not in call]
     if new:
+        tx.key_locks = True
         flow_state.lock(tx.conn, new)
         for key, count in flow_slots.admitted(tx.conn, [r.key for r in new], now).items():
             call[KIND, key] = count
@@ -123,6 +124,7 @@ def claimed(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
     keys = sorted({key for pairs in limits.values() for key, _ in pairs})
     if not keys:
         return items
+    tx.key_locks = True
     flow_slots.lock_keys(conn, keys)
     counts = flow_slots.leased(conn, keys, now)
     parkings: list[flow_slots.Parking] = []
@@ -172,6 +174,7 @@ def promote(tx: Tx, limits: dict[str, int], now: int) -> int:
         return 0
     conn = tx.conn
     keys = sorted(limits)
+    tx.key_locks = True
     flow_slots.lock_keys(conn, keys)
     counts = flow_slots.admitted(conn, keys, now)
     unparked = sum(flow_slots.unpark_oldest(conn, key, limits[key] - counts[key])
