@@ -93,6 +93,7 @@ lint: $(STAMP)
 # Then the TypeScript worker's 3-step latency and throughput next to the Python worker's.
 bench: $(STAMP) $(TS_STAMP) inngest-node
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/flow_concurrency.py
 	$(BIN)/python bench/bridge.py
 	$(BIN)/python bench/typescript.py
 	$(BIN)/python bench/inngest_http.py

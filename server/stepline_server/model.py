@@ -362,6 +362,9 @@ class QueueItem:
     traceparent: str | None = None
     # When it became due (set by a claim; 0 otherwise).
     due_at_ms: int = 0
+    # Its concurrency keys (flow control), one per limit of its function.
+    ckey1: str | None = None
+    ckey2: str | None = None
     # Why the run was held back at its start (flow control: schema.queue.held), or None.
     held: str | None = None
 

@@ -32,6 +32,7 @@ from stepline_server.engine import Engine
 from stepline_server.engine.bulk import BulkRunner
 from stepline_server.engine.cron import CronScheduler
 from stepline_server.engine.retention import Pruner
+from stepline_server.engine.slot_sweeper import SlotSweeper
 from stepline_server.engine.timed import TimedLoop
 from stepline_server.engine.timeouts import DeadlineWatch
 from stepline_server.errors import Unavailable
@@ -77,6 +78,7 @@ class SteplineServer:
         self.bridge = Bridge(self.dispatcher, self.keyring)
         self.bridge.add_protocol(InngestProtocol())
         self.deadlines = DeadlineWatch(self.engine, settings.poll_seconds)
+        self.slots = SlotSweeper(self.engine)
         self.cron = CronScheduler(self.engine, settings.poll_seconds)
         self.pruner = Pruner(self.engine)
         self.heartbeat: _Heartbeat | None = None
@@ -147,6 +149,7 @@ class SteplineServer:
             asyncio.create_task(self.dispatcher.run(), name="stepline-dispatcher"),
             asyncio.create_task(self.bridge.run(), name="stepline-bridge"),
             asyncio.create_task(self.deadlines.run(), name="stepline-deadlines"),
+            asyncio.create_task(self.slots.run(), name="stepline-slot-sweeper"),
             asyncio.create_task(self.cron.run(), name="stepline-cron"),
             asyncio.create_task(self.pruner.run(), name="stepline-pruner"),
             asyncio.create_task(
@@ -207,6 +210,7 @@ class SteplineServer:
                  self.settings.shutdown_grace_seconds)
         self.dispatcher.stop()
         self.deadlines.stop()
+        self.slots.stop()
         self.cron.stop()
         self.pruner.stop()
         if self.bulk is not None:

@@ -48,7 +48,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from stepline_server.engine import lifecycle
+from stepline_server.engine import flow_concurrency, lifecycle
 from stepline_server.engine.context import TxContext
 from stepline_server.errors import Conflict, InvalidArgument, NotFound, StaleLease
 from stepline_server.model import ErrorInfo, OpsBatch, QueueItem, RunFailed, RunStatus, StepFailed
@@ -107,8 +107,12 @@ def retry_due(*, attempt: int, max_attempts: int, non_retriable: bool,
 def claim(ctx: TxContext, owner: str, function_ids: list[str], limit: int, lease_ms: int
           ) -> list[QueueItem]:
     """Lease due items to `owner`; expired leases are taken over uncharged (2). Returns the
-    items to dispatch."""
-    return queue_store.claim(ctx.tx.conn, owner, function_ids, limit, ctx.now, lease_ms)
+    items to dispatch: those of functions with concurrency limits only within their keys' free
+    slots (the others are parked, flow_concurrency.claimed)."""
+    items = queue_store.claim(ctx.tx.conn, owner, function_ids, limit, ctx.now, lease_ms)
+    if any(item.ckey1 or item.ckey2 for item in items):
+        return flow_concurrency.claimed(ctx.tx, items, ctx.now)
+    return items
 
 
 def release(ctx: TxContext, owner: str, keys: list[tuple[str, str]] | None, *, lost: bool

@@ -16,6 +16,7 @@ from stepline_server.engine import (
     attempts,
     bulk,
     cron,
+    flow_concurrency,
     invocations,
     lifecycle,
     listings,
@@ -54,7 +55,7 @@ from stepline_server.model import (
     WorkerInfo,
 )
 from stepline_server.settings import Settings
-from stepline_server.store import Database, Tx
+from stepline_server.store import Database, Tx, flow_slots
 from stepline_server.store import apps as app_store
 from stepline_server.store import bulk as bulk_store
 from stepline_server.store import flow_deferred as deferred_store
@@ -231,6 +232,7 @@ class Engine:
         self._listeners = None
         cron.sync_schedules(tx.conn, specs, now)
         cron.remove_schedules(tx.conn, changes.archived)
+        flow_concurrency.registered(tx, specs, changes)
         return changes
 
     def _registered(self, app_id: str, changes: FunctionChanges, *, http: bool
@@ -636,6 +638,16 @@ class Engine:
 
     async def next_deadline_ms(self) -> int | None:
         return await self.db.read(queue_store.next_deadline)
+
+    # -- concurrency slots (engine/flow_concurrency.py) ---------------------------------------
+    async def sweep_parked(self, after: str, limit: int) -> tuple[str, int]:
+        """Give free concurrency slots to up to `limit` keys' parked items, in key order after
+        `after`; the key to go on after ("" at the end) and how many items were unparked. A
+        read answers when nothing is parked (the usual case): no write."""
+        if not await self.db.read(flow_slots.any_parked):
+            return "", 0
+        return await self.db.write(
+            lambda tx: flow_concurrency.sweep(tx, now_ms(), after, limit))
 
 
 def _log_ops(batch: OpsBatch, future: asyncio.Future[AckAction]) -> None:

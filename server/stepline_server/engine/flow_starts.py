@@ -51,9 +51,10 @@ class Queueing:
     @property
     def placeable(self) -> bool:
         """Whether the run may be leased to a local worker in the transaction that starts it:
-        only when nothing holds it back (no later due time, no concurrency keys to count)."""
-        return (self.due_at_ms is None and self.held is None and self.ckey1 is None
-                and self.ckey2 is None)
+        only when nothing holds it back (no later due time, not parked). Its concurrency keys
+        had a free slot (flow_concurrency.place counted it as admitted, under the keys' locks):
+        leased at once, it takes that slot."""
+        return self.due_at_ms is None and self.held is None
 
 
 PLAIN = Queueing()
@@ -70,9 +71,12 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
     # State the stages keep for this call (keyed by their own names): several starts of one
     # call may share a key whose rows they changed, and whose runs are not inserted yet.
     call: dict[tuple[str, str], Any] = {}
+    tx.key_locks = True  # the stages lock flow_keys rows: see Database._transaction
     flow_limits.lock_keys(tx, [s for s in starts if s.policy.flow and s.source_run_id is None],
                           call)
     admitted: list[tuple[RunStart, Queueing]] = []
+    # The concurrency keys of every start, locked and counted at once.
+    flow_concurrency.prepare(tx, starts, now, call)
     for start in starts:
         settings = start.policy.flow
         if not settings:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from stepline_server.engine import expressions, matching, pauses
+from stepline_server.engine import expressions, flow_concurrency, matching, pauses
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.observe import RunEnd
 from stepline_server.engine.starts import RunStart
@@ -206,6 +206,7 @@ def end_runs(ctx: TxContext, endings: list[Ending]) -> None:
         RunFinish(run_id=e.item.run_id, status=e.status, ended_at_ms=ctx.now, output=e.output,
                   error=e.error) for e in endings])
     queue_store.delete_many(conn, [e.item.run_id for e in endings])
+    flow_concurrency.freed(ctx.tx, [e.item for e in endings], ctx.now)
     for e in endings:
         reason = e.error.message if e.error is not None else f"the run {e.status.value}"
         for owner in e.holders if e.holders is not None else (e.item.lease_owner,):

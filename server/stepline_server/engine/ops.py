@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
-from stepline_server.engine import attempts, lifecycle, matching
+from stepline_server.engine import attempts, flow_concurrency, lifecycle, matching
 from stepline_server.engine.context import TxContext
 from stepline_server.engine.run_limits import RunLimits, StateSizes
 from stepline_server.engine.starts import RunStart
@@ -219,6 +219,11 @@ def apply_many(tx: Tx, requests: list[OpsRequest], backoff: Backoff, context: Co
         _explain_missing(tx, requests, missing, results)
     with tx.pipelined():  # nothing below reads a result: one round trip on PostgreSQL
         _write(tx, touched, writes)
+    # Items of keyed functions that stopped executing free their concurrency slots.
+    stopped = [s.item for s in touched.values() if (s.item.ckey1 or s.item.ckey2)
+               and (s.deleted or s.lease_owner is None)]
+    if stopped:
+        flow_concurrency.freed(tx, stopped, now_ms())
     # Wake other servers only for work back in the queue (retries, suspensions, parallel
     # steps); an ended run frees a slot only on this server, whose dispatcher already knows.
     if writes.new_items or any(not s.deleted and s.lease_owner is None
@@ -554,6 +559,7 @@ class _Report:
                 due_at_ms=self.now, max_attempts=item.max_attempts,
                 step_count=state.next_position(), parent_run_id=item.parent_run_id,
                 parent_step_id=item.parent_step_id, traceparent=item.traceparent,
+                ckey1=item.ckey1, ckey2=item.ckey2,
                 # A batched run's steps replay with its events (see Engine.claim).
                 held=item.held))
         self.seen_steps.update(ids)

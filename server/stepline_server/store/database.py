@@ -39,12 +39,15 @@ class Tx:
     """A write transaction as a job sees it: the connection, a way to wake dispatch (here and on
     other servers), and callbacks to run on the event loop once it has committed."""
 
-    __slots__ = ("callbacks", "conn", "notify")
+    __slots__ = ("callbacks", "conn", "key_locks", "notify")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.notify = False
         self.callbacks: list[Callable[[], None]] = []
+        # Flow control rows were locked (store/flow_state.py, flow_slots.py): each job takes
+        # them in one order, so the writer commits before another job takes its own.
+        self.key_locks = False
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the event loop after the commit (never if this work rolls back)."""
@@ -304,7 +307,13 @@ class Database:
         trans = conn.begin()
         tx = Tx(conn)
         results: list[Any] = []
-        for unit in units:
+        for index, unit in enumerate(units):
+            if tx.key_locks and index and not self.is_sqlite:
+                # The previous jobs locked flow control rows: held while this job waits for
+                # rows of its own, another server's transaction could wait for them in the
+                # other order (a deadlock). Their commit releases them. (SQLite: one writer.)
+                self._committed(trans, tx, callbacks)
+                trans, tx = conn.begin(), Tx(conn)
             if not isolate:  # one unit: no savepoint needed, the transaction is its scope
                 try:
                     results += unit.run(tx)
@@ -321,14 +330,18 @@ class Database:
             except Exception as exc:
                 del tx.callbacks[mark:]
                 results += unit.one_by_one(tx, exc)
+        self._committed(trans, tx, callbacks)
+        return results
+
+    def _committed(self, trans: Any, tx: Tx, callbacks: list[Callable[[], None]]) -> None:
+        """Commit; the transaction's callbacks are then due."""
         if tx.notify:
-            dialect.notify(conn)
+            dialect.notify(tx.conn)
         trans.commit()
         self.commits += 1
         callbacks += tx.callbacks
         if tx.notify and self.on_notify is not None:
             callbacks.append(self.on_notify)
-        return results
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -121,10 +121,14 @@ def subscribed(conn: Connection, event_names: list[str]) -> set[str]:
     return {row.event_name for row in conn.execute(_ANY_SUBSCRIBER, {"names": event_names})}
 
 
+# Claims, freed slots and invokes of functions with concurrency limits look their policies up.
+_POLICIES = Hot(select(functions.c.id, functions.c.config).where(
+    functions.c.id.in_(bindparam("ids", expanding=True)), functions.c.archived.is_(False)))
+
+
 def policies(conn: Connection, function_ids: list[str]) -> dict[str, RunPolicy]:
     """Run policies of these (unarchived) functions."""
-    rows = conn.execute(select(functions.c.id, functions.c.config).where(
-        functions.c.id.in_(function_ids), functions.c.archived.is_(False)))
+    rows = _POLICIES.rows(conn, {"ids": function_ids})
     return {row.id: policy_from_config(row.config) for row in rows}
 
 

@@ -32,7 +32,7 @@ _ITEM_COLUMNS = (
     queue.c.run_id, queue.c.function_id, queue.c.attempt, queue.c.max_attempts,
     queue.c.lease, queue.c.lease_owner, queue.c.step_count, queue.c.wait_kind,
     queue.c.wait_step, queue.c.parent_run_id, queue.c.parent_step_id, queue.c.target_step_id,
-    queue.c.traceparent, queue.c.held,
+    queue.c.traceparent, queue.c.held, queue.c.ckey1, queue.c.ckey2,
 )
 
 
@@ -44,7 +44,7 @@ def _item(row: Any) -> QueueItem:
         wait_kind=None if row.wait_kind is None else WaitKind(row.wait_kind),
         wait_step=row.wait_step, parent_run_id=row.parent_run_id,
         parent_step_id=row.parent_step_id, target_step_id=row.target_step_id,
-        traceparent=row.traceparent, held=row.held)
+        traceparent=row.traceparent, held=row.held, ckey1=row.ckey1, ckey2=row.ckey2)
 
 
 _INSERT = Hot(queue.insert())

@@ -160,7 +160,8 @@ queue = Table(
     # "concurrency"), one per limit.
     Column("ckey1", String(300), nullable=True),
     Column("ckey2", String(300), nullable=True),
-    # Why a queued run is held back: "concurrency", "throttle", "debounce", "batch", "priority".
+    # Why the run was held back at its start: "throttle", "debounce", "batch", "priority" (kept
+    # afterwards: a batched run's claims load its events by it). Parking is held_key's.
     Column("held", String(16), nullable=True),
     # Parked for want of a slot of this concurrency key: due_at_ms is NEVER_MS until a slot
     # frees; then it becomes held_order_ms again (its place: enqueue time, moved by priority).
