@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stepline.v1 import common_pb2, function_service_pb2, run_service_pb2
-from stepline_server import formatting
+from stepline_server import formatting, wire
 
 TABLE_CELL_CHARS = 60
 DETAIL_VALUE_CHARS = 300
@@ -138,11 +138,24 @@ def runs_table(runs: Sequence[run_service_pb2.Run]) -> str:
     if not runs:
         return "no runs"
     rows = [
-        [run.id, run.function_id, run_status_name(run.status),
+        [run.id, run.function_id, run_status_name(run.status) + held_suffix(run),
          local_time(_ms(run, "created_at")), run_duration(run)]
         for run in runs
     ]
     return table(["RUN ID", "FUNCTION", "STATUS", "CREATED", "DURATION"], rows)
+
+
+def held_text(run: run_service_pb2.Run) -> str:
+    """Why a queued run is not running yet: "throttled until 10:32:05", "batching 3/5 until
+    …", "waiting for concurrency key acme"; "" when it is not held."""
+    if not run.held:
+        return ""
+    until = _ms(run, "held_until")
+    return run.held if until is None else f"{run.held} until {local_time(until, millis=True)}"
+
+
+def held_suffix(run: run_service_pb2.Run) -> str:
+    return f" ({held_text(run)})" if run.held else ""
 
 
 def _step_result(step: run_service_pb2.Step) -> str:
@@ -185,6 +198,8 @@ def run_detail(run: run_service_pb2.Run) -> str:
         ("function", run.function_id),
         ("status", run_status_name(run.status)),
     ]
+    if run.held:
+        fields.append(("held", held_text(run)))
     if run.source_run_id:
         fields.append(("source", run.source_run_id))  # replayed or rerun from it
     if run.attempt and run_status_name(run.status) not in ENDED_STATUSES:
@@ -239,6 +254,8 @@ def run_dict(run: run_service_pb2.Run) -> dict[str, Any]:
         "status": run_status_name(run.status),
         "attempt": run.attempt,
         "source_run_id": run.source_run_id or None,
+        "held": run.held or None,
+        "held_until": formatting.iso(_ms(run, "held_until")),
         "event": event,
         "created_at": formatting.iso(_ms(run, "created_at")),
         "started_at": formatting.iso(_ms(run, "started_at")),
@@ -300,9 +317,10 @@ def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
             str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
             _retention_text(f),
             truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
+            "; ".join(wire.flow_settings_of(f.config).describe()) or "-",
         ])
     return table(["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED", "CANCELLED",
-                  "ACTIVE", "RETENTION", "TRIGGERS"], rows)
+                  "ACTIVE", "RETENTION", "TRIGGERS", "FLOW CONTROL"], rows)
 
 
 def _retention_text(f: run_service_pb2.FunctionInfo) -> str:

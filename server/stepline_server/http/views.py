@@ -78,6 +78,7 @@ def run_json(run: RunRecord, *, detail: bool = False) -> dict[str, Any]:
         "created_at_ms": run.created_at_ms, "started_at_ms": run.started_at_ms,
         "ended_at_ms": run.ended_at_ms, "parent_run_id": run.parent_run_id,
         "source_run_id": run.source_run_id, "error": error_json(run.error),
+        "held": run.held or None, "held_until_ms": run.held_until_ms,
     }
     if detail:
         doc |= {
