@@ -246,10 +246,11 @@ def test_every_inngest_flow_control_field_maps_to_stepline_settings() -> None:
     assert batch.flow.batching == flow.Batching(max_size=10, timeout_ms=5000,
                                                 key="event.data.k")
     assert default_batch.flow.batching == flow.Batching(max_size=3, timeout_ms=60_000)
-    # The TypeScript SDK's shorthand: a number.
-    number = {"id": "shop-n", "triggers": [{"event": "e"}], "concurrency": 4}
-    only = registration(payload(functions=[number]), dev=True).specs[0]
-    assert only.flow.concurrency == (flow.Concurrency(limit=4),)
+    # The TypeScript SDK's forms: a number, one limit.
+    for form in (4, {"limit": 4}):
+        fn = {"id": "shop-n", "triggers": [{"event": "e"}], "concurrency": form}
+        only = registration(payload(functions=[fn]), dev=True).specs[0]
+        assert only.flow.concurrency == (flow.Concurrency(limit=4),)
 
 
 @pytest.mark.parametrize(("settings", "field", "problem"), [

@@ -81,13 +81,16 @@ def _period(raw: dict[str, Any], name: str, field: str, default: str | None = No
 
 
 def _concurrency(raw: Any, field: str) -> tuple[flow.Concurrency, ...]:
-    """A number (one limit for the function) or a list of {limit, key?, scope?}."""
+    """A number (one limit for the function), one {limit, key?, scope?} or a list of them."""
     if raw is None:
         return ()
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [{"limit": raw}]
+    if isinstance(raw, dict):
+        raw = [raw]
     if not isinstance(raw, list):
-        raise InvalidArgument(field, f"expected a number or a list of limits, got {raw!r}")
+        raise InvalidArgument(field, f"expected a number, a limit or a list of limits, got "
+                                     f"{raw!r}")
     limits = []
     for i, item in enumerate(raw):
         where = f"{field}[{i}]"
