@@ -15,6 +15,7 @@ from stepline.v1 import common_pb2, function_service_pb2, run_service_pb2
 from stepline_server import formatting, wire
 
 TABLE_CELL_CHARS = 60
+FLOW_CELL_CHARS = 120  # every setting of a function, "; "-separated
 DETAIL_VALUE_CHARS = 300
 ENDED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 _RUN_STATUS_PREFIX = "RUN_STATUS_"
@@ -316,11 +317,12 @@ def functions_table(functions: Sequence[run_service_pb2.FunctionInfo]) -> str:
             f.app_id, str(f.version),
             str(s.runs), str(s.completed), str(s.failed), str(s.cancelled), str(s.active),
             _retention_text(f),
+            truncate("; ".join(wire.flow_settings_of(f.config).describe()) or "-",
+                     FLOW_CELL_CHARS),
             truncate(", ".join(_trigger_text(t) for t in f.config.triggers), TABLE_CELL_CHARS),
-            "; ".join(wire.flow_settings_of(f.config).describe()) or "-",
         ])
     return table(["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED", "CANCELLED",
-                  "ACTIVE", "RETENTION", "TRIGGERS", "FLOW CONTROL"], rows)
+                  "ACTIVE", "RETENTION", "FLOW CONTROL", "TRIGGERS"], rows)
 
 
 def _retention_text(f: run_service_pb2.FunctionInfo) -> str:

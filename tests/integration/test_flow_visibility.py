@@ -178,7 +178,7 @@ def test_functions_show_their_settings(seen: Seen) -> None:
     assert "throttle 1 per 1m, burst 2 by event.data.k; rate limit 100 per 1h" in table
     assert "batch 5 events or 10s" in table
     plain_line = next(line for line in table.splitlines() if line.startswith(f"{APP}:plain "))
-    assert plain_line.rstrip().endswith("-")
+    assert plain_line.split()[-2:] == ["-", "seen/plain"]
 
     page = seen.http.get("/functions").text
     assert "debounce 30s by event.data.doc, timeout 5m" in page
