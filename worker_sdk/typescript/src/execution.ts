@@ -21,8 +21,6 @@ const TARGET_WAIT_MS = 5000;
 /** What a function receives: its trigger event, its run, and the step tools. */
 export interface Context<TData = JsonObject> {
   event: Event<TData>;
-  /** A batched function's (batchEvents) events, oldest first; `[event]` for any other run. */
-  events: Event<TData>[];
   runId: string;
   /** The function's id within its app. */
   functionId: string;
@@ -273,10 +271,8 @@ export class RunExecution {
   }
 
   private async executeBody(): Promise<void> {
-    const batch = this.dispatch.events?.length ? this.dispatch.events : [this.dispatch.event];
     const ctx: Context<never> = {
-      event: eventFromMessage(this.dispatch.event) as Event<never>,
-      events: batch.map((e) => eventFromMessage(e) as Event<never>), runId: this.runId,
+      event: eventFromMessage(this.dispatch.event) as Event<never>, runId: this.runId,
       functionId: this.fn.id, attempt: this.dispatch.attempt, step: this.newStep(),
       signal: this.abort.signal,
     };

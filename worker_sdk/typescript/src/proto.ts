@@ -40,8 +40,6 @@ export interface Dispatch {
   steps: StepResult[];
   traceparent: string;
   targetStepId: string;
-  /** A batched run: every event of its batch, oldest first (`event` is the first); else none. */
-  events?: EventMessage[];
 }
 
 export type AckAction =

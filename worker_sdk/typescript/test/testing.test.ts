@@ -28,12 +28,6 @@ const stepsFn = app.createFunction(
   });
 
 describe("stepline/testing", () => {
-  it("gives an unbatched run its one event as ctx.events", async () => {
-    const eventsFn = app.createFunction({ id: "events", trigger: "t/events" },
-      ({ event, events }: Context<{ n: number }>) => events.map((e) => e.data.n + event.data.n));
-    const result = await run(eventsFn, { event: { data: { n: 4 } } });
-    assert.deepEqual(result.output, [8]);
-  });
   it("runs real steps in order, with their outputs", async () => {
     const result = await run(stepsFn, { event: { data: { n: 3 } }, runId: "run_7" });
     assert.equal(result.error, null);
