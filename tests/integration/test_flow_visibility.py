@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from stepline import Batch, Concurrency, Context, Debounce, RateLimit, Stepline, Throttle
 from stepline.v1 import run_service_pb2
@@ -38,7 +38,7 @@ def build_app(address: str) -> Stepline:
         return None
 
     app.function(id="limited", trigger="seen/limited",
-                 concurrency=[Concurrency(2, key="event.data.tenant"),
+                 concurrency=[Concurrency(1, key="event.data.tenant"),
                               Concurrency(10, key="'all'", scope="env")])(body)
     app.function(id="throttled", trigger="seen/throttled",
                  throttle=Throttle(1, "1m", burst=2, key="event.data.k"),
@@ -93,12 +93,18 @@ def _held(run: run_service_pb2.Run) -> tuple[str, int | None]:
 
 def test_each_hold_reason_is_told_with_its_time(seen: Seen) -> None:
     later = now_ms() + 10 * MINUTE_MS
+    admitted = seen.start("limited", {"tenant": "acme"})  # takes acme's one slot
     parked = seen.start("limited", {"tenant": "acme"})
     key = flow_keys.key_id(f"{APP}:limited", "acme")
 
     def concurrency_row(tx: Tx) -> None:
-        tx.conn.execute(flow_keys_table.insert().values(
-            kind="concurrency", key=key, function_id=f"{APP}:limited", value="acme", count=0))
+        """The key's state row, as the engine creates it at a run start (if it has not)."""
+        found = tx.conn.execute(select(flow_keys_table.c.value).where(
+            flow_keys_table.c.kind == "concurrency", flow_keys_table.c.key == key)).first()
+        if found is None:
+            tx.conn.execute(flow_keys_table.insert().values(
+                kind="concurrency", key=key, function_id=f"{APP}:limited", value="acme",
+                count=0))
 
     seen.write(concurrency_row)
     seen.hold(parked, "concurrency", NEVER_MS, held_key=key, held_order_ms=now_ms())
@@ -108,8 +114,15 @@ def test_each_hold_reason_is_told_with_its_time(seen: Seen) -> None:
     seen.hold(debounced, "debounce", later + 1)
     batched = seen.start("batched")
     seen.hold(batched, "batch", later + 2)
-    seen.write(lambda tx: tx.conn.execute(run_events.insert(), [
-        {"run_id": batched, "position": i, "event_id": f"e{i}"} for i in range(3)]))
+
+    def batch_of_three(tx: Tx) -> None:
+        """Events 2 and 3 (and the first, unless the engine recorded the trigger already)."""
+        have = tx.conn.execute(select(func.count()).select_from(run_events).where(
+            run_events.c.run_id == batched)).scalar_one()
+        tx.conn.execute(run_events.insert(), [
+            {"run_id": batched, "position": i, "event_id": f"e{i}"} for i in range(have, 3)])
+
+    seen.write(batch_of_three)
     delayed = seen.start("prioritized", {"vip": False, "order": 1})
     seen.hold(delayed, "priority", later + 3)
     due = seen.start("prioritized", {"vip": False, "order": 2})
@@ -117,6 +130,7 @@ def test_each_hold_reason_is_told_with_its_time(seen: Seen) -> None:
     plain = seen.start("plain")
 
     expected = {
+        admitted: ("", None),
         parked: ("waiting for concurrency key acme", None),
         throttled: ("throttled", later),
         debounced: ("debounced", later + 1),
@@ -127,11 +141,12 @@ def test_each_hold_reason_is_told_with_its_time(seen: Seen) -> None:
     }
     assert {run_id: _held(seen.get(run_id)) for run_id in expected} == expected
     listed = seen.server.runs.ListRuns(run_service_pb2.ListRunsRequest(page_size=50)).runs
-    assert {run.id: _held(run) for run in listed} == expected
+    assert {run.id: _held(run) for run in listed if run.id in expected} == expected
     # A search (CEL over the trigger) tells the same.
     searched = seen.server.runs.ListRuns(run_service_pb2.ListRunsRequest(
         page_size=50, expression="event.data.tenant == 'acme'")).runs
-    assert [_held(run) for run in searched] == [expected[parked]]
+    assert {run.id: _held(run) for run in searched} == {
+        admitted: expected[admitted], parked: expected[parked]}
 
     table = cli_format.runs_table(listed)
     assert re.search(rf"{parked}\s.*queued \(waiting for concurrency key acme\)", table)
@@ -168,12 +183,12 @@ def test_functions_show_their_settings(seen: Seen) -> None:
     listed = {f.function_id: f for f in seen.server.runs.ListFunctions(
         run_service_pb2.ListFunctionsRequest()).functions}
     limited = listed[f"{APP}:limited"].config
-    assert [(c.limit, c.key) for c in limited.concurrency] == [(2, "event.data.tenant"),
+    assert [(c.limit, c.key) for c in limited.concurrency] == [(1, "event.data.tenant"),
                                                                (10, "'all'")]
     assert listed[f"{APP}:throttled"].config.throttle.burst == 2
     table = cli_format.functions_table(list(listed.values()))
     assert "FLOW CONTROL" in table.splitlines()[0]
-    assert ("concurrency 2 by event.data.tenant; concurrency 10 by 'all' (scope env)"
+    assert ("concurrency 1 by event.data.tenant; concurrency 10 by 'all' (scope env)"
             in table)
     assert "throttle 1 per 1m, burst 2 by event.data.k; rate limit 100 per 1h" in table
     assert "batch 5 events or 10s" in table
