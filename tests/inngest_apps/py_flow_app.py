@@ -28,7 +28,7 @@ SECOND = datetime.timedelta(seconds=1)
 async def limited(ctx: inngest.Context) -> dict[str, Any]:
     async def work() -> dict[str, Any]:
         start = time.time()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
         return {"start": start, "end": time.time()}
 
     return await ctx.step.run("work", work)
