@@ -200,12 +200,6 @@ _MODE_PROTO = {mode: value for value, mode in _MODES.items()}
 def flow_control_from_proto(fn: common_pb2.FunctionConfig, path: str, *,
                             has_cancel_on: bool) -> flow.FlowControl:
     """A FunctionConfig's flow control settings, checked (flow.check) and their CEL compiled."""
-    return check_flow_control(flow_settings_of(fn, path), path, has_cancel_on=has_cancel_on)
-
-
-def flow_settings_of(fn: common_pb2.FunctionConfig, path: str = "config") -> flow.FlowControl:
-    """A FunctionConfig's flow control settings as they are, unchecked (a listing of stored
-    functions describes them); InvalidArgument only when a required period is missing."""
     def required_ms(message: Any, name: str, field: str) -> int:
         value = _positive_ms(message, name, field)
         if value is None:
@@ -241,10 +235,11 @@ def flow_settings_of(fn: common_pb2.FunctionConfig, path: str = "config") -> flo
         if mode is None:
             raise InvalidArgument(f"{path}.singleton.mode", "must be MODE_SKIP or MODE_CANCEL")
         singleton = flow.Singleton(mode=mode, key=fn.singleton.key)
-    return flow.FlowControl(
+    settings = flow.FlowControl(
         concurrency=concurrency, throttle=throttle, rate_limit=rate_limit, debounce=debounce,
         priority=fn.priority.run if fn.HasField("priority") else "", batching=batching,
         idempotency=fn.idempotency, singleton=singleton)
+    return check_flow_control(settings, path, has_cancel_on=has_cancel_on)
 
 
 def check_flow_control(settings: flow.FlowControl, path: str, *, has_cancel_on: bool
