@@ -277,6 +277,8 @@ def test_every_inngest_flow_control_field_maps_to_stepline_settings() -> None:
      "cannot be combined with debounce"),
     ({"batchEvents": {"maxSize": 5}, "cancel": [{"event": "stop"}]},
      "functions[0].batchEvents", "cannot be combined with cancel"),
+    ({"batchEvents": {"maxSize": 5}, "priority": {"run": "1"}}, "functions[0].batchEvents",
+     "cannot be combined with priority"),
     ({"singleton": {"mode": "queue"}}, "functions[0].singleton.mode", "'skip' or 'cancel'"),
     ({"priority": {"run": "event.("}}, "functions[0].priority.run", ""),
     ({"idempotency": 5}, "functions[0].idempotency", "expected a CEL expression"),
@@ -287,7 +289,7 @@ def test_bad_inngest_flow_control_names_the_field(settings: dict[str, Any], fiel
     with pytest.raises(InvalidArgument) as caught:
         registration(payload(functions=[fn]), dev=True)
     assert caught.value.field == field and problem in str(caught.value)
-    assert str(caught.value).startswith(f"{field}: ")
+    assert str(caught.value).startswith(f"{field}: ") and "cancel_on" not in str(caught.value)
 
 
 def test_a_failure_handler_listens_to_stepline_failures() -> None:

@@ -40,7 +40,8 @@ def flow_control(fn: dict[str, Any], path: str, *, has_cancel_on: bool) -> flow.
         field = exc.field
         for ours, theirs in _SPELLING:
             field = field.replace(f".{ours}", f".{theirs}")
-        raise InvalidArgument(field, str(exc)[len(exc.field) + 2:]) from None
+        problem = str(exc)[len(exc.field) + 2:].replace("with cancel_on", "with cancel")
+        raise InvalidArgument(field, problem) from None
 
 
 def _member(raw: Any, field: str) -> dict[str, Any]:
