@@ -202,3 +202,6 @@ def test_functions_show_their_settings(seen: Seen) -> None:
     assert "Flow control" in one and "idempotency event.data.order" in one
     assert "Flow control" not in seen.http.get(f"/functions/{APP}:plain").text
     assert "not enforced" not in page.lower()
+    api = seen.http.get(f"/api/functions/{APP}:batched").json()["function"]
+    assert api["flow"] == {"batching": {"max_size": 5, "timeout_ms": 10_000, "key": ""}}
+    assert api["flow_described"] == ["batch 5 events or 10s"]

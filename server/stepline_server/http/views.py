@@ -118,6 +118,8 @@ def function_json(info: FunctionInfo) -> dict[str, Any]:
         "timeouts": {"start_ms": spec.start_timeout_ms, "finish_ms": spec.finish_timeout_ms},
         # In force: its own (retention_own) or the server's; 0 keeps its runs forever.
         "retention_ms": info.retention_ms, "retention_own": spec.retention_ms is not None,
+        # Flow control: the stored settings (the proto's fields, times in ms) and their lines.
+        "flow": spec.flow.to_json(), "flow_described": spec.flow.describe(),
         "stats": {"window": "24h", "runs": stats.runs, "completed": stats.completed,
                   "failed": stats.failed, "cancelled": stats.cancelled, "active": stats.active,
                   "success_rate": success_rate(stats)},
