@@ -109,7 +109,7 @@ app.createFunction({
   debounce: { period: "30s", timeout: "5m" }, priority: { run: "event.data.p" },
   idempotency: "event.data.id", singleton: { mode: "skip" },
 }, () => null);
-app.createFunction({ id: "batched", trigger: "e", concurrency: 3,
+app.createFunction({ id: "batching", trigger: "e", concurrency: 3,
   batchEvents: { maxSize: 10, timeout: "5s" } }, () => null);
 // @ts-expect-error: no such scope
 app.createFunction({ id: "s", trigger: "e", concurrency: { limit: 1, scope: "app" } }, () => null);
