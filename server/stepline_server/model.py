@@ -275,6 +275,9 @@ class RunRecord:
     parent_run_id: str | None = None
     # A replay or a rerun from a step: the run it was made from.
     source_run_id: str | None = None
+    # A queued run held back by flow control: why, and until when if known (engine/holds.py).
+    held: str = ""
+    held_until_ms: int | None = None
 
 
 # -- run operations: what the server knows, as listed by RunService ----------------------------

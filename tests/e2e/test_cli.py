@@ -318,7 +318,8 @@ def test_functions_show_their_runs(url: str) -> None:
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["FUNCTION", "APP", "VERSION", "RUNS/24H", "COMPLETED", "FAILED",
-                                "CANCELLED", "ACTIVE", "RETENTION", "TRIGGERS"]
+                                "CANCELLED", "ACTIVE", "RETENTION", "FLOW", "CONTROL",
+                                "TRIGGERS"]
     # The server's retention (--retention 14d), the function declaring none of its own.
     assert "14 d (server)" in next(line for line in lines if line.startswith("cli-e2e:greet "))
     greet = next(line.split() for line in lines if line.startswith("cli-e2e:greet "))

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from stepline import Stepline
+from stepline.v1 import common_pb2
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.settings import sqlite_url
 from tests.e2e.procs import ENDED, Runs, free_port, start_server, start_worker, stop, wait_for
@@ -119,6 +120,28 @@ def test_three_steps_complete_with_typed_results(stack: Stack) -> None:
     # A step that returns nothing is stored as null; each ran once.
     assert run.steps[2].output in (b"", b"null")
     assert all(s.attempts == 1 for s in run.steps)
+
+
+def test_flow_control_options_reach_the_server(stack: Stack) -> None:
+    """Sent by the TypeScript worker through proto-loader; ListFunctions reads them back."""
+    (limited,) = [f.config for f in stack.runs.stub.ListFunctions(
+        rs.ListFunctionsRequest(app_id="ts-e2e"), timeout=5).functions
+        if f.function_id == "ts-e2e:limited"]
+    assert [(c.limit, c.key, c.scope) for c in limited.concurrency] == [
+        (2, "event.data.k", common_pb2.Concurrency.SCOPE_FN),
+        (9, "'ts'", common_pb2.Concurrency.SCOPE_ACCOUNT)]
+    throttle = limited.throttle
+    assert (throttle.limit, throttle.period.seconds, throttle.burst) == (5, 60, 0)
+    assert throttle.HasField("burst")  # 0, sent as such
+    assert (limited.rate_limit.limit, limited.rate_limit.period.seconds) == (3, 60)
+    assert (limited.debounce.period.seconds, limited.debounce.timeout.seconds) == (2, 60)
+    assert (limited.priority.run, limited.idempotency) == ("event.data.p", "event.data.id")
+    assert limited.singleton.mode == common_pb2.Singleton.MODE_SKIP
+    assert not limited.HasField("batch_events")
+    three = next(f.config for f in stack.runs.stub.ListFunctions(
+        rs.ListFunctionsRequest(app_id="ts-e2e"), timeout=5).functions
+        if f.function_id == "ts-e2e:three-steps")
+    assert not three.concurrency and not three.HasField("throttle")
 
 
 def test_retry_then_retry_after(stack: Stack) -> None:

@@ -50,15 +50,16 @@ def free_port() -> int:
 
 
 def start_app(kind: str, app_id: str, env: dict[str, str], log: Path,
-              port: int | None = None) -> InngestApp:
+              port: int | None = None, *, module: str = "py_app") -> InngestApp:
     """Start the scenario app of `kind` with the SDK settings in `env` (INNGEST_DEV, or
-    INNGEST_BASE_URL and keys) on `port` (a free one by default) and wait until it serves."""
+    INNGEST_BASE_URL and keys) on `port` (a free one by default) and wait until it serves.
+    `module`: another Python app of tests/inngest_apps (py_flow_app)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
     full_env |= {"APP_ID": app_id, "PORT": str(port), "PYTHONPATH": str(REPO),
                  "NODE_PATH": str(NODE_MODULES), **env}
     if kind == "py":
-        command = [sys.executable, "-m", "uvicorn", "tests.inngest_apps.py_app:app",
+        command = [sys.executable, "-m", "uvicorn", f"tests.inngest_apps.{module}:app",
                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     else:
         node = shutil.which("node")

@@ -5,14 +5,13 @@ the precise errors for bad requests and unsupported endpoints."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from stepline_server.model import AppInfo
+from stepline_server.model import AppInfo, FunctionInfo
 from tests.harness import ServerThread
 from tests.inngest_apps.procs import KINDS, InngestApp, sdk_send, start_app
 
@@ -49,9 +48,13 @@ def app_rows(server: ServerThread) -> dict[str, AppInfo]:
     return {a.app_id: a for a in server.call(server.server.engine.list_apps())}
 
 
+def server_functions(server: ServerThread, app_id: str) -> list[FunctionInfo]:
+    return server.call(server.server.engine.list_functions(app_id=app_id,
+                                                           include_archived=False))[0]
+
+
 def functions(server: ServerThread, app_id: str) -> list[str]:
-    listed = server.call(server.server.engine.list_functions(app_id=app_id))
-    return sorted(f.spec.id for f in listed[0])
+    return sorted(f.spec.id for f in server_functions(server, app_id))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -66,8 +69,9 @@ def test_an_sdk_app_syncs_in_dev_mode(dev_server: ServerThread, apps: Callable[.
     assert f"{app.app_id}:three-steps" in functions(dev_server, app.app_id)
     # The failure handler listens to Stepline's own failure events.
     assert f"{app.app_id}:doomed-failure" in functions(dev_server, app.app_id)
-    extra = json.loads(row.extra)
-    assert extra["flow_control"]["ticker"]["concurrency"]
+    (ticker,) = [f for f in server_functions(dev_server, app.app_id)
+                 if f.spec.id == f"{app.app_id}:ticker"]
+    assert ticker.spec.flow.describe() == ["concurrency 2"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -153,19 +157,23 @@ def test_unsupported_endpoints_name_the_feature(dev_server: ServerThread, path: 
     assert feature in answer.json()["error"] and "not supported by Stepline" in answer.text
 
 
-def test_the_dashboard_says_which_flow_control_is_not_enforced(
+def test_flow_control_is_registered_and_shown_and_a_bad_value_is_refused(
         dev_server: ServerThread) -> None:
     body = {"appname": "shop", "url": "http://127.0.0.1:9/api/inngest", "functions": [
         {"id": "shop-limited", "triggers": [{"event": "e"}], "concurrency": [{"limit": 2}],
          "rateLimit": {"limit": 1, "period": "1m"}},
         {"id": "shop-plain", "triggers": [{"event": "e"}]}]}
     answer = httpx.post(f"{dev_server.http_url}/fn/register", json=body)
-    assert answer.json()["warning"] == ("flow control is stored but not enforced by Stepline: "
-                                        "limited: concurrency, rateLimit")
+    assert answer.status_code == 200 and "warning" not in answer.json(), answer.text
     page = httpx.get(f"{dev_server.http_url}/functions/shop:limited").text
-    assert "Not enforced by Stepline" in page
-    assert "concurrency: [{&#34;limit&#34;: 2}]" in page and "rateLimit" in page
-    assert "Not enforced" not in httpx.get(f"{dev_server.http_url}/functions/shop:plain").text
+    assert "concurrency 2" in page and "rate limit 1 per 1m" in page
+    assert "not enforced" not in page.lower()
+    assert "Flow control" not in httpx.get(f"{dev_server.http_url}/functions/shop:plain").text
+    body["functions"][0]["rateLimit"]["period"] = "2d"
+    answer = httpx.post(f"{dev_server.http_url}/fn/register", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == ("functions[0].rateLimit.period: must be between 1s and "
+                                      "1d, got 172800000 ms")
 
 
 def test_register_refuses_a_key_bound_to_another_app(keyed_server: ServerThread) -> None:

@@ -93,11 +93,14 @@ def test_an_sdk_in_production_mode_is_synced_in_band(
     assert status == 200, answer
     body = json.loads(answer)
     assert body["sync"] == "in-band" and body["modified"] is True, body
-    assert "ticker: concurrency" in body["warning"]  # flow control said, not dropped
+    assert "warning" not in body  # flow control is enforced: nothing to warn about
     row = app_rows(server)[app.app_id]
     assert (row.url, row.protocol) == (app.url, "inngest")
     assert row.sdk == ("py:v0.5.19" if kind == "py" else "js:v4.24.0")
     assert json.loads(row.extra)["dev"] is False
+    (ticker,) = [f for f in server.call(server.server.engine.list_functions(
+        app_id=app.app_id))[0] if f.spec.id == f"{app.app_id}:ticker"]
+    assert ticker.spec.flow.describe() == ["concurrency 2"]  # registered in-band too
     # Registered in-band, the app's functions run (signed calls both ways).
     sdk_send(production(server), [{"name": "test/three", "data": {"n": 2}}])
     assert completed(server, f"{app.app_id}:three-steps") is not None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import rfc8785
 
+from stepline_server import flow
 from stepline_server.bridge.inngest import InngestProtocol
 from stepline_server.bridge.inngest_register import registration
 from stepline_server.bridge.inngest_wire import duration_ms, instant_ms
@@ -203,16 +204,92 @@ def test_a_register_payload_becomes_stepline_functions() -> None:
     assert (welcome.start_timeout_ms, welcome.finish_timeout_ms) == (10_000, 3_600_000)
     assert digest.triggers == (CronTrigger("0 9 * * 1", "Europe/Paris"),)
     assert digest.retries == 3  # Inngest's default: 3 retries, 4 attempts
-    assert found.not_enforced == ["welcome: concurrency, throttle"]
+    assert welcome.flow == flow.FlowControl(
+        concurrency=(flow.Concurrency(limit=2),),
+        throttle=flow.Throttle(limit=1, period_ms=1000))
+    assert not digest.flow
     assert (found.endpoint.app_id, found.endpoint.protocol, found.endpoint.sdk) == (
         "shop", "inngest", "py:v0.5.19")
     extra = json.loads(found.endpoint.extra)
     assert extra["slugs"] == {"welcome": "shop-welcome", "digest": "shop-digest"}
-    assert extra["flow_control"]["welcome"]["concurrency"] == [{"limit": 2}]
+    assert "flow_control" not in extra  # the settings are the functions' own now
     # The npm SDK's spelling of the app id.
     body = payload()
     del body["appname"]
     assert registration(body | {"appName": "shop"}, dev=True).endpoint.app_id == "shop"
+
+
+def test_every_inngest_flow_control_field_maps_to_stepline_settings() -> None:
+    """The fields as the Python SDK (0.5.19) sends them: durations as strings, None stripped."""
+    fn = {"id": "shop-f", "triggers": [{"event": "e"}],
+          "concurrency": [{"limit": 5, "key": "event.data.tenant"},
+                          {"limit": 50, "key": "'all'", "scope": "account"}],
+          "throttle": {"limit": 10, "period": "1m", "burst": 2, "key": "event.data.tenant"},
+          "rateLimit": {"limit": 3, "period": "1h", "key": "event.data.user"},
+          "debounce": {"period": "30s", "key": "event.data.doc", "timeout": "5m"},
+          "priority": {"run": "event.data.vip ? 60 : 0"},
+          "idempotency": "event.data.order",
+          "singleton": {"key": "event.data.user", "mode": "cancel"}}
+    batched = {"id": "shop-b", "triggers": [{"event": "e"}],
+               "batchEvents": {"maxSize": 10, "timeout": "5s", "key": "event.data.k"}}
+    plain_batch = {"id": "shop-c", "triggers": [{"event": "e"}], "batchEvents": {"maxSize": 3}}
+    spec, batch, default_batch = registration(
+        payload(functions=[fn, batched, plain_batch]), dev=True).specs
+    assert spec.flow == flow.FlowControl(
+        concurrency=(flow.Concurrency(limit=5, key="event.data.tenant"),
+                     flow.Concurrency(limit=50, key="'all'", scope=flow.Scope.ACCOUNT)),
+        throttle=flow.Throttle(limit=10, period_ms=60_000, burst=2, key="event.data.tenant"),
+        rate_limit=flow.RateLimit(limit=3, period_ms=3_600_000, key="event.data.user"),
+        debounce=flow.Debounce(period_ms=30_000, key="event.data.doc", timeout_ms=300_000),
+        priority="event.data.vip ? 60 : 0", idempotency="event.data.order",
+        singleton=flow.Singleton(mode=flow.SingletonMode.CANCEL, key="event.data.user"))
+    assert batch.flow.batching == flow.Batching(max_size=10, timeout_ms=5000,
+                                                key="event.data.k")
+    assert default_batch.flow.batching == flow.Batching(max_size=3, timeout_ms=60_000)
+    # The TypeScript SDK's forms: a number, one limit.
+    for form in (4, {"limit": 4}):
+        fn = {"id": "shop-n", "triggers": [{"event": "e"}], "concurrency": form}
+        only = registration(payload(functions=[fn]), dev=True).specs[0]
+        assert only.flow.concurrency == (flow.Concurrency(limit=4),)
+
+
+@pytest.mark.parametrize(("settings", "field", "problem"), [
+    ({"concurrency": [{"limit": 0}]}, "functions[0].concurrency[0].limit", "between 1 and"),
+    ({"concurrency": [{"limit": 1}] * 3}, "functions[0].concurrency", "at most 2"),
+    ({"concurrency": [{"limit": 1, "scope": "env"}]}, "functions[0].concurrency[0].key",
+     "a key is required"),
+    ({"concurrency": [{"limit": 1, "scope": "app"}]}, "functions[0].concurrency[0].scope",
+     "expected 'fn', 'env' or 'account'"),
+    ({"concurrency": [{"limit": 1, "key": "event.("}]}, "functions[0].concurrency[0].key", ""),
+    ({"throttle": {"limit": 1, "period": "8d"}}, "functions[0].throttle.period", "between 1s"),
+    ({"throttle": {"limit": 1}}, "functions[0].throttle.period", "expected a duration"),
+    ({"rateLimit": {"limit": 1, "period": "2d"}}, "functions[0].rateLimit.period",
+     "between 1s and 1d"),
+    ({"rateLimit": {"limit": "1", "period": "1s"}}, "functions[0].rateLimit.limit",
+     "expected an integer"),
+    ({"debounce": {"period": "10s", "timeout": "5s"}}, "functions[0].debounce.timeout", ""),
+    ({"batchEvents": {"maxSize": 1, "timeout": "1s"}}, "functions[0].batchEvents.maxSize",
+     "between 2 and 1000"),
+    ({"batchEvents": {"maxSize": 5, "timeout": "1h"}}, "functions[0].batchEvents.timeout", ""),
+    ({"batchEvents": {"maxSize": 5, "if": "event.data.x"}}, "functions[0].batchEvents.if",
+     "not supported"),
+    ({"batchEvents": {"maxSize": 5}, "debounce": {"period": "1s"}}, "functions[0].batchEvents",
+     "cannot be combined with debounce"),
+    ({"batchEvents": {"maxSize": 5}, "cancel": [{"event": "stop"}]},
+     "functions[0].batchEvents", "cannot be combined with cancel"),
+    ({"batchEvents": {"maxSize": 5}, "priority": {"run": "1"}}, "functions[0].batchEvents",
+     "cannot be combined with priority"),
+    ({"singleton": {"mode": "queue"}}, "functions[0].singleton.mode", "'skip' or 'cancel'"),
+    ({"priority": {"run": "event.("}}, "functions[0].priority.run", ""),
+    ({"idempotency": 5}, "functions[0].idempotency", "expected a CEL expression"),
+])
+def test_bad_inngest_flow_control_names_the_field(settings: dict[str, Any], field: str,
+                                                  problem: str) -> None:
+    fn = {"id": "shop-a", "triggers": [{"event": "e"}]} | settings
+    with pytest.raises(InvalidArgument) as caught:
+        registration(payload(functions=[fn]), dev=True)
+    assert caught.value.field == field and problem in str(caught.value)
+    assert str(caught.value).startswith(f"{field}: ") and "cancel_on" not in str(caught.value)
 
 
 def test_a_failure_handler_listens_to_stepline_failures() -> None:

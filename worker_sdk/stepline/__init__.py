@@ -5,6 +5,7 @@ from stepline._client import RegisterResult, Stepline
 from stepline._durations import DurationLike
 from stepline._events import Event, EventInput
 from stepline._execution import Context, SyncContext
+from stepline._flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from stepline._function import (
     CancelOn,
     CronTrigger,
@@ -30,10 +31,13 @@ from stepline.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "CancelOn",
     "ClientError",
+    "Concurrency",
     "Context",
     "CronTrigger",
+    "Debounce",
     "DurationLike",
     "Event",
     "EventInput",
@@ -42,6 +46,8 @@ __all__ = [
     "InvalidUsageError",
     "NonDeterminismError",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RegisterResult",
     "RetryAfterError",
     "RunError",
@@ -49,12 +55,14 @@ __all__ = [
     "RunInfo",
     "RunStatus",
     "RunTimeoutError",
+    "Singleton",
     "Step",
     "StepError",
     "Stepline",
     "SteplineError",
     "SyncContext",
     "SyncStep",
+    "Throttle",
     "Timeouts",
     "Worker",
     "on_cron",

@@ -16,6 +16,16 @@ from stepline import _config, _runs, _tracing
 from stepline._channel import ServerAddress
 from stepline._durations import DurationLike
 from stepline._events import EventInput
+from stepline._flow import (
+    Batch,
+    ConcurrencyLike,
+    Debounce,
+    PriorityLike,
+    RateLimit,
+    Singleton,
+    Throttle,
+    parse_flow,
+)
 from stepline._function import (
     CancelOnLike,
     Function,
@@ -97,6 +107,14 @@ class Stepline:
         timeouts: Mapping[str, DurationLike] | Timeouts | None = None,
         on_failure: Callable[..., Any] | None = None,
         retention: DurationLike | None = None,
+        concurrency: ConcurrencyLike | Sequence[ConcurrencyLike] | None = None,
+        throttle: Throttle | Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | Mapping[str, Any] | None = None,
+        debounce: Debounce | Mapping[str, Any] | None = None,
+        priority: PriorityLike | Mapping[str, Any] | None = None,
+        batch_events: Batch | Mapping[str, Any] | None = None,
+        idempotency: str | None = None,
+        singleton: Singleton | Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function: `@app.function(id="send-welcome", trigger="user/signup")`.
 
@@ -111,6 +129,11 @@ class Stepline:
         `on_failure`: a handler(ctx) run as function f"{id}-failure" when a run fails for good;
         its ctx.event.data is {"function_id" (the full name, "<app_id>:<id>"), "run_id",
         "error", "event"}.
+        Flow control (README, "Function options"): `concurrency` (an int, Concurrency(...) or
+        a list of up to two), `throttle=Throttle(...)`, `rate_limit=RateLimit(...)`,
+        `debounce=Debounce(...)`, `priority` (CEL giving seconds, or Priority(run=...)),
+        `batch_events=Batch(...)`, `idempotency` (CEL key), `singleton=Singleton(...)`; each
+        class also accepts a dict of its fields.
         Bad arguments raise InvalidUsageError here. Returns a Function (callable like the
         handler), which `ctx.step.invoke(function=...)` accepts.
         """
@@ -120,6 +143,10 @@ class Stepline:
         cancels = parse_cancel_on(cancel_on, f"{where}: cancel_on")
         limits = parse_timeouts(timeouts, f"{where}: timeouts")
         keep = parse_retention(retention, f"{where}: retention")
+        flow = parse_flow(concurrency=concurrency, throttle=throttle, rate_limit=rate_limit,
+                          debounce=debounce, priority=priority, batch_events=batch_events,
+                          idempotency=idempotency, singleton=singleton,
+                          has_cancel_on=bool(cancels), where=where)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise InvalidUsageError(
                 f"{where}: retries must be a non-negative integer; got {retries!r}")
@@ -132,7 +159,7 @@ class Stepline:
             if not callable(handler):
                 raise InvalidUsageError(f"{where}: expected a function to decorate")
             function = Function(id, name or id, handler, triggers, retries, cancels, limits,
-                                app_id=self.app_id, retention=keep)
+                                app_id=self.app_id, retention=keep, flow=flow)
             declared = [function]
             if on_failure is not None:
                 declared.append(failure_function(function, on_failure))

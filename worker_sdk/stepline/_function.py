@@ -1,5 +1,6 @@
 """A function as the SDK holds it: its handler and its declared configuration, read from the
-arguments of `@app.function(...)` (triggers, cancel_on, timeouts, on_failure)."""
+arguments of `@app.function(...)` (triggers, cancel_on, timeouts, on_failure; flow control in
+_flow.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from stepline._durations import DurationLike, duration_proto, parse_duration
+from stepline._flow import FlowOptions
 from stepline.errors import InvalidUsageError
 from stepline.v1 import common_pb2
 
@@ -128,6 +130,7 @@ class Function:
     app_id: str = ""
     # How long the server keeps an ended run's history: None its default, zero forever.
     retention: timedelta | None = None
+    flow: FlowOptions = field(default_factory=FlowOptions)
 
     @property
     def full_name(self) -> str:
@@ -154,6 +157,7 @@ class Function:
             config.timeouts.finish.CopyFrom(duration_proto(self.timeouts.finish))
         if self.retention is not None:
             config.retention.CopyFrom(duration_proto(self.retention))
+        self.flow.add_to(config)
         return config
 
 

@@ -294,9 +294,6 @@ class Bridge:
         changes = await self.engine.register_app(found.endpoint, found.specs)
         answer: dict[str, Any] = {"message": f"app {app_id} synced in-band", "modified": bool(
             changes.created or changes.updated or changes.archived), "sync": "in-band"}
-        if found.not_enforced:
-            answer["warning"] = ("flow control is stored but not enforced by Stepline: "
-                                 + "; ".join(found.not_enforced))
         return json.dumps(answer)
 
     # -- one leased item: requests until the ack is RELEASE -------------------------------------

@@ -3,8 +3,8 @@ function specs.
 
 Both SDKs are accepted as they really send it: the app id as `appName` (npm) or `appname`
 (PyPI), `deployType` or `deploy_type` (optional), every `None` stripped. Triggers, retries,
-`cancel`, `timeouts`, `debounce` and `batchEvents` become Stepline's own configuration; the other
-flow-control fields are kept in the app's settings and named in the answer as not enforced.
+`cancel`, `timeouts` and the flow control fields (inngest_flow.py) become Stepline's own
+configuration.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline_server import names
-from stepline_server.bridge import inngest_flow
+from stepline_server.bridge.inngest_flow import flow_control
 from stepline_server.bridge.inngest_wire import MAX_DURATION_MS, duration_ms, local_function_id
 from stepline_server.engine import expressions
 from stepline_server.engine.cron import parse_cron
@@ -29,11 +29,7 @@ from stepline_server.limits import (
 )
 from stepline_server.model import AppEndpoint, CancelOn, CronTrigger, EventTrigger, FunctionSpec
 from stepline_server.settings import DEFAULT_RETRIES, MAX_RETRIES
-from stepline_server.wire import check_flow_control
 
-# Stored and shown, not enforced by Stepline yet (the answer and the dashboard say so); those of
-# inngest_flow.ENFORCED are enforced.
-FLOW_CONTROL = ("concurrency", "throttle", "rateLimit", "priority", "idempotency", "singleton")
 INNGEST_FAILED = "inngest/function.failed"
 INNGEST_FINISHED = "inngest/function.finished"
 MAX_FUNCTIONS = 1000
@@ -43,8 +39,6 @@ MAX_FUNCTIONS = 1000
 class Registration:
     endpoint: AppEndpoint
     specs: list[FunctionSpec]
-    # "<function id>: concurrency, throttle" for each function with settings not enforced.
-    not_enforced: list[str]
 
 
 def registration(body: Any, *, dev: bool) -> Registration:
@@ -62,27 +56,21 @@ def registration(body: Any, *, dev: bool) -> Registration:
         raise InvalidArgument("functions", f"expected 1 to {MAX_FUNCTIONS} function configs")
     slugs = {str(fn.get("id")): str(fn.get("id")) for fn in functions if isinstance(fn, dict)}
     specs: list[FunctionSpec] = []
-    settings: dict[str, Any] = {}
-    not_enforced: list[str] = []
     for i, fn in enumerate(functions):
-        spec, flow = _function(app_id, fn, f"functions[{i}]", slugs)
+        spec = _function(app_id, fn, f"functions[{i}]", slugs)
         if any(s.id == spec.id for s in specs):
             raise InvalidArgument(f"functions[{i}].id", f"duplicate function id {spec.id!r}")
         specs.append(spec)
-        if flow:
-            local = names.local_id(spec.id)
-            settings[local] = flow
-            not_enforced.append(f"{local}: {', '.join(sorted(flow))}")
     sdk = str(body.get("sdk") or "")
     check_length(sdk, "sdk", MAX_SDK_LENGTH)
     extra = {"dev": dev, "slugs": {names.local_id(s.id): fq for s, fq in zip(
         specs, [fn["id"] for fn in functions], strict=True)},
-             "flow_control": settings, "deploy_type": body.get("deployType")
+             "deploy_type": body.get("deployType")
              or body.get("deploy_type") or "ping"}
     endpoint = AppEndpoint(app_id=app_id, url=url, protocol="inngest", sdk=sdk,
                            framework=str(body.get("framework") or "")[:64],
                            extra=json.dumps(extra, sort_keys=True))
-    return Registration(endpoint=endpoint, specs=specs, not_enforced=not_enforced)
+    return Registration(endpoint=endpoint, specs=specs)
 
 
 def _text(body: dict[str, Any], keys: tuple[str, ...], field: str) -> str:
@@ -93,8 +81,7 @@ def _text(body: dict[str, Any], keys: tuple[str, ...], field: str) -> str:
     raise InvalidArgument(field, "is required (a non-empty string)")
 
 
-def _function(app_id: str, fn: Any, path: str, slugs: dict[str, str]
-              ) -> tuple[FunctionSpec, dict[str, Any]]:
+def _function(app_id: str, fn: Any, path: str, slugs: dict[str, str]) -> FunctionSpec:
     if not isinstance(fn, dict):
         raise InvalidArgument(path, "expected a function config object")
     fq = fn.get("id")
@@ -110,18 +97,14 @@ def _function(app_id: str, fn: Any, path: str, slugs: dict[str, str]
     timeouts: dict[str, Any] = fn["timeouts"] if isinstance(fn.get("timeouts"), dict) else {}
     cancel_on = tuple(_cancel(c, f"{path}.cancel[{j}]")
                       for j, c in enumerate(fn.get("cancel") or ()))
-    spec = FunctionSpec(
+    return FunctionSpec(
         id=names.full_name(app_id, local), name=name,
         triggers=tuple(_trigger(app_id, t, f"{path}.triggers[{j}]", slugs)
                        for j, t in enumerate(triggers)),
-        retries=_retries(fn, path),
-        cancel_on=cancel_on,
+        retries=_retries(fn, path), cancel_on=cancel_on,
         start_timeout_ms=_duration(timeouts.get("start"), f"{path}.timeouts.start"),
         finish_timeout_ms=_duration(timeouts.get("finish"), f"{path}.timeouts.finish"),
-        flow=check_flow_control(inngest_flow.flow_control(fn, path), path,
-                                has_cancel_on=bool(cancel_on)))
-    flow = {key: fn[key] for key in FLOW_CONTROL if fn.get(key) not in (None, [], {})}
-    return spec, flow
+        flow=flow_control(fn, path, has_cancel_on=bool(cancel_on)))
 
 
 def _retries(fn: dict[str, Any], path: str) -> int:

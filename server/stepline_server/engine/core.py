@@ -17,6 +17,7 @@ from stepline_server.engine import (
     bulk,
     cron,
     flow_concurrency,
+    holds,
     invocations,
     lifecycle,
     listings,
@@ -440,7 +441,11 @@ class Engine:
 
     # -- runs --------------------------------------------------------------------------------
     async def get_run(self, run_id: str) -> RunRecord:
-        run = await self.db.read(lambda conn: run_store.get(conn, run_id))
+        def query(conn: Connection) -> RunRecord | None:
+            run = run_store.get(conn, run_id)
+            return None if run is None else holds.attach(conn, [run], now_ms())[0]
+
+        run = await self.db.read(query)
         if run is None:
             raise NotFound(f"run_id: no run {run_id!r}")
         return run

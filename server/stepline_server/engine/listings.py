@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.engine import Connection
 
 from stepline_server import names
+from stepline_server.engine import holds
 from stepline_server.engine.retention import retention_in_force
 from stepline_server.errors import InvalidArgument, NotFound
 from stepline_server.ids import now_ms
@@ -71,10 +72,15 @@ async def list_runs(
                                                 f"({created_after_ms} ms), got "
                                                 f"{created_before_ms} ms")
     cursor = _cursor(page_token)
-    return await engine.db.read(lambda conn: run_store.list_(
-        conn, function_id=function_id, status=status, limit=limit, cursor=cursor,
-        created_after_ms=created_after_ms, created_before_ms=created_before_ms,
-        event_name=event_name))
+
+    def query(conn: Connection) -> tuple[list[RunRecord], str]:
+        page, token = run_store.list_(
+            conn, function_id=function_id, status=status, limit=limit, cursor=cursor,
+            created_after_ms=created_after_ms, created_before_ms=created_before_ms,
+            event_name=event_name)
+        return holds.attach(conn, page, now_ms()), token
+
+    return await engine.db.read(query)
 
 
 # -- events, functions, workers -----------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
-from stepline_server.engine import bulk
+from stepline_server.engine import bulk, holds
+from stepline_server.ids import now_ms
 from stepline_server.model import RunRecord, RunStatus
 from stepline_server.store import runs as run_store
 from stepline_server.store.paging import encode_cursor
@@ -57,6 +58,6 @@ async def search_runs(
         if len(found) > limit:
             found = found[:limit]
             token = encode_cursor(found[-1].created_at_ms, found[-1].id)
-        return found, token, len(scanned)
+        return holds.attach(conn, found, now_ms()), token, len(scanned)
 
     return await engine.db.read(query)

@@ -24,7 +24,6 @@ from stepline_server.bridge.inngest import memo_of
 from stepline_server.bridge.inngest_register import registration
 from stepline_server.bridge.inngest_wire import event_json
 from stepline_server.bridge.urls import UrlPolicy
-from stepline_server.engine import Engine
 from stepline_server.errors import InvalidArgument, NotFound, SteplineServerError
 from stepline_server.http import params
 from stepline_server.http.login import SELF_AUTHENTICATED
@@ -140,9 +139,6 @@ async def register(request: Request) -> Response:
         return _error(request, exc)
     body: dict[str, Any] = {"ok": True, "modified": bool(
         changes.created or changes.updated or changes.archived)}
-    if found.not_enforced:
-        body["warning"] = ("flow control is stored but not enforced by Stepline: "
-                           + "; ".join(found.not_enforced))
     return _answer(request, body)
 
 
@@ -186,18 +182,6 @@ async def _authorized_run(request: Request) -> Any:
     if run is None:
         raise NotFound(f"run_id: no run {run_id!r}")
     return run
-
-
-# -- the dashboard ----------------------------------------------------------------------------
-async def flow_control(engine: Engine, function_id: str) -> dict[str, str]:
-    """The Inngest flow-control settings a function registered, which Stepline stores but does
-    not enforce (the function page says so), as JSON text by setting."""
-    app_id, local = names.split(function_id)
-    for app in await engine.list_apps():
-        if app.app_id == app_id and app.protocol == "inngest":
-            settings = (json.loads(app.extra or "{}").get("flow_control") or {}).get(local, {})
-            return {key: json.dumps(value) for key, value in sorted(settings.items())}
-    return {}
 
 
 # -- what Stepline does not implement ---------------------------------------------------------

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from stepline_server import names
 from stepline_server.bridge.urls import MAX_URL_LENGTH
 from stepline_server.errors import FailedPrecondition, InvalidArgument
-from stepline_server.http import api, inngest, params, timeline
+from stepline_server.http import api, params, timeline
 from stepline_server.http.state import services
 from stepline_server.ids import now_ms
 from stepline_server.model import RunStatus
@@ -113,7 +113,6 @@ async def function_page(request: Request) -> Response:
     return render(request, "function.html", {
         "page": "functions", "function": info, "runs": runs, "pause": pause,
         "skips": skips, "skip_count": await engine.count_skips(info.spec.id) if skips else 0,
-        "not_enforced": await inngest.flow_control(engine, info.spec.id),
         "poll_url": f"/api/functions/{info.spec.id}",
     })
 

@@ -78,6 +78,7 @@ def run_json(run: RunRecord, *, detail: bool = False) -> dict[str, Any]:
         "created_at_ms": run.created_at_ms, "started_at_ms": run.started_at_ms,
         "ended_at_ms": run.ended_at_ms, "parent_run_id": run.parent_run_id,
         "source_run_id": run.source_run_id, "error": error_json(run.error),
+        "held": run.held or None, "held_until_ms": run.held_until_ms,
     }
     if detail:
         doc |= {
@@ -117,6 +118,8 @@ def function_json(info: FunctionInfo) -> dict[str, Any]:
         "timeouts": {"start_ms": spec.start_timeout_ms, "finish_ms": spec.finish_timeout_ms},
         # In force: its own (retention_own) or the server's; 0 keeps its runs forever.
         "retention_ms": info.retention_ms, "retention_own": spec.retention_ms is not None,
+        # Flow control: the stored settings (the proto's fields, times in ms) and their lines.
+        "flow": spec.flow.to_json(), "flow_described": spec.flow.describe(),
         "stats": {"window": "24h", "runs": stats.runs, "completed": stats.completed,
                   "failed": stats.failed, "cancelled": stats.cancelled, "active": stats.active,
                   "success_rate": success_rate(stats)},

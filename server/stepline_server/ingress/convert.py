@@ -83,7 +83,8 @@ def run_to_proto(run: RunRecord) -> run_service_pb2.Run:
         attempt=run.attempt, created_at=timestamp(run.created_at_ms),
         started_at=timestamp(run.started_at_ms), ended_at=timestamp(run.ended_at_ms),
         steps=[_step_to_proto(s) for s in run.steps], parent_run_id=run.parent_run_id or "",
-        source_run_id=run.source_run_id or "",
+        source_run_id=run.source_run_id or "", held=run.held,
+        held_until=timestamp(run.held_until_ms),
     )
 
 

@@ -1,6 +1,7 @@
 // A function as the SDK holds it: its handler and its declared configuration.
 import { parseDuration, type DurationLike } from "./durations.js";
 import { InvalidUsageError } from "./errors.js";
+import { flowConfig, type FlowOptions } from "./flow.js";
 import type { Context } from "./execution.js";
 import type { JsonObject } from "./events.js";
 import { durationMs, type FunctionConfig, type Trigger as TriggerMessage } from "./proto.js";
@@ -21,7 +22,9 @@ export interface Timeouts { start?: DurationLike; finish?: DurationLike }
 
 export type Handler<TData, TResult> = (ctx: Context<TData>) => Promise<TResult> | TResult;
 
-export interface FunctionOptions {
+/** Flow control (concurrency, throttle, rateLimit, debounce, priority, batchEvents,
+ * idempotency, singleton): see flow.ts and the README's "Function options". */
+export interface FunctionOptions extends FlowOptions {
   /** Unique within the app: letters, digits and _ . / @ -, starting with a letter or digit. */
   id: string;
   name?: string;
@@ -175,6 +178,7 @@ export function functionConfig(options: FunctionOptions): FunctionConfig {
     retries,
     cancelOn: cancelOn(cancels, `${where}: cancelOn`),
     timeouts: timeouts(options.timeouts, `${where}: timeouts`),
+    ...flowConfig(options, where, cancels.length > 0),
   };
 }
 

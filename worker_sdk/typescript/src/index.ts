@@ -7,6 +7,9 @@ export {
 } from "./function.js";
 export type { Event, EventInput, JsonObject, JsonValue } from "./events.js";
 export type { DurationLike } from "./durations.js";
+export type {
+  BatchEvents, Concurrency, Debounce, FlowOptions, Priority, RateLimit, Singleton, Throttle,
+} from "./flow.js";
 export { Worker, SDK_VERSION, type WorkerOptions } from "./worker.js";
 export {
   ClientError, InvalidUsageError, NonDeterminismError, NonRetriableError, RetryAfterError,

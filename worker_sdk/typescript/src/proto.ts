@@ -103,7 +103,19 @@ export interface Trigger {
   cron?: { schedule: string; timezone: string };
 }
 
-export interface FunctionConfig {
+/** FunctionConfig's flow control fields (8-15). */
+export interface FlowConfig {
+  concurrency: { limit: number; key: string; scope: "SCOPE_FN" | "SCOPE_ENV" | "SCOPE_ACCOUNT" }[];
+  throttle?: { limit: number; period: Duration; burst: number; key: string };
+  rateLimit?: { limit: number; period: Duration; key: string };
+  debounce?: { period: Duration; key: string; timeout?: Duration };
+  priority?: { run: string };
+  batchEvents?: { maxSize: number; timeout: Duration; key: string };
+  idempotency?: string;
+  singleton?: { mode: "MODE_SKIP" | "MODE_CANCEL"; key: string };
+}
+
+export interface FunctionConfig extends Partial<FlowConfig> {
   id: string;
   name: string;
   triggers: Trigger[];

@@ -137,6 +137,13 @@ async ({ step }) => {
   await step.run("explode", () => { throw new Error("boom"); });
 });
 
+// Flow control options as the TypeScript SDK sends them (registered, never triggered here).
+app.createFunction({ id: "limited", trigger: "ts/limited",
+  concurrency: [{ limit: 2, key: "event.data.k" }, { limit: 9, key: "'ts'", scope: "account" }],
+  throttle: { limit: 5, period: "1m", burst: 0 }, rateLimit: { limit: 3, period: 60_000 },
+  debounce: { period: "2s", key: "event.data.k", timeout: "1m" }, priority: "event.data.p",
+  idempotency: "event.data.id", singleton: { mode: "skip" } }, () => "limited");
+
 app.createFunction<{ ms: number }>({ id: "slow", trigger: "ts/slow" },
   async ({ event, step, attempt }) => {
     await step.run("work", async () => {

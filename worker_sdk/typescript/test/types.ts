@@ -109,3 +109,18 @@ void (async () => {
 // ctx.events: the batch, typed like ctx.event.
 app.createFunction({ id: "batched", trigger: "t/batch" },
   async ({ events }: Context<{ n: number }>) => events.reduce((sum, e) => sum + e.data.n, 0));
+// Flow control options are typed: scopes and modes are the documented names.
+app.createFunction({
+  id: "limited", trigger: "e", concurrency: [{ limit: 5, key: "event.data.tenant", scope: "env" }],
+  throttle: { limit: 10, period: "1m", burst: 2 }, rateLimit: { limit: 1, period: 60_000 },
+  debounce: { period: "30s", timeout: "5m" }, priority: { run: "event.data.p" },
+  idempotency: "event.data.id", singleton: { mode: "skip" },
+}, () => null);
+app.createFunction({ id: "batching", trigger: "e", concurrency: 3,
+  batchEvents: { maxSize: 10, timeout: "5s" } }, () => null);
+// @ts-expect-error: no such scope
+app.createFunction({ id: "s", trigger: "e", concurrency: { limit: 1, scope: "app" } }, () => null);
+// @ts-expect-error: singleton modes are "skip" and "cancel"
+app.createFunction({ id: "m", trigger: "e", singleton: { mode: "queue" } }, () => null);
+// @ts-expect-error: a throttle needs a period
+app.createFunction({ id: "t", trigger: "e", throttle: { limit: 1 } }, () => null);

@@ -118,6 +118,62 @@ describe("function declarations", () => {
     assert.throws(() => functionConfig({ id: "f", trigger: "x", timeouts: { start: "x" } }),
       /timeouts\.start/);
   });
+  it("sends flow control options as FunctionConfig fields 8-15", () => {
+    const config = functionConfig({
+      id: "f", trigger: "x",
+      concurrency: [{ limit: 5, key: "event.data.tenant" }, { limit: 50, key: "'all'", scope: "env" }],
+      throttle: { limit: 10, period: "1m", burst: 3 },
+      rateLimit: { limit: 1, period: "1h", key: "event.data.user" },
+      debounce: { period: "30s", key: "event.data.doc", timeout: "5m" },
+      priority: { run: "event.data.vip ? 120 : 0" },
+      idempotency: "event.data.order",
+      singleton: { mode: "cancel", key: "event.data.user" },
+    });
+    assert.deepEqual(config.concurrency, [
+      { limit: 5, key: "event.data.tenant", scope: "SCOPE_FN" },
+      { limit: 50, key: "'all'", scope: "SCOPE_ENV" }]);
+    assert.deepEqual(config.throttle, { limit: 10, period: { seconds: 60, nanos: 0 }, burst: 3, key: "" });
+    assert.deepEqual(config.rateLimit,
+      { limit: 1, period: { seconds: 3600, nanos: 0 }, key: "event.data.user" });
+    assert.deepEqual(config.debounce, { period: { seconds: 30, nanos: 0 }, key: "event.data.doc",
+      timeout: { seconds: 300, nanos: 0 } });
+    assert.deepEqual(config.priority, { run: "event.data.vip ? 120 : 0" });
+    assert.equal(config.idempotency, "event.data.order");
+    assert.deepEqual(config.singleton, { mode: "MODE_CANCEL", key: "event.data.user" });
+    assert.equal(config.batchEvents, undefined);
+    const batched = functionConfig({ id: "b", trigger: "x", concurrency: 2, priority: undefined,
+      batchEvents: { maxSize: 10, timeout: 2000 } });
+    assert.deepEqual(batched.concurrency, [{ limit: 2, key: "", scope: "SCOPE_FN" }]);
+    assert.deepEqual(batched.batchEvents, { maxSize: 10, timeout: { seconds: 2, nanos: 0 }, key: "" });
+    assert.deepEqual(functionConfig({ id: "p", trigger: "x", priority: "event.data.p" }).priority,
+      { run: "event.data.p" });
+    assert.deepEqual(functionConfig({ id: "n", trigger: "x" }).concurrency, []);
+  });
+  it("refuses bad flow control options with the server's bounds, naming the option", () => {
+    const bad = (options: object, pattern: RegExp): void => {
+      assert.throws(() => functionConfig({ id: "f", trigger: "x", ...options }),
+        (e: Error) => e instanceof InvalidUsageError && pattern.test(e.message));
+    };
+    bad({ concurrency: 0 }, /^function "f": concurrency\.limit: must be an integer between 1 and 100000/);
+    bad({ concurrency: [1, 2, 3] }, /concurrency: at most 2 limits; got 3/);
+    bad({ concurrency: [{ limit: 1, scope: "account" }] }, /concurrency\[0\]\.key: a key is required/);
+    bad({ concurrency: [{ limit: 1, key: "k", scope: "app" }] }, /concurrency\[0\]\.scope/);
+    bad({ throttle: { limit: 1, period: "500ms" } }, /throttle\.period: must be between 1s and 7d/);
+    bad({ throttle: { limit: 1, period: "1s", burst: -1 } }, /throttle\.burst/);
+    bad({ throttle: { limit: 1, period: "1s", extra: 1 } }, /throttle: unknown key\(s\) extra/);
+    bad({ rateLimit: { limit: 1, period: "2d" } }, /rateLimit\.period: must be between 1s and 1d/);
+    bad({ rateLimit: { limit: 0, period: "1s" } }, /rateLimit\.limit/);
+    bad({ debounce: { period: "10s", timeout: "5s" } }, /debounce\.timeout: must be between 10s and 7d/);
+    bad({ batchEvents: { maxSize: 1, timeout: "1s" } }, /batchEvents\.maxSize: must be an integer between 2/);
+    bad({ batchEvents: { maxSize: 5, timeout: "11m" } }, /batchEvents\.timeout: must be between 1s and 10m/);
+    bad({ batchEvents: { maxSize: 5, timeout: "1s" }, debounce: { period: "1s" } },
+      /batchEvents cannot be combined with debounce/);
+    bad({ batchEvents: { maxSize: 5, timeout: "1s" }, cancelOn: { event: "stop" } },
+      /batchEvents cannot be combined with cancelOn/);
+    bad({ singleton: { mode: "drop" } }, /singleton\.mode: expected "skip" or "cancel"/);
+    bad({ idempotency: "" }, /idempotency: expected a CEL expression/);
+    bad({ priority: { run: "x".repeat(1025) } }, /priority\.run: at most 1024 characters/);
+  });
   it("refuses a bad app id and a function declared twice", () => {
     assert.throws(() => new Stepline({ appId: "bad app" }), /not a valid app id/);
     const app = new Stepline({ appId: "unit", url: "grpc://127.0.0.1:1/" });
