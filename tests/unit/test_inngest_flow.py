@@ -1,5 +1,6 @@
 """An Inngest function config's debounce and batchEvents as Stepline's flow control settings,
-refused with InvalidArgument naming the field when Stepline cannot honour them."""
+refused with InvalidArgument naming the field (in the SDKs' spelling) when Stepline cannot
+honour them."""
 
 from __future__ import annotations
 
@@ -22,20 +23,21 @@ def test_debounce_and_batch_events_are_enforced_settings() -> None:
     found = _register(debounce={"period": "5s", "key": "event.data.user", "timeout": "1m"})
     assert found.specs[0].flow.debounce == Debounce(period_ms=5000, key="event.data.user",
                                                     timeout_ms=60_000)
-    found = _register(batchEvents={"maxSize": 10, "timeout": "2s"}, concurrency=[{"limit": 2}])
+    found = _register(batchEvents={"maxSize": 10, "timeout": "2s"})
     assert found.specs[0].flow.batching == Batching(max_size=10, timeout_ms=2000)
-    assert found.not_enforced == ["f: concurrency"]
+    found = _register(batchEvents={"maxSize": 10})  # Inngest's default timeout
+    assert found.specs[0].flow.batching == Batching(max_size=10, timeout_ms=60_000)
 
 
 @pytest.mark.parametrize(("settings", "field"), [
     ({"batchEvents": {"maxSize": 10, "timeout": "2s", "if": "event.data.x == 1"}},
      "functions[0].batchEvents.if"),
     ({"batchEvents": {"maxSize": "ten", "timeout": "2s"}}, "functions[0].batchEvents.maxSize"),
-    ({"batchEvents": {"maxSize": 10}}, "functions[0].batchEvents.timeout"),
+    ({"batchEvents": {"maxSize": 10, "timeout": "1h"}}, "functions[0].batchEvents.timeout"),
     ({"debounce": {"period": "soon"}}, "functions[0].debounce.period"),
     ({"debounce": {"period": "5s", "key": "event.data.("}}, "functions[0].debounce.key"),
     ({"debounce": {"period": "5s"}, "batchEvents": {"maxSize": 10, "timeout": "2s"}},
-     "functions[0].batch_events"),  # flow.check names the proto field
+     "functions[0].batchEvents"),
 ])
 def test_settings_stepline_cannot_honour_are_refused(settings: dict[str, Any],
                                                      field: str) -> None:
