@@ -87,7 +87,9 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
             assert context is not None, "new runs are started with a TxContext"
             if flow_limits.skip(context, start, call):
                 continue
-            queueing = flow_deferred.defer(tx, start, now, new_id, call)
+            # step.invoke waits for the run it starts: never folded into a debounce or a batch.
+            queueing = (flow_deferred.defer(tx, start, now, new_id, call)
+                        if start.parent_run_id is None else PLAIN)
             if queueing is None:
                 continue
             queueing = flow_limits.start_due(tx, start, queueing, now, call, new_id)
