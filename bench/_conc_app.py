@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import time
 
-from stepline import Context, Stepline
-from stepline._function import Function
-from stepline.v1 import common_pb2
+from stepline import Concurrency, Context, Stepline
 
 app = Stepline(app_id="bench-conc")
 fair_app = Stepline(app_id="bench-fair")
@@ -17,19 +15,6 @@ PLAIN, KEYED, FAIR = "plain", "keyed", "fair"
 TENANT_LIMIT = 50
 FAIR_LIMIT = 5
 first_step: dict[str, float] = {}  # fairness: event data "probe" -> perf_counter at step start
-
-
-def with_concurrency(function: Function, limit: int, key: str) -> Function:
-    """`function` registered with a concurrency limit (added to its FunctionConfig)."""
-    plain = function.to_proto
-
-    def to_proto() -> common_pb2.FunctionConfig:
-        config = plain()
-        config.concurrency.add(limit=limit, key=key)
-        return config
-
-    object.__setattr__(function, "to_proto", to_proto)
-    return function
 
 
 def _trivial(i: int) -> int:
@@ -42,8 +27,8 @@ async def _two_steps(ctx: Context) -> int:
 
 
 plain = app.function(id=PLAIN, trigger="bench/plain", retries=0)(_two_steps)
-keyed = with_concurrency(app.function(id=KEYED, trigger="bench/keyed", retries=0)(_two_steps),
-                         TENANT_LIMIT, "event.data.tenant")
+keyed = app.function(id=KEYED, trigger="bench/keyed", retries=0,
+                     concurrency=Concurrency(TENANT_LIMIT, key="event.data.tenant"))(_two_steps)
 
 
 def _began(probe: str) -> None:
@@ -53,9 +38,7 @@ def _began(probe: str) -> None:
         time.sleep(0.05)  # the backlog's runs: 5 at a time, 100 steps a second
 
 
-@fair_app.function(id=FAIR, trigger="bench/fair", retries=0)
+@fair_app.function(id=FAIR, trigger="bench/fair", retries=0,
+                   concurrency=Concurrency(FAIR_LIMIT, key="event.data.k"))
 async def fair(ctx: Context) -> None:
     await ctx.step.run("s", _began, ctx.event.data.get("probe", ""))
-
-
-with_concurrency(fair, FAIR_LIMIT, "event.data.k")

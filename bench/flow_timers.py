@@ -28,8 +28,7 @@ from bench import _proc
 from bench._backends import BACKENDS, Backend
 from bench._inprocess import serving, wait_for
 from bench._stats import dist
-from stepline import Context, EventInput, Stepline
-from tests.flow_functions import batching, debounce, with_flow
+from stepline import Batch, Context, Debounce, EventInput, Stepline
 
 PERIOD_SECONDS = 1.0  # the debounce period and the batch timeout (both at their minimum)
 SLOTS = 50
@@ -43,16 +42,16 @@ def make_app(url: str, started: dict[str, float]) -> Stepline:
     def note(key: str) -> None:
         started.setdefault(key, time.time())
 
-    @app.function(id="debounced", trigger="bench/debounce")
+    @app.function(id="debounced", trigger="bench/debounce",
+                  debounce=Debounce(PERIOD_SECONDS, key="event.data.k"))
     async def debounced(ctx: Context) -> None:
         await ctx.step.run("first", note, f"d{ctx.event.data['k']}")
 
-    @app.function(id="batched", trigger="bench/batch")
+    @app.function(id="batched", trigger="bench/batch",
+                  batch_events=Batch(10, PERIOD_SECONDS, key="event.data.k"))
     async def batched(ctx: Context) -> None:
         await ctx.step.run("first", note, f"b{ctx.event.data['k']}")
 
-    with_flow(app, debounced, debounce(PERIOD_SECONDS, key="event.data.k"))
-    with_flow(app, batched, batching(10, PERIOD_SECONDS, key="event.data.k"))
     return app
 
 

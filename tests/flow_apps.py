@@ -1,8 +1,6 @@
-"""Concurrency limits declared on SDK functions for tests, and what the steps under them record.
-
-The SDK's own options for flow control come separately; until then a test declares a limit by
-adding it to the FunctionConfig the function registers with (the server sees the same message).
-"""
+"""What the steps of flow control tests record (integration and e2e tests, in the test's
+process or in worker processes): when each step execution started and ended, per key, and the
+most that overlapped."""
 
 from __future__ import annotations
 
@@ -10,26 +8,6 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-
-from stepline._function import Function
-from stepline.v1 import common_pb2
-
-SCOPES = {"fn": common_pb2.Concurrency.SCOPE_FN, "env": common_pb2.Concurrency.SCOPE_ENV,
-          "account": common_pb2.Concurrency.SCOPE_ACCOUNT}
-
-
-def limited(function: Function, *limits: tuple[int, str, str]) -> Function:
-    """`function` registered with these concurrency limits, each (limit, CEL key, scope)."""
-    plain = function.to_proto
-
-    def to_proto() -> common_pb2.FunctionConfig:
-        config = plain()
-        for limit, key, scope in limits:
-            config.concurrency.add(limit=limit, key=key, scope=SCOPES[scope])
-        return config
-
-    object.__setattr__(function, "to_proto", to_proto)
-    return function
 
 
 def mark(log: str, kind: str, key: str, run_id: str) -> None:

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from stepline import Stepline
+from stepline import Concurrency, Stepline
 from stepline._events import EventInput
 from stepline.v1 import event_service_pb2, event_service_pb2_grpc
 from stepline.v1 import run_service_pb2 as rs
 from stepline_server.store.schema import queue
-from tests.flow_apps import intervals, limited, max_overlap, record_step
+from tests.flow_apps import intervals, max_overlap, record_step
 from tests.harness import ServerThread, WorkerThread, wait_until
 
 STEP_SECONDS = 0.05
@@ -48,13 +48,13 @@ def spans(log: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def keyed_app(server: ServerThread, log: Path, app_id: str = "conc",
-              limits: tuple[tuple[int, str, str], ...] = ((2, "event.data.k", "fn"),),
+              limits: tuple[Concurrency, ...] = (Concurrency(2, key="event.data.k"),),
               fn_id: str = "work", steps: int = 2, nap: str = "") -> Stepline:
     """A function whose runs execute `steps` recorded steps (with a `nap` between them),
     limited by `limits`."""
     app = Stepline(app_id, url=server.address)
 
-    @app.function(id=fn_id, trigger=f"{app_id}/{fn_id}")
+    @app.function(id=fn_id, trigger=f"{app_id}/{fn_id}", concurrency=list(limits))
     def work(ctx: Any) -> None:
         for i in range(steps):
             if i and nap:
@@ -62,7 +62,6 @@ def keyed_app(server: ServerThread, log: Path, app_id: str = "conc",
             ctx.step.run(f"s{i}", record_step, str(log), ctx.event.data["k"], ctx.run_id,
                          STEP_SECONDS)
 
-    limited(work, *limits)
     return app
 
 
@@ -102,7 +101,7 @@ def test_runs_waking_up_while_their_key_is_full_wait_for_a_slot(
 
 def test_two_limits_both_hold(server: ServerThread, tmp_path: Path, workers: Any) -> None:
     log = tmp_path / "steps.log"
-    app = keyed_app(server, log, limits=((3, "", "fn"), (2, "event.data.k", "fn")))
+    app = keyed_app(server, log, limits=(Concurrency(3), Concurrency(2, key="event.data.k")))
     workers(app, 3)
     send_batch(server, "conc/work", [{"k": k} for _ in range(10) for k in ("a", "b")])
     wait_all(server, "conc:work", 20)
@@ -117,11 +116,10 @@ def test_scope_env_shares_the_key_between_functions(server: ServerThread, tmp_pa
     log = tmp_path / "steps.log"
     app = Stepline("env", url=server.address)
     for fn_id in ("one", "two"):
+        @app.function(id=fn_id, trigger=f"env/{fn_id}",
+                      concurrency=Concurrency(2, key="event.data.tenant", scope="env"))
         def work(ctx: Any) -> None:
             ctx.step.run("s", record_step, str(log), "shared", ctx.run_id, STEP_SECONDS)
-
-        limited(app.function(id=fn_id, trigger=f"env/{fn_id}")(work),
-                (2, "event.data.tenant", "env"))
     workers(app, 2)
     send_batch(server, "env/one", [{"tenant": "t"}] * 10)
     send_batch(server, "env/two", [{"tenant": "t"}] * 10)
@@ -135,14 +133,13 @@ def test_sleeping_runs_hold_no_slot(server: ServerThread, tmp_path: Path,
     app = Stepline("nap", url=server.address)
     done = threading.Event()
 
-    @app.function(id="nap", trigger="nap/go")
+    @app.function(id="nap", trigger="nap/go", concurrency=Concurrency(1, key="event.data.k"))
     async def nap(ctx: Any) -> None:
         if ctx.event.data.get("sleep"):
             await ctx.step.sleep("nap", "10m")
         else:
             await ctx.step.run("quick", done.set)
 
-    limited(nap, (1, "event.data.k", "fn"))
     workers(app, 1)
     send_batch(server, "nap/go", [{"k": "same", "sleep": True}] * 100)
     wait_until(lambda: len(server.run_ids_for("nap:nap")) == 100, what="100 runs")
@@ -157,7 +154,7 @@ def test_sleeping_runs_hold_no_slot(server: ServerThread, tmp_path: Path,
 def test_a_key_backlog_does_not_delay_another_key(server: ServerThread, tmp_path: Path,
                                                   workers: Any) -> None:
     log = tmp_path / "steps.log"
-    app = keyed_app(server, log, limits=((2, "event.data.k", "fn"),), steps=1)
+    app = keyed_app(server, log, steps=1)
     app.register_sync()
     send_batch(server, "conc/work", [{"k": "a"}] * 500)
     Stepline("s", url=server.address).send_sync("conc/work", {"k": "b"})
@@ -171,7 +168,7 @@ def test_a_key_backlog_does_not_delay_another_key(server: ServerThread, tmp_path
 def test_removing_the_limit_releases_parked_runs(server: ServerThread, database_url: str,
                                                  tmp_path: Path, workers: Any) -> None:
     log = tmp_path / "steps.log"
-    keyed_app(server, log, limits=((1, "", "fn"),)).register_sync()
+    keyed_app(server, log, limits=(Concurrency(1),)).register_sync()
     send_batch(server, "conc/work", [{"k": "a"}] * 6)
     engine = create_engine(database_url)
     try:
@@ -195,7 +192,7 @@ def test_a_raised_limit_unparks_runs_within_the_sweep(server: ServerThread, data
                                                       tmp_path: Path) -> None:
     """No slot frees when a limit is raised: the server's sweep hands out the new slots."""
     log = tmp_path / "steps.log"
-    keyed_app(server, log, limits=((1, "", "fn"),)).register_sync()
+    keyed_app(server, log, limits=(Concurrency(1),)).register_sync()
     send_batch(server, "conc/work", [{"k": "a"}] * 5)
     engine = create_engine(database_url)
     try:
@@ -205,7 +202,7 @@ def test_a_raised_limit_unparks_runs_within_the_sweep(server: ServerThread, data
                                         .where(queue.c.held_key.is_not(None))).scalar_one())
 
         assert parked() == 4
-        keyed_app(server, log, limits=((3, "", "fn"),)).register_sync()
+        keyed_app(server, log, limits=(Concurrency(3),)).register_sync()
         wait_until(lambda: parked() == 2, timeout=10, what="two more runs admitted")
         time.sleep(1.5)  # a few more sweeps: no more than the limit
         assert parked() == 2
@@ -241,7 +238,7 @@ def test_limits_hold_across_replicas(replica_set: Any, start_worker: Any, tmp_pa
     log = tmp_path / "steps.log"
     for index in range(6):  # two workers per server, each with its own app object
         app = keyed_app(servers[index % replicas], log,
-                        limits=((5, "", "fn"), (2, "event.data.k", "fn")))
+                        limits=(Concurrency(5), Concurrency(2, key="event.data.k")))
         start_worker(app, slots=4)
     for index, server in enumerate(servers):
         send_batch(server, "conc/work",

@@ -14,11 +14,10 @@ from typing import Any
 import grpc
 from sqlalchemy import create_engine, select
 
-from stepline import Stepline, serve
+from stepline import Batch, Debounce, Stepline, serve
 from stepline.testing import run as run_locally
 from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
 from stepline_server.store import flow_state, schema
-from tests.flow_functions import batching, debounce, with_flow
 from tests.harness import ServerThread, wait_until
 from tests.inngest_apps.procs import sdk_send
 from tests.inngest_apps.procs import start_app as start_inngest_app
@@ -36,22 +35,22 @@ def _outputs(server: ServerThread, function_id: str, count: int, timeout: float 
     return [json.loads(r.output) for r in sorted(runs, key=lambda r: r.created_at.ToMilliseconds())]
 
 
-def _echo_app(server: ServerThread, app_id: str, flow: common_pb2.FunctionConfig) -> Stepline:
-    """An app whose function `f` returns the data of ctx.event and of each of ctx.events."""
+def _echo_app(server: ServerThread, app_id: str, **flow: Any) -> Stepline:
+    """An app whose function `f`, with these flow control options, returns the data of
+    ctx.event and of each of ctx.events."""
     app = Stepline(app_id, url=server.address)
 
-    @app.function(id="f", trigger="t/e")
+    @app.function(id="f", trigger="t/e", **flow)
     async def f(ctx: Any) -> Any:
         events = await ctx.step.run("events", lambda: [e.data for e in ctx.events])
         return {"event": ctx.event.data, "events": events}
 
-    with_flow(app, f, flow)
     return app
 
 
 def test_debounce_starts_one_run_with_the_last_event(server: ServerThread,
                                                       start_worker: Any) -> None:
-    app = _echo_app(server, "deb", debounce(1.0))
+    app = _echo_app(server, "deb", debounce=Debounce(1.0))
     start_worker(app)
     for i in range(5):
         app.send_sync("t/e", {"i": i})
@@ -63,7 +62,7 @@ def test_debounce_starts_one_run_with_the_last_event(server: ServerThread,
 
 
 def test_debounce_keys_debounce_apart(server: ServerThread, start_worker: Any) -> None:
-    app = _echo_app(server, "debk", debounce(1.0, key="event.data.user"))
+    app = _echo_app(server, "debk", debounce=Debounce(1.0, key="event.data.user"))
     start_worker(app)
     for i in range(4):
         app.send_sync("t/e", {"user": "a" if i % 2 else "b", "i": i})
@@ -72,7 +71,7 @@ def test_debounce_keys_debounce_apart(server: ServerThread, start_worker: Any) -
 
 
 def test_debounce_timeout_caps_a_steady_stream(server: ServerThread, start_worker: Any) -> None:
-    app = _echo_app(server, "debt", debounce(1.0, timeout=2.0))
+    app = _echo_app(server, "debt", debounce=Debounce(1.0, timeout=2.0))
     start_worker(app)
     first = time.monotonic()
     started_at = None
@@ -89,7 +88,7 @@ def test_debounce_timeout_caps_a_steady_stream(server: ServerThread, start_worke
 
 
 def test_batches_of_max_size_then_the_timeout(server: ServerThread, start_worker: Any) -> None:
-    app = _echo_app(server, "bat", batching(5, 1.0))
+    app = _echo_app(server, "bat", batch_events=Batch(5, 1.0))
     start_worker(app)
     for i in range(12):
         app.send_sync("t/e", {"i": i})
@@ -101,7 +100,7 @@ def test_batches_of_max_size_then_the_timeout(server: ServerThread, start_worker
 
 def test_one_send_of_25_events_makes_batches_of_10_10_5(server: ServerThread,
                                                         start_worker: Any) -> None:
-    app = _echo_app(server, "bat25", batching(10, 1.0))
+    app = _echo_app(server, "bat25", batch_events=Batch(10, 1.0))
     start_worker(app)
     with grpc.insecure_channel(server.address) as channel:
         event_service_pb2_grpc.EventServiceStub(channel).SendEvent(
@@ -114,7 +113,7 @@ def test_one_send_of_25_events_makes_batches_of_10_10_5(server: ServerThread,
 
 
 def test_batch_keys_collect_apart(server: ServerThread, start_worker: Any) -> None:
-    app = _echo_app(server, "batk", batching(2, 1.0, key="event.data.user"))
+    app = _echo_app(server, "batk", batch_events=Batch(2, 1.0, key="event.data.user"))
     start_worker(app)
     for i, user in enumerate("abab"):
         app.send_sync("t/e", {"user": user, "i": i})
@@ -137,7 +136,7 @@ def test_the_testing_helper_gives_a_batch() -> None:
 def test_the_pruner_keeps_a_batched_runs_events_while_the_run_is_kept(
         make_server: Any, start_worker: Any, database_url: str) -> None:
     server = make_server(retention_seconds=1.5, event_dedup_seconds=0.2, prune_seconds=3600.0)
-    app = _echo_app(server, "batp", batching(2, 1.0))
+    app = _echo_app(server, "batp", batch_events=Batch(2, 1.0))
     start_worker(app)
     sent = [app.send_sync("t/e", {"i": i}) for i in range(2)]
     (output,) = _outputs(server, "batp:f", 1)
@@ -157,7 +156,7 @@ def test_the_pruner_keeps_a_batched_runs_events_while_the_run_is_kept(
 
 def test_a_batch_over_http_to_a_served_stepline_app(make_server: Any) -> None:
     server = make_server(allow_app_hosts=("127.0.0.1",))
-    app = _echo_app(server, "batw", batching(3, 1.0))
+    app = _echo_app(server, "batw", batch_events=Batch(3, 1.0))
     with wsgiref.simple_server.make_server("127.0.0.1", 0, serve.wsgi(app, url=None),
                                            handler_class=_Quiet) as httpd:
         port = httpd.server_address[1]
@@ -203,8 +202,8 @@ def test_replicas_fold_one_keys_events_into_one_run(postgres: Any, start_worker:
     url = postgres.url(name)
     a, b = ServerThread(url), ServerThread(url)
     try:
-        debounced = _echo_app(a, "repd", debounce(3.0))
-        batched = _echo_app(b, "repb", batching(4, 30.0))
+        debounced = _echo_app(a, "repd", debounce=Debounce(3.0))
+        batched = _echo_app(b, "repb", batch_events=Batch(4, 30.0))
         start_worker(debounced)
         start_worker(batched)
 
@@ -236,7 +235,7 @@ def test_every_dispatch_of_a_batched_run_carries_its_events(server: ServerThread
     """Parallel steps (dispatched apart) and the dispatch after a sleep see the whole batch."""
     app = Stepline("batd", url=server.address)
 
-    @app.function(id="f", trigger="t/e")
+    @app.function(id="f", trigger="t/e", batch_events=Batch(2, 1.0))
     async def f(ctx: Any) -> Any:
         def seen() -> list[int]:
             return [e.data["i"] for e in ctx.events]
@@ -245,7 +244,6 @@ def test_every_dispatch_of_a_batched_run_carries_its_events(server: ServerThread
         await ctx.step.sleep("nap", "100ms")
         return [*parallel, await ctx.step.run("after", seen)]
 
-    with_flow(app, f, batching(2, 1.0))
     start_worker(app)
     for i in range(2):
         app.send_sync("t/e", {"i": i})

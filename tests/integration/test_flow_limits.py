@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import httpx
@@ -20,8 +20,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import create_engine, select
 
-from stepline import Stepline, on_cron
-from stepline._function import Function
+from stepline import RateLimit, Singleton, Stepline, Throttle, on_cron
 from stepline.v1 import (
     common_pb2,
     event_service_pb2_grpc,
@@ -39,25 +38,6 @@ from tests.integration.rawworker import function
 
 REPO = Path(__file__).resolve().parents[2]
 Flow = dict[str, Any]
-
-
-def with_flow(fn: Function, **settings: Any) -> Function:
-    """The function registers with these FunctionConfig flow fields (proto messages), which the
-    SDK's decorator does not take yet."""
-    extra = common_pb2.FunctionConfig(**settings)
-    plain = type(fn).to_proto
-
-    def to_proto() -> common_pb2.FunctionConfig:
-        config = plain(fn)
-        config.MergeFrom(extra)
-        return config
-
-    object.__setattr__(fn, "to_proto", to_proto)
-    return fn
-
-
-def seconds(value: float) -> Duration:
-    return Duration(seconds=int(value), nanos=int(value % 1 * 1e9))
 
 
 class Sender:
@@ -99,13 +79,13 @@ def skips_of(server: ServerThread, function_id: str = "") -> list[rs.Skip]:
 
 
 def echo_app(server: ServerThread, app_id: str, event: str, **flow: Any) -> Stepline:
+    """An app whose function `fn`, with these flow control options, returns its event's data."""
     app = Stepline(app_id, url=server.address)
 
-    @app.function(id="fn", trigger=event)
+    @app.function(id="fn", trigger=event, **flow)
     def fn(ctx: Any) -> Any:
         return ctx.step.run("echo", lambda: ctx.event.data)
 
-    with_flow(fn, **flow)
     return app
 
 
@@ -118,8 +98,8 @@ def web(make_server: Callable[..., ServerThread]) -> ServerThread:
 def test_rate_limit_starts_limit_runs_per_key_and_records_the_rest(
         web: ServerThread, start_worker: Any) -> None:
     server = web
-    app = echo_app(server, "rl", "rl/go", rate_limit=common_pb2.RateLimit(
-        limit=3, period=seconds(60), key="event.data.user"))
+    app = echo_app(server, "rl", "rl/go",
+                   rate_limit=RateLimit(3, "60s", key="event.data.user"))
     start_worker(app)
     sender = Sender(server.address)
     # Five of user a in one call (limited as if one by one), two more alone, two of user b.
@@ -162,9 +142,8 @@ def test_rate_limit_starts_limit_runs_per_key_and_records_the_rest(
 
 def test_rate_limit_lets_a_start_through_once_the_period_moved_on(
         server: ServerThread, sender: Sender) -> None:
-    with_flow_app = echo_app(server, "rl2", "rl2/go", rate_limit=common_pb2.RateLimit(
-        limit=2, period=seconds(2)))
-    worker = WorkerThread(with_flow_app)
+    app = echo_app(server, "rl2", "rl2/go", rate_limit=RateLimit(2, "2s"))
+    worker = WorkerThread(app)
     try:
         assert len(sender.send("rl2/go", {}, {}, {}).run_ids) == 2
         time.sleep(1.3)  # one emission interval (1 s): one more start may pass, not two
@@ -192,23 +171,23 @@ def test_idempotency_starts_one_run_per_key(server: ServerThread, sender: Sender
 
 
 # -- singleton ----------------------------------------------------------------------------------
-def sleepy_app(server: ServerThread, app_id: str, mode: int) -> Stepline:
-    """Runs that sleep when their event asks to: unfinished for a while."""
+def sleepy_app(server: ServerThread, app_id: str, mode: Literal["skip", "cancel"]) -> Stepline:
+    """Singleton runs by user that sleep when their event asks to: unfinished for a while."""
     app = Stepline(app_id, url=server.address)
 
-    @app.function(id="fn", trigger=f"{app_id}/go")
+    @app.function(id="fn", trigger=f"{app_id}/go",
+                  singleton=Singleton(mode, key="event.data.user"))
     def fn(ctx: Any) -> Any:
         if ctx.event.data.get("nap"):
             ctx.step.sleep("nap", ctx.event.data["nap"])
         return ctx.step.run("done", lambda: ctx.event.data["n"])
 
-    with_flow(fn, singleton=common_pb2.Singleton(key="event.data.user", mode=mode))
     return app
 
 
 def test_singleton_skip_starts_nothing_while_the_key_has_a_run(
         server: ServerThread, sender: Sender, start_worker: Any) -> None:
-    start_worker(sleepy_app(server, "single", common_pb2.Singleton.MODE_SKIP))
+    start_worker(sleepy_app(server, "single", "skip"))
     (first,) = sender.send("single/go", {"user": "a", "n": 1, "nap": 3}).run_ids
     wait_until(lambda: server.get_run(first).status == rs.RUN_STATUS_SLEEPING, what="asleep")
     skipped = sender.send("single/go", {"user": "a", "n": 2}, {"user": "a", "n": 3})
@@ -224,7 +203,7 @@ def test_singleton_skip_starts_nothing_while_the_key_has_a_run(
 
 def test_singleton_cancel_ends_the_old_run_and_starts_the_new(
         server: ServerThread, sender: Sender, start_worker: Any) -> None:
-    start_worker(sleepy_app(server, "cancel", common_pb2.Singleton.MODE_CANCEL))
+    start_worker(sleepy_app(server, "cancel", "cancel"))
     (old,) = sender.send("cancel/go", {"user": "a", "n": 1, "nap": 60}).run_ids
     wait_until(lambda: server.get_run(old).status == rs.RUN_STATUS_SLEEPING, what="asleep")
     sent = sender.send("cancel/go", {"user": "a", "n": 2})
@@ -242,13 +221,12 @@ def test_singleton_cancel_tells_the_worker_holding_the_run(
     app = Stepline("held", url=server.address)
     entered, release = threading.Event(), threading.Event()
 
-    @app.function(id="fn", trigger="held/go")
+    @app.function(id="fn", trigger="held/go", singleton=Singleton("cancel"))
     def fn(ctx: Any) -> Any:
         if ctx.event.data["n"] == 1:
             ctx.step.run("block", lambda: entered.set() or release.wait(20))
         return ctx.step.run("done", lambda: ctx.event.data["n"])
 
-    with_flow(fn, singleton=common_pb2.Singleton(mode=common_pb2.Singleton.MODE_CANCEL))
     start_worker(app, slots=2)
     (old,) = sender.send("held/go", {"n": 1}).run_ids
     assert entered.wait(10)
@@ -265,8 +243,7 @@ def test_singleton_cancel_tells_the_worker_holding_the_run(
 def test_throttle_spaces_starts_by_gcra_in_order(
         server: ServerThread, sender: Sender, start_worker: Any, burst: int,
         expected: list[int]) -> None:
-    app = echo_app(server, f"thr{burst}", "thr/go", throttle=common_pb2.Throttle(
-        limit=2, period=seconds(2), burst=burst))
+    app = echo_app(server, f"thr{burst}", "thr/go", throttle=Throttle(2, "2s", burst=burst))
     start_worker(app, slots=10)
     sent = sender.send("thr/go", *[{"n": i} for i in range(len(expected))])
     assert len(sent.run_ids) == len(expected)  # nothing dropped
@@ -283,8 +260,7 @@ def test_throttle_spaces_starts_by_gcra_in_order(
 
 def test_a_throttled_run_is_queued_held_until_its_slot(
         server: ServerThread, sender: Sender, database_url: str) -> None:
-    app = echo_app(server, "thw", "thw/go", throttle=common_pb2.Throttle(
-        limit=1, period=seconds(60), burst=0))
+    app = echo_app(server, "thw", "thw/go", throttle=Throttle(1, "60s", burst=0))
     worker = WorkerThread(app)  # registers the function
     try:
         first, second = sender.send("thw/go", {}, {}).run_ids
@@ -309,11 +285,10 @@ def test_priority_orders_the_queue(server: ServerThread, sender: Sender) -> None
     def prio_app() -> Stepline:
         app = Stepline("prio", url=server.address)
 
-        @app.function(id="fn", trigger="prio/go")
+        @app.function(id="fn", trigger="prio/go", priority="event.data.factor")
         def fn(ctx: Any) -> Any:
             return ctx.step.run("record", lambda: order.append(ctx.event.data["name"]))
 
-        with_flow(fn, priority=common_pb2.Priority(run="event.data.factor"))
         return app
 
     WorkerThread(prio_app()).stop()  # registers the function; no worker is left
@@ -333,11 +308,9 @@ def test_a_skipped_invoke_fails_the_invoking_step(server: ServerThread, sender: 
                                                   start_worker: Any) -> None:
     app = Stepline("inv", url=server.address)
 
-    @app.function(id="child", trigger="inv/child")
+    @app.function(id="child", trigger="inv/child", rate_limit=RateLimit(1, "1h"))
     def child(ctx: Any) -> Any:
         return ctx.step.run("c", lambda: "child ran")
-
-    with_flow(child, rate_limit=common_pb2.RateLimit(limit=1, period=seconds(3600)))
 
     @app.function(id="parent", trigger="inv/parent")
     def parent(ctx: Any) -> Any:
@@ -362,11 +335,9 @@ def test_skips_apply_to_api_invokes_and_events_sent_by_steps(
         server: ServerThread, sender: Sender, start_worker: Any) -> None:
     app = Stepline("via", url=server.address)
 
-    @app.function(id="limited", trigger="via/limited")
+    @app.function(id="limited", trigger="via/limited", idempotency="event.data.k")
     def limited(ctx: Any) -> Any:
         return ctx.step.run("c", lambda: ctx.event.data)
-
-    with_flow(limited, idempotency="event.data.k")
 
     @app.function(id="fan", trigger="via/fan")
     def fan(ctx: Any) -> Any:
@@ -393,11 +364,9 @@ def test_cron_ticks_over_a_rate_limit_are_skipped_and_the_schedule_goes_on(
         server: ServerThread, start_worker: Any) -> None:
     app = Stepline("tick", url=server.address)
 
-    @app.function(id="fn", trigger=on_cron("* * * * * *"))
+    @app.function(id="fn", trigger=on_cron("* * * * * *"), rate_limit=RateLimit(1, "60s"))
     def fn(ctx: Any) -> Any:
         return ctx.event.data["tick_ms"]
-
-    with_flow(fn, rate_limit=common_pb2.RateLimit(limit=1, period=seconds(60)))
     start_worker(app)
     wait_until(lambda: len(skips_of(server, "tick:fn")) >= 3, timeout=20, what="three skips")
     (run_id,) = server.run_ids_for("tick:fn")
@@ -423,8 +392,7 @@ def test_rate_limit_holds_across_replicas(replicas: tuple[ServerThread, ServerTh
     """Four senders over two servers, each call with two keys, in opposite orders: exactly
     `limit` runs per key, and no deadlock between calls locking the same keys."""
     a, b = replicas
-    app = echo_app(a, "rep", "rep/go", rate_limit=common_pb2.RateLimit(
-        limit=5, period=seconds(3600), key="event.data.k"))
+    app = echo_app(a, "rep", "rep/go", rate_limit=RateLimit(5, "1h", key="event.data.k"))
     WorkerThread(app).stop()  # registers the function
     started: list[str] = []
     lock = threading.Lock()
@@ -457,14 +425,19 @@ def test_rate_limit_holds_across_replicas(replicas: tuple[ServerThread, ServerTh
 
 
 # -- bad settings -------------------------------------------------------------------------------
+# The server's own check: sent as FunctionConfig messages, past the SDK (which refuses the values
+# it can check at decoration time, tests/unit/test_sdk_flow.py; CEL is compiled by the server).
 BAD = [
-    ({"rate_limit": common_pb2.RateLimit(limit=0, period=seconds(60))}, "rate_limit.limit"),
-    ({"rate_limit": common_pb2.RateLimit(limit=1, period=seconds(2 * 86400))},
+    ({"rate_limit": common_pb2.RateLimit(limit=0, period=Duration(seconds=60))},
+     "rate_limit.limit"),
+    ({"rate_limit": common_pb2.RateLimit(limit=1, period=Duration(seconds=2 * 86400))},
      "rate_limit.period"),
-    ({"rate_limit": common_pb2.RateLimit(limit=1, period=seconds(60), key="event.data.(")},
+    ({"rate_limit": common_pb2.RateLimit(limit=1, period=Duration(seconds=60),
+                                         key="event.data.(")},
      "rate_limit.key"),
-    ({"throttle": common_pb2.Throttle(limit=1, period=seconds(0.5))}, "throttle.period"),
-    ({"throttle": common_pb2.Throttle(limit=1, period=seconds(1), burst=-1)},
+    ({"throttle": common_pb2.Throttle(limit=1, period=Duration(nanos=500_000_000))},
+     "throttle.period"),
+    ({"throttle": common_pb2.Throttle(limit=1, period=Duration(seconds=1), burst=-1)},
      "throttle.burst"),
     ({"idempotency": "event.data.id +"}, "idempotency"),
     ({"singleton": common_pb2.Singleton(key="event..x", mode=common_pb2.Singleton.MODE_SKIP)},
@@ -497,8 +470,7 @@ def test_the_pruner_drops_old_skips_and_spent_state_rows(
         make_server: Callable[..., ServerThread], database_url: str) -> None:
     server = make_server(retention_seconds=2.0, prune_seconds=3600.0)
     app = echo_app(server, "prn", "prn/go",
-                   rate_limit=common_pb2.RateLimit(limit=1, period=seconds(1)),
-                   singleton=common_pb2.Singleton(mode=common_pb2.Singleton.MODE_SKIP))
+                   rate_limit=RateLimit(1, "1s"), singleton=Singleton("skip"))
     worker = WorkerThread(app)
     sender = Sender(server.address)
     try:

@@ -7,8 +7,8 @@ import os
 import time
 from typing import Any
 
-from stepline import Stepline
-from tests.flow_apps import limited, mark, record_step
+from stepline import Concurrency, Stepline
+from tests.flow_apps import mark, record_step
 
 app = Stepline(app_id="e2e-conc")
 LOG = os.environ.get("E2E_LOG", "e2e-steps.log")
@@ -24,11 +24,9 @@ def step(key: str, run_id: str) -> None:
     record_step(LOG, key, run_id, STEP_SECONDS)
 
 
-@app.function(id="limited", trigger="e2e/conc", retries=3)
+@app.function(id="limited", trigger="e2e/conc", retries=3,
+              concurrency=Concurrency(LIMIT, key="event.data.k"))
 def work(ctx: Any) -> None:
     key = ctx.event.data["k"]
     ctx.step.run("one", step, key, ctx.run_id)
     ctx.step.run("two", step, key, ctx.run_id)
-
-
-limited(work, (LIMIT, "event.data.k", "fn"))

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepline import Context, Stepline
-from tests.flow_functions import batching, debounce, with_flow
+from stepline import Batch, Context, Debounce, Stepline
 
 app = Stepline(app_id="flow-e2e")
 
 
-@app.function(id="debounced", trigger="flow/debounce")
+@app.function(id="debounced", trigger="flow/debounce", debounce=Debounce("5s"))
 async def debounced(ctx: Context) -> dict[str, Any]:
     return {"event": ctx.event.data["i"], "events": [e.data["i"] for e in ctx.events]}
 
 
-@app.function(id="batched", trigger="flow/batch")
+@app.function(id="batched", trigger="flow/batch", batch_events=Batch(3, "5s"))
 async def batched(ctx: Context) -> dict[str, Any]:
     return {"event": ctx.event.data["i"], "events": [e.data["i"] for e in ctx.events]}
-
-
-with_flow(app, debounced, debounce(5.0))
-with_flow(app, batched, batching(3, 5.0))
