@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, select
 
 from stepline import Batch, Debounce, Stepline, serve
 from stepline.testing import run as run_locally
-from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc
+from stepline.v1 import common_pb2, event_service_pb2, event_service_pb2_grpc, run_service_pb2
 from stepline_server.store import flow_state, schema
 from tests.harness import ServerThread, wait_until
 from tests.inngest_apps.procs import sdk_send
@@ -265,3 +265,24 @@ def test_the_pruner_deletes_flow_state_rows_past_their_expiry(make_server: Any,
     with db.connect() as conn:
         assert list(conn.execute(select(schema.flow_keys.c.key)).scalars()) == ["new"]
     db.dispose()
+
+
+def test_an_invoke_of_a_debounced_function_runs_at_once_with_its_own_data(
+        server: ServerThread, start_worker: Any) -> None:
+    """step.invoke waits for the run it starts: its start is never folded into a debounced
+    run (whose end would not resume the invoking step)."""
+    app = _echo_app(server, "debi", debounce=Debounce(60.0))
+
+    @app.function(id="parent", trigger="t/parent")
+    async def parent(ctx: Any) -> Any:
+        return await ctx.step.invoke("call", function="f", data={"via": "invoke"})
+
+    start_worker(app)
+    app.send_sync("t/e", {"i": 1})  # opens a debounce that waits a minute
+    app.send_sync("t/parent", {})
+    wait_until(lambda: server.run_ids_for("debi:parent"), what="the parent's run")
+    (run_id,) = server.run_ids_for("debi:parent")
+    run = server.wait_run(run_id, timeout=30)
+    assert run.status == run_service_pb2.RUN_STATUS_COMPLETED, run
+    assert json.loads(run.output) == {"event": {"via": "invoke"}, "events": [{"via": "invoke"}]}
+    assert len(server.run_ids_for("debi:f")) == 2  # the debounced one still waits
