@@ -165,6 +165,13 @@ def test_a_key_backlog_does_not_delay_another_key(server: ServerThread, tmp_path
     assert started_a < 100, f"key b waited behind {started_a} runs of key a"
 
 
+def parked_items(engine: Any) -> int:
+    """Queue items parked for a concurrency slot."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(queue)
+                                .where(queue.c.held_key.is_not(None))).scalar_one())
+
+
 def test_removing_the_limit_releases_parked_runs(server: ServerThread, database_url: str,
                                                  tmp_path: Path, workers: Any) -> None:
     log = tmp_path / "steps.log"
@@ -172,15 +179,10 @@ def test_removing_the_limit_releases_parked_runs(server: ServerThread, database_
     send_batch(server, "conc/work", [{"k": "a"}] * 6)
     engine = create_engine(database_url)
     try:
-        def parked() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(queue)
-                                        .where(queue.c.held_key.is_not(None))).scalar_one())
-
-        assert parked() == 5  # one run admitted, the others wait for its slot
+        assert parked_items(engine) == 5  # one run admitted, the others wait for its slot
         plain = keyed_app(server, log, limits=())
         plain.register_sync()
-        assert parked() == 0
+        assert parked_items(engine) == 0
     finally:
         engine.dispose()
     workers(plain, 1)
@@ -196,16 +198,11 @@ def test_a_raised_limit_unparks_runs_within_the_sweep(server: ServerThread, data
     send_batch(server, "conc/work", [{"k": "a"}] * 5)
     engine = create_engine(database_url)
     try:
-        def parked() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(queue)
-                                        .where(queue.c.held_key.is_not(None))).scalar_one())
-
-        assert parked() == 4
+        assert parked_items(engine) == 4
         keyed_app(server, log, limits=(Concurrency(3),)).register_sync()
-        wait_until(lambda: parked() == 2, timeout=10, what="two more runs admitted")
+        wait_until(lambda: parked_items(engine) == 2, timeout=10, what="two more runs admitted")
         time.sleep(1.5)  # a few more sweeps: no more than the limit
-        assert parked() == 2
+        assert parked_items(engine) == 2
     finally:
         engine.dispose()
 
