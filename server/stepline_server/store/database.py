@@ -11,7 +11,9 @@ import contextlib
 import functools
 import logging
 import queue
+import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +34,10 @@ from stepline_server.store import dialect
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
+# A write that PostgreSQL picks to break a deadlock is run this many times in all, with a
+# random pause of up to CONTENDED_PAUSE times the attempt before each new run.
+CONTENDED_ATTEMPTS = 5
+CONTENDED_PAUSE = 0.005
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -280,8 +286,32 @@ class Database:
 
     def _commit(self, batch: list[tuple[Any, asyncio.Future[Any]]],
                 callbacks: list[Callable[[], None]]) -> list[Any]:
+        """Commit the batch; entries whose work lost a lock conflict to another server's
+        transaction (PostgreSQL chose it to break a deadlock) run again in a transaction of
+        their own, once the others have committed and released their locks."""
+        entries = [entry for entry, _ in batch]
+        results = self._run(entries, callbacks)
+        for attempt in range(1, CONTENDED_ATTEMPTS):
+            lost = [i for i, result in enumerate(results) if dialect.contended(result)]
+            if not lost:
+                return results
+            log.info("%d write(s) lost a lock conflict; running them again (attempt %d)",
+                     len(lost), attempt + 1)
+            time.sleep(random.uniform(0, CONTENDED_PAUSE * attempt))  # the winner goes first
+            try:
+                again = self._run([entries[i] for i in lost], callbacks)
+            except Exception as exc:  # only the retried entries failed; the rest is committed
+                log.exception("write transaction failed")
+                again = [_translate(exc)] * len(lost)
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return [Unavailable("the write lost lock conflicts with other servers' writes "
+                            f"{CONTENDED_ATTEMPTS} times; send the request again")
+                if dialect.contended(result) else result for result in results]
+
+    def _run(self, entries: list[Any], callbacks: list[Callable[[], None]]) -> list[Any]:
         units: list[_Unit] = []
-        for entry, _ in batch:
+        for entry in entries:
             if isinstance(entry, _Batched):
                 if units and units[-1].apply is entry.apply:
                     units[-1].items.append(entry.item)
@@ -289,11 +319,12 @@ class Database:
                     units.append(_Unit(apply=entry.apply, items=[entry.item]))
             else:
                 units.append(_Unit(job=entry))
+        mark = len(callbacks)
         try:
             return self._transaction(units, callbacks, isolate=len(units) > 1)
         except _Retry:
             # A lone unit failed and rolled back; redo its items one by one.
-            callbacks.clear()
+            del callbacks[mark:]
             return self._transaction(units, callbacks, isolate=True)
         except Exception:
             self._drop_connection()

@@ -119,6 +119,19 @@ def unreachable(error: BaseException) -> bool:
     return state is None or state.startswith(_UNREACHABLE_STATES)
 
 
+# A transaction that lost to another one: a deadlock (40P01) or a serialization failure (40001).
+# Nothing it wrote stays; run again, it succeeds.
+_CONTENDED_STATES = frozenset({"40P01", "40001"})
+
+
+def contended(error: BaseException) -> bool:
+    """Whether a driver error means "this transaction was chosen to lose a lock conflict"
+    (PostgreSQL's deadlock detector): the same work run again, in a new transaction, succeeds."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    return getattr(error.orig, "sqlstate", None) in _CONTENDED_STATES
+
+
 def insert_or_replace(dialect_name: str, table: Table, *, replace_if: Any) -> Any:
     """INSERT … ON CONFLICT (primary key) DO UPDATE every other column WHERE `replace_if`,
     RETURNING the key: a row comes back exactly when it was inserted or replaced."""
