@@ -8,8 +8,11 @@ run to SQLite on purpose.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -74,12 +77,25 @@ def postgres() -> Iterator[PostgresDatabases]:
     databases.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once: each test's database is a copy (migrating a new file takes
+    most of a server's start)."""
+    path = tmp_path_factory.mktemp("template") / "stepline.db"
+    migrate(sqlite_url(path))
+    return path
+
+
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh, empty database of the backend under test."""
+    """A fresh database of the backend under test, migrated to the newest schema."""
     if backend == "sqlite":
-        yield sqlite_url(tmp_path_factory.mktemp("db") / "stepline.db")
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path_factory.mktemp("db") / "stepline.db"
+        with closing(sqlite3.connect(template)) as source, closing(sqlite3.connect(path)) as copy:
+            source.backup(copy)
+        yield sqlite_url(path)
         return
     databases: PostgresDatabases = request.getfixturevalue("postgres")
     name = databases.create()

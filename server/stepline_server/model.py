@@ -76,6 +76,20 @@ class MatchKind(enum.StrEnum):
     CANCEL = "cancel"  # cancels the run (the function's cancel_on)
 
 
+class FlowKind(enum.StrEnum):
+    """A flow control stage's name: the kind of its flow_keys rows, and what queue.held says
+    of a run it holds back."""
+
+    CONCURRENCY = "concurrency"
+    THROTTLE = "throttle"
+    RATE_LIMIT = "rate_limit"
+    IDEMPOTENCY = "idempotency"
+    SINGLETON = "singleton"
+    DEBOUNCE = "debounce"
+    BATCH = "batch"
+    PRIORITY = "priority"  # held only: a run moved later (a negative priority)
+
+
 class AckAction(enum.Enum):
     CONTINUE = "continue"  # committed; the worker keeps executing the run
     RELEASE = "release"  # committed; the worker drops the run

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from stepline_server.engine import flow_keys
 from stepline_server.flow import Concurrency, Scope
-from stepline_server.model import NEVER_MS, FunctionChanges, FunctionSpec, QueueItem, RunPolicy
+from stepline_server.model import (
+    NEVER_MS,
+    FlowKind,
+    FunctionChanges,
+    FunctionSpec,
+    QueueItem,
+    RunPolicy,
+)
 from stepline_server.store import flow_slots, flow_state
 from stepline_server.store import functions as function_store
 from stepline_server.store.flow_state import KeyRef
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
     from stepline_server.engine.starts import RunStart
     from stepline_server.store import Tx
 
-KIND = "concurrency"
+KIND = FlowKind.CONCURRENCY
 
 
 # -- keys ----------------------------------------------------------------------------------------

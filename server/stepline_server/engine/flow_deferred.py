@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from stepline_server.engine.flow_keys import key_id, key_value, shown
 from stepline_server.engine.flow_starts import PLAIN, Queueing
 from stepline_server.flow import DAY_MS, Batching, Debounce
-from stepline_server.model import EventRecord
+from stepline_server.model import EventRecord, FlowKind
 from stepline_server.store import flow_deferred as deferred_store
 from stepline_server.store import flow_state
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from stepline_server.engine.starts import RunStart
     from stepline_server.store import Tx
 
-DEBOUNCE = "debounce"
-BATCH = "batch"
+DEBOUNCE = FlowKind.DEBOUNCE
+BATCH = FlowKind.BATCH
 # A key's row outlives its run's due time by this much before the pruner may take it: a row
 # pruned while its run still waits (a server down that long) only costs a second run.
 KEEP_MS = 7 * DAY_MS

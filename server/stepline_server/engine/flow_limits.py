@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepline_server.engine import flow_keys, lifecycle
 from stepline_server.flow import IDEMPOTENCY_WINDOW_MS, SingletonMode, SkipReason
-from stepline_server.model import ErrorInfo, RunStatus, StepStatus, WaitKind
+from stepline_server.model import ErrorInfo, FlowKind, RunStatus, StepStatus, WaitKind
 from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import flow_state
 from stepline_server.store import queue as queue_store
@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from stepline_server.engine.starts import RunStart
     from stepline_server.store import Tx
 
-RATE_LIMIT = "rate_limit"
-IDEMPOTENCY = "idempotency"
-SINGLETON = "singleton"
-THROTTLE = "throttle"
+RATE_LIMIT = FlowKind.RATE_LIMIT
+IDEMPOTENCY = FlowKind.IDEMPOTENCY
+SINGLETON = FlowKind.SINGLETON
+THROTTLE = FlowKind.THROTTLE
 # call state: the runs this call started that singleton rows name (not inserted yet: they have
 # no queue row).
 _STARTED = ("flow_limits", "singleton runs")
@@ -240,5 +240,5 @@ def _priority(start: RunStart, queueing: Queueing, now: int) -> Queueing:
     if factor == 0:
         return queueing
     due = (queueing.due_at_ms or now) - factor * 1000
-    held = queueing.held or ("priority" if due > now else None)
+    held = queueing.held or (FlowKind.PRIORITY if due > now else None)
     return replace(queueing, due_at_ms=due, held=held)

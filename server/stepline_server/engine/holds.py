@@ -11,10 +11,11 @@ import json
 from sqlalchemy.engine import Connection
 
 from stepline_server.flow import FlowControl
-from stepline_server.model import RunRecord, RunStatus
+from stepline_server.model import FlowKind, RunRecord, RunStatus
 from stepline_server.store.holds import Hold, holds_of
 
-_TIMED = {"throttle": "throttled", "debounce": "debounced", "priority": "delayed by priority"}
+_TIMED: dict[str, str] = {FlowKind.THROTTLE: "throttled", FlowKind.DEBOUNCE: "debounced",
+                         FlowKind.PRIORITY: "delayed by priority"}
 
 
 def attach(conn: Connection, runs: list[RunRecord], now_ms: int) -> list[RunRecord]:
@@ -35,13 +36,13 @@ def attach(conn: Connection, runs: list[RunRecord], now_ms: int) -> list[RunReco
 def describe(hold: Hold, now_ms: int) -> tuple[str, int | None] | None:
     """(why, until when) of a hold; None for a timed hold whose time has come: the run is due,
     only waiting for a worker like any other."""
-    if hold.reason == "concurrency":  # parked until a slot frees: no time known
+    if hold.reason == FlowKind.CONCURRENCY:  # parked until a slot frees: no time known
         value = hold.key_value or ""
         return ("waiting for concurrency key " + value if value
                 else "waiting for concurrency"), None
     if hold.due_at_ms <= now_ms:
         return None
-    if hold.reason == "batch":
+    if hold.reason == FlowKind.BATCH:
         return f"batching {hold.events}/{_batch_size(hold.config)}", hold.due_at_ms
     return _TIMED.get(hold.reason, hold.reason), hold.due_at_ms
 

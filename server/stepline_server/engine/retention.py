@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from stepline_server.engine.timed import TimedLoop
 from stepline_server.ids import now_ms
-from stepline_server.model import retention_from_config
+from stepline_server.model import FlowKind, retention_from_config
 from stepline_server.settings import Settings
 from stepline_server.store import Tx, flow_state
 from stepline_server.store import flow_skips as skip_store
@@ -59,8 +59,8 @@ def _prune_skips(conn: Connection, cutoff_ms: int) -> dict[str, int]:
 
 def _prune_singletons(conn: Connection, now_ms: int) -> dict[str, int]:
     """Singleton rows of ended runs: their key is free, as if never used."""
-    return {"flow_keys": flow_state.prune_runs_rows(conn, "singleton", now_ms - SINGLETON_GRACE_MS,
-                                                    BATCH_FLOW)}
+    return {"flow_keys": flow_state.prune_runs_rows(
+        conn, FlowKind.SINGLETON, now_ms - SINGLETON_GRACE_MS, BATCH_FLOW)}
 
 
 class Pruner(TimedLoop):

@@ -165,7 +165,6 @@ def migrate(url: str) -> None:
     Stepline migrated: its migrations are unknown here, and this code was never tested on it.
     (A server already running when a newer replica migrates keeps running: migrations only
     expand the schema within a release series; see README, "Upgrades".)"""
-    config = alembic_config(url)
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -177,7 +176,8 @@ def migrate(url: str) -> None:
             f"the database schema is at migration {current}, newer than this server knows "
             f"(its newest is {head_revision()}): a newer Stepline upgraded it. Start the newer "
             "version (upgrading every replica), or restore the backup taken before the upgrade")
-    command.upgrade(config, "head")
+    if current != head_revision():  # at head (every restart): nothing for Alembic to run
+        command.upgrade(alembic_config(url), "head")
 
 
 def _resolve(batch: list[tuple[Any, asyncio.Future[Any]]], results: list[Any],

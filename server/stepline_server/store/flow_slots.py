@@ -30,11 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
-from stepline_server.model import NEVER_MS
+from stepline_server.model import NEVER_MS, FlowKind
 from stepline_server.store.hot import Hot
 from stepline_server.store.schema import flow_keys, queue
-
-HELD = "concurrency"  # the kind of a key's flow_keys row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +92,7 @@ def leased(conn: Connection, keys: list[str], now_ms: int) -> dict[str, int]:
 
 
 _LOCK_KEYS = Hot(select(flow_keys.c.key)
-                 .where(flow_keys.c.kind == HELD,
+                 .where(flow_keys.c.kind == FlowKind.CONCURRENCY,
                         flow_keys.c.key.in_(bindparam("keys", expanding=True)))
                  .order_by(flow_keys.c.key)
                  .with_for_update())
