@@ -5,6 +5,7 @@ backlog does not delay another key, and limits removed at re-registration releas
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from stepline import Concurrency, Stepline
 from stepline._events import EventInput
 from stepline.v1 import event_service_pb2, event_service_pb2_grpc
 from stepline.v1 import run_service_pb2 as rs
-from stepline_server.store.schema import queue
+from stepline_server.store.schema import flow_keys, queue
 from tests.flow_apps import intervals, max_overlap, record_step
 from tests.harness import ServerThread, WorkerThread, wait_until
 
@@ -202,6 +203,37 @@ def test_a_raised_limit_unparks_runs_within_the_sweep(server: ServerThread, data
         keyed_app(server, log, limits=(Concurrency(3),)).register_sync()
         wait_until(lambda: parked_items(engine) == 2, timeout=10, what="two more runs admitted")
         time.sleep(1.5)  # a few more sweeps: no more than the limit
+        assert parked_items(engine) == 2
+    finally:
+        engine.dispose()
+
+
+def concurrency_keys(engine: Any) -> list[str]:
+    """The values of the concurrency keys that have a state row."""
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(flow_keys.c.value)
+                                   .where(flow_keys.c.kind == "concurrency")).scalars())
+
+
+def test_the_pruner_drops_the_rows_of_keys_no_queued_run_carries(
+        make_server: Callable[..., ServerThread], database_url: str, tmp_path: Path) -> None:
+    server = make_server(prune_seconds=3600.0)
+    log = tmp_path / "steps.log"
+    keyed_app(server, log, limits=(Concurrency(1, key="event.data.k"),)).register_sync()
+    send_batch(server, "conc/work", [{"k": "busy"}, {"k": "busy"}, {"k": "done"}])
+    engine = create_engine(database_url)
+    try:
+        assert parked_items(engine) == 1  # busy's second run waits for its slot
+        (done,) = [r for r in server.run_ids_for("conc:work")
+                   if json.loads(server.get_run(r).event.data) == {"k": "done"}]
+        server.call(server.server.engine.cancel_run(done, "test"))
+        assert concurrency_keys(engine) == ["busy", "done"]
+        pruned = server.call(server.server.pruner.prune())
+        assert pruned.get("flow_keys") == 1
+        assert concurrency_keys(engine) == ["busy"]  # its runs still carry it
+        # The pruned key's next run creates its row again and is limited as before.
+        send_batch(server, "conc/work", [{"k": "done"}, {"k": "done"}])
+        assert concurrency_keys(engine) == ["busy", "done"]
         assert parked_items(engine) == 2
     finally:
         engine.dispose()

@@ -1,5 +1,6 @@
-"""A write that PostgreSQL picks to break a deadlock is run again, not failed (PostgreSQL only:
-SQLite has one writer, so no lock cycle can form)."""
+"""Writes that meet other transactions' locks (PostgreSQL only: SQLite has one writer): a write
+PostgreSQL picks to break a deadlock is run again, not failed; a flow control row deleted
+under a lock being taken is created again."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Connection
 
-from stepline_server.store.database import Database, Tx
+from stepline_server.model import FlowKind
+from stepline_server.store import flow_state, schema
+from stepline_server.store.database import Database, Tx, migrate
 from tests.conftest import PostgresDatabases
 
 
@@ -66,3 +70,34 @@ async def _deadlock_then_retry(pg_url: str) -> None:
     finally:
         other.dispose()
         await db.close()
+
+
+def test_a_flow_row_deleted_between_its_creation_and_its_lock_is_created_again(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pruner deletes the row of an idle concurrency key (flow_slots.prune_idle) while a
+    start is about to lock it: the start creates it again instead of going on unlocked."""
+    migrate(pg_url)
+    engine = create_engine(pg_url)
+    ref = flow_state.KeyRef(kind=FlowKind.CONCURRENCY, key="f:k", function_id="f",
+                            value="k")
+    try:
+        with engine.begin() as conn:
+            flow_state.lock(conn, [ref])
+        create = flow_state._create
+        pruned: list[int] = []
+
+        def create_then_prune(conn: Connection, refs: list[flow_state.KeyRef]) -> None:
+            create(conn, refs)  # the row exists: nothing inserted, nothing locked
+            if not pruned:
+                with engine.begin() as other:
+                    pruned.append(other.execute(schema.flow_keys.delete()).rowcount)
+
+        monkeypatch.setattr(flow_state, "_create", create_then_prune)
+        with engine.begin() as conn:
+            locked = flow_state.lock(conn, [ref])
+        assert pruned == [1]
+        assert list(locked) == [(FlowKind.CONCURRENCY, "f:k")]
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(schema.flow_keys)).scalar() == 1
+    finally:
+        engine.dispose()

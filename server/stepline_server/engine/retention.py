@@ -15,7 +15,7 @@ from stepline_server.engine.timed import TimedLoop
 from stepline_server.ids import now_ms
 from stepline_server.model import FlowKind, retention_from_config
 from stepline_server.settings import Settings
-from stepline_server.store import Tx, flow_state
+from stepline_server.store import Tx, flow_slots, flow_state
 from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import pruning as prune_store
 
@@ -106,8 +106,8 @@ class Pruner(TimedLoop):
 
     async def _prune_flow(self, now: int, total: dict[str, int]) -> bool:
         """Flow control's leftovers: skips past the server's retention, state rows whose state
-        is as good as a fresh row's (expires_ms passed), singleton rows of ended runs. False
-        when another replica prunes."""
+        is as good as a fresh row's (expires_ms passed), singleton rows of ended runs, rows of
+        idle concurrency keys. False when another replica prunes."""
         keep_ms = retention_in_force(None, self.engine.settings)
         batches: list[tuple[prune_store.Batch, str]] = [
             (functools.partial(prune_store.prune_flow_keys, now_ms=now, limit=BATCH_FLOW),
@@ -119,7 +119,25 @@ class Pruner(TimedLoop):
         for batch, table in batches:
             if not await self._drain(batch, table, BATCH_FLOW, total):
                 return False
-        return True
+        return await self._prune_idle_keys(total)
+
+    async def _prune_idle_keys(self, total: dict[str, int]) -> bool:
+        """The rows of concurrency keys that no queued item carries any more: a walk over the
+        keys in key order, BATCH_FLOW keys per transaction."""
+        walk = {"after": ""}
+
+        def batch(conn: Connection) -> dict[str, int]:
+            deleted, walk["after"] = flow_slots.prune_idle(conn, walk["after"], BATCH_FLOW)
+            return {"flow_keys": deleted}
+
+        while not self.stopping:
+            counts = await self.prune_once(batch)
+            if counts is None:
+                return False
+            total["flow_keys"] = total.get("flow_keys", 0) + counts["flow_keys"]
+            if not walk["after"]:
+                return True
+        return False
 
     def _plan(self, conn: Connection, now: int) -> list[tuple[str, int]]:
         """(function, cutoff) of the functions with at least one run to prune: a probe each."""

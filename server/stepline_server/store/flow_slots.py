@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     String,
+    and_,
     bindparam,
     cast,
     exists,
@@ -170,6 +171,34 @@ def parked_heads(conn: Connection, after: str, limit: int) -> list[ParkedHead]:
                                 ckey1=row.ckey1, ckey2=row.ckey2))
         after = row.held_key
     return heads
+
+
+def prune_idle(conn: Connection, after: str, limit: int) -> tuple[int, str]:
+    """Delete the rows of concurrency keys no queue item carries (the key's next start creates
+    its row again), among up to `limit` keys after `after` in key order. Returns how many, and
+    the key to go on after ("" once the last was reached).
+
+    PostgreSQL: the rows are locked first, skipping those a start or a claim holds; under the
+    lock no item can join a key (starts lock its row, and the steps of a run copy the keys of
+    its item, which exists), so the second look, in a new snapshot, is final."""
+    keys = list(conn.execute(select(flow_keys.c.key)
+                             .where(flow_keys.c.kind == FlowKind.CONCURRENCY,
+                                    flow_keys.c.key > after)
+                             .order_by(flow_keys.c.key).limit(limit)).scalars())
+    if not keys:
+        return 0, ""
+    idle = and_(flow_keys.c.kind == FlowKind.CONCURRENCY, flow_keys.c.key.in_(keys),
+                ~exists().where(queue.c.ckey1 == flow_keys.c.key),
+                ~exists().where(queue.c.ckey2 == flow_keys.c.key))
+    victims = keys
+    if conn.dialect.name != "sqlite":
+        victims = list(conn.execute(select(flow_keys.c.key).where(idle)
+                                    .with_for_update(skip_locked=True)).scalars())
+    deleted = 0
+    if victims:
+        deleted = conn.execute(flow_keys.delete().where(
+            idle, flow_keys.c.key.in_(victims))).rowcount
+    return int(deleted), (keys[-1] if len(keys) == limit else "")
 
 
 def any_parked(conn: Connection) -> bool:

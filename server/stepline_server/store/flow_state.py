@@ -51,15 +51,31 @@ def lock(conn: Connection, refs: Iterable[KeyRef]) -> dict[tuple[str, str], KeyR
     """Lock these rows (creating the missing ones) in one fixed order, so that transactions
     locking several never deadlock; return them by (kind, key)."""
     wanted = sorted({(r.kind, r.key): r for r in refs}.values(), key=lambda r: (r.kind, r.key))
-    if not wanted:
-        return {}
+    locked: dict[tuple[str, str], KeyRow] = {}
+    # PostgreSQL: a row the pruner deleted between the insert and the lock (an idle
+    # concurrency key, flow_slots.prune_idle) is missing from the locked ones: create it again.
+    for _ in range(5):
+        if not wanted:
+            break
+        _create(conn, wanted)
+        locked.update(_select_locked(conn, wanted))
+        wanted = [r for r in wanted if (r.kind, r.key) not in locked]
+    if wanted:
+        raise RuntimeError(f"flow control rows deleted at every attempt to lock them: {wanted}")
+    return locked
+
+
+def _create(conn: Connection, refs: list[KeyRef]) -> None:
     insert: Any = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(flow_keys)
     conn.execute(insert.on_conflict_do_nothing(), [
         {"kind": r.kind, "key": r.key, "function_id": r.function_id, "value": r.value,
-         "count": 0} for r in wanted])
+         "count": 0} for r in refs])
+
+
+def _select_locked(conn: Connection, refs: list[KeyRef]) -> dict[tuple[str, str], KeyRow]:
     query = (select(flow_keys)
              .where(tuple_(flow_keys.c.kind, flow_keys.c.key).in_([(r.kind, r.key)
-                                                                  for r in wanted]))
+                                                                  for r in refs]))
              .order_by(flow_keys.c.kind, flow_keys.c.key))
     if conn.dialect.name != "sqlite":
         query = query.with_for_update()
