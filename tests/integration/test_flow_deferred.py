@@ -286,3 +286,19 @@ def test_an_invoke_of_a_debounced_function_runs_at_once_with_its_own_data(
     assert run.status == run_service_pb2.RUN_STATUS_COMPLETED, run
     assert json.loads(run.output) == {"event": {"via": "invoke"}, "events": [{"via": "invoke"}]}
     assert len(server.run_ids_for("debi:f")) == 2  # the debounced one still waits
+
+
+def test_an_api_invoke_of_a_debounced_function_answers_with_its_own_run(
+        server: ServerThread, start_worker: Any) -> None:
+    """RunService.InvokeFunction answers with the run it started: like step.invoke, never
+    folded into the debounce."""
+    app = _echo_app(server, "deba", debounce=Debounce(60.0))
+    start_worker(app)
+    app.send_sync("t/e", {"i": 1})  # opens a debounce that waits a minute
+    invoked = server.runs.InvokeFunction(run_service_pb2.InvokeFunctionRequest(
+        function_id="deba:f", data=b'{"via": "api"}'))
+    assert invoked.started and invoked.run_id
+    run = server.wait_run(invoked.run_id, timeout=30)
+    assert run.status == run_service_pb2.RUN_STATUS_COMPLETED, run
+    assert json.loads(run.output) == {"event": {"via": "api"}, "events": [{"via": "api"}]}
+    assert len(server.run_ids_for("deba:f")) == 2  # the debounced one still waits

@@ -357,7 +357,11 @@ def test_skips_apply_to_api_invokes_and_events_sent_by_steps(
         server.runs.InvokeFunction(rs.InvokeFunctionRequest(
             function_id="via:limited", data=b'{"k": "z"}'))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "flow control" in (caught.value.details() or "")
+    assert "started no run" in (caught.value.details() or "")
+    assert "idempotency (key 'z')" in (caught.value.details() or ""), caught.value.details()
+    # Like any skip, it is recorded, with the invocation's event.
+    assert sorted((s.reason, s.key) for s in skips_of(server, "via:limited")) == [
+        ("idempotency", "x"), ("idempotency", "z")]
 
 
 def test_cron_ticks_over_a_rate_limit_are_skipped_and_the_schedule_goes_on(

@@ -87,9 +87,10 @@ def admit(tx: Tx, starts: list[RunStart], now: int, new_id: Callable[[], str],
             assert context is not None, "new runs are started with a TxContext"
             if flow_limits.skip(context, start, call):
                 continue
-            # step.invoke waits for the run it starts: never folded into a debounce or a batch.
-            queueing = (flow_deferred.defer(tx, start, now, new_id, call)
-                        if start.parent_run_id is None else PLAIN)
+            # step.invoke and InvokeFunction need the run they start: never folded into a
+            # debounce or a batch.
+            queueing = (PLAIN if start.awaited
+                        else flow_deferred.defer(tx, start, now, new_id, call))
             if queueing is None:
                 continue
             queueing = flow_limits.start_due(tx, start, queueing, now, call, new_id)

@@ -27,6 +27,7 @@ from stepline_server.ids import now_ms
 from stepline_server.model import EventRecord, RunRecord, RunStatus
 from stepline_server.store import Tx
 from stepline_server.store import events as event_store
+from stepline_server.store import flow_skips as skip_store
 from stepline_server.store import functions as function_store
 from stepline_server.store import pauses as pause_store
 from stepline_server.store import runs as run_store
@@ -48,6 +49,17 @@ class Invocation:
     run_id: str
     event_id: str
     started: bool  # False: a repeated id, run_id is the first call's run
+    # No run: flow control skipped the start (recorded in flow_skips): (reason, key value).
+    skipped: tuple[str, str] | None = None
+
+    def refusal(self, function_id: str) -> FailedPrecondition:
+        """The error a caller gets for a skipped start (once the skip is committed)."""
+        assert self.skipped is not None
+        reason, key = self.skipped
+        return FailedPrecondition(
+            f"function_id: the flow control of function {function_id!r} started no run for "
+            f"event {self.event_id!r}: {reason}" + (f" (key {key!r})" if key else "") +
+            "; the skip is recorded (stepline skips)")
 
 
 async def invoke_function(engine: Engine, function_id: str, event: EventRecord) -> Invocation:
@@ -63,14 +75,11 @@ async def invoke_function(engine: Engine, function_id: str, event: EventRecord) 
                                      "resume it to invoke it")
         fresh = event_store.insert(conn, [event], now_ms(), engine.dedup_ms)
         if fresh[0]:
-            started = start([RunStart(function_id=function_id, policy=policy, event=event)])
-            if not started:
-                # Nothing is kept of it (the skip rolls back with this error): the caller
-                # decides whether to call again.
-                raise FailedPrecondition(f"function_id: the flow control of function "
-                                         f"{function_id!r} started no run for this event "
-                                         "(rate limit, idempotency, singleton, debounce or "
-                                         "batching)")
+            started = start([RunStart(function_id=function_id, policy=policy, event=event,
+                                      direct=True)])
+            if not started:  # a rate limit, idempotency or singleton skip, recorded
+                return Invocation(run_id="", event_id=event.id, started=False,
+                                  skipped=skip_store.reason_of(conn, event.id, function_id))
             [run_id] = started
             return Invocation(run_id=run_id, event_id=event.id, started=True)
         earlier = run_store.run_ids_by_event(conn, [event.id]).get(event.id, [])

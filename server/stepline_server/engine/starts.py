@@ -44,6 +44,14 @@ class RunStart:
     parent_step_id: str | None = None
     # A replay or a rerun from a step: the run it was made from.
     source_run_id: str | None = None
+    # A direct call (RunService.InvokeFunction) answers with its own run, as step.invoke waits
+    # for its own: never folded into a debounce or a batch.
+    direct: bool = False
+
+    @property
+    def awaited(self) -> bool:
+        """Whether the caller needs this start's own run (step.invoke, InvokeFunction)."""
+        return self.direct or self.parent_run_id is not None
 
 
 @dataclass(slots=True)

@@ -130,6 +130,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                             data=data, ts_ms=now_ms(),
                             traceparent=traceparent.from_metadata(context.invocation_metadata()))
         invoked = await self.engine.invoke_function(function_id, event)
+        if invoked.skipped is not None:
+            raise invoked.refusal(function_id)
         return run_service_pb2.InvokeFunctionResponse(
             run_id=invoked.run_id, event_id=invoked.event_id, started=invoked.started)
 

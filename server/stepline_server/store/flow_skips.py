@@ -27,6 +27,13 @@ def record(conn: Connection, *, function_id: str, event_id: str, reason: str, ke
         "skipped_at_ms": skipped_at_ms})
 
 
+def reason_of(conn: Connection, event_id: str, function_id: str) -> tuple[str, str]:
+    """(reason, key value) of the event's skip by the function."""
+    row = conn.execute(select(flow_skips.c.reason, flow_skips.c.key).where(
+        flow_skips.c.event_id == event_id, flow_skips.c.function_id == function_id)).one()
+    return row.reason, row.key
+
+
 def list_(conn: Connection, *, function_id: str | None, limit: int,
           cursor: tuple[int, str] | None) -> tuple[list[FlowSkip], str]:
     """Skips newest first (of one function on ix_flow_skips_function, else on
