@@ -228,9 +228,13 @@ def test_the_pruner_drops_the_rows_of_keys_no_queued_run_carries(
                    if json.loads(server.get_run(r).event.data) == {"k": "done"}]
         server.call(server.server.engine.cancel_run(done, "test"))
         assert concurrency_keys(engine) == ["busy", "done"]
-        pruned = server.call(server.server.pruner.prune())
-        assert pruned.get("flow_keys") == 1
-        assert concurrency_keys(engine) == ["busy"]  # its runs still carry it
+
+        def pruned() -> bool:
+            # A round of the server's own loop may hold the turn: this one then stops early.
+            server.call(server.server.pruner.prune())
+            return concurrency_keys(engine) == ["busy"]  # its runs still carry it
+
+        wait_until(pruned, timeout=20, what="the idle key's row pruned")
         # The pruned key's next run creates its row again and is limited as before.
         send_batch(server, "conc/work", [{"k": "done"}, {"k": "done"}])
         assert concurrency_keys(engine) == ["busy", "done"]

@@ -13,7 +13,8 @@ serial across servers.
 - `claimed` (a claim leased items): an item over a key's limit is parked (a sleeper that woke
   up, a retry that came due, a parallel step while the key is full).
 - `freed` (an item stops executing: it suspends, backs off, ends, is cancelled or times out):
-  the key's oldest parked items are unparked up to the free slots, in the same transaction.
+  the key's oldest parked items are unparked up to the free slots, in the same transaction,
+  by the limit of the function next in line (a key shared by functions of different limits).
 - `sweep`: the safety net for slots freed without `freed` (a lease expired, a crash, a limit
   raised, limits removed on another server); run by the server's SlotSweeper every second.
 """
@@ -154,24 +155,10 @@ def claimed(tx: Tx, items: list[QueueItem], now: int) -> list[QueueItem]:
 
 # -- slots freed -----------------------------------------------------------------------------------
 def freed(tx: Tx, items: list[QueueItem], now: int) -> None:
-    """These items stopped executing (or ended): their keys' parked items get the free slots.
-    Which limit for a shared key: the one of the function whose item freed the slot."""
-    keyed = [item for item in items if item.ckey1 or item.ckey2]
-    if not keyed:
-        return
-    conn = tx.conn
-    waiting = flow_slots.parked_among(conn, sorted({key for item in keyed
-                                                    for key in (item.ckey1, item.ckey2)
-                                                    if key}))
-    if not waiting:
-        return
-    policies = function_store.policies(conn, sorted({item.function_id for item in keyed}))
-    limits: dict[str, int] = {}
-    for item in keyed:
-        for key, limit in _limits(item, policies.get(item.function_id)):
-            if key in waiting:
-                limits.setdefault(key, limit)
-    promote(tx, limits, now)
+    """These items stopped executing (or ended): their keys' parked items get the free slots."""
+    keys = sorted({key for item in items for key in (item.ckey1, item.ckey2) if key})
+    if keys:
+        _promote_heads(tx, flow_slots.heads_of(tx.conn, keys), now)
 
 
 def promote(tx: Tx, limits: dict[str, int], now: int) -> int:
@@ -192,27 +179,33 @@ def promote(tx: Tx, limits: dict[str, int], now: int) -> int:
 
 
 def sweep(tx: Tx, now: int, after: str, limit: int) -> tuple[str, int]:
-    """Promote up to `limit` keys with parked items, in key order after `after`; an item whose
-    function no longer limits it is unparked. Returns the key to go on after ("" when the last
-    was reached) and how many items were unparked."""
-    conn = tx.conn
-    heads = flow_slots.parked_heads(conn, after, limit)
+    """Promote up to `limit` keys with parked items, in key order after `after`. Returns the
+    key to go on after ("" when the last was reached) and how many items were unparked."""
+    heads = flow_slots.parked_heads(tx.conn, after, limit)
     if not heads:
         return "", 0
-    policies = function_store.policies(conn, sorted({h.function_id for h in heads}))
+    unparked = _promote_heads(tx, heads, now)
+    return (heads[-1].key if len(heads) == limit else ""), unparked
+
+
+def _promote_heads(tx: Tx, heads: list[flow_slots.ParkedHead], now: int) -> int:
+    """Promote the keys of these parked heads, each by the limit of its head's function (the
+    next in line); a head whose function no longer limits it unparks its function's items."""
+    if not heads:
+        return 0
+    policies = function_store.policies(tx.conn, sorted({h.function_id for h in heads}))
     limits: dict[str, int] = {}
-    unlimited: list[str] = []
+    unlimited: set[str] = set()
     for head in heads:
         pairs = dict(_limits(head, policies.get(head.function_id)))
         if head.key in pairs:
             limits[head.key] = pairs[head.key]
         else:
-            unlimited.append(head.function_id)
-    unparked = flow_slots.unpark_functions(conn, sorted(set(unlimited)))
+            unlimited.add(head.function_id)
+    unparked = flow_slots.unpark_functions(tx.conn, sorted(unlimited))
     if unparked:
         tx.notify = True
-    unparked += promote(tx, limits, now)
-    return (heads[-1].key if len(heads) == limit else ""), unparked
+    return unparked + promote(tx, limits, now)
 
 
 # -- registration ----------------------------------------------------------------------------------

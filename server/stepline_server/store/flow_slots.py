@@ -48,7 +48,8 @@ class Parking:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParkedHead:
-    """The oldest parked item of a key: its function tells the key's limit."""
+    """The oldest parked item of a key: its function tells the key's limit (a key shared by
+    functions of different limits is unparked by the limit of the function next in line)."""
 
     key: str
     function_id: str
@@ -206,20 +207,26 @@ def any_parked(conn: Connection) -> bool:
                         .where(queue.c.held_key.is_not(None)).limit(1)).first() is not None
 
 
-_PARKED_PROBE = Hot(select(queue.c.held_key).where(queue.c.held_key == bindparam("key"))
-                    .limit(1))
+_HEAD_COLUMNS = (queue.c.function_id, queue.c.ckey1, queue.c.ckey2)
+_HEAD_PROBE = Hot(select(*_HEAD_COLUMNS).where(queue.c.held_key == bindparam("key"))
+                  .order_by(queue.c.held_order_ms).limit(1))
 # PostgreSQL: the keys as an array, one index probe each, in one round trip.
 _KEYS = (func.unnest(cast(bindparam("keys"), postgresql.ARRAY(String)))
          .table_valued("key").render_derived())
-_PARKED_AMONG = Hot(select(_KEYS.c.key).where(
-    exists().where(queue.c.held_key == _KEYS.c.key)))
+_HEAD = (select(*_HEAD_COLUMNS).where(queue.c.held_key == _KEYS.c.key)
+         .order_by(queue.c.held_order_ms).limit(1).lateral("head"))
+_HEADS = Hot(select(_KEYS.c.key, _HEAD.c.function_id, _HEAD.c.ckey1, _HEAD.c.ckey2)
+             .select_from(_KEYS.join(_HEAD, literal_column("true"))))
 
 
-def parked_among(conn: Connection, keys: list[str]) -> set[str]:
-    """Those of these keys that have parked items: one index probe per key (SQLite's are
-    calls into the library; PostgreSQL's one statement)."""
+def heads_of(conn: Connection, keys: list[str]) -> list[ParkedHead]:
+    """The oldest parked item of each of these keys that has parked items: one index probe
+    per key (SQLite's are calls into the library; PostgreSQL's one statement)."""
     if not keys:
-        return set()
+        return []
     if conn.dialect.name == "sqlite":
-        return {key for key in keys if _PARKED_PROBE.rows(conn, {"key": key})}
-    return {row.key for row in _PARKED_AMONG.rows(conn, {"keys": keys})}
+        return [ParkedHead(key=key, function_id=row.function_id, ckey1=row.ckey1,
+                           ckey2=row.ckey2)
+                for key in keys for row in _HEAD_PROBE.rows(conn, {"key": key})]
+    return [ParkedHead(key=row.key, function_id=row.function_id, ckey1=row.ckey1,
+                       ckey2=row.ckey2) for row in _HEADS.rows(conn, {"keys": keys})]
