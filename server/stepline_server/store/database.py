@@ -342,7 +342,9 @@ class Database:
             if tx.key_locks and index and not self.is_sqlite:
                 # The previous jobs locked flow control rows: held while this job waits for
                 # rows of its own, another server's transaction could wait for them in the
-                # other order (a deadlock). Their commit releases them. (SQLite: one writer.)
+                # other order (a deadlock: retried by _commit, but only after PostgreSQL's
+                # deadlock_timeout, 1 s by default). Their commit releases them. (SQLite: one
+                # writer.)
                 self._committed(trans, tx, callbacks)
                 trans, tx = conn.begin(), Tx(conn)
             if not isolate:  # one unit: no savepoint needed, the transaction is its scope
