@@ -195,6 +195,8 @@ def test_a_report_lost_to_a_dropped_connection_is_not_charged(
         backend: str, database_url: str, server: ServerThread, start_worker: Any) -> None:
     if backend != "postgres":
         pytest.skip("SQLite is a file in the server's process: there is no connection to drop")
+    # The pruner's first round (at start) would be the write that meets the dead connection.
+    wait_until(lambda: server.server.pruner.rounds >= 1, what="the pruner's first round")
     gate = Gate()
     app = _gated_app(server.address, gate)
     start_worker(app, slots=1)

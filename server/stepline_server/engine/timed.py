@@ -23,6 +23,7 @@ class TimedLoop:
         self.poll_seconds = poll_seconds
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self.rounds = 0  # rounds ended (failed ones too)
 
     def stop(self) -> None:
         self._stop.set()
@@ -46,6 +47,7 @@ class TimedLoop:
             except Exception:
                 log.exception("%s failed; retrying", self.what)
                 delay = self.poll_seconds
+            self.rounds += 1
             if delay > 0 and not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
