@@ -156,11 +156,19 @@ def unpark_functions(conn: Connection, function_ids: list[str]) -> int:
     return int(result.rowcount)
 
 
+# A parked head's columns: its function tells the key's limit.
+_HEAD_COLUMNS = (queue.c.function_id, queue.c.ckey1, queue.c.ckey2)
+
+
+def _head(key: str, row: Any) -> ParkedHead:
+    return ParkedHead(key=key, function_id=row.function_id, ckey1=row.ckey1, ckey2=row.ckey2)
+
+
 def parked_heads(conn: Connection, after: str, limit: int) -> list[ParkedHead]:
     """Up to `limit` keys with parked items, in key order after `after`, each with its oldest
     parked item. One probe of ix_queue_parked per key, however long the keys' lines."""
     heads: list[ParkedHead] = []
-    probe = (select(queue.c.held_key, queue.c.function_id, queue.c.ckey1, queue.c.ckey2)
+    probe = (select(queue.c.held_key, *_HEAD_COLUMNS)
              .where(queue.c.held_key.is_not(None), queue.c.held_key > bindparam("after"))
              .order_by(queue.c.held_key, queue.c.held_order_ms)
              .limit(1))
@@ -168,8 +176,7 @@ def parked_heads(conn: Connection, after: str, limit: int) -> list[ParkedHead]:
         row = conn.execute(probe, {"after": after}).first()
         if row is None:
             break
-        heads.append(ParkedHead(key=row.held_key, function_id=row.function_id,
-                                ckey1=row.ckey1, ckey2=row.ckey2))
+        heads.append(_head(row.held_key, row))
         after = row.held_key
     return heads
 
@@ -207,7 +214,6 @@ def any_parked(conn: Connection) -> bool:
                         .where(queue.c.held_key.is_not(None)).limit(1)).first() is not None
 
 
-_HEAD_COLUMNS = (queue.c.function_id, queue.c.ckey1, queue.c.ckey2)
 _HEAD_PROBE = Hot(select(*_HEAD_COLUMNS).where(queue.c.held_key == bindparam("key"))
                   .order_by(queue.c.held_order_ms).limit(1))
 # PostgreSQL: the keys as an array, one index probe each, in one round trip.
@@ -225,8 +231,5 @@ def heads_of(conn: Connection, keys: list[str]) -> list[ParkedHead]:
     if not keys:
         return []
     if conn.dialect.name == "sqlite":
-        return [ParkedHead(key=key, function_id=row.function_id, ckey1=row.ckey1,
-                           ckey2=row.ckey2)
-                for key in keys for row in _HEAD_PROBE.rows(conn, {"key": key})]
-    return [ParkedHead(key=row.key, function_id=row.function_id, ckey1=row.ckey1,
-                       ckey2=row.ckey2) for row in _HEADS.rows(conn, {"keys": keys})]
+        return [_head(key, row) for key in keys for row in _HEAD_PROBE.rows(conn, {"key": key})]
+    return [_head(row.key, row) for row in _HEADS.rows(conn, {"keys": keys})]
